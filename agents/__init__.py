@@ -1,0 +1,28 @@
+"""Agent registry: the config's "agent" string -> the class, imported only when asked for.
+
+Importing this package imports no agent, so one agent's heavy dependencies (gymnasium for
+DQN) are never loaded to run another. Add your agent here with one line.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from utils.config import did_you_mean
+from utils.errors import UserError
+
+AGENTS = {
+    "ExampleAgent": "agents.example",
+    "MnistAgent": "agents.mnist",
+    "DQNAgent": "agents.dqn",
+}
+
+
+def get_agent_class(name: str, source: str = "config") -> type:
+    """The agent class registered under ``name``; an unknown name is a UserError."""
+    if name not in AGENTS:
+        raise UserError(
+            f"{source}: key 'agent': unknown agent '{name}'{did_you_mean(name, list(AGENTS))}; "
+            f"known: {', '.join(AGENTS)}"
+        )
+    return getattr(importlib.import_module(AGENTS[name]), name)

@@ -1,0 +1,35 @@
+"""What every dataset class shares: the data_root path, missing-data errors, learnable random data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from utils.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_root(config) -> Path:
+    """``config.data_root`` as a path; relative paths are taken from the repository root."""
+    root = Path(config.data_root)
+    return root if root.is_absolute() else REPO_ROOT / root
+
+
+def missing(path: Path, what: str, how: str) -> UserError:
+    return UserError(f"{path}: {what} not found. {how}")
+
+
+def random_images(n: int, shape: tuple[int, ...], num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images whose class is recoverable (a fixed pattern per class plus noise), and labels.
+
+    Random mode is for offline smoke runs; a learnable signal also lets tests check that a
+    model trains at all (accuracy above chance) without any download.
+    """
+    g = torch.Generator().manual_seed(seed)
+    patterns = torch.rand((num_classes, *shape), generator=g) * 255
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    noise = torch.randn((n, *shape), generator=g) * 100
+    images = (patterns[labels] + noise).clamp(0, 255).to(torch.uint8)
+    return images, labels

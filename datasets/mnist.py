@@ -1,0 +1,132 @@
+"""MNIST, held as uint8 tensors and normalised a batch at a time.
+
+Modes: ``download`` (torchvision fetches the IDX files into data_root/MNIST/raw), ``folder``
+(the same IDX files already there, plain or .gz, as torchvision lays them out) and ``random``.
+Splits: train = the first 60000 - valid_size training images, valid = the last valid_size of
+them, test = the 10000 t10k images.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datasets.common import data_root, missing, random_images
+from utils.config import Key
+from utils.data import TensorBatches, make_loader
+from utils.errors import UserError
+
+MEAN, STD = 0.1307, 0.3081
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+HOW = (
+    "Put MNIST's four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+    "t10k-labels-idx1-ubyte; .gz also works) in that folder, or run with data_mode=download on a machine "
+    "with internet. To try the pipeline at once: data_mode=random, or configs/dqn_exp_0.json (no download)."
+)
+_IDX_DTYPE = {0x08: np.uint8}
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """Read an IDX file (MNIST's format: magic 0x0000TTDD, DD dims as big-endian int32, data)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise UserError(f"{path}: cannot read IDX file: {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPE:
+        raise UserError(f"{path}: not an IDX file of unsigned bytes (bad magic number). {HOW}")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise UserError(f"{path}: IDX header truncated. {HOW}")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape))
+    if len(data) != expected:
+        raise UserError(f"{path}: IDX file holds {len(data)} bytes, its header promises {expected} (truncated?)")
+    array = np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+    return torch.from_numpy(array.copy())
+
+
+def _find(raw: Path, name: str) -> Path:
+    for candidate in (raw / name, raw / f"{name}.gz"):
+        if candidate.exists():
+            return candidate
+    raise missing(raw / name, "MNIST file", HOW)
+
+
+def load_split(raw: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 (N, 28, 28), labels int64 (N,)) of one split, checked for consistency."""
+    image_path, label_path = (_find(raw, name) for name in FILES[split])
+    images, labels = read_idx(image_path), read_idx(label_path)
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise UserError(f"{image_path}: expected images of 28x28, got shape {tuple(images.shape)}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise UserError(f"{label_path}: {len(labels)} labels for {len(images)} images in {image_path.name}")
+    if len(labels) and labels.max() > 9:
+        raise UserError(f"{label_path}: label {int(labels.max())} out of range 0..9")
+    return images, labels.long()
+
+
+def download(root: Path) -> None:
+    """Fetch the IDX files with torchvision (which verifies their checksums)."""
+    from torchvision.datasets import MNIST
+
+    try:
+        for train in (True, False):
+            MNIST(str(root), train=train, download=True)
+    except (RuntimeError, OSError) as e:
+        raise UserError(
+            f"{root / 'MNIST' / 'raw'}: could not download MNIST ({str(e).splitlines()[0]}). {HOW}"
+        ) from None
+
+
+def normalise(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (B, 28, 28) -> float (B, 1, 28, 28), standardised with MNIST's mean and std."""
+    return images.unsqueeze(1).float().div_(255).sub_(MEAN).div_(STD), labels
+
+
+class MnistDataLoader:
+    """train_loader, valid_loader and test_loader over MNIST in the configured data_mode."""
+
+    config_schema = {
+        "valid_size": Key(
+            5000, int, "training images held out for validation (best.pth is chosen on them)", min=1, max=59999
+        ),
+        "random_size": Key(6000, int, "data_mode=random: number of synthetic training images", min=2),
+    }
+
+    def __init__(self, config) -> None:
+        if config.data_mode == "random":
+            train = random_images(config.random_size + config.valid_size, (28, 28), 10, config.seed)
+            test = random_images(max(config.valid_size, 1), (28, 28), 10, config.seed + 1)
+        else:
+            root = data_root(config)
+            if config.data_mode == "download":
+                download(root)
+            raw = root / "MNIST" / "raw"
+            train, test = load_split(raw, "train"), load_split(raw, "test")
+        n_train = len(train[0]) - config.valid_size
+        if n_train < 1:
+            raise UserError(
+                f"config: key 'valid_size': {config.valid_size} leaves no training images "
+                f"(the training file holds {len(train[0])})"
+            )
+        splits = {
+            "train": (train[0][:n_train], train[1][:n_train]),
+            "valid": (train[0][n_train:], train[1][n_train:]),
+            "test": test,
+        }
+        loaders = {}
+        for name, (images, labels) in splits.items():
+            dataset = TensorBatches(images, labels, transform=normalise)
+            loaders[name] = make_loader(
+                dataset, config.batch_size, train=name == "train", seed=config.seed, num_workers=config.num_workers
+            )
+        self.train_loader, self.valid_loader, self.test_loader = loaders["train"], loaders["valid"], loaders["test"]

@@ -1,0 +1,63 @@
+"""Command line: ``python main.py CONFIG [key=value ...]`` (``./run.sh`` does the same).
+
+Loads and validates the config, looks up the agent by name, runs it and finalizes it.
+Exit codes: 0 success, 2 a user mistake (one line, no traceback), 1 anything else,
+130 stopped by Ctrl-C/SIGTERM after saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from agents import get_agent_class
+from utils.config import apply_overrides, read_json, to_easydict, validate
+from utils.errors import RunInterrupted, TrainingStopped, UserError
+
+
+def load_config(path: str, overrides: list[str] = ()):
+    """Read CONFIG, apply overrides, validate against the agent's schema; returns (config, agent class)."""
+    raw = read_json(path)
+    raw = apply_overrides(raw, list(overrides))
+    agent = raw.get("agent")
+    if not isinstance(agent, str):
+        raise UserError(f"{path}: missing required key 'agent' (a string naming the agent class)")
+    agent_class = get_agent_class(agent, source=path)
+    config = validate(raw, agent_class.config_schema, source=path)
+    return to_easydict(config), agent_class
+
+
+def run(path: str, overrides: list[str] = ()) -> None:
+    """Load the config and run its agent to the end (what main does, minus exit codes)."""
+    config, agent_class = load_config(path, overrides)
+    agent = agent_class(config)
+    try:
+        agent.run()
+    finally:
+        agent.finalize()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train or test the agent a JSON config names.")
+    parser.add_argument("config", help="path to a JSON config, e.g. configs/mnist_exp_0.json")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_epoch=3 optimizer.args.lr=0.05")
+    args = parser.parse_args(argv)
+    try:
+        run(args.config, args.overrides)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except RunInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Config loading, validation and command-line overrides.
+
+Every agent declares the keys it reads in a ``config_schema`` dict of ``Key`` entries; that dict
+is the documentation of the config. Loading checks the JSON against it, so a typo, a wrong type
+or a missing key is a one-line ``UserError`` instead of a traceback an hour into training.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from easydict import EasyDict
+
+from utils.errors import UserError
+
+REQUIRED = object()
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+@dataclass
+class Key:
+    """One config key: its default (or REQUIRED), accepted types and range."""
+
+    default: Any = REQUIRED
+    types: type | tuple[type, ...] | None = None  # inferred from the default when None
+    doc: str = ""
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    nullable: bool = False
+    check: Callable[[Any, str, str], None] | None = None  # (value, where, source); raises UserError
+    schema: dict[str, Key] | None = field(default=None)  # nested keys of a dict value
+
+    def accepted(self) -> tuple[type, ...]:
+        if self.types is not None:
+            return self.types if isinstance(self.types, tuple) else (self.types,)
+        if self.schema is not None:
+            return (dict,)
+        if self.default is REQUIRED or self.default is None:
+            return (object,)
+        kind = type(self.default)
+        return (int, float) if kind is float else (kind,)
+
+
+def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
+    """' (did you mean 'x'?)' for the closest option, or '' when nothing is close."""
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    names.update({dict: "an object", list: "a list"})
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _check_value(value: Any, spec: Key, where: str, source: str) -> Any:
+    """Validate one value against its Key; return it (ints widened to float where declared)."""
+    fail = f"{source}: key '{where}'"
+    if value is None:
+        if spec.nullable or spec.default is None:
+            return None
+        raise UserError(f"{fail}: expected {_type_name(spec.accepted())}, got null")
+    types = spec.accepted()
+    if object not in types:
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok:
+            got = type(value).__name__ if not isinstance(value, bool) else "a boolean"
+            raise UserError(f"{fail}: expected {_type_name(types)}, got {got} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{fail}: expected a finite number, got {value!r}")
+    if spec.types is None and isinstance(spec.default, float) and isinstance(value, int):
+        value = float(value)
+    if spec.choices is not None and value not in spec.choices:
+        options = ", ".join(repr(c) for c in spec.choices)
+        hint = did_you_mean(value, [c for c in spec.choices if isinstance(c, str)])
+        raise UserError(f"{fail}: expected one of {options}, got {value!r}{hint}")
+    if spec.min is not None and isinstance(value, (int, float)) and value < spec.min:
+        raise UserError(f"{fail}: must be at least {spec.min}, got {value!r}")
+    if spec.max is not None and isinstance(value, (int, float)) and value > spec.max:
+        raise UserError(f"{fail}: must be at most {spec.max}, got {value!r}")
+    if spec.schema is not None:
+        value = validate(value, spec.schema, source, prefix=f"{where}.")
+    if spec.check is not None:
+        spec.check(value, where, source)
+    return value
+
+
+def validate(raw: dict, schema: dict[str, Key], source: str, prefix: str = "") -> dict:
+    """Check ``raw`` against ``schema``; return a new dict with defaults filled in."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: key '{prefix.rstrip('.')}': expected an object")
+    out = {}
+    for key, value in raw.items():
+        if key not in schema:
+            hint = did_you_mean(key, list(schema))
+            raise UserError(f"{source}: unknown key '{prefix}{key}'{hint}")
+        out[key] = _check_value(value, schema[key], prefix + key, source)
+    for key, spec in schema.items():
+        if key in out:
+            continue
+        if spec.default is REQUIRED:
+            raise UserError(f"{source}: missing required key '{prefix}{key}'")
+        default = spec.default
+        out[key] = json.loads(json.dumps(default)) if isinstance(default, (dict, list)) else default
+    return out
+
+
+def read_json(path: str | Path) -> dict:
+    """Read a JSON config file; malformed JSON names the line and column."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, expected a JSON config file") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object at the top level")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (['a', 'b'], value); the value is JSON, bare words are strings."""
+    key, sep, value = text.partition("=")
+    parts = key.split(".")
+    if not sep or not all(p.strip() for p in parts):
+        raise UserError(f"override '{text}': expected key=value, e.g. max_epoch=3 or optimizer.args.lr=0.01")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return parts, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``raw`` with each ``a.b=value`` override set (validated later)."""
+    raw = json.loads(json.dumps(raw))
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                dotted = ".".join(parts[: i + 1])
+                raise UserError(f"override '{text}': key '{dotted}' holds {child!r}, not an object")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def to_easydict(config: dict) -> EasyDict:
+    return EasyDict(config)
+
+
+def to_plain(config: Any) -> Any:
+    """EasyDict (or any nested dict/list) -> plain JSON-able dicts and lists."""
+    if isinstance(config, dict):
+        return {k: to_plain(v) for k, v in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [to_plain(v) for v in config]
+    return config
+
+
+def plain_name(value: str, where: str, source: str) -> None:
+    """Check for names used as directory names: no separators, no '..', not empty."""
+    if not _PLAIN_NAME.match(value) or ".." in value:
+        raise UserError(
+            f"{source}: key '{where}': expected a plain name (letters, digits, '_', '-', '.'; "
+            f"no '/' or '..'), got {value!r}"
+        )
+
+
+def _torch_class(module: Any, kind: str, where: str, source: str, name: str) -> type:
+    options = [n for n in dir(module) if n[:1].isupper() and not n.startswith("_")]
+    cls = getattr(module, name, None) if name in options else None
+    if not inspect.isclass(cls):
+        raise UserError(f"{source}: key '{where}.type': unknown {kind} '{name}'{did_you_mean(name, options)}")
+    return cls
+
+
+def _check_args(cls: type, args: dict, where: str, source: str) -> None:
+    """Reject arguments the constructor does not take (after its first), naming the nearest one."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[2:]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for arg in args:
+        if arg not in names:
+            raise UserError(f"{source}: unknown key '{where}.args.{arg}'{did_you_mean(arg, names)}")
+
+
+def _torch_module(path: str) -> Any:
+    import importlib
+
+    return importlib.import_module(path)
+
+
+def torch_object_key(module: str, kind: str, default: dict | None, doc: str = "") -> Key:
+    """A ``{"type": ..., "args": {...}}`` key naming a class in a torch module (``torch.optim``, ...).
+
+    Loading builds one on a throw-away parameter, so a bad name, argument or value (a negative
+    learning rate) is reported before any run starts.
+    """
+
+    def check(value: dict, where: str, source: str) -> None:
+        import torch
+
+        cls = _torch_class(_torch_module(module), kind, where, source, value["type"])
+        _check_args(cls, value["args"], where, source)
+        probe = [torch.nn.Parameter(torch.zeros(1))]
+        if module != "torch.optim":
+            probe = torch.optim.SGD(probe, lr=0.1)
+        build_torch_object(module, value, probe, where, source)
+
+    schema = {"type": Key(REQUIRED, str, f"{kind} class name"), "args": Key({}, dict, "constructor arguments")}
+    return Key(default, dict, doc, schema=schema, nullable=default is None, check=check)
+
+
+def build_torch_object(module: str, spec: dict, first: Any, where: str, source: str = "config") -> Any:
+    """``module.<spec.type>(first, **spec.args)``; a value the class rejects is a UserError."""
+    cls = getattr(_torch_module(module), spec["type"])
+    try:
+        return cls(first, **spec["args"])
+    except (TypeError, ValueError, OverflowError) as e:
+        raise UserError(f"{source}: key '{where}.args': {cls.__name__} rejected {spec['args']}: {e}") from None

@@ -1,0 +1,123 @@
+"""Data-loader plumbing shared by every dataset: sharding across ranks, seeding, batched tensors.
+
+Every dataset class builds its loaders with ``make_loader``, so distributed training, exact
+resume and per-worker seeding come for free to each new dataset.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from utils.distributed import rank, world_size
+
+
+class ShardedSampler(Sampler[int]):
+    """Shuffles with a seed fixed by (seed, epoch) and keeps this rank's share of the indices.
+
+    For training (``pad=True``) every rank gets the same number of samples, as
+    DistributedSampler does, so no rank waits at a collective. For evaluation (``pad=False``)
+    each sample is seen exactly once over all ranks, so summed metrics are exact.
+    ``skip(n)`` drops the first n samples of the next pass: a run resumed mid-epoch sees
+    the rest of that epoch's order.
+    """
+
+    def __init__(self, length: int, shuffle: bool, seed: int, pad: bool) -> None:
+        self.length, self.shuffle, self.seed, self.pad = length, shuffle, seed, pad
+        self.rank, self.world = rank(), world_size()
+        self.epoch, self._skip = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip(self, n: int) -> None:
+        self._skip = n
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.length, generator=g).tolist()
+        else:
+            order = list(range(self.length))
+        if self.pad and self.world > 1 and self.length % self.world:
+            order += order[: self.world - self.length % self.world]
+        return order[self.rank :: self.world]
+
+    def __iter__(self) -> Iterator[int]:
+        indices = self._indices()[self._skip :]
+        self._skip = 0
+        return iter(indices)
+
+    def __len__(self) -> int:
+        return len(self._indices()) - self._skip
+
+
+class TensorBatches(Dataset):
+    """Tensors indexed a whole batch at a time (``__getitems__``), with an optional batch transform.
+
+    The DataLoader hands it the batch's indices at once, so a batch costs a few tensor gathers
+    rather than one Python call and one collate per sample.
+    """
+
+    def __init__(self, *tensors: torch.Tensor, transform=None) -> None:
+        self.tensors, self.transform = tensors, transform
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])
+
+    def __getitems__(self, indices: Sequence[int]):
+        idx = torch.as_tensor(indices)
+        batch = tuple(t[idx] for t in self.tensors)
+        return self.transform(*batch) if self.transform else batch
+
+
+def _keep_batch(batch):
+    return batch
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed python and numpy in a loader worker from the seed torch gave it."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    train: bool,
+    seed: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader over this rank's shard: shuffled (and padded) for training, exact for evaluation."""
+    sampler = ShardedSampler(len(dataset), shuffle=train, seed=seed, pad=train)
+    batched = isinstance(dataset, TensorBatches)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=drop_last and train,
+        collate_fn=_keep_batch if batched else None,
+        worker_init_fn=_seed_worker,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
+    )
+
+
+def set_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
+    """Fix the loader's shuffle order and worker seeds for ``epoch`` (per rank for the workers)."""
+    if isinstance(loader.sampler, ShardedSampler):
+        loader.sampler.set_epoch(epoch)
+    if loader.generator is not None:
+        loader.generator.manual_seed((seed * 1_000_003 + epoch) * 1_009 + rank())

@@ -1,0 +1,72 @@
+"""Process-group setup from torchrun's environment, and the few collectives the agents need.
+
+Run under ``torchrun`` (``./run.sh --nproc N``) and RANK/WORLD_SIZE/LOCAL_RANK are set; run
+plainly and every helper here degrades to the single-process answer.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """True on the process that writes files and logs (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def init(device_type: str) -> None:
+    """Join the process group torchrun set up: NCCL for CUDA, Gloo for CPU."""
+    if not launched_by_torchrun() or dist.is_initialized():
+        return
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend)
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place (a no-op in one process); returns it."""
+    if world_size() == 1:
+        return tensor
+    if dist.get_backend() == "nccl" and not tensor.is_cuda:  # NCCL reduces CUDA tensors only
+        tensor.copy_(all_reduce_sum(tensor.cuda()).cpu())
+        return tensor
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(*flags: bool) -> list[bool]:
+    """For each flag, whether it is true on any rank, so that all ranks stop at the same step."""
+    if world_size() == 1:
+        return list(flags)
+    t = all_reduce_sum(torch.tensor([float(f) for f in flags]))
+    return [v > 0 for v in t.tolist()]
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()

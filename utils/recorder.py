@@ -1,0 +1,149 @@
+"""Everything a run writes, behind one object that only rank 0 lets through.
+
+Agents never open files or writers themselves: they call the recorder, which on any rank but
+0 (and under ``enabled=False``) does nothing, so distributed runs write one set of outputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from utils.errors import UserError
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class Recorder:
+    """Run directory writer: text log, TensorBoard scalars, metrics.csv, JSON files, the lock."""
+
+    def __init__(self, run_dir: Path, enabled: bool, name: str = "agent") -> None:
+        self.run_dir, self.enabled = Path(run_dir), enabled
+        self.logger = logging.getLogger(f"ppt.{name}.{id(self)}")
+        self.logger.propagate = False
+        self.logger.setLevel(logging.INFO if enabled else logging.WARNING)
+        self._writer = None
+        self._lock_file = None
+        if not enabled:
+            return
+        for sub in ("checkpoints", "summaries", "out", "logs"):
+            (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+        for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(self.run_dir / "logs" / "run.log")):
+            handler.setFormatter(fmt)
+            self.logger.addHandler(handler)
+
+    def lock(self) -> None:
+        """Hold an exclusive lock on the run directory; a second run on it is a UserError."""
+        if not self.enabled:
+            return
+        path = self.run_dir / ".lock"
+        self._lock_file = open(path, "a+")  # noqa: SIM115 (held open for the whole run)
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "another process"
+            self._lock_file.close()
+            self._lock_file = None
+            raise UserError(
+                f"{path}: another run of this experiment is in progress (pid {holder}); "
+                "wait for it or choose another exp_name"
+            ) from None
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(str(os.getpid()))
+        self._lock_file.flush()
+
+    def info(self, msg: str) -> None:
+        self.logger.info(msg)
+
+    def warning(self, msg: str) -> None:
+        self.logger.warning(msg)
+
+    @property
+    def writer(self):
+        if self._writer is None and self.enabled:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir / "summaries"))
+        return self._writer
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, step)
+
+    def metrics_row(self, row: dict[str, Any]) -> None:
+        """Append one row to metrics.csv (columns grow if a later row has new keys)."""
+        if not self.enabled:
+            return
+        rows = self.read_metrics() + [row]
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        buf = io.StringIO()
+        out = csv.DictWriter(buf, fieldnames=columns)
+        out.writeheader()
+        out.writerows(rows)
+        write_text_atomic(self.run_dir / "metrics.csv", buf.getvalue())
+
+    def read_metrics(self) -> list[dict[str, str]]:
+        path = self.run_dir / "metrics.csv"
+        if not path.exists():
+            return []
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def truncate_metrics(self, after_epoch: int) -> None:
+        """Drop rows of epochs later than ``after_epoch`` (written before a crash, then redone)."""
+        if not self.enabled:
+            return
+        rows = self.read_metrics()
+        kept = [r for r in rows if int(r.get("epoch") or 0) <= after_epoch]
+        if len(kept) < len(rows):
+            (self.run_dir / "metrics.csv").unlink()
+            for r in kept:
+                self.metrics_row(r)
+
+    def write_json(self, name: str, data: dict) -> None:
+        if not self.enabled:
+            return
+        text = json.dumps({k: _jsonable(v) for k, v in data.items()}, indent=2, default=str) + "\n"
+        write_text_atomic(self.run_dir / name, text)
+
+    def read_json(self, name: str) -> dict:
+        path = self.run_dir / name
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def out_path(self, name: str) -> Path:
+        """A path under out/ for images, samples and predictions."""
+        return self.run_dir / "out" / name
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for handler in list(self.logger.handlers):
+            handler.close()
+            self.logger.removeHandler(handler)
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
