@@ -26,8 +26,8 @@ FILES = {
 }
 HOW = (
     "Put MNIST's four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-    "t10k-labels-idx1-ubyte; .gz also works) in that folder, or run with data_mode=download on a machine "
-    "with internet. To try the pipeline at once: data_mode=random, or configs/dqn_exp_0.json (no download)."
+    "t10k-labels-idx1-ubyte; .gz also works) in that folder, or use data_mode=download on a machine with "
+    "internet. To try the pipeline now: add data_mode=random, or run configs/dqn_exp_0.json (needs no download)."
 )
 _IDX_DTYPE = {0x08: np.uint8}
 
@@ -81,10 +81,8 @@ def download(root: Path) -> None:
     try:
         for train in (True, False):
             MNIST(str(root), train=train, download=True)
-    except (RuntimeError, OSError) as e:
-        raise UserError(
-            f"{root / 'MNIST' / 'raw'}: could not download MNIST ({str(e).splitlines()[0]}). {HOW}"
-        ) from None
+    except (RuntimeError, OSError):
+        raise UserError(f"{root / 'MNIST' / 'raw'}: could not download MNIST (no internet?). {HOW}") from None
 
 
 def normalise(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

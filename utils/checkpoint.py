@@ -43,8 +43,9 @@ def load(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: refused to load (not a plain checkpoint; weights_only): {first}") from None
+        lines = [line.strip() for line in str(e).splitlines() if "Unsupported" in line or "Unpickler" in line]
+        why = lines[0] if lines else type(e).__name__
+        raise UserError(f"{path}: refused to load: it holds objects a plain checkpoint cannot ({why})") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path}: damaged or not a checkpoint ({first})") from None
@@ -93,4 +94,4 @@ def set_rng_state(state: dict) -> None:
 def versions() -> dict:
     import sys
 
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__}
+    return {"python": sys.version.split()[0], "torch": str(torch.__version__), "numpy": str(np.__version__)}

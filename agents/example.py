@@ -1,0 +1,37 @@
+"""Template agent: copy this file to start your own (and register it in agents/__init__.py).
+
+BaseAgent already trains, validates, checkpoints, resumes, logs and runs under torchrun.
+Build your pieces in __init__; override a method only where your training differs:
+- ``train_step(batch)``: one optimisation step (a GAN updates two models here);
+- ``make_metrics()`` / ``eval_step(batch, metrics)``: what validation measures;
+- ``extra_state()`` / ``load_extra_state(state)``: anything else a checkpoint must hold.
+"""
+
+from torch import nn
+
+from agents.base import BaseAgent
+from datasets.example import ExampleDataLoader
+from graphs.models.example import Example
+from utils.config import Key
+
+
+class ExampleAgent(BaseAgent):
+    # Your config keys, with defaults and documentation, next to the common ones.
+    config_schema = {
+        **BaseAgent.config_schema,
+        **ExampleDataLoader.config_schema,
+        "hidden": Key(32, int, "hidden units", min=1),
+    }
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        # Your model: prepare_model moves it to the device and wraps it for DDP.
+        model = Example(config.in_features, config.hidden, config.num_classes)
+        self.model = self.prepare_model(model)
+        # Your loss; BaseAgent.train_step calls self.loss(self.model(x), y).
+        self.loss = nn.CrossEntropyLoss()
+        # Optimizer and scheduler come from the config's {"type", "args"}.
+        self.optimizer = self.make_optimizer(self.model.parameters())
+        self.scheduler = self.make_scheduler(self.optimizer)
+        # Your data: an object with train_loader and valid_loader (and test_loader, optionally).
+        self.data_loader = ExampleDataLoader(config)
