@@ -18,23 +18,30 @@ from utils.errors import RunInterrupted, TrainingStopped, UserError
 def load_config(path: str, overrides: list[str] = ()):
     """Read CONFIG, apply overrides, validate against the agent's schema; returns (config, agent class)."""
     raw = read_json(path)
-    raw = apply_overrides(raw, list(overrides))
-    agent = raw.get("agent")
+    agent = apply_overrides(raw, list(overrides)).get("agent")
     if not isinstance(agent, str):
         raise UserError(f"{path}: missing required key 'agent' (a string naming the agent class)")
     agent_class = get_agent_class(agent, source=path)
+    # Overrides apply on top of the defaults, so optimizer.args.lr=0.1 works without an "optimizer" in the file.
     config = validate(raw, agent_class.config_schema, source=path)
+    config = validate(apply_overrides(config, list(overrides)), agent_class.config_schema, source=path)
     return to_easydict(config), agent_class
 
 
 def run(path: str, overrides: list[str] = ()) -> None:
     """Load the config and run its agent to the end (what main does, minus exit codes)."""
     config, agent_class = load_config(path, overrides)
-    agent = agent_class(config)
     try:
-        agent.run()
-    finally:
-        agent.finalize()
+        agent = agent_class(config)
+        try:
+            agent.run()
+        finally:
+            agent.finalize()
+    except UserError as e:
+        # Agents report config problems found at build time as "config: key ..."; name the file instead.
+        if str(e).startswith("config: "):
+            raise UserError(f"{path}: {str(e)[len('config: ') :]}") from None
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:

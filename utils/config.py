@@ -41,13 +41,14 @@ class Key:
 
     def accepted(self) -> tuple[type, ...]:
         if self.types is not None:
-            return self.types if isinstance(self.types, tuple) else (self.types,)
-        if self.schema is not None:
-            return (dict,)
-        if self.default is REQUIRED or self.default is None:
-            return (object,)
-        kind = type(self.default)
-        return (int, float) if kind is float else (kind,)
+            types = self.types if isinstance(self.types, tuple) else (self.types,)
+        elif self.schema is not None:
+            types = (dict,)
+        elif self.default is REQUIRED or self.default is None:
+            types = (object,)
+        else:
+            types = (type(self.default),)
+        return (*types, int) if float in types and int not in types else types
 
 
 def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
@@ -59,6 +60,8 @@ def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
 def _type_name(types: tuple[type, ...]) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
     names.update({dict: "an object", list: "a list"})
+    if float in types:
+        types = tuple(t for t in types if t is not int)
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
@@ -77,7 +80,7 @@ def _check_value(value: Any, spec: Key, where: str, source: str) -> Any:
             raise UserError(f"{fail}: expected {_type_name(types)}, got {got} {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"{fail}: expected a finite number, got {value!r}")
-    if spec.types is None and isinstance(spec.default, float) and isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool) and float in types and value.bit_length() < 1024:
         value = float(value)
     if spec.choices is not None and value not in spec.choices:
         options = ", ".join(repr(c) for c in spec.choices)

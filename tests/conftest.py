@@ -1,0 +1,57 @@
+"""Shared helpers: run an agent in-process (fast) or main.py in a subprocess (exit codes, signals)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import main
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+
+
+@pytest.fixture
+def exps(tmp_path: Path) -> Path:
+    """An experiments directory of the test's own."""
+    path = tmp_path / "experiments"
+    path.mkdir()
+    return path
+
+
+def train(config: str | Path, exps: Path, *overrides: str) -> None:
+    """Run the agent of ``config`` in this process, writing under ``exps``."""
+    main.run(str(config), [f"experiments_dir={exps}", *overrides])
+
+
+def cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    """``python main.py args...`` in a subprocess from the repository root."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "main.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env, **kwargs
+    )
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_tensors(a, b, path: str = "") -> None:
+    """Recursively compare two checkpoint sub-trees for exact equality."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"tensors differ at {path}"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), f"keys differ at {path}"
+        for k in a:
+            assert_same_tensors(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"lengths differ at {path}"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_tensors(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{a!r} != {b!r} at {path}"

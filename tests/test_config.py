@@ -1,0 +1,132 @@
+"""Every kind of user mistake exits 2 with one line naming the file and key; overrides work."""
+
+import json
+
+import pytest
+
+import main
+from tests.conftest import CONFIGS, cli
+from utils.config import apply_overrides, parse_override
+from utils.errors import UserError
+
+MNIST = str(CONFIGS / "mnist_exp_0.json")
+
+
+def write(tmp_path, text: str | bytes):
+    path = tmp_path / "bad.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+def good(**changes) -> str:
+    config = {"exp_name": "t", "agent": "ExampleAgent", "data_mode": "random"}
+    config.update(changes)
+    return json.dumps(config)
+
+
+def exit_of(argv, capsys) -> tuple[int, str]:
+    code = main.main(argv)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "expected"),
+    [
+        ('{"exp_name": "t",\n "agent": "ExampleAgent",,}', [], "malformed JSON at line 2 column 26"),
+        (good(max_epochs=3), [], "unknown key 'max_epochs' (did you mean 'max_epoch'?)"),
+        (good(max_epoch="3"), [], "key 'max_epoch': expected an integer, got str '3'"),
+        (good(max_epoch=True), [], "key 'max_epoch': expected an integer, got a boolean"),
+        (good(batch_size=0), [], "key 'batch_size': must be at least 1"),
+        (good(validate_every=0), [], "key 'validate_every': must be at least 1"),
+        ('{"agent": "ExampleAgent"}', [], "missing required key 'exp_name'"),
+        ('{"exp_name": "t"}', [], "missing required key 'agent'"),
+        (good(agent="MnistAgnt"), [], "unknown agent 'MnistAgnt' (did you mean 'MnistAgent'?)"),
+        (good(exp_name="../escape"), [], "key 'exp_name': expected a plain name"),
+        (good(exp_name="/tmp/abs"), [], "key 'exp_name': expected a plain name"),
+        (good(exp_name=""), [], "key 'exp_name': expected a plain name"),
+        (good(data_mode="randm"), [], "key 'data_mode': expected one of"),
+        (
+            good(optimizer={"type": "Adm", "args": {}}),
+            [],
+            "key 'optimizer.type': unknown optimizer 'Adm' (did you mean",
+        ),
+        (good(optimizer={"type": "SGD", "args": {"lr": -1}}), [], "key 'optimizer.args': SGD rejected"),
+        (
+            good(optimizer={"type": "SGD", "args": {"lrr": 1}}),
+            [],
+            "unknown key 'optimizer.args.lrr' (did you mean 'lr'?)",
+        ),
+        (good(scheduler={"type": "StepLr", "args": {}}), [], "unknown lr scheduler 'StepLr' (did you mean 'StepLR'?)"),
+        (good(monitor="max valid/acc"), [], "did you mean 'valid/accuracy'"),
+        (good(), ["max_epochs=3"], "unknown key 'max_epochs' (did you mean 'max_epoch'?)"),
+        (good(), ["max_epoch"], "override 'max_epoch': expected key=value"),
+        (good(), ["=3"], "override '=3': expected key=value"),
+        (good(), ["max_epoch.x=3"], "key 'max_epoch' holds 10, not an object"),
+        (good(), ["optimizer.args.lr=abc"], "key 'optimizer.args': SGD rejected"),
+        (b'{"exp_name": "\xff"}', [], "not UTF-8"),
+        ("[1, 2]", [], "expected a JSON object"),
+    ],
+)
+def test_user_mistake_is_one_line_exit_2(tmp_path, capsys, text, overrides, expected):
+    path = write(tmp_path, text)
+    code, err = exit_of([path, *overrides, f"experiments_dir={tmp_path}"], capsys)
+    assert code == 2
+    assert expected in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert path in err or "override" in err
+
+
+def test_missing_config_file(capsys):
+    code, err = exit_of(["configs/nope.json"], capsys)
+    assert code == 2 and "configs/nope.json: config file not found" in err
+
+
+def test_missing_data_names_path_and_way_out(tmp_path, capsys):
+    code, err = exit_of([MNIST, "data_mode=folder", f"data_root={tmp_path}", f"experiments_dir={tmp_path}"], capsys)
+    assert code == 2
+    assert str(tmp_path / "MNIST" / "raw") in err and "data_mode=random" in err
+
+
+def test_default_mnist_offline_exits_2_with_help(tmp_path):
+    """The README's first command on a machine without internet: exit 2, where to put files."""
+    result = cli(MNIST, f"data_root={tmp_path}/data", f"experiments_dir={tmp_path}")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "could not download MNIST" in result.stderr and "data_mode=random" in result.stderr
+
+
+def test_subprocess_mistake_has_no_traceback():
+    result = cli(MNIST, "optimizer.args.momentum=fast")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+def test_parse_override_values():
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("x=0.5") == (["x"], 0.5)
+    assert parse_override("x=null") == (["x"], None)
+    assert parse_override("x=false") == (["x"], False)
+    assert parse_override("x=hello") == (["x"], "hello")
+    assert parse_override('x={"a": [1]}') == (["x"], {"a": [1]})
+    assert parse_override("x=a=b") == (["x"], "a=b")
+
+
+def test_overrides_reach_the_agent_config():
+    config, agent = main.load_config(MNIST, ["max_epoch=3", "optimizer.args.lr=0.05", "scheduler=null"])
+    assert agent.__name__ == "MnistAgent"
+    assert config.max_epoch == 3 and config.optimizer.args.lr == 0.05 and config.scheduler is None
+    assert config.optimizer.type == "Adadelta"  # untouched siblings stay
+    assert config.num_workers == 0  # defaults filled in
+
+
+def test_apply_overrides_does_not_mutate_input():
+    raw = {"optimizer": {"args": {"lr": 1}}}
+    apply_overrides(raw, ["optimizer.args.lr=2"])
+    assert raw["optimizer"]["args"]["lr"] == 1
+
+
+def test_float_key_accepts_int_and_rejects_nan(tmp_path, capsys):
+    config, _ = main.load_config(write(tmp_path, good(grad_clip_norm=1)))
+    assert config.grad_clip_norm == 1.0 and isinstance(config.grad_clip_norm, float)
+    with pytest.raises(UserError, match="grad_clip_norm"):
+        main.load_config(write(tmp_path, good()), ["grad_clip_norm=NaN"])

@@ -1,0 +1,121 @@
+"""MNIST's real loading code on tiny IDX files written in the true format; the net's shapes."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import main
+from datasets.mnist import MnistDataLoader, read_idx
+from graphs.models.mnist import Mnist
+from tests.conftest import CONFIGS, train
+from utils.errors import UserError
+
+MNIST = CONFIGS / "mnist_exp_0.json"
+
+
+def write_idx(path, array: np.ndarray, compress: bool = False) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+
+
+def write_mnist(root, n_train=120, n_test=40, compress=False, seed=0):
+    """Tiny MNIST in torchvision's layout: class k images are bright in row band k."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 60, (n, 28, 28))
+        for i, k in enumerate(labels):
+            images[i, 2 * k + 4 : 2 * k + 7, 4:24] = 255
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images, compress)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels, compress)
+    return raw
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_folder_mode_reads_idx_files(tmp_path, compress):
+    write_mnist(tmp_path, compress=compress)
+    config, _ = main.load_config(
+        str(MNIST), ["data_mode=folder", f"data_root={tmp_path}", "valid_size=20", "batch_size=16"]
+    )
+    data = MnistDataLoader(config)
+    x, y = next(iter(data.train_loader))
+    assert x.shape == (16, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert len(data.train_loader.sampler) == 100 and len(data.valid_loader.sampler) == 20
+    assert len(data.test_loader.sampler) == 40
+    assert abs(float(x.mean())) < 3  # standardised, not raw 0..255
+
+
+def test_folder_mode_trains_above_chance(tmp_path, exps):
+    write_mnist(tmp_path / "data", n_train=600, n_test=100)
+    train(
+        MNIST,
+        exps,
+        "exp_name=folder",
+        "data_mode=folder",
+        f"data_root={tmp_path / 'data'}",
+        "valid_size=100",
+        "max_epoch=3",
+        "batch_size=32",
+    )
+    main.run(
+        str(MNIST),
+        [
+            f"experiments_dir={exps}",
+            "exp_name=folder",
+            "data_mode=folder",
+            f"data_root={tmp_path / 'data'}",
+            "valid_size=100",
+            "mode=test",
+        ],
+    )
+    import json
+
+    summary = json.loads((exps / "folder" / "summary.json").read_text())
+    assert summary["final"]["valid/accuracy"] > 0.5  # chance is 0.1
+    assert summary["test/accuracy"] > 0.5
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda p: p.write_bytes(b"\x00\x00\x08"), "bad magic number"),
+        (lambda p: p.write_bytes(p.read_bytes()[:-5]), "truncated"),
+        (lambda p: p.write_bytes(b"GIF89a" + bytes(100)), "bad magic number"),
+    ],
+)
+def test_damaged_idx_file_names_the_file(tmp_path, damage, message):
+    raw = write_mnist(tmp_path)
+    target = raw / "train-images-idx3-ubyte"
+    damage(target)
+    with pytest.raises(UserError, match=message) as info:
+        MnistDataLoader(main.load_config(str(MNIST), ["data_mode=folder", f"data_root={tmp_path}", "valid_size=20"])[0])
+    assert str(target) in str(info.value)
+
+
+def test_labels_out_of_range_are_rejected(tmp_path):
+    raw = write_mnist(tmp_path)
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.full(40, 12))
+    with pytest.raises(UserError, match="label 12 out of range"):
+        MnistDataLoader(main.load_config(str(MNIST), ["data_mode=folder", f"data_root={tmp_path}", "valid_size=20"])[0])
+
+
+def test_read_idx_round_trip(tmp_path):
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "a", array)
+    assert torch.equal(read_idx(tmp_path / "a"), torch.from_numpy(array))
+
+
+def test_net_matches_the_seed_table():
+    net = Mnist()
+    assert net(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    assert net.fc1.in_features == 320 and net.conv1.out_channels == 10 and net.conv2.out_channels == 20
+    assert sum(p.numel() for p in net.parameters()) == 21840

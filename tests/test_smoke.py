@@ -1,0 +1,34 @@
+"""Every config in configs/ runs end to end on random data with debug limits."""
+
+import json
+
+import pytest
+
+from tests.conftest import CONFIGS, load, train
+
+# Per-agent overrides that make a run take seconds.
+FAST = {
+    "DQNAgent": [
+        "total_steps=300",
+        "learning_starts=100",
+        "validate_every=150",
+        "eval_episodes=2",
+        "solve_episodes=2",
+        "buffer_size=500",
+    ],
+}
+DEFAULT_FAST = ["data_mode=random", "max_epoch=2", "max_train_batches=3", "max_valid_batches=2"]
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.json")))
+def test_config_runs_on_random_data(config, exps):
+    agent = json.loads((CONFIGS / config).read_text())["agent"]
+    train(CONFIGS / config, exps, "exp_name=smoke", *FAST.get(agent, DEFAULT_FAST))
+    run = exps / "smoke"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["num_params"] > 0 and summary["steps"] > 0
+    assert json.loads((run / "config.json").read_text())["agent"] == agent
+    assert (run / "metrics.csv").read_text().count("\n") >= 2
+    state = load(run / "checkpoints" / "last.pth")
+    assert state["agent"] == agent and state["models"]
+    assert list((run / "summaries").glob("events.out.tfevents.*"))
