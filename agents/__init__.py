@@ -14,7 +14,6 @@ from utils.errors import UserError
 AGENTS = {
     "ExampleAgent": "agents.example",
     "MnistAgent": "agents.mnist",
-    "DQNAgent": "agents.dqn",
 }
 
 

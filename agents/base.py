@@ -121,6 +121,7 @@ class BaseAgent:
 
         self.models: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._optimizer_keys: dict[str, str] = {}  # optimizer name -> its config key
         self.schedulers: dict[str, Any] = {}
         self.scaler = torch.amp.GradScaler(self.device.type) if config.amp == "fp16" else None
         self.data_loader = None
@@ -154,6 +155,7 @@ class BaseAgent:
         """Build the optimizer named by config[key] (``{"type", "args"}`` from torch.optim)."""
         optimizer = build_torch_object("torch.optim", self.config[key], params, key)
         self.optimizers[name] = optimizer
+        self._optimizer_keys[name] = key
         return optimizer
 
     def make_scheduler(self, optimizer, name: str = "scheduler", key: str = "scheduler"):
@@ -416,6 +418,7 @@ class BaseAgent:
                     obj.load_state_dict(state[kind][name])
                 except (ValueError, KeyError, RuntimeError) as e:
                     raise UserError(f"{path}: {kind[:-1]} '{name}' does not match the config's: {e}") from None
+        self._apply_changed_optimizer_args(state.get("config", {}))
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
@@ -552,10 +555,21 @@ class BaseAgent:
             self.recorder.info(f"config changed since the last run; the old one is config.{n}.json")
         path.write_text(text)
 
+    def _apply_changed_optimizer_args(self, old_config: dict) -> None:
+        """Optimizer args changed since the checkpoint (say, a lower lr to fine-tune) win over its state."""
+        for name, key in self._optimizer_keys.items():
+            old_args = (old_config.get(key) or {}).get("args", {})
+            for arg, value in self.config[key].args.items():
+                groups = self.optimizers[name].param_groups
+                if old_args.get(arg) != value and arg in groups[0]:
+                    for group in groups:
+                        group[arg] = value
+                    self.recorder.info(f"{key}.args.{arg} changed since the checkpoint: now {value}")
+
     def _check_matches(self, path: str | Path, state: dict) -> None:
         old = state.get("config", {})
-        for key in self.optimizers.keys() | {"optimizer"}:
-            if key in old and key in self.config and old[key]["type"] != self.config[key]["type"]:
+        for key in self._optimizer_keys.values():
+            if old.get(key) and old[key]["type"] != self.config[key]["type"]:
                 raise UserError(
                     f"{path}: checkpoint optimizer '{key}' is {old[key]['type']}, "
                     f"the config's is {self.config[key]['type']}"

@@ -18,8 +18,8 @@ def test_every_registered_agent_resolves_to_a_base_agent():
 
 
 def test_unknown_agent_suggests_the_nearest():
-    with pytest.raises(UserError, match=r"did you mean 'DQNAgent'"):
-        get_agent_class("DQNAgnt")
+    with pytest.raises(UserError, match=r"did you mean 'MnistAgent'"):
+        get_agent_class("MnistAgnt")
 
 
 def test_importing_an_agent_loads_no_other_agents_dependencies():

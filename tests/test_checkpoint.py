@@ -1,0 +1,145 @@
+"""Checkpoints: plain (weights_only), exact resume, Ctrl-C, NaN stop, nothing overwritten."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import CONFIGS, REPO, assert_same_tensors, load, train
+from utils import checkpoint
+from utils.errors import TrainingStopped, UserError
+
+MNIST = CONFIGS / "mnist_exp_0.json"
+EXAMPLE = CONFIGS / "example_exp_0.json"
+# MNIST on random data with dropout: the resume must restore the RNG to be exact.
+QUICK = ["data_mode=random", "random_size=640", "valid_size=64", "batch_size=32", "max_train_batches=8"]
+
+
+def test_checkpoint_is_plain_and_complete(exps):
+    train(MNIST, exps, "exp_name=a", "max_epoch=1", *QUICK)
+    state = torch.load(exps / "a" / "checkpoints" / "last.pth", weights_only=True)
+    assert state["epoch"] == 1 and state["global_step"] == 8 and state["batch_in_epoch"] == 0
+    assert set(state["models"]) == {"model"} and set(state["optimizers"]) == {"optimizer"}
+    assert set(state["schedulers"]) == {"scheduler"}
+    assert {"python", "numpy", "torch"} <= set(state["rng"])
+    assert state["config"]["exp_name"] == "a" and state["versions"]["torch"] == torch.__version__
+    assert (exps / "a" / "checkpoints" / "best.pth").exists()
+
+
+def test_resume_is_exact(exps):
+    train(MNIST, exps, "exp_name=straight", "max_epoch=2", *QUICK)
+    train(MNIST, exps, "exp_name=resumed", "max_epoch=1", *QUICK)
+    train(MNIST, exps, "exp_name=resumed", "max_epoch=2", *QUICK)
+    a, b = (load(exps / n / "checkpoints" / "last.pth") for n in ("straight", "resumed"))
+    for key in ("models", "optimizers", "schedulers", "epoch", "global_step"):
+        assert_same_tensors(a[key], b[key], key)
+    rows = (exps / "resumed" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["epoch", "1", "2"]
+    summary = json.loads((exps / "resumed" / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["steps"] == 16
+
+
+def test_rerun_of_a_finished_run_changes_nothing(exps):
+    train(MNIST, exps, "exp_name=a", "max_epoch=1", *QUICK)
+    before = (exps / "a" / "checkpoints" / "last.pth").read_bytes()
+    train(MNIST, exps, "exp_name=a", "max_epoch=1", *QUICK)
+    assert (exps / "a" / "checkpoints" / "last.pth").read_bytes() == before
+
+
+def test_resume_false_never_overwrites(exps):
+    train(MNIST, exps, "exp_name=a", "max_epoch=1", *QUICK)
+    before = (exps / "a" / "checkpoints" / "last.pth").read_bytes()
+    with pytest.raises(UserError, match="already has checkpoints and resume is false"):
+        train(MNIST, exps, "exp_name=a", "max_epoch=1", "resume=false", *QUICK)
+    assert (exps / "a" / "checkpoints" / "last.pth").read_bytes() == before
+
+
+def test_changed_config_keeps_the_old_one(exps):
+    train(MNIST, exps, "exp_name=a", "max_epoch=1", *QUICK)
+    train(MNIST, exps, "exp_name=a", "max_epoch=2", *QUICK)
+    assert json.loads((exps / "a" / "config.1.json").read_text())["max_epoch"] == 1
+    assert json.loads((exps / "a" / "config.json").read_text())["max_epoch"] == 2
+
+
+def test_resume_from_a_path_and_test_mode(exps):
+    train(MNIST, exps, "exp_name=a", "max_epoch=1", *QUICK)
+    path = exps / "a" / "checkpoints" / "last.pth"
+    train(MNIST, exps, "exp_name=b", "max_epoch=2", f"resume={path}", *QUICK)
+    assert load(exps / "b" / "checkpoints" / "last.pth")["epoch"] == 2
+    train(MNIST, exps, "exp_name=b", "mode=test", *QUICK)
+    summary = json.loads((exps / "b" / "summary.json").read_text())
+    assert 0 <= summary["test/accuracy"] <= 1 and summary["tested_checkpoint"].endswith("best.pth")
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(exps):
+    train(EXAMPLE, exps, "exp_name=ex", "max_epoch=1")
+    other = exps / "ex" / "checkpoints" / "last.pth"
+    with pytest.raises(UserError, match="checkpoint of ExampleAgent, but the config's agent is MnistAgent"):
+        train(MNIST, exps, "exp_name=m", f"resume={other}", *QUICK)
+    with pytest.raises(UserError, match="model 'model' does not match"):
+        train(EXAMPLE, exps, "exp_name=ex2", f"resume={other}", "hidden=7")
+    with pytest.raises(UserError, match="checkpoint optimizer 'optimizer' is Adam, the config's is SGD"):
+        train(EXAMPLE, exps, "exp_name=ex3", f"resume={other}", "optimizer.type=SGD")
+
+
+def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good(exps):
+    train(EXAMPLE, exps, "exp_name=nan", "max_epoch=1", "optimizer.type=SGD")
+    good = (exps / "nan" / "checkpoints" / "last.pth").read_bytes()
+    with pytest.raises(TrainingStopped, match=r"loss is (nan|inf) at epoch 2, step \d+") as info:
+        train(EXAMPLE, exps, "exp_name=nan", "max_epoch=3", "optimizer.type=SGD", "optimizer.args.lr=1e12")
+    assert "last good checkpoint" in str(info.value)
+    assert (exps / "nan" / "checkpoints" / "last.pth").read_bytes() == good
+    assert json.loads((exps / "nan" / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_failed_save_leaves_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    checkpoint.atomic_save({"models": {}, "epoch": 1}, path)
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.atomic_save({"models": {}, "epoch": 2}, path)
+    monkeypatch.undo()
+    assert checkpoint.load(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temp file left behind
+
+
+def test_sigint_mid_epoch_saves_and_resume_finishes_identically(exps):
+    args = [
+        "data_mode=random",
+        "random_size=20000",
+        "valid_size=64",
+        "batch_size=16",
+        "max_epoch=1",
+        "max_valid_batches=2",
+    ]
+    cmd = [sys.executable, "main.py", str(MNIST), f"experiments_dir={exps}", "exp_name=int", *args]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    log = exps / "int" / "logs" / "run.log"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (log.exists() and "run directory" in log.read_text()):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved" in err and "Traceback" not in err
+    state = load(exps / "int" / "checkpoints" / "last.pth")
+    assert state["epoch"] == 0 and 0 < state["batch_in_epoch"] < 1250  # stopped inside the epoch
+    train(MNIST, exps, "exp_name=int", *args)
+    train(MNIST, exps, "exp_name=straight", *args)
+    a, b = (load(exps / n / "checkpoints" / "last.pth") for n in ("int", "straight"))
+    assert a["global_step"] == b["global_step"] == 1250
+    assert_same_tensors(a["models"], b["models"], "models")
+    assert_same_tensors(a["optimizers"], b["optimizers"], "optimizers")
