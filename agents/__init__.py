@@ -14,6 +14,7 @@ from utils.errors import UserError
 AGENTS = {
     "ExampleAgent": "agents.example",
     "MnistAgent": "agents.mnist",
+    "DQNAgent": "agents.dqn",
 }
 
 

@@ -65,6 +65,7 @@ class BaseAgent:
         ),
         "seed": Key(1, int, "seeds python, numpy, torch and loader workers", min=0, max=2**31 - 1),
         "deterministic": Key(False, bool, "deterministic kernels (slower on GPU)"),
+        "torch_threads": Key(None, int, "CPU threads for torch ops (null: torch's default)", min=1, nullable=True),
         "device": Key("auto", str, "auto (CUDA when present), cpu, cuda, cuda:N", check=_device_check),
         "max_epoch": Key(10, int, "train until this many epochs are done", min=1, max=10**6),
         "validate_every": Key(1, int, "validate every N epochs (and after the last)", min=1),
@@ -118,6 +119,8 @@ class BaseAgent:
         self.recorder = Recorder(self.run_dir, enabled=distributed.is_main(), name=config.exp_name)
         self.recorder.lock()
         self.seed_everything(config.seed, config.deterministic)
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
 
         self.models: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -219,6 +222,10 @@ class BaseAgent:
         """Fresh metrics for one validation pass; their names appear as valid/<name>."""
         return {"loss": Mean(), "accuracy": Accuracy()}
 
+    def metric_names(self) -> list[str]:
+        """The names ``validate`` reports (``monitor`` must pick one of them)."""
+        return [f"valid/{name}" for name in self.make_metrics()]
+
     def eval_step(self, batch: Any, metrics: dict[str, Metric]) -> None:
         """Update ``metrics`` with one batch (the model is unwrapped: no DDP collectives here)."""
         x, y = self.to_device(batch)
@@ -267,9 +274,11 @@ class BaseAgent:
             path = self._resume_path()
             if path is not None:
                 self.load_checkpoint(path)
-            elif self.world_size > 1:
-                # Same initial weights everywhere (DDP broadcasts them too); different dropout/augmentation.
-                self.seed_everything(self.config.seed + self.rank, self.config.deterministic)
+            if self.world_size > 1:
+                # Initial weights agree (DDP also broadcasts rank 0's); dropout and augmentation must not.
+                self.seed_everything(
+                    self.config.seed + 1_000_003 * self.rank + self.global_step, self.config.deterministic
+                )
             self._write_config()
             self.train()
         finally:
@@ -342,23 +351,29 @@ class BaseAgent:
 
     def test(self) -> None:
         """mode=test: load best.pth (or ``resume``) and evaluate the test split into summary.json."""
-        resume = self.config.resume
-        path = Path(resume) if isinstance(resume, str) and resume != "auto" else self.checkpoint_dir / "best.pth"
-        if not path.exists() and resume == "auto" and (self.checkpoint_dir / "last.pth").exists():
-            path = self.checkpoint_dir / "last.pth"
-        if not path.exists():
-            raise UserError(f"{path}: no checkpoint to test; train first (mode=train) or set resume to a checkpoint")
-        self.load_checkpoint(path, weights_only=True)
+        self._tested = self._test_checkpoint()
+        self.load_checkpoint(self._tested, weights_only=True)
         loader = getattr(self.data_loader, "test_loader", None)
         if loader is None:
             raise UserError(f"config: key 'mode': {type(self.data_loader).__name__} has no test split")
-        metrics = self.validate(loader, split="test")
+        self._record_test(self.validate(loader, split="test"))
+
+    def _test_checkpoint(self) -> Path:
+        resume = self.config.resume
+        if isinstance(resume, str) and resume != "auto":
+            path = Path(resume)
+        else:
+            best, last = self.checkpoint_dir / "best.pth", self.checkpoint_dir / "last.pth"
+            path = best if best.exists() or not last.exists() else last
+        if not path.exists():
+            raise UserError(f"{path}: no checkpoint to test; train first (mode=train) or set resume to a checkpoint")
+        return path
+
+    def _record_test(self, metrics: dict[str, float]) -> None:
         self.recorder.info("test: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        self.last_metrics = metrics
-        self.status = "tested"
-        self.recorder.write_json(
-            "summary.json", {**self.recorder.read_json("summary.json"), **metrics, "tested_checkpoint": str(path)}
-        )
+        self.last_metrics, self.status = metrics, "tested"
+        summary = self.recorder.read_json("summary.json")
+        self.recorder.write_json("summary.json", {**summary, **metrics, "tested_checkpoint": str(self._tested)})
 
     def save_checkpoint(self, is_best: bool = False) -> None:
         """last.pth (and best.pth, epoch_N.pth when due), written atomically by rank 0."""
@@ -496,7 +511,7 @@ class BaseAgent:
         from utils.config import did_you_mean
 
         metric = self.config.monitor.split()[1]
-        names = [f"valid/{k}" for k in self.make_metrics()]
+        names = self.metric_names()
         if metric not in names:
             raise UserError(
                 f"config: key 'monitor': {type(self).__name__} reports no metric '{metric}' "

@@ -43,6 +43,7 @@ class Recorder:
         self._writer = None
         self._lock_file = None
         if not enabled:
+            self.logger.addHandler(logging.NullHandler())  # other ranks stay silent
             return
         for sub in ("checkpoints", "summaries", "out", "logs"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,318 @@
+"""DQN on a gymnasium environment (CartPole-v1 by default), read top to bottom.
+
+Training is counted in environment steps: one "epoch" of BaseAgent's loop is ``validate_every``
+steps, after which a greedy evaluation runs on separately seeded environments and a checkpoint
+is written. Device, seeding, logging, checkpoints, resume and Ctrl-C come from BaseAgent.
+
+"Solved" is the environment's own definition: a mean return over 100 consecutive (greedy)
+episodes of at least ``reward_threshold`` (475 for CartPole-v1). A short screen of
+``eval_episodes`` runs first; only when it passes do the ``solve_episodes`` run.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from agents.base import BaseAgent
+from datasets.gym_env import make_env
+from graphs.models.dqn import QConv, QMlp
+from utils import distributed
+from utils.config import Key, torch_object_key
+from utils.errors import UserError
+from utils.replay_memory import ReplayMemory
+
+# Keys of the supervised loop that mean nothing here (an agent learning by acting has no data loader).
+_UNUSED = {
+    "data_mode",
+    "data_root",
+    "num_workers",
+    "max_epoch",
+    "max_train_batches",
+    "max_valid_batches",
+    "sync_batchnorm",
+    "scheduler",
+}
+
+
+class DQNAgent(BaseAgent):
+    config_schema = {
+        **{k: v for k, v in BaseAgent.config_schema.items() if k not in _UNUSED},
+        "env_id": Key("CartPole-v1", str, "gymnasium environment id (Discrete actions)"),
+        "observation": Key(
+            "state", str, "state: the env's vector; pixels: rendered screen differences", choices=("state", "pixels")
+        ),
+        "hidden": Key(
+            [256, 256], list, "hidden layer widths of the state MLP", check=lambda v, w, s: _positive_ints(v, w, s)
+        ),
+        "total_steps": Key(50_000, int, "environment steps to train for", min=1),
+        "learning_starts": Key(1_000, int, "random steps before the first update", min=0),
+        "train_frequency": Key(1, int, "environment steps per update", min=1),
+        "gradient_steps": Key(1, int, "gradient steps per update", min=1),
+        "batch_size": Key(64, int, "transitions per gradient step", min=1),
+        "buffer_size": Key(50_000, int, "replay memory capacity (transitions)", min=1),
+        "gamma": Key(0.99, float, "discount factor", min=0.0, max=1.0),
+        "eps_start": Key(1.0, float, "exploration rate at step 0", min=0.0, max=1.0),
+        "eps_end": Key(0.05, float, "exploration rate from eps_decay_steps on", min=0.0, max=1.0),
+        "eps_decay_steps": Key(10_000, int, "steps from eps_start to eps_end", min=1),
+        "eps_schedule": Key("linear", str, "linear or exponential (geometric)", choices=("linear", "exponential")),
+        "target_update": Key(
+            "hard", str, "hard: copy every target_update_every steps; soft: Polyak with tau", choices=("hard", "soft")
+        ),
+        "target_update_every": Key(500, int, "steps between hard target updates", min=1),
+        "tau": Key(0.005, float, "soft target update rate", min=0.0, max=1.0),
+        "double_dqn": Key(True, bool, "choose the next action with the online net, value it with the target"),
+        "loss": Key("huber", str, "huber (smooth L1) or mse TD loss", choices=("huber", "mse")),
+        "grad_clip_norm": Key(10.0, float, "clip the gradient norm", min=1e-12, nullable=True),
+        "optimizer": torch_object_key("torch.optim", "optimizer", {"type": "Adam", "args": {"lr": 0.001}}),
+        "validate_every": Key(1_000, int, "training steps between greedy evaluations (and checkpoints)", min=1),
+        "eval_episodes": Key(10, int, "greedy episodes of the screening evaluation", min=1),
+        "solve_episodes": Key(100, int, "greedy episodes that decide 'solved' (the env's definition: 100)", min=1),
+        "stop_when_solved": Key(True, bool, "end training at the first evaluation that solves the env"),
+        "checkpoint_replay": Key(False, bool, "also save the replay memory in checkpoints (large)"),
+        "monitor": Key("max eval/mean_return", str, "metric choosing best.pth"),
+        "log_every": Key(500, int, "log the training loss every N steps", min=1),
+        "torch_threads": Key(1, int, "CPU threads for torch ops: 1 is fastest for a small MLP", min=1, nullable=True),
+    }
+
+    def __init__(self, config) -> None:
+        if distributed.launched_by_torchrun() and int(distributed.os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError("config: key 'agent': DQNAgent runs in one process; run it without --nproc")
+        if config.eps_schedule == "exponential" and config.eps_end <= 0:
+            raise UserError("config: key 'eps_end': the exponential schedule needs eps_end > 0")
+        super().__init__(config)
+        self.env = make_env(config.env_id, config.observation)
+        obs_shape = self.env.observation_space.shape
+        num_actions = int(self.env.action_space.n)
+        self.threshold = self.env.spec.reward_threshold if self.env.spec else None
+
+        def q_network():
+            if config.observation == "pixels":
+                return QConv(obs_shape, num_actions)
+            return QMlp(obs_shape[0], num_actions, config.hidden)
+
+        self.q = self.prepare_model(q_network(), name="q")
+        self.target = self.prepare_model(q_network(), name="target")
+        self.target.load_state_dict(self.q.state_dict())
+        self.target.eval()
+        self.optimizer = self.make_optimizer(self.q.parameters())
+        obs_dtype = torch.float16 if config.observation == "pixels" else torch.float32
+        self.memory = ReplayMemory(config.buffer_size, obs_shape, obs_dtype)
+
+        self.episodes = 0
+        self.episode_return = 0.0
+        self.recent_returns: deque[float] = deque(maxlen=100)
+        self.last_loss: float | None = None
+        self.solved_at_step: int | None = None
+        self.solved_at_seconds: float | None = None
+        self.solve_mean: float | None = None
+        self.obs = None  # set by the first reset
+        self.eval_envs: list = []
+
+    # ----- schedule -----------------------------------------------------------------------------
+
+    def epsilon(self, step: int) -> float:
+        """Exploration rate: eps_start at step 0, eps_end from eps_decay_steps on."""
+        c = self.config
+        frac = min(step / c.eps_decay_steps, 1.0)
+        if c.eps_schedule == "linear":
+            return c.eps_start + frac * (c.eps_end - c.eps_start)
+        return c.eps_start * (c.eps_end / c.eps_start) ** frac if c.eps_start > 0 else c.eps_end
+
+    # ----- acting and learning: one call per environment step ----------------------------------
+
+    def reset_env(self) -> None:
+        # Episode i always starts from seed + i, so the same seed gives the same learning curve.
+        self.obs, _ = self.env.reset(seed=self.config.seed * 1_000_003 + self.episodes)
+        self.episode_return = 0.0
+
+    def act(self, obs, eps: float) -> int:
+        if random.random() < eps:
+            return random.randrange(self.env.action_space.n)
+        with torch.no_grad():
+            q = self.q(torch.as_tensor(obs, device=self.device).unsqueeze(0))
+        return int(q.argmax(dim=1).item())
+
+    def train_batches(self):
+        """This epoch's environment steps: up to the next evaluation, or the end of training."""
+        end = min((self.epoch + 1) * self.config.validate_every, self.config.total_steps)
+        return range(self.global_step, end), max(0, end - self.global_step)
+
+    def train_step(self, step: int) -> dict:
+        c = self.config
+        if self.obs is None:
+            self.reset_env()
+        eps = self.epsilon(step)
+        action = self.act(self.obs, eps)
+        next_obs, reward, terminated, truncated, _ = self.env.step(action)
+        self.memory.push(self.obs, action, reward, next_obs, terminated)
+        self.obs = next_obs
+        self.episode_return += float(reward)
+        logs = {"epsilon": eps}
+        if terminated or truncated:
+            self.episodes += 1
+            self.recent_returns.append(self.episode_return)
+            self.recorder.scalars(
+                {
+                    "train/episode_return": self.episode_return,
+                    "train/mean_return_100": float(np.mean(self.recent_returns)),
+                },
+                step,
+            )
+            self.reset_env()
+
+        if step >= c.learning_starts and step % c.train_frequency == 0:
+            for _ in range(c.gradient_steps):
+                loss = self.learn()
+            logs["loss"] = loss
+            self.last_loss = float(loss)
+        if c.target_update == "soft":
+            if step >= c.learning_starts:
+                self.soft_update(c.tau)
+        elif step % c.target_update_every == 0:
+            self.target.load_state_dict(self.q.state_dict())
+        return logs
+
+    def learn(self) -> torch.Tensor:
+        """One gradient step on a uniform batch from replay: TD(0) with a target network."""
+        c = self.config
+        obs, actions, rewards, next_obs, dones = self.memory.sample(c.batch_size, self.device)
+        with torch.no_grad():
+            if c.double_dqn:  # the online net picks the action, the target net values it
+                next_actions = self.q(next_obs).argmax(dim=1, keepdim=True)
+                next_q = self.target(next_obs).gather(1, next_actions).squeeze(1)
+            else:
+                next_q = self.target(next_obs).max(dim=1).values
+            target = rewards + c.gamma * (1.0 - dones) * next_q
+        with self.autocast():
+            q = self.q(obs).gather(1, actions.unsqueeze(1)).squeeze(1).float()
+        loss = F.smooth_l1_loss(q, target) if c.loss == "huber" else F.mse_loss(q, target)
+        self.optimize(loss, self.optimizer)
+        return loss.detach()
+
+    def soft_update(self, tau: float) -> None:
+        with torch.no_grad():
+            for t, p in zip(self.target.parameters(), self.q.parameters(), strict=True):
+                t.lerp_(p, tau)
+
+    # ----- evaluation -----------------------------------------------------------------------------
+
+    def evaluate(self, episodes: int) -> list[float]:
+        """Greedy (eps = 0) returns of ``episodes`` episodes, stepped side by side on their own envs.
+
+        Seeds differ from training's, and none of these steps counts as a training step.
+        """
+        while len(self.eval_envs) < episodes:
+            self.eval_envs.append(make_env(self.config.env_id, self.config.observation))
+        envs = self.eval_envs[:episodes]
+        obs = [env.reset(seed=2**31 - 1 - self.config.seed * 1_000 - i)[0] for i, env in enumerate(envs)]
+        returns, alive = [0.0] * episodes, list(range(episodes))
+        self.q.eval()
+        with torch.no_grad():
+            while alive:
+                batch = torch.as_tensor(np.stack([obs[i] for i in alive]), device=self.device)
+                actions = self.q(batch).argmax(dim=1).tolist()
+                still = []
+                for i, action in zip(alive, actions, strict=True):
+                    obs[i], reward, terminated, truncated, _ = envs[i].step(action)
+                    returns[i] += float(reward)
+                    if not (terminated or truncated):
+                        still.append(i)
+                alive = still
+        self.q.train()
+        return returns
+
+    def test(self) -> None:
+        """mode=test: greedy mean return of best.pth (or ``resume``) over solve_episodes episodes."""
+        self._tested = self._test_checkpoint()
+        self.load_checkpoint(self._tested, weights_only=True)
+        returns = self.evaluate(self.config.solve_episodes)
+        metrics = {"test/mean_return": float(np.mean(returns)), "test/min_return": float(np.min(returns))}
+        self._record_test(metrics)
+
+    def metric_names(self) -> list[str]:
+        return [
+            "eval/mean_return",
+            "eval/solve_mean_return",
+            "train/mean_return_100",
+            "train/epsilon",
+            "train/loss",
+            "train/episodes",
+        ]
+
+    def validate(self) -> dict[str, float]:
+        c = self.config
+        screen = float(np.mean(self.evaluate(c.eval_episodes)))
+        metrics = {
+            "eval/mean_return": screen,
+            "train/mean_return_100": float(np.mean(self.recent_returns)) if self.recent_returns else math.nan,
+            "train/epsilon": self.epsilon(self.global_step),
+            "train/loss": self.last_loss if self.last_loss is not None else math.nan,
+            "train/episodes": float(self.episodes),
+        }
+        if self.threshold is not None and screen >= self.threshold:
+            mean = float(np.mean(self.evaluate(c.solve_episodes)))
+            metrics["eval/solve_mean_return"] = mean
+            if mean >= self.threshold and self.solved_at_step is None:
+                self.solved_at_step, self.solved_at_seconds, self.solve_mean = (
+                    self.global_step,
+                    self.wall_seconds(),
+                    mean,
+                )
+                self.recorder.info(
+                    f"solved at step {self.global_step}: greedy mean return {mean:.1f} over "
+                    f"{c.solve_episodes} episodes (threshold {self.threshold})"
+                )
+        self.stop_training = c.stop_when_solved and self.solved_at_step is not None
+        return metrics
+
+    def max_epochs(self) -> int:
+        return math.ceil(self.config.total_steps / self.config.validate_every)
+
+    def should_validate(self) -> bool:
+        return True
+
+    # ----- checkpoint and summary -------------------------------------------------------------------
+
+    def extra_state(self) -> dict:
+        state = {
+            "episodes": self.episodes,
+            "recent_returns": list(self.recent_returns),
+            "last_loss": self.last_loss,
+            "solved_at_step": self.solved_at_step,
+            "solved_at_seconds": self.solved_at_seconds,
+            "solve_mean": self.solve_mean,
+        }
+        if self.config.checkpoint_replay:
+            state["memory"] = self.memory.state_dict()
+        return state
+
+    def load_extra_state(self, state: dict) -> None:
+        self.episodes = state["episodes"]
+        self.recent_returns.extend(state["recent_returns"])
+        self.last_loss, self.solved_at_step = state["last_loss"], state["solved_at_step"]
+        self.solved_at_seconds, self.solve_mean = state["solved_at_seconds"], state["solve_mean"]
+        if "memory" in state:
+            self.memory.load_state_dict(state["memory"])
+        self.stop_training = self.config.stop_when_solved and self.solved_at_step is not None
+
+    def summary_extra(self) -> dict:
+        return {
+            "env_id": self.config.env_id,
+            "solved": self.solved_at_step is not None,
+            "solved_at_step": self.solved_at_step,
+            "solved_at_seconds": self.solved_at_seconds,
+            "solve_mean_return": self.solve_mean,
+            "final_eval_mean_return": self.last_metrics.get("eval/mean_return"),
+            "episodes": self.episodes,
+        }
+
+
+def _positive_ints(value: list, where: str, source: str) -> None:
+    if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        raise UserError(f"{source}: key '{where}': expected a non-empty list of positive integers, got {value!r}")

@@ -1,0 +1,53 @@
+"""BaseAgent's training loop vs a hand-written PyTorch loop: same net, data, optimizer and steps.
+
+    python benchmarks/loop_overhead.py [--steps 400] [--repeats 7]
+
+Both loops draw batches from the same DataLoader (MNIST-shaped random data) and train the MNIST
+agent's own model and optimizer; only the loop differs. Repetitions alternate between the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+from itertools import islice
+
+import torch
+from common import build_agent, interleaved, report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    agent = build_agent(
+        "configs/mnist_exp_0.json",
+        "data_mode=random",
+        "random_size=60000",
+        f"max_train_batches={args.steps}",
+        "log_every=50",
+    )
+    loader, model, optimizer, loss_fn = agent.data_loader.train_loader, agent.model, agent.optimizer, agent.loss
+
+    def plain_loop() -> None:
+        model.train()
+        for x, y in islice(loader, args.steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            loss.item()
+
+    times = interleaved(
+        {"plain PyTorch loop": plain_loop, "BaseAgent.train_one_epoch": agent.train_one_epoch}, args.repeats
+    )
+    agent.finalize()
+    print(f"{args.steps} steps of the MNIST net, batch 64, 1 torch thread, {args.repeats} interleaved repeats")
+    report(times, "plain PyTorch loop")
+    per_step = {k: [t / args.steps * 1e3 for t in v] for k, v in times.items()}
+    report(per_step, "plain PyTorch loop", unit="ms/step")
+
+
+if __name__ == "__main__":
+    main()

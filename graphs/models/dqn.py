@@ -1,0 +1,48 @@
+"""Q-networks for DQN: an MLP over the state vector, and the seed's CNN over screen differences."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class QMlp(nn.Module):
+    """state (N, obs_dim) -> fc -> ReLU -> ... -> fc -> Q-values (N, num_actions)."""
+
+    def __init__(self, obs_dim: int, num_actions: int, hidden: list[int]) -> None:
+        super().__init__()
+        layers, width = [], obs_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, num_actions))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class QConv(nn.Module):
+    """The seed's network over the difference of two screens.
+
+    | layer | output (C x H x W) for a 1 x 40 x 80 input |
+    |---|---|
+    | conv 5x5 stride 2, 1 -> 16; BN; ReLU | 16 x 18 x 38 |
+    | conv 5x5 stride 2, 16 -> 32; BN; ReLU | 32 x 7 x 17 |
+    | conv 5x5 stride 2, 32 -> 32; BN; ReLU | 32 x 2 x 7 |
+    | flatten; fc 448 -> num_actions | num_actions |
+    """
+
+    def __init__(self, in_shape: tuple[int, int, int], num_actions: int) -> None:
+        super().__init__()
+        channels = [in_shape[0], 16, 32, 32]
+        blocks = []
+        for c_in, c_out in zip(channels, channels[1:], strict=False):
+            blocks += [nn.Conv2d(c_in, c_out, kernel_size=5, stride=2), nn.BatchNorm2d(c_out), nn.ReLU()]
+        self.features = nn.Sequential(*blocks)
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, *in_shape)).numel()
+        self.head = nn.Linear(flat, num_actions)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.float()).flatten(1))

@@ -1,0 +1,117 @@
+"""DistributedDataParallel under torchrun on CPU (Gloo, 2 processes), as CI runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import main
+from tests.conftest import CONFIGS, REPO, load, train
+
+pytestmark = pytest.mark.slow
+MNIST = CONFIGS / "mnist_exp_0.json"
+EXAMPLE = CONFIGS / "example_exp_0.json"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def test_mnist_under_run_sh_nproc_2_and_checkpoints_move_between_1_and_2_processes(exps):
+    args = [
+        f"experiments_dir={exps}",
+        "exp_name=ddp",
+        "data_mode=random",
+        "random_size=512",
+        "valid_size=101",
+        "batch_size=16",
+        "max_valid_batches=null",
+    ]
+    train(MNIST, exps, *args, "max_epoch=1")  # 1 process ...
+    result = subprocess.run(
+        ["./run.sh", "--nproc", "2", str(MNIST), *args, "max_epoch=2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]  # ... resumed by 2 ...
+    run = exps / "ddp"
+    state = load(run / "checkpoints" / "last.pth")
+    assert state["epoch"] == 2 and state["global_step"] == 32 + 16  # 512 samples: 32 steps of 16, then 16 per rank
+    log = (run / "logs" / "run.log").read_text()
+    assert log.count("epoch 2:") == 1 and "x 2 process(es)" in log and "global batch 32" in log
+    assert len(list((run / "summaries").glob("events.out.tfevents.*"))) == 2  # one per run, not per rank
+    assert [r.split(",")[0] for r in (run / "metrics.csv").read_text().splitlines()] == ["epoch", "1", "2"]
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 2
+    train(MNIST, exps, *args, "max_epoch=3")  # ... and by 1 again
+    assert load(run / "checkpoints" / "last.pth")["epoch"] == 3
+
+
+def test_two_processes_equal_one_with_twice_the_batch(tmp_path, exps):
+    """No dropout or BN: DDP with batch B per rank follows the same path as 1 process with 2B."""
+    common = [
+        "data_mode=random",
+        "random_size=640",
+        "max_epoch=2",
+        "optimizer.type=SGD",
+        "optimizer.args.lr=0.1",
+        "hidden=16",
+    ]
+    torchrun(
+        "tests/ddp_worker.py",
+        str(tmp_path),
+        str(EXAMPLE),
+        f"experiments_dir={exps}",
+        "exp_name=two",
+        "batch_size=16",
+        *common,
+    )
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["world_size"] == 2
+    for k in r0["params"]:
+        assert torch.equal(r0["params"][k], r1["params"][k]), f"ranks differ in {k}"
+    assert r0["metrics"] == r1["metrics"]  # reduced: both ranks see the whole validation set's value
+
+    train(EXAMPLE, exps, "exp_name=one", "batch_size=32", *common)
+    single = load(exps / "one" / "checkpoints" / "last.pth")["models"]["model"]
+    for k, v in single.items():
+        torch.testing.assert_close(r0["params"][k], v, rtol=1e-5, atol=1e-6)
+
+    # The validation metric over 2 ranks (uneven shards: 128 samples, 2 ranks, batch 16) equals 1 process's.
+    config, cls = main.load_config(
+        str(EXAMPLE), [f"experiments_dir={exps}", "exp_name=check", "batch_size=16", *common]
+    )
+    agent = cls(config)
+    try:
+        agent.model.load_state_dict(r0["params"])
+        metrics = agent.validate()
+    finally:
+        agent.finalize()
+    assert metrics["valid/accuracy"] == r0["metrics"]["valid/accuracy"]
+    assert metrics["valid/loss"] == pytest.approx(r0["metrics"]["valid/loss"], rel=1e-6)
+
+
+def test_dqn_refuses_several_processes(exps):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "main.py",
+        str(CONFIGS / "dqn_exp_0.json"),
+        f"experiments_dir={exps}",
+    ]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV)
+    assert result.returncode != 0
+    assert "DQNAgent runs in one process; run it without --nproc" in result.stderr
