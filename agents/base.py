@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from utils import checkpoint, distributed
-from utils.config import REQUIRED, Key, build_torch_object, plain_name, to_plain, torch_object_key
+from utils.config import REQUIRED, Key, build_torch_object, plain_name, relative_path, to_plain, torch_object_key
 from utils.data import set_epoch
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 from utils.metrics import Accuracy, Mean, Metric
@@ -36,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _device_check(value: str, where: str, source: str) -> None:
-    if value in ("auto", "cpu", "cuda", "mps") or (value.startswith("cuda:") and value[5:].isdigit()):
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
         return
     raise UserError(f"{source}: key '{where}': expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
 
@@ -65,7 +65,9 @@ class BaseAgent:
         ),
         "seed": Key(1, int, "seeds python, numpy, torch and loader workers", min=0, max=2**31 - 1),
         "deterministic": Key(False, bool, "deterministic kernels (slower on GPU)"),
-        "torch_threads": Key(None, int, "CPU threads for torch ops (null: torch's default)", min=1, nullable=True),
+        "torch_threads": Key(
+            None, int, "CPU threads for torch ops (null: torch's default)", min=1, max=1024, nullable=True
+        ),
         "device": Key("auto", str, "auto (CUDA when present), cpu, cuda, cuda:N", check=_device_check),
         "max_epoch": Key(10, int, "train until this many epochs are done", min=1, max=10**6),
         "validate_every": Key(1, int, "validate every N epochs (and after the last)", min=1),
@@ -77,10 +79,14 @@ class BaseAgent:
             check=_resume_check,
         ),
         "data_mode": Key("random", str, "download, folder or random", choices=("download", "folder", "random")),
-        "data_root": Key("data", str, "dataset directory; relative paths are under the repository"),
-        "experiments_dir": Key("experiments", str, "where run directories go; relative to the repository"),
+        "data_root": Key(
+            "data", str, "dataset directory; relative paths are under the repository", check=relative_path
+        ),
+        "experiments_dir": Key(
+            "experiments", str, "where run directories go; relative to the repository", check=relative_path
+        ),
         "batch_size": Key(64, int, "per process: the global batch is batch_size x processes", min=1, max=2**20),
-        "num_workers": Key(0, int, "data-loader worker processes", min=0, max=256),
+        "num_workers": Key(0, int, "data-loader worker processes", min=0, max=128),
         "amp": Key(
             None,
             str,
@@ -118,6 +124,9 @@ class BaseAgent:
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.recorder = Recorder(self.run_dir, enabled=distributed.is_main(), name=config.exp_name)
         self.recorder.lock()
+        if distributed.is_main():  # temp files of a save that a kill cut short (we hold the lock: no writer now)
+            for stale in self.checkpoint_dir.glob(".*.tmp"):
+                stale.unlink()
         self.seed_everything(config.seed, config.deterministic)
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
@@ -281,6 +290,13 @@ class BaseAgent:
                 )
             self._write_config()
             self.train()
+        except torch.OutOfMemoryError:
+            self.status = "out of memory"
+            raise TrainingStopped(
+                f"out of {self.device.type.upper()} memory at epoch {self.epoch + 1}, step {self.global_step} with "
+                f"batch_size {self.config.batch_size} per process: lower batch_size (or set amp=bf16); "
+                "the last checkpoint is intact, run again to resume"
+            ) from None
         finally:
             for s, h in handlers.items():
                 signal.signal(s, h)
@@ -381,16 +397,23 @@ class BaseAgent:
             return
         state = self.checkpoint_state()
         last = self.checkpoint_dir / "last.pth"
-        checkpoint.atomic_save(state, last)
-        if is_best:
-            self._copy_atomic(last, self.checkpoint_dir / "best.pth")
-        every = self.config.checkpoint_every
-        if every and self.epoch % every == 0 and self.batch_in_epoch == 0:
-            self._copy_atomic(last, self.checkpoint_dir / f"epoch_{self.epoch:04d}.pth")
-            keep = self.config.keep_checkpoints
-            if keep:
-                for old in sorted(self.checkpoint_dir.glob("epoch_*.pth"))[:-keep]:
-                    old.unlink()
+        try:
+            checkpoint.atomic_save(state, last)
+            if is_best:
+                self._copy_atomic(last, self.checkpoint_dir / "best.pth")
+            every = self.config.checkpoint_every
+            if every and self.epoch % every == 0 and self.batch_in_epoch == 0:
+                self._copy_atomic(last, self.checkpoint_dir / f"epoch_{self.epoch:04d}.pth")
+                keep = self.config.keep_checkpoints
+                if keep:
+                    for old in sorted(self.checkpoint_dir.glob("epoch_*.pth"))[:-keep]:
+                        old.unlink()
+        except OSError as e:
+            self.status = "checkpoint failed"
+            raise TrainingStopped(
+                f"{self.checkpoint_dir}: could not save a checkpoint at epoch {self.epoch} ({e.strerror or e}); "
+                "the previous checkpoint files are intact. Free disk space, then run the same command to resume"
+            ) from None
 
     def checkpoint_state(self) -> dict:
         return {
@@ -625,5 +648,8 @@ class BaseAgent:
     @staticmethod
     def _copy_atomic(src: Path, dst: Path) -> None:
         tmp = dst.with_name(f".{dst.name}.tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ episodes of at least ``reward_threshold`` (475 for CartPole-v1). A short screen 
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections import deque
 
@@ -50,7 +51,7 @@ class DQNAgent(BaseAgent):
         "hidden": Key(
             [256, 256], list, "hidden layer widths of the state MLP", check=lambda v, w, s: _positive_ints(v, w, s)
         ),
-        "total_steps": Key(50_000, int, "environment steps to train for", min=1),
+        "total_steps": Key(50_000, int, "environment steps to train for", min=1, max=10**9),
         "learning_starts": Key(1_000, int, "random steps before the first update", min=0),
         "train_frequency": Key(1, int, "environment steps per update", min=1),
         "gradient_steps": Key(1, int, "gradient steps per update", min=1),
@@ -71,8 +72,10 @@ class DQNAgent(BaseAgent):
         "grad_clip_norm": Key(10.0, float, "clip the gradient norm", min=1e-12, nullable=True),
         "optimizer": torch_object_key("torch.optim", "optimizer", {"type": "Adam", "args": {"lr": 0.001}}),
         "validate_every": Key(1_000, int, "training steps between greedy evaluations (and checkpoints)", min=1),
-        "eval_episodes": Key(10, int, "greedy episodes of the screening evaluation", min=1),
-        "solve_episodes": Key(100, int, "greedy episodes that decide 'solved' (the env's definition: 100)", min=1),
+        "eval_episodes": Key(10, int, "greedy episodes of the screening evaluation", min=1, max=1000),
+        "solve_episodes": Key(
+            100, int, "greedy episodes that decide 'solved' (the env's definition: 100)", min=1, max=1000
+        ),
         "stop_when_solved": Key(True, bool, "end training at the first evaluation that solves the env"),
         "checkpoint_replay": Key(False, bool, "also save the replay memory in checkpoints (large)"),
         "monitor": Key("max eval/mean_return", str, "metric choosing best.pth"),
@@ -81,7 +84,7 @@ class DQNAgent(BaseAgent):
     }
 
     def __init__(self, config) -> None:
-        if distributed.launched_by_torchrun() and int(distributed.os.environ.get("WORLD_SIZE", "1")) > 1:
+        if distributed.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
             raise UserError("config: key 'agent': DQNAgent runs in one process; run it without --nproc")
         if config.eps_schedule == "exponential" and config.eps_end <= 0:
             raise UserError("config: key 'eps_end': the exponential schedule needs eps_end > 0")
@@ -102,6 +105,13 @@ class DQNAgent(BaseAgent):
         self.target.eval()
         self.optimizer = self.make_optimizer(self.q.parameters())
         obs_dtype = torch.float16 if config.observation == "pixels" else torch.float32
+        need = 2 * config.buffer_size * math.prod(obs_shape) * obs_dtype.itemsize
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if need > have // 2:
+            raise UserError(
+                f"config: key 'buffer_size': {config.buffer_size} transitions of shape {obs_shape} need "
+                f"{need / 2**30:.1f} GiB, more than half of this machine's {have / 2**30:.1f} GiB"
+            )
         self.memory = ReplayMemory(config.buffer_size, obs_shape, obs_dtype)
 
         self.episodes = 0
@@ -314,5 +324,5 @@ class DQNAgent(BaseAgent):
 
 
 def _positive_ints(value: list, where: str, source: str) -> None:
-    if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-        raise UserError(f"{source}: key '{where}': expected a non-empty list of positive integers, got {value!r}")
+    if not value or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 65536 for v in value):
+        raise UserError(f"{source}: key '{where}': expected a non-empty list of integers in 1..65536, got {value!r}")

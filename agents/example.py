@@ -20,7 +20,7 @@ class ExampleAgent(BaseAgent):
     config_schema = {
         **BaseAgent.config_schema,
         **ExampleDataLoader.config_schema,
-        "hidden": Key(32, int, "hidden units", min=1),
+        "hidden": Key(32, int, "hidden units", min=1, max=4096),
     }
 
     def __init__(self, config) -> None:

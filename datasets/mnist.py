@@ -97,7 +97,7 @@ class MnistDataLoader:
         "valid_size": Key(
             5000, int, "training images held out for validation (best.pth is chosen on them)", min=1, max=59999
         ),
-        "random_size": Key(6000, int, "data_mode=random: number of synthetic training images", min=2),
+        "random_size": Key(6000, int, "data_mode=random: number of synthetic training images", min=2, max=200_000),
     }
 
     def __init__(self, config) -> None:

@@ -156,7 +156,7 @@ def test_pixels_mode_smoke(exps):
     [
         (["env_id=CartPole-v9"], "unknown environment 'CartPole-v9' (did you mean 'CartPole-v1'?)"),
         (["env_id=Pendulum-v1"], "Box action space; DQN needs a Discrete one"),
-        (["hidden=[0]"], "key 'hidden': expected a non-empty list of positive integers"),
+        (["hidden=[0]"], "key 'hidden': expected a non-empty list of integers in 1..65536"),
         (["eps_schedule=exponential", "eps_end=0"], "exponential schedule needs eps_end > 0"),
         (["max_epoch=3"], "unknown key 'max_epoch'"),
     ],

@@ -196,6 +196,15 @@ def _torch_class(module: Any, kind: str, where: str, source: str, name: str) -> 
     return cls
 
 
+def relative_path(value: str, where: str, source: str) -> None:
+    """Check for directory keys: absolute paths are allowed (documented); relative ones stay inside."""
+    if not value.strip() or (not value.startswith("/") and ".." in value.replace("\\", "/").split("/")):
+        raise UserError(
+            f"{source}: key '{where}': expected a folder inside the repository (no '..') "
+            f"or an absolute path, got {value!r}"
+        )
+
+
 def _check_args(cls: type, args: dict, where: str, source: str) -> None:
     """Reject arguments the constructor does not take (after its first), naming the nearest one."""
     params = list(inspect.signature(cls.__init__).parameters.values())[2:]
@@ -225,10 +234,18 @@ def torch_object_key(module: str, kind: str, default: dict | None, doc: str = ""
 
         cls = _torch_class(_torch_module(module), kind, where, source, value["type"])
         _check_args(cls, value["args"], where, source)
-        probe = [torch.nn.Parameter(torch.zeros(1))]
-        if module != "torch.optim":
-            probe = torch.optim.SGD(probe, lr=0.1)
-        build_torch_object(module, value, probe, where, source)
+        param = torch.nn.Parameter(torch.zeros(1))
+        param.grad = torch.ones(1)
+        optimizer = torch.optim.SGD([param], lr=0.1) if module != "torch.optim" else None
+        built = build_torch_object(module, value, optimizer or [param], where, source)
+        try:  # one step: some bad values (a string step_size) only fail when used
+            if optimizer is None:
+                built.step()
+            else:
+                optimizer.step()
+                built.step(1.0) if isinstance(built, torch.optim.lr_scheduler.ReduceLROnPlateau) else built.step()
+        except Exception as e:  # noqa: BLE001 (any failure here comes from the user's args)
+            raise UserError(f"{source}: key '{where}.args': {cls.__name__} fails with {value['args']}: {e}") from None
 
     schema = {"type": Key(REQUIRED, str, f"{kind} class name"), "args": Key({}, dict, "constructor arguments")}
     return Key(default, dict, doc, schema=schema, nullable=default is None, check=check)
@@ -239,5 +256,5 @@ def build_torch_object(module: str, spec: dict, first: Any, where: str, source: 
     cls = getattr(_torch_module(module), spec["type"])
     try:
         return cls(first, **spec["args"])
-    except (TypeError, ValueError, OverflowError) as e:
+    except Exception as e:  # noqa: BLE001 (the args are the user's: any rejection is theirs to fix)
         raise UserError(f"{source}: key '{where}.args': {cls.__name__} rejected {spec['args']}: {e}") from None
