@@ -31,9 +31,12 @@ def load_config(path: str, overrides: list[str] = ()):
 def run(path: str, overrides: list[str] = ()) -> None:
     """Load the config and run its agent to the end (what main does, minus exit codes)."""
     config, agent_class = load_config(path, overrides)
+    # Created in two steps so that finalize (which releases the run's lock and log files) runs even
+    # when the agent's own __init__ fails, e.g. on missing data.
+    agent = agent_class.__new__(agent_class)
     try:
-        agent = agent_class(config)
         try:
+            agent.__init__(config)
             agent.run()
         finally:
             agent.finalize()

@@ -472,12 +472,14 @@ class BaseAgent:
             self.recorder.info(f"already trained {self.epoch} epochs: raise max_epoch to continue")
 
     def finalize(self) -> None:
-        """Write summary.json, close writers, leave the process group."""
+        """Write summary.json, close writers, leave the process group (also after a failed __init__)."""
+        recorder = getattr(self, "recorder", None)
         try:
-            if self.config.mode == "train" and self.status != "started":
-                self.recorder.write_json("summary.json", self.summary())
+            if recorder is not None and self.config.mode == "train" and getattr(self, "status", "started") != "started":
+                recorder.write_json("summary.json", self.summary())
         finally:
-            self.recorder.close()
+            if recorder is not None:
+                recorder.close()
             distributed.teardown()
 
     def summary(self) -> dict:

@@ -320,6 +320,12 @@ class DQNAgent(BaseAgent):
             self.memory.load_state_dict(state["memory"])
         self.stop_training = self.config.stop_when_solved and self.solved_at_step is not None
 
+    def finalize(self) -> None:
+        for env in [getattr(self, "env", None), *getattr(self, "eval_envs", [])]:
+            if env is not None:
+                env.close()
+        super().finalize()
+
     def summary_extra(self) -> dict:
         return {
             "env_id": self.config.env_id,

@@ -164,3 +164,11 @@ def test_pixels_mode_smoke(exps):
 def test_bad_env_or_config_is_a_user_error(exps, overrides, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
         train(DQN, exps, *TINY, *overrides)
+
+
+@pytest.mark.slow
+def test_default_config_learns_cartpole(exps):
+    """The shipped config, 10000 steps at most: the greedy policy must do far better than chance (~22)."""
+    train(DQN, exps, "exp_name=learn", "total_steps=10000")
+    summary = json.loads((exps / "learn" / "summary.json").read_text())
+    assert summary["best"]["value"] >= 195, summary  # CartPole-v0's own "solved" bar
