@@ -310,7 +310,7 @@ class BaseAgent:
             metrics = self.validate() if self.should_validate() else {}
             if metrics:
                 self.last_metrics = metrics
-                self.recorder.scalars(metrics, self.global_step)
+                self.recorder.scalars(metrics, self.global_step, flush=True)
                 self.recorder.metrics_row({"epoch": self.epoch, "step": self.global_step, **metrics})
                 self.recorder.info(f"epoch {self.epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             self._step_schedulers(metrics)

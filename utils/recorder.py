@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,16 @@ def _jsonable(value: Any) -> Any:
 class Recorder:
     """Run directory writer: text log, TensorBoard scalars, metrics.csv, JSON files, the lock."""
 
+    FLUSH_SECONDS = 10.0
+
     def __init__(self, run_dir: Path, enabled: bool, name: str = "agent") -> None:
         self.run_dir, self.enabled = Path(run_dir), enabled
         self.logger = logging.getLogger(f"ppt.{name}.{id(self)}")
         self.logger.propagate = False
         self.logger.setLevel(logging.INFO if enabled else logging.WARNING)
         self._writer = None
+        self._pending: list[tuple[dict[str, float], int]] = []
+        self._last_flush = time.monotonic()
         self._lock_file = None
         if not enabled:
             self.logger.addHandler(logging.NullHandler())  # other ranks stay silent
@@ -88,11 +93,29 @@ class Recorder:
             self._writer = SummaryWriter(str(self.run_dir / "summaries"))
         return self._writer
 
-    def scalars(self, values: dict[str, float], step: int) -> None:
+    def scalars(self, values: dict[str, float], step: int, flush: bool = False) -> None:
+        """Queue TensorBoard scalars; they are written in bursts (every few seconds, on ``flush``, at close).
+
+        Writing each as it comes costs the training loop far more than its share: tensorboardX wakes
+        its writer thread for every event, and that thread competes with the loop for the GIL.
+        """
         if not self.enabled:
             return
-        for name, value in values.items():
-            self.writer.add_scalar(name, value, step)
+        self._pending.append((values, step))
+        if flush or time.monotonic() - self._last_flush > self.FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued scalars to TensorBoard now."""
+        if not self._pending:
+            return
+        writer = self.writer
+        for values, step in self._pending:
+            for name, value in values.items():
+                writer.add_scalar(name, value, step)
+        writer.flush()
+        self._pending.clear()
+        self._last_flush = time.monotonic()
 
     def metrics_row(self, row: dict[str, Any]) -> None:
         """Append one row to metrics.csv (columns grow if a later row has new keys)."""
@@ -139,6 +162,8 @@ class Recorder:
         return self.run_dir / "out" / name
 
     def close(self) -> None:
+        if self.enabled:
+            self.flush()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
