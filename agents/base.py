@@ -128,6 +128,7 @@ class BaseAgent:
             for stale in self.checkpoint_dir.glob(".*.tmp"):
                 stale.unlink()
         self.seed_everything(config.seed, config.deterministic)
+        self._threads_before = torch.get_num_threads()
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
 
@@ -480,6 +481,8 @@ class BaseAgent:
         finally:
             if recorder is not None:
                 recorder.close()
+            if hasattr(self, "_threads_before"):
+                torch.set_num_threads(self._threads_before)  # a process-wide setting: leave it as found
             distributed.teardown()
 
     def summary(self) -> dict:

@@ -121,6 +121,7 @@ def test_sigint_mid_epoch_saves_and_resume_finishes_identically(exps):
         "batch_size=16",
         "max_epoch=1",
         "max_valid_batches=2",
+        "torch_threads=1",  # the same float summation order in both processes
     ]
     cmd = [sys.executable, "main.py", str(MNIST), f"experiments_dir={exps}", "exp_name=int", *args]
     proc = subprocess.Popen(
