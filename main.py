@@ -47,6 +47,11 @@ def run(path: str, overrides: list[str] = ()) -> None:
         raise
 
 
+def one_line(text: str) -> str:
+    """The message with control characters (newlines included) escaped, so it stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train or test the agent a JSON config names.")
     parser.add_argument("config", help="path to a JSON config, e.g. configs/mnist_exp_0.json")
@@ -55,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args.config, args.overrides)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except TrainingStopped as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 1
     except RunInterrupted as e:
         print(str(e), file=sys.stderr)

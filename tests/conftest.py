@@ -14,6 +14,7 @@ import main
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
+MNIST_CONFIG = CONFIGS / "mnist_exp_0.json"
 
 
 @pytest.fixture

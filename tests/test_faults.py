@@ -53,9 +53,12 @@ def wait_for_training(exps, exp: str, proc: subprocess.Popen, timeout: float = 6
         time.sleep(0.02)
 
 
-def kill_and_rerun(exps, exp: str, delays: list[float]) -> list[int]:
-    """SIGKILL a run after each delay (seconds after training started), re-running it each time."""
-    epochs_at_kill = []
+def kill_and_rerun(exps, exp: str, delays: list[float]) -> list[tuple[int, bool]]:
+    """SIGKILL a run after each delay (seconds after training started), re-running it each time.
+
+    Returns, per kill, the epochs checkpointed by then and whether the run was still going.
+    """
+    kills = []
     for delay in delays:
         log = exps / exp / "logs" / "run.log"
         if log.exists():
@@ -63,18 +66,20 @@ def kill_and_rerun(exps, exp: str, delays: list[float]) -> list[int]:
         proc = start(exp, exps, *KILL_ARGS)
         wait_for_training(exps, exp, proc)
         time.sleep(delay)
+        running = proc.poll() is None
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         last = exps / exp / "checkpoints" / "last.pth"
-        epochs_at_kill.append(load(last)["epoch"] if last.exists() else 0)
-    return epochs_at_kill
+        kills.append((load(last)["epoch"] if last.exists() else 0, running))
+    return kills
 
 
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_rerun_matches_an_uninterrupted_run(exps):
     train(MNIST, exps, "exp_name=straight", *KILL_ARGS)
     rng = random.Random(0)
-    kill_and_rerun(exps, "killed", [rng.uniform(0.0, 1.5) for _ in range(4)])
+    kills = kill_and_rerun(exps, "killed", [rng.uniform(0.0, 1.5) for _ in range(4)])
+    assert any(running for _, running in kills)
     train(MNIST, exps, "exp_name=killed", *KILL_ARGS)  # the same command, to the end
     a, b = (load(exps / n / "checkpoints" / "last.pth") for n in ("straight", "killed"))
     for key in ("models", "optimizers", "schedulers", "epoch", "global_step", "best"):
@@ -245,7 +250,7 @@ def test_mutated_configs_run_or_exit_2_with_one_line(tmp_path, capsys, mutations
     assert "Traceback" not in err
     assert code in (0, 1, 2), err
     if code == 2:
-        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert err.startswith("error: ") and len(err.splitlines()) == 1, err
     if code == 1:
         assert "loss is" in err  # the only non-2 failure allowed: a config that diverges, said in one line
 
@@ -254,7 +259,7 @@ def test_mutated_configs_run_or_exit_2_with_one_line(tmp_path, capsys, mutations
 @given(data=st.binary(max_size=64))
 def test_garbage_config_files_exit_2(tmp_path, capsys, data):
     code, err = run_mutated(tmp_path, data, capsys)
-    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,84 @@
+"""BaseAgent switches: mixed precision, gradient clipping, periodic checkpoints, determinism."""
+
+import pytest
+import torch
+
+import main
+from tests.conftest import CONFIGS, load, train
+
+EXAMPLE = CONFIGS / "example_exp_0.json"
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_checkpoints_its_scaler(exps, amp):
+    train(EXAMPLE, exps, f"exp_name={amp}", f"amp={amp}", "max_epoch=2")
+    state = load(exps / amp / "checkpoints" / "last.pth")
+    assert (state["scaler"] is not None) == (amp == "fp16")
+    if amp == "fp16":
+        assert state["scaler"]["scale"] > 0
+    train(EXAMPLE, exps, f"exp_name={amp}", f"amp={amp}", "max_epoch=3")  # and resumes
+    assert load(exps / amp / "checkpoints" / "last.pth")["epoch"] == 3
+
+
+def test_grad_clip_norm_bounds_the_update(exps):
+    config, cls = main.load_config(
+        str(EXAMPLE),
+        [
+            f"experiments_dir={exps}",
+            "exp_name=clip",
+            "grad_clip_norm=0.01",
+            "optimizer.type=SGD",
+            "optimizer.args.lr=1.0",
+        ],
+    )
+    agent = cls(config)
+    try:
+        before = [p.detach().clone() for p in agent.model.parameters()]
+        x = torch.randn(8, config.in_features) * 100
+        loss = agent.model(x).pow(2).sum()  # a huge gradient
+        agent.optimize(loss, agent.optimizer)
+        step = torch.sqrt(
+            sum(((p.detach() - b) ** 2).sum() for p, b in zip(agent.model.parameters(), before, strict=True))
+        )
+        assert 0 < step <= 0.01 * 1.0001  # lr 1: the update is the clipped gradient
+    finally:
+        agent.finalize()
+
+
+def test_periodic_checkpoints_keep_the_last_k(exps):
+    train(EXAMPLE, exps, "exp_name=every", "max_epoch=5", "checkpoint_every=1", "keep_checkpoints=2")
+    kept = sorted(p.name for p in (exps / "every" / "checkpoints").glob("epoch_*.pth"))
+    assert kept == ["epoch_0004.pth", "epoch_0005.pth"]
+    assert load(exps / "every" / "checkpoints" / "epoch_0004.pth")["epoch"] == 4
+
+
+def test_deterministic_runs_repeat_exactly(exps):
+    for name in ("d1", "d2"):
+        train(EXAMPLE, exps, f"exp_name={name}", "deterministic=true", "max_epoch=2")
+    a, b = (load(exps / n / "checkpoints" / "last.pth")["models"]["model"] for n in ("d1", "d2"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lr_scheduler_steps_once_per_epoch(exps):
+    train(
+        EXAMPLE,
+        exps,
+        "exp_name=sched",
+        "max_epoch=3",
+        'scheduler={"type": "StepLR", "args": {"step_size": 1, "gamma": 0.5}}',
+        "optimizer.args.lr=0.08",
+    )
+    state = load(exps / "sched" / "checkpoints" / "last.pth")
+    assert state["optimizers"]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01)
+
+
+def test_plateau_scheduler_gets_the_monitored_metric(exps):
+    train(
+        EXAMPLE,
+        exps,
+        "exp_name=plateau",
+        "max_epoch=2",
+        'scheduler={"type": "ReduceLROnPlateau", "args": {"mode": "max", "patience": 0}}',
+    )
+    state = load(exps / "plateau" / "checkpoints" / "last.pth")
+    assert state["schedulers"]["scheduler"]["best"] == pytest.approx(state["best"])
