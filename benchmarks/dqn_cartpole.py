@@ -59,7 +59,8 @@ def main() -> None:
         rate = s["steps"] / s["wall_seconds"]
         print(
             f"{seed:>4} {s['solved']!s:>6} {s['solved_at_step'] or '-':>8} "
-            f"{s['solved_at_seconds'] or float('nan'):>10.1f} {s['steps']:>7} {s['wall_seconds']:>7.1f} {rate:>8.0f}"
+            f"{s['solved_at_seconds'] or float('nan'):>10.1f} {s['steps']:>7} {s['wall_seconds']:>7.1f} {rate:>8.0f} "
+            f"{s['process_seconds']:>9.1f}"
         )
     solved = [s for s in summaries if s["solved"]]
     print(f"solved {len(solved)}/{len(summaries)} within the step budget")
@@ -70,6 +71,9 @@ def main() -> None:
         print(f"seconds to solve: median {statistics.median(secs):.1f}, worst {max(secs):.1f}")
     rates = [s["steps"] / s["wall_seconds"] for s in summaries]
     print(f"env steps per second with training: median {statistics.median(rates):.0f}")
+    print(
+        f"whole command (start-up included): median {statistics.median(s['process_seconds'] for s in summaries):.1f} s"
+    )
 
 
 if __name__ == "__main__":
