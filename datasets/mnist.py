@@ -102,8 +102,10 @@ class MnistDataLoader:
 
     def __init__(self, config) -> None:
         if config.data_mode == "random":
-            train = random_images(config.random_size + config.valid_size, (28, 28), 10, config.seed)
-            test = random_images(max(config.valid_size, 1), (28, 28), 10, config.seed + 1)
+            # One draw for all splits, so that they share the class patterns; test is valid_size images.
+            n_train = config.random_size + config.valid_size
+            images, labels = random_images(n_train + config.valid_size, (28, 28), 10, config.seed)
+            train, test = (images[:n_train], labels[:n_train]), (images[n_train:], labels[n_train:])
         else:
             root = data_root(config)
             if config.data_mode == "download":

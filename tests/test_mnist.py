@@ -119,3 +119,14 @@ def test_net_matches_the_seed_table():
     assert net(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
     assert net.fc1.in_features == 320 and net.conv1.out_channels == 10 and net.conv2.out_channels == 20
     assert sum(p.numel() for p in net.parameters()) == 21840
+
+
+def test_random_mode_splits_share_their_classes(exps):
+    """Random data is learnable, and what is learnt on train carries over to valid and test."""
+    args = ["exp_name=rnd", "data_mode=random", "valid_size=200", "max_epoch=2"]
+    train(MNIST, exps, *args)
+    train(MNIST, exps, *args, "mode=test")
+    import json
+
+    summary = json.loads((exps / "rnd" / "summary.json").read_text())
+    assert summary["final"]["valid/accuracy"] > 0.5 and summary["test/accuracy"] > 0.5  # chance is 0.1
