@@ -158,6 +158,11 @@ class BaseAgent:
         model = model.to(self.device)
         if self.world_size > 1:
             if self.config.sync_batchnorm:
+                if self.device.type != "cuda":
+                    raise UserError(
+                        "config: key 'sync_batchnorm': PyTorch's SyncBatchNorm runs on CUDA devices only; "
+                        "set sync_batchnorm=false to train on the CPU"
+                    )
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)

@@ -2,18 +2,41 @@
 
     torchrun --nproc_per_node 2 tests/ddp_worker.py OUT_DIR CONFIG key=value ...
 
-Writes OUT_DIR/rank<r>.pt with the rank's final parameters and its (all-reduced) validation
-metrics, which only a test can see: the agent itself writes from rank 0 alone.
+Writes OUT_DIR/rank<r>.pt with the rank's final model state (parameters and buffers), whether it
+holds SyncBatchNorm layers, and its (all-reduced) validation metrics, which only a test can see:
+the agent itself writes from rank 0 alone. CONFIG may name ``BatchNormAgent``, defined here.
 """
 
 import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import main  # noqa: E402
+from agents import AGENTS  # noqa: E402
+from agents.example import ExampleAgent  # noqa: E402
+
+
+class BatchNormAgent(ExampleAgent):
+    """The template agent with a BatchNorm layer in its MLP."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.models.clear()
+        net = nn.Sequential(
+            nn.Linear(config.in_features, config.hidden),
+            nn.BatchNorm1d(config.hidden),
+            nn.ReLU(),
+            nn.Linear(config.hidden, config.num_classes),
+        )
+        self.model = self.prepare_model(net)
+        self.optimizer = self.make_optimizer(self.model.parameters())
+
+
+AGENTS["BatchNormAgent"] = "tests.ddp_worker"
 
 
 def run(out: Path, config_path: str, overrides: list[str]) -> None:
@@ -22,8 +45,16 @@ def run(out: Path, config_path: str, overrides: list[str]) -> None:
     try:
         agent.run()
         metrics = agent.validate()
-        params = {k: v.detach().cpu() for k, v in agent.unwrap(agent.model).state_dict().items()}
-        torch.save({"params": params, "metrics": metrics, "world_size": agent.world_size}, out / f"rank{agent.rank}.pt")
+        model = agent.unwrap(agent.model)
+        torch.save(
+            {
+                "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "metrics": metrics,
+                "world_size": agent.world_size,
+                "sync_bn": any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()),
+            },
+            out / f"rank{agent.rank}.pt",
+        )
     finally:
         agent.finalize()
 

@@ -77,14 +77,14 @@ def test_two_processes_equal_one_with_twice_the_batch(tmp_path, exps):
     )
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["world_size"] == 2
-    for k in r0["params"]:
-        assert torch.equal(r0["params"][k], r1["params"][k]), f"ranks differ in {k}"
+    for k in r0["state"]:
+        assert torch.equal(r0["state"][k], r1["state"][k]), f"ranks differ in {k}"
     assert r0["metrics"] == r1["metrics"]  # reduced: both ranks see the whole validation set's value
 
     train(EXAMPLE, exps, "exp_name=one", "batch_size=32", *common)
     single = load(exps / "one" / "checkpoints" / "last.pth")["models"]["model"]
     for k, v in single.items():
-        torch.testing.assert_close(r0["params"][k], v, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(r0["state"][k], v, rtol=1e-5, atol=1e-6)
 
     # The validation metric over 2 ranks (uneven shards: 128 samples, 2 ranks, batch 16) equals 1 process's.
     config, cls = main.load_config(
@@ -92,12 +92,57 @@ def test_two_processes_equal_one_with_twice_the_batch(tmp_path, exps):
     )
     agent = cls(config)
     try:
-        agent.model.load_state_dict(r0["params"])
+        agent.model.load_state_dict(r0["state"])
         metrics = agent.validate()
     finally:
         agent.finalize()
     assert metrics["valid/accuracy"] == r0["metrics"]["valid/accuracy"]
     assert metrics["valid/loss"] == pytest.approx(r0["metrics"]["valid/loss"], rel=1e-6)
+
+
+def bn_config(tmp_path, exps):
+    config = tmp_path / "bn.json"
+    config.write_text(
+        json.dumps(
+            {
+                "exp_name": "bn",
+                "agent": "BatchNormAgent",
+                "data_mode": "random",
+                "experiments_dir": str(exps),
+                "max_epoch": 1,
+                "batch_size": 16,
+            }
+        )
+    )
+    return config
+
+
+def test_without_sync_batchnorm_each_rank_keeps_its_own_statistics(tmp_path, exps):
+    """The reason for the switch: plain BatchNorm under DDP sees only its rank's shard."""
+    torchrun("tests/ddp_worker.py", str(tmp_path), str(bn_config(tmp_path, exps)), "sync_batchnorm=false")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert not r0["sync_bn"]
+    assert not torch.allclose(r0["state"]["1.running_mean"], r1["state"]["1.running_mean"])
+    for k in ("0.weight", "1.weight", "3.weight"):  # the parameters still agree
+        assert torch.equal(r0["state"][k], r1["state"][k])
+
+
+def test_sync_batchnorm_on_cpu_is_a_clear_error(tmp_path, exps):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "tests/ddp_worker.py",
+        str(tmp_path),
+        str(bn_config(tmp_path, exps)),
+        "sync_batchnorm=true",
+    ]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV)
+    assert result.returncode != 0
+    assert "SyncBatchNorm runs on CUDA devices only" in result.stderr
 
 
 def test_dqn_refuses_several_processes(exps):
