@@ -289,6 +289,8 @@ class BaseAgent:
             path = self._resume_path()
             if path is not None:
                 self.load_checkpoint(path)
+                if path.resolve().parent != self.checkpoint_dir.resolve():
+                    self.best = self.best_epoch = None  # another run's best: this run picks its own best.pth
             if self.world_size > 1:
                 # Initial weights agree (DDP also broadcasts rank 0's); dropout and augmentation must not.
                 self.seed_everything(
@@ -334,6 +336,7 @@ class BaseAgent:
             leave=False,
             disable=None if distributed.is_main() else True,
         )
+        loss_sum, loss_count = 0.0, 0  # the bar shows the epoch's running mean loss
         for batch in bar:
             logs = self.train_step(batch)
             if self.scaler is not None:
@@ -345,12 +348,14 @@ class BaseAgent:
             bad, interrupted = distributed.any_rank(not math.isfinite(value), self._stop_signal is not None)
             if bad:
                 self._diverged(value)
+            if loss is not None:
+                loss_sum, loss_count = loss_sum + value, loss_count + 1
             if self.global_step % self.config.log_every == 0:
                 self.recorder.scalars(
                     {f"train/{k}": float(v) for k, v in logs.items() if v is not None}, self.global_step
                 )
-                if loss is not None:
-                    bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+                if loss_count:
+                    bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", refresh=False)
             if interrupted:
                 self._interrupted()
         self.batch_in_epoch = 0
