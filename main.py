@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from easydict import EasyDict
+
 from agents import get_agent_class
 from utils.config import apply_overrides, read_json, to_easydict, validate
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 
 
-def load_config(path: str, overrides: list[str] = ()):
+def load_config(path: str, overrides: list[str] = ()) -> tuple[EasyDict, type]:
     """Read CONFIG, apply overrides, validate against the agent's schema; returns (config, agent class)."""
     raw = read_json(path)
     agent = apply_overrides(raw, list(overrides)).get("agent")

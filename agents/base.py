@@ -169,14 +169,16 @@ class BaseAgent:
         self.models[name] = model
         return model
 
-    def make_optimizer(self, params: Iterable, name: str = "optimizer", key: str = "optimizer"):
+    def make_optimizer(
+        self, params: Iterable, name: str = "optimizer", key: str = "optimizer"
+    ) -> torch.optim.Optimizer:
         """Build the optimizer named by config[key] (``{"type", "args"}`` from torch.optim)."""
         optimizer = build_torch_object("torch.optim", self.config[key], params, key)
         self.optimizers[name] = optimizer
         self._optimizer_keys[name] = key
         return optimizer
 
-    def make_scheduler(self, optimizer, name: str = "scheduler", key: str = "scheduler"):
+    def make_scheduler(self, optimizer: torch.optim.Optimizer, name: str = "scheduler", key: str = "scheduler") -> Any:
         """Build the LR scheduler named by config[key], or None when that key is null."""
         if not self.config[key]:
             return None
@@ -198,7 +200,7 @@ class BaseAgent:
             return {k: self.to_device(v) for k, v in batch.items()}
         return batch
 
-    def autocast(self):
+    def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast context for the configured ``amp`` dtype (a no-op when amp is null)."""
         if self.config.amp is None:
             return contextlib.nullcontext()

@@ -103,7 +103,7 @@ class DQNAgent(BaseAgent):
         num_actions = int(self.env.action_space.n)
         self.threshold = self.env.spec.reward_threshold if self.env.spec else None
 
-        def q_network():
+        def q_network() -> torch.nn.Module:
             if config.observation == "pixels":
                 return QConv(obs_shape, num_actions)
             return QMlp(obs_shape[0], num_actions, config.hidden)
@@ -157,7 +157,7 @@ class DQNAgent(BaseAgent):
             q = self.q(torch.as_tensor(obs, device=self.device).unsqueeze(0))
         return int(q.argmax(dim=1).item())
 
-    def train_batches(self):
+    def train_batches(self) -> tuple[range, int]:
         """This epoch's environment steps: up to the next evaluation, or the end of training."""
         end = min((self.epoch + 1) * self.config.validate_every, self.config.total_steps)
         return range(self.global_step, end), max(0, end - self.global_step)

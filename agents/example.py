@@ -5,6 +5,8 @@ Build your pieces in __init__; override a method only where your training differ
 - ``train_step(batch)``: one optimisation step (a GAN updates two models here);
 - ``make_metrics()`` / ``eval_step(batch, metrics)``: what validation measures;
 - ``extra_state()`` / ``load_extra_state(state)``: anything else a checkpoint must hold.
+Files your agent writes (images, samples) go under ``self.run_dir / "out"``, on rank 0 only
+(``utils.distributed.is_main()``).
 """
 
 from torch import nn

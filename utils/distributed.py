@@ -65,8 +65,3 @@ def any_rank(*flags: bool) -> list[bool]:
         return list(flags)
     t = all_reduce_sum(torch.tensor([float(f) for f in flags]))
     return [v > 0 for v in t.tolist()]
-
-
-def barrier() -> None:
-    if world_size() > 1:
-        dist.barrier()

@@ -86,7 +86,7 @@ class Recorder:
         self.logger.warning(msg)
 
     @property
-    def writer(self):
+    def writer(self):  # -> tensorboardX.SummaryWriter, imported on first use
         if self._writer is None and self.enabled:
             from tensorboardX import SummaryWriter
 
@@ -156,10 +156,6 @@ class Recorder:
     def read_json(self, name: str) -> dict:
         path = self.run_dir / name
         return json.loads(path.read_text()) if path.exists() else {}
-
-    def out_path(self, name: str) -> Path:
-        """A path under out/ for images, samples and predictions."""
-        return self.run_dir / "out" / name
 
     def close(self) -> None:
         if self.enabled:
