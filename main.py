@@ -54,6 +54,11 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(message + "\n")
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train or test the agent a JSON config names.")
     parser.add_argument("config", help="path to a JSON config, e.g. configs/mnist_exp_0.json")
@@ -62,17 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args.config, args.overrides)
     except UserError as e:
-        print(f"error: {one_line(str(e))}", file=sys.stderr)
-        return 2
+        return _fail(f"error: {one_line(str(e))}", 2)
     except TrainingStopped as e:
-        print(f"error: {one_line(str(e))}", file=sys.stderr)
-        return 1
+        return _fail(f"error: {one_line(str(e))}", 1)
     except RunInterrupted as e:
-        print(str(e), file=sys.stderr)
-        return 130
+        return _fail(str(e), 130)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _fail("interrupted", 130)
     return 0
 
 

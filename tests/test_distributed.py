@@ -17,10 +17,11 @@ EXAMPLE = CONFIGS / "example_exp_0.json"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
+def torchrun(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 args...``; asserts success unless ``ok=False``."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert (result.returncode == 0) == ok, result.stderr[-4000:]
     return result
 
 
@@ -128,35 +129,11 @@ def test_without_sync_batchnorm_each_rank_keeps_its_own_statistics(tmp_path, exp
 
 
 def test_sync_batchnorm_on_cpu_is_a_clear_error(tmp_path, exps):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "tests/ddp_worker.py",
-        str(tmp_path),
-        str(bn_config(tmp_path, exps)),
-        "sync_batchnorm=true",
-    ]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV)
-    assert result.returncode != 0
+    config = str(bn_config(tmp_path, exps))
+    result = torchrun("tests/ddp_worker.py", str(tmp_path), config, "sync_batchnorm=true", ok=False)
     assert "SyncBatchNorm runs on CUDA devices only" in result.stderr
 
 
 def test_dqn_refuses_several_processes(exps):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "main.py",
-        str(CONFIGS / "dqn_exp_0.json"),
-        f"experiments_dir={exps}",
-    ]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV)
-    assert result.returncode != 0
+    result = torchrun("main.py", str(CONFIGS / "dqn_exp_0.json"), f"experiments_dir={exps}", ok=False)
     assert "DQNAgent runs in one process; run it without --nproc" in result.stderr
