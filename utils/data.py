@@ -95,10 +95,13 @@ def make_loader(
     train: bool,
     seed: int,
     num_workers: int = 0,
-    pin_memory: bool = False,
+    pin_memory: bool | None = None,
     drop_last: bool = False,
 ) -> DataLoader:
-    """A DataLoader over this rank's shard: shuffled (and padded) for training, exact for evaluation."""
+    """A DataLoader over this rank's shard: shuffled (and padded) for training, exact for evaluation.
+
+    ``pin_memory`` defaults to whether CUDA is present (pinned batches copy to the GPU asynchronously).
+    """
     sampler = ShardedSampler(len(dataset), shuffle=train, seed=seed, pad=train)
     batched = isinstance(dataset, TensorBatches)
     return DataLoader(
@@ -106,7 +109,7 @@ def make_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        pin_memory=pin_memory,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=drop_last and train,
         collate_fn=_keep_batch if batched else None,
         worker_init_fn=_seed_worker,

@@ -8,14 +8,31 @@ from utils.distributed import all_reduce_sum
 
 
 class Metric:
-    """A metric whose state is one float64 tensor that adds up across batches and ranks."""
+    """A metric whose state is one float64 tensor that adds up across batches and ranks.
+
+    The state lives on the device of the first update, so that a GPU validation adds up without
+    a host sync per batch; ``compute`` reads it once at the end.
+    """
 
     def __init__(self, size: int | tuple[int, ...] = 2) -> None:
         self.state = torch.zeros(size, dtype=torch.float64)
 
+    def _add(self, *values: torch.Tensor | float) -> None:
+        """Add ``values`` to the state's first entries, on the device of the first tensor among them."""
+        device = next((v.device for v in values if isinstance(v, torch.Tensor)), self.state.device)
+        if self.state.device != device:
+            self.state = self.state.to(device)
+        for i, v in enumerate(values):
+            self.state[i] += v.detach().double() if isinstance(v, torch.Tensor) else v
+
     def reduce(self) -> None:
         """Sum the state over all ranks (in place)."""
         all_reduce_sum(self.state)
+
+    def ratio(self) -> float:
+        """state[0] / state[1], or NaN when nothing was added."""
+        total, count = self.state[:2].tolist()
+        return total / count if count > 0 else float("nan")
 
     def compute(self) -> float:
         raise NotImplementedError
@@ -25,19 +42,17 @@ class Mean(Metric):
     """Sample-weighted mean of a per-batch value (e.g. the loss)."""
 
     def update(self, value: torch.Tensor | float, n: int) -> None:
-        self.state[0] += float(value) * n
-        self.state[1] += n
+        self._add(value * n, n)
 
     def compute(self) -> float:
-        return (self.state[0] / self.state[1]).item() if self.state[1] > 0 else float("nan")
+        return self.ratio()
 
 
 class Accuracy(Metric):
     """Top-1 accuracy of logits (N, C, ...) against integer targets (N, ...)."""
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        self.state[0] += (logits.argmax(dim=1) == target).sum().item()
-        self.state[1] += target.numel()
+        self._add((logits.argmax(dim=1) == target).sum(), target.numel())
 
     def compute(self) -> float:
-        return (self.state[0] / self.state[1]).item() if self.state[1] > 0 else float("nan")
+        return self.ratio()
