@@ -8,6 +8,7 @@ Exit codes: 0 success, 2 a user mistake (one line, no traceback), 1 anything els
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from easydict import EasyDict
@@ -59,12 +60,25 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def describe_keys(path: str, overrides: list[str] = ()) -> str:
+    """Every key the config's agent reads: its value in this config, and what it means."""
+    config, agent_class = load_config(path, overrides)
+    lines = [f"{agent_class.__name__} ({path}): key = value  # meaning"]
+    for key, spec in agent_class.config_schema.items():
+        lines.append(f"  {key} = {json.dumps(config[key])}  # {spec.doc}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train or test the agent a JSON config names.")
     parser.add_argument("config", help="path to a JSON config, e.g. configs/mnist_exp_0.json")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_epoch=3 optimizer.args.lr=0.05")
+    parser.add_argument("--keys", action="store_true", help="list the config's keys, values and meanings, then exit")
     args = parser.parse_args(argv)
     try:
+        if args.keys:
+            sys.stdout.write(describe_keys(args.config, args.overrides) + "\n")
+            return 0
         run(args.config, args.overrides)
     except UserError as e:
         return _fail(f"error: {one_line(str(e))}", 2)

@@ -130,3 +130,11 @@ def test_float_key_accepts_int_and_rejects_nan(tmp_path, capsys):
     assert config.grad_clip_norm == 1.0 and isinstance(config.grad_clip_norm, float)
     with pytest.raises(UserError, match="grad_clip_norm"):
         main.load_config(write(tmp_path, good()), ["grad_clip_norm=NaN"])
+
+
+def test_keys_lists_every_key_with_its_value_and_meaning(capsys):
+    assert main.main([MNIST, "--keys", "max_epoch=3"]) == 0
+    out = capsys.readouterr().out
+    assert "  max_epoch = 3  # train until this many epochs are done" in out
+    assert "  valid_size = 5000  # training images held out for validation" in out
+    assert '  optimizer = {"type": "Adadelta", "args": {"lr": 1.0}}' in out
