@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="path to a JSON config, e.g. configs/mnist_exp_0.json")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_epoch=3 optimizer.args.lr=0.05")
     parser.add_argument("--keys", action="store_true", help="list the config's keys, values and meanings, then exit")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         if args.keys:
             sys.stdout.write(describe_keys(args.config, args.overrides) + "\n")

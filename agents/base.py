@@ -104,7 +104,9 @@ class BaseAgent:
         "keep_checkpoints": Key(0, int, "how many epoch_N.pth to keep (0: all)", min=0),
         "max_train_batches": Key(None, int, "debug: stop each epoch after N batches", min=1, nullable=True),
         "max_valid_batches": Key(None, int, "debug: validate on N batches", min=1, nullable=True),
-        "optimizer": torch_object_key("torch.optim", "optimizer", {"type": "SGD", "args": {"lr": 0.01}}),
+        "optimizer": torch_object_key(
+            "torch.optim", "optimizer", {"type": "SGD", "args": {"lr": 0.01}}, "a torch.optim class and its arguments"
+        ),
         "scheduler": torch_object_key(
             "torch.optim.lr_scheduler",
             "lr scheduler",

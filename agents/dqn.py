@@ -77,9 +77,7 @@ class DQNAgent(BaseAgent):
         "double_dqn": Key(True, bool, "choose the next action with the online net, value it with the target"),
         "loss": Key("huber", str, "huber (smooth L1) or mse TD loss", choices=("huber", "mse")),
         "grad_clip_norm": Key(10.0, float, "clip the gradient norm", min=1e-12, nullable=True),
-        "optimizer": torch_object_key(
-            "torch.optim", "optimizer", {"type": "Adam", "args": {"lr": 0.001, "fused": True}}
-        ),
+        "optimizer": torch_object_key("torch.optim", "optimizer", ADAM, "a torch.optim class and its arguments"),
         "validate_every": Key(500, int, "training steps between greedy evaluations (and checkpoints)", min=1),
         "eval_episodes": Key(10, int, "greedy episodes of the screening evaluation", min=1, max=1000),
         "solve_episodes": Key(
