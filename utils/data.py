@@ -53,7 +53,8 @@ class ShardedSampler(Sampler[int]):
         return iter(indices)
 
     def __len__(self) -> int:
-        return len(self._indices()) - self._skip
+        total = -(-self.length // self.world) * self.world if self.pad else self.length
+        return max(0, len(range(self.rank, total, self.world)) - self._skip)
 
 
 class TensorBatches(Dataset):
