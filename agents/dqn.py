@@ -149,10 +149,13 @@ class DQNAgent(BaseAgent):
         self.episode_return = 0.0
 
     def act(self, obs, eps: float) -> int:
+        """Epsilon-greedy action for one observation."""
         if random.random() < eps:
             return random.randrange(self.env.action_space.n)
+        self.q.eval()  # a single frame must not move BatchNorm's statistics (pixels network)
         with torch.no_grad():
             q = self.q(torch.as_tensor(obs, device=self.device).unsqueeze(0))
+        self.q.train()
         return int(q.argmax(dim=1).item())
 
     def train_batches(self) -> tuple[range, int]:
