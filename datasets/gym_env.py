@@ -73,6 +73,7 @@ def make_env(env_id: str, observation: str = "state") -> gym.Env:
     if observation == "pixels":
         try:
             env.reset(seed=0)
+            env.render()  # fails here, not mid-training, when pygame is missing
             return ScreenDifference(env)
         except gym.error.DependencyNotInstalled as e:
             raise UserError(f"config: key 'observation': pixels need pygame ({e}); pip install pygame") from None

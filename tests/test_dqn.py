@@ -172,3 +172,11 @@ def test_default_config_learns_cartpole(exps):
     train(DQN, exps, "exp_name=learn", "total_steps=10000")
     summary = json.loads((exps / "learn" / "summary.json").read_text())
     assert summary["best"]["value"] >= 195, summary  # CartPole-v0's own "solved" bar
+
+
+def test_pixels_without_pygame_names_it(exps, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pygame", None)  # as if it were not installed
+    with pytest.raises(UserError, match="pip install pygame"):
+        train(DQN, exps, "observation=pixels", *TINY)
