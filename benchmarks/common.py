@@ -23,22 +23,32 @@ def build_agent(config: str, *overrides: str):
     return cls(cfg)
 
 
-def interleaved(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
-    """Seconds of each callable, run in turn ``repeats`` times so that drifts in machine speed hit all alike."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
+def interleaved(
+    runs: dict[str, Callable[[], None]], repeats: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU seconds of each callable, run in turn ``repeats`` times.
+
+    Alternating lets drifts in machine speed hit every callable alike. CPU time (this process,
+    all threads) does not count the time another tenant of a shared machine holds the core,
+    so on a noisy VM it is the steadier of the two.
+    """
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, fn in runs.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - start)
-    return times
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def report(times: dict[str, list[float]], baseline: str, unit: str = "s") -> None:
-    base = statistics.median(times[baseline])
+    """Median and minimum of each, as ratios to the baseline's (the minimum is the least disturbed run)."""
+    base, base_min = statistics.median(times[baseline]), min(times[baseline])
     for name, values in times.items():
         med = statistics.median(values)
         print(
             f"{name:<28} median {med:8.3f} {unit}  (min {min(values):.3f}, max {max(values):.3f})  "
-            f"ratio to {baseline}: {med / base:.3f}"
+            f"ratio to {baseline}: median {med / base:.3f}, min {min(values) / base_min:.3f}"
         )

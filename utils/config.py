@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ class Key:
     max: float | None = None
     nullable: bool = False
     check: Callable[[Any, str, str], None] | None = None  # (value, where, source); raises UserError
-    schema: dict[str, Key] | None = field(default=None)  # nested keys of a dict value
+    schema: dict[str, Key] | None = None  # nested keys of a dict value
 
     def accepted(self) -> tuple[type, ...]:
         if self.types is not None:
