@@ -28,14 +28,16 @@ def interleaved(
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Wall and CPU seconds of each callable, run in turn ``repeats`` times.
 
-    Alternating lets drifts in machine speed hit every callable alike. CPU time (this process,
+    Alternating (in a rotating order) lets drifts in machine speed hit every callable alike. CPU time (this process,
     all threads) does not count the time another tenant of a shared machine holds the core,
     so on a noisy VM it is the steadier of the two.
     """
     wall: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
+    names = list(runs)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate: no callable always goes first
+            fn = runs[name]
             start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             wall[name].append(time.perf_counter() - start)
