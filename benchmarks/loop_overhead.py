@@ -2,8 +2,9 @@
 
     python benchmarks/loop_overhead.py [--steps 400] [--repeats 7]
 
-Both loops draw batches from the same DataLoader (MNIST-shaped random data) and train the MNIST
-agent's own model and optimizer; only the loop differs. Repetitions alternate between the two.
+All loops draw batches from the same DataLoader (MNIST-shaped random data) and train the MNIST
+agent's own model and optimizer; only the loop differs. The middle one calls BaseAgent.train_step
+from a plain loop, to show where any overhead sits. Repetitions alternate in a rotating order.
 """
 
 from __future__ import annotations
@@ -39,8 +40,18 @@ def main() -> None:
             optimizer.step()
             loss.item()
 
+    def plain_loop_with_train_step() -> None:  # isolates the cost of BaseAgent.train_step itself
+        model.train()
+        for batch in islice(loader, args.steps):
+            agent.train_step(batch)["loss"].item()
+
     wall, cpu = interleaved(
-        {"plain PyTorch loop": plain_loop, "BaseAgent.train_one_epoch": agent.train_one_epoch}, args.repeats
+        {
+            "plain PyTorch loop": plain_loop,
+            "plain loop + train_step": plain_loop_with_train_step,
+            "BaseAgent.train_one_epoch": agent.train_one_epoch,
+        },
+        args.repeats,
     )
     agent.finalize()
     print(f"{args.steps} steps of the MNIST net, batch 64, 1 torch thread, {args.repeats} interleaved repeats")
