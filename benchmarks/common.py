@@ -46,11 +46,16 @@ def interleaved(
 
 
 def report(times: dict[str, list[float]], baseline: str, unit: str = "s") -> None:
-    """Median and minimum of each, as ratios to the baseline's (the minimum is the least disturbed run)."""
-    base, base_min = statistics.median(times[baseline]), min(times[baseline])
+    """Each callable against the baseline: the ratio of medians, of minimums, and the paired ratio.
+
+    The paired ratio is the median over rounds of (time / the baseline's time in the same round):
+    slow drifts of a shared machine cancel within a round, so it is the steadiest of the three.
+    """
+    base = times[baseline]
     for name, values in times.items():
-        med = statistics.median(values)
+        paired = statistics.median(v / b for v, b in zip(values, base, strict=True))
         print(
-            f"{name:<28} median {med:8.3f} {unit}  (min {min(values):.3f}, max {max(values):.3f})  "
-            f"ratio to {baseline}: median {med / base:.3f}, min {min(values) / base_min:.3f}"
+            f"{name:<28} median {statistics.median(values):8.3f} {unit} (min {min(values):.3f}, max {max(values):.3f}); "
+            f"ratio: medians {statistics.median(values) / statistics.median(base):.3f}, "
+            f"minimums {min(values) / min(base):.3f}, paired {paired:.3f}"
         )
