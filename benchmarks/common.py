@@ -55,7 +55,8 @@ def report(times: dict[str, list[float]], baseline: str, unit: str = "s") -> Non
     for name, values in times.items():
         paired = statistics.median(v / b for v, b in zip(values, base, strict=True))
         print(
-            f"{name:<28} median {statistics.median(values):8.3f} {unit} (min {min(values):.3f}, max {max(values):.3f}); "
+            f"{name:<28} median {statistics.median(values):8.3f} {unit} "
+            f"(min {min(values):.3f}, max {max(values):.3f}); "
             f"ratio: medians {statistics.median(values) / statistics.median(base):.3f}, "
             f"minimums {min(values) / min(base):.3f}, paired {paired:.3f}"
         )
