@@ -26,13 +26,21 @@ from torch import nn
 from tqdm import tqdm
 
 from utils import checkpoint, distributed
-from utils.config import REQUIRED, Key, build_torch_object, plain_name, relative_path, to_plain, torch_object_key
+from utils.config import (
+    REQUIRED,
+    Key,
+    build_torch_object,
+    did_you_mean,
+    plain_name,
+    relative_path,
+    repo_path,
+    to_plain,
+    torch_object_key,
+)
 from utils.data import set_epoch
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 from utils.metrics import Accuracy, Mean, Metric
 from utils.recorder import Recorder
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _device_check(value: str, where: str, source: str) -> None:
@@ -122,7 +130,7 @@ class BaseAgent:
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         if self.world_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", distributed.local_rank())
-        self.run_dir = self._resolve(config.experiments_dir) / config.exp_name
+        self.run_dir = repo_path(config.experiments_dir) / config.exp_name
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.recorder = Recorder(self.run_dir, enabled=distributed.is_main(), name=config.exp_name)
         self.recorder.lock()
@@ -544,14 +552,7 @@ class BaseAgent:
             )
         return torch.device(name)
 
-    @staticmethod
-    def _resolve(path: str) -> Path:
-        p = Path(path)
-        return p if p.is_absolute() else REPO_ROOT / p
-
     def _check_monitor(self) -> None:
-        from utils.config import did_you_mean
-
         metric = self.config.monitor.split()[1]
         names = self.metric_names()
         if metric not in names:

@@ -6,15 +6,13 @@ from pathlib import Path
 
 import torch
 
+from utils.config import repo_path
 from utils.errors import UserError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def data_root(config) -> Path:
     """``config.data_root`` as a path; relative paths are taken from the repository root."""
-    root = Path(config.data_root)
-    return root if root.is_absolute() else REPO_ROOT / root
+    return repo_path(config.data_root)
 
 
 def missing(path: Path, what: str, how: str) -> UserError:

@@ -196,6 +196,15 @@ def _torch_class(module: Any, kind: str, where: str, source: str, name: str) -> 
     return cls
 
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def repo_path(path: str) -> Path:
+    """A path key's value as a Path: absolute as given, relative ones under the repository root."""
+    p = Path(path)
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
 def relative_path(value: str, where: str, source: str) -> None:
     """Check for directory keys: absolute paths are allowed (documented); relative ones stay inside."""
     if not value.strip() or (not value.startswith("/") and ".." in value.replace("\\", "/").split("/")):
