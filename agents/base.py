@@ -9,6 +9,7 @@ seeding, AMP, gradient clipping, DDP, checkpoints, resume, logging and Ctrl-C li
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -601,8 +602,6 @@ class BaseAgent:
         """config.json of this run; an earlier, different one is kept as config.N.json."""
         if not distributed.is_main():
             return
-        import json
-
         path = self.run_dir / "config.json"
         text = json.dumps(to_plain(self.config), indent=2) + "\n"
         if path.exists() and path.read_text() != text:
