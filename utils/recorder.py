@@ -119,15 +119,8 @@ class Recorder:
 
     def metrics_row(self, row: dict[str, Any]) -> None:
         """Append one row to metrics.csv (columns grow if a later row has new keys)."""
-        if not self.enabled:
-            return
-        rows = self.read_metrics() + [row]
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-        buf = io.StringIO()
-        out = csv.DictWriter(buf, fieldnames=columns)
-        out.writeheader()
-        out.writerows(rows)
-        write_text_atomic(self.run_dir / "metrics.csv", buf.getvalue())
+        if self.enabled:
+            self._write_metrics([*self.read_metrics(), row])
 
     def read_metrics(self) -> list[dict[str, str]]:
         path = self.run_dir / "metrics.csv"
@@ -143,9 +136,16 @@ class Recorder:
         rows = self.read_metrics()
         kept = [r for r in rows if int(r.get("epoch") or 0) <= after_epoch]
         if len(kept) < len(rows):
-            (self.run_dir / "metrics.csv").unlink()
-            for r in kept:
-                self.metrics_row(r)
+            self._write_metrics(kept)
+
+    def _write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Replace metrics.csv with ``rows`` in one atomic write (a crash keeps the old file whole)."""
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        buf = io.StringIO()
+        out = csv.DictWriter(buf, fieldnames=columns)
+        out.writeheader()
+        out.writerows(rows)
+        write_text_atomic(self.run_dir / "metrics.csv", buf.getvalue())
 
     def write_json(self, name: str, data: dict) -> None:
         if not self.enabled:
