@@ -156,6 +156,7 @@ class BaseAgent:
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.last_metrics: dict[str, float] = {}
+        self.monitor_mode, self.monitor_metric = config.monitor.split()  # "max valid/accuracy"
         self.status = "started"
         self.stop_training = False  # an agent sets it to end training early (e.g. DQN solved)
         self._wall_before = 0.0
@@ -391,14 +392,14 @@ class BaseAgent:
 
     def test(self) -> None:
         """mode=test: load best.pth (or ``resume``) and evaluate the test split into summary.json."""
-        self._tested = self._test_checkpoint()
-        self.load_checkpoint(self._tested, weights_only=True)
+        path = self._load_test_checkpoint()
         loader = getattr(self.data_loader, "test_loader", None)
         if loader is None:
             raise UserError(f"config: key 'mode': {type(self.data_loader).__name__} has no test split")
-        self._record_test(self.validate(loader, split="test"))
+        self._record_test(self.validate(loader, split="test"), path)
 
-    def _test_checkpoint(self) -> Path:
+    def _load_test_checkpoint(self) -> Path:
+        """Load the models of ``resume`` (a path), else best.pth, else last.pth; returns which."""
         resume = self.config.resume
         if isinstance(resume, str) and resume != "auto":
             path = Path(resume)
@@ -407,13 +408,14 @@ class BaseAgent:
             path = best if best.exists() or not last.exists() else last
         if not path.exists():
             raise UserError(f"{path}: no checkpoint to test; train first (mode=train) or set resume to a checkpoint")
+        self.load_checkpoint(path, weights_only=True)
         return path
 
-    def _record_test(self, metrics: dict[str, float]) -> None:
+    def _record_test(self, metrics: dict[str, float], path: Path) -> None:
         self.recorder.info("test: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         self.last_metrics, self.status = metrics, "tested"
         summary = self.recorder.read_json("summary.json")
-        self.recorder.write_json("summary.json", {**summary, **metrics, "tested_checkpoint": str(self._tested)})
+        self.recorder.write_json("summary.json", {**summary, **metrics, "tested_checkpoint": str(path)})
 
     def save_checkpoint(self, is_best: bool = False) -> None:
         """last.pth (and best.pth, epoch_N.pth when due), written atomically by rank 0."""
@@ -509,7 +511,7 @@ class BaseAgent:
             distributed.teardown()
 
     def summary(self) -> dict:
-        metric = self.config.monitor.split()[1]
+        metric = self.monitor_metric
         return {
             "status": self.status,
             "agent": type(self).__name__,
@@ -554,7 +556,7 @@ class BaseAgent:
         return torch.device(name)
 
     def _check_monitor(self) -> None:
-        metric = self.config.monitor.split()[1]
+        metric = self.monitor_metric
         names = self.metric_names()
         if metric not in names:
             raise UserError(
@@ -563,7 +565,7 @@ class BaseAgent:
             )
 
     def _update_best(self, metrics: dict[str, float]) -> bool:
-        mode, metric = self.config.monitor.split()
+        mode, metric = self.monitor_mode, self.monitor_metric
         value = metrics.get(metric)
         if value is None or not math.isfinite(value):
             return False
@@ -573,7 +575,7 @@ class BaseAgent:
         return better
 
     def _step_schedulers(self, metrics: dict[str, float]) -> None:
-        metric = self.config.monitor.split()[1]
+        metric = self.monitor_metric
         for scheduler in self.schedulers.values():
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 if metric in metrics:

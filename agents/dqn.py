@@ -249,11 +249,10 @@ class DQNAgent(BaseAgent):
 
     def test(self) -> None:
         """mode=test: greedy mean return of best.pth (or ``resume``) over solve_episodes episodes."""
-        self._tested = self._test_checkpoint()
-        self.load_checkpoint(self._tested, weights_only=True)
+        path = self._load_test_checkpoint()
         returns = self.evaluate(self.config.solve_episodes)
         metrics = {"test/mean_return": float(np.mean(returns)), "test/min_return": float(np.min(returns))}
-        self._record_test(metrics)
+        self._record_test(metrics, path)
 
     def metric_names(self) -> list[str]:
         return [
