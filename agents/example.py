@@ -22,13 +22,13 @@ class ExampleAgent(BaseAgent):
     config_schema = {
         **BaseAgent.config_schema,
         **ExampleDataLoader.config_schema,
-        "hidden": Key(32, int, "hidden units", min=1, max=4096),
+        "hidden": Key(16, int, "channels of the first convolution", min=1, max=1024),
     }
 
     def __init__(self, config) -> None:
         super().__init__(config)
         # Your model: prepare_model moves it to the device and wraps it for DDP.
-        model = Example(config.in_features, config.hidden, config.num_classes)
+        model = Example(config.channels, config.hidden, config.num_classes)
         self.model = self.prepare_model(model)
         # Your loss; BaseAgent.train_step calls self.loss(self.model(x), y).
         self.loss = nn.CrossEntropyLoss()

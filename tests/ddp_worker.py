@@ -21,15 +21,17 @@ from agents.example import ExampleAgent  # noqa: E402
 
 
 class BatchNormAgent(ExampleAgent):
-    """The template agent with a BatchNorm layer in its MLP."""
+    """The template agent with a BatchNorm layer after its convolution."""
 
     def __init__(self, config) -> None:
         super().__init__(config)
         self.models.clear()
         net = nn.Sequential(
-            nn.Linear(config.in_features, config.hidden),
-            nn.BatchNorm1d(config.hidden),
+            nn.Conv2d(config.channels, config.hidden, 3, padding=1),
+            nn.BatchNorm2d(config.hidden),
             nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
             nn.Linear(config.hidden, config.num_classes),
         )
         self.model = self.prepare_model(net)

@@ -85,7 +85,8 @@ def test_two_processes_equal_one_with_twice_the_batch(tmp_path, exps):
     train(EXAMPLE, exps, "exp_name=one", "batch_size=32", *common)
     single = load(exps / "one" / "checkpoints" / "last.pth")["models"]["model"]
     for k, v in single.items():
-        torch.testing.assert_close(r0["state"][k], v, rtol=1e-5, atol=1e-6)
+        # Equal up to float summation order (convolution sums differ by 1e-6); a wrong gradient average is ~1e-2 off.
+        torch.testing.assert_close(r0["state"][k], v, rtol=1e-4, atol=1e-5)
 
     # The validation metric over 2 ranks (uneven shards: 128 samples, 2 ranks, batch 16) equals 1 process's.
     config, cls = main.load_config(
@@ -124,7 +125,7 @@ def test_without_sync_batchnorm_each_rank_keeps_its_own_statistics(tmp_path, exp
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert not r0["sync_bn"]
     assert not torch.allclose(r0["state"]["1.running_mean"], r1["state"]["1.running_mean"])
-    for k in ("0.weight", "1.weight", "3.weight"):  # the parameters still agree
+    for k in ("0.weight", "1.weight", "5.weight"):  # the parameters still agree
         assert torch.equal(r0["state"][k], r1["state"][k])
 
 

@@ -286,30 +286,6 @@ def test_out_of_range_values_name_the_key(tmp_path, capsys, override, message):
 # ----- bad data ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("files", "message"),
-    [
-        ({}, "x.npy: example data not found"),
-        ({"x.npy": b"not numpy at all", "y.npy": b""}, "x.npy: not a readable .npy file"),
-        ({"x.npy": np.zeros((10, 16)), "y.npy": np.full(10, 7)}, "y.npy: labels must be in 0..3, found 7..7"),
-        ({"x.npy": np.zeros((10, 16)), "y.npy": np.zeros(9, dtype=int)}, "y.npy: expected 10 labels"),
-        ({"x.npy": np.zeros((10, 5)), "y.npy": np.zeros(10, dtype=int)}, "x.npy: expected shape (N, 16)"),
-        ({"x.npy": np.array(["a", "b"]), "y.npy": np.zeros(2, dtype=int)}, "x.npy: expected numbers"),
-    ],
-)
-def test_bad_folder_data_names_the_file(tmp_path, files, message):
-    folder = tmp_path / "example"
-    folder.mkdir()
-    for name, content in files.items():
-        if isinstance(content, bytes):
-            (folder / name).write_bytes(content)
-        else:
-            np.save(folder / name, content)
-    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
-        train(EXAMPLE, tmp_path, "data_mode=folder", f"data_root={tmp_path}")
-    assert str(folder) in str(info.value)
-
-
 def test_empty_mnist_folder_says_where_to_put_files(tmp_path):
     (tmp_path / "MNIST" / "raw").mkdir(parents=True)
     with pytest.raises(UserError, match="MNIST file not found") as info:

@@ -4,6 +4,14 @@
 class UserError(Exception):
     """A mistake the user can fix (config, override, data, paths); never a bug of ours."""
 
+    def __init__(self, message: str) -> None:
+        # A DataLoader worker's error reaches the main process re-built from "Caught UserError in
+        # DataLoader worker process N. Original Traceback ...": keep only the original message,
+        # which the traceback's last line holds as "utils.errors.UserError: <message>".
+        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(message)
+
 
 class TrainingStopped(Exception):
     """Training cannot go on (a non-finite loss); the message says where and what to try."""

@@ -20,6 +20,8 @@ from typing import Any
 
 from utils.errors import UserError
 
+DATA_LOG = logging.getLogger("ppt.data")  # datasets log here; the main rank's Recorder writes it to the run log
+
 
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
@@ -56,6 +58,7 @@ class Recorder:
         for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(self.run_dir / "logs" / "run.log")):
             handler.setFormatter(fmt)
             self.logger.addHandler(handler)
+            DATA_LOG.addHandler(handler)  # what datasets report (skipped files) goes to the run log too
 
     def lock(self) -> None:
         """Hold an exclusive lock on the run directory; a second run on it is a UserError."""
@@ -166,6 +169,7 @@ class Recorder:
         for handler in list(self.logger.handlers):
             handler.close()
             self.logger.removeHandler(handler)
+            DATA_LOG.removeHandler(handler)
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None

@@ -2,9 +2,10 @@
 
 | layer | output |
 |---|---|
-| input | in_features |
-| fc in_features -> hidden; ReLU | hidden |
-| fc hidden -> num_classes | num_classes (logits) |
+| input | channels x S x S |
+| conv 3x3, channels -> hidden, pad 1; ReLU; max-pool 2 | hidden x S/2 x S/2 |
+| conv 3x3, hidden -> 2 hidden, pad 1; ReLU; global average pool | 2 hidden |
+| fc 2 hidden -> num_classes | num_classes (logits) |
 """
 
 import torch
@@ -12,9 +13,18 @@ from torch import nn
 
 
 class Example(nn.Module):
-    def __init__(self, in_features: int, hidden: int, num_classes: int) -> None:
+    def __init__(self, channels: int, hidden: int, num_classes: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(hidden, 2 * hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Linear(2 * hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.classifier(self.features(x))

@@ -1,0 +1,188 @@
+"""Image files on disk as a Dataset, with every file checked and every failure naming the file.
+
+For the ``folder`` mode of datasets whose samples are image files: class folders (the
+torchvision ImageFolder layout) or image/mask pairs (segmentation). A bad sample -- a file that
+is not an image, a damaged image, a mask whose size differs from its image, mask values out of
+range -- stops the run with an error naming the file; with ``skip_bad_files: true`` it is left
+out instead, and every file left out is logged with a count.
+
+Files are checked twice: once when the dataset is built (each header is opened, PNGs are
+verified whole, mask sizes are compared), and again when a sample is decoded, which catches
+what a header cannot show (a JPEG cut short). A sample skipped at decode time is replaced by
+the next readable one, so batches keep their size and a resumed run sees the same samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from datasets.common import missing
+from utils.config import Key
+from utils.errors import UserError
+from utils.recorder import DATA_LOG as log
+
+SKIP_BAD_FILES = Key(
+    False, bool, "folder data: leave out unreadable images and mismatched masks (each one logged) instead of stopping"
+)
+JUNK = {"Thumbs.db", "desktop.ini"}  # written by file browsers; hidden (dot) files are ignored too
+
+Target = int | Path  # a class index, or the path of a segmentation mask
+
+
+def _is_junk(path: Path) -> bool:
+    return path.name.startswith(".") or path.name in JUNK
+
+
+def class_folders(root: Path, how: str) -> tuple[list[tuple[Path, int]], list[str]]:
+    """``root/<class>/<image>`` (torchvision's ImageFolder layout) as (path, class index) pairs and class names.
+
+    Every file under a class folder is a sample (so a stray file is reported, not ignored),
+    except hidden files and file-browser junk. Classes are the folder names, sorted.
+    """
+    if not root.is_dir():
+        raise missing(root, "image folder", how)
+    entries = sorted(p for p in root.iterdir() if not _is_junk(p))
+    strays = [p for p in entries if not p.is_dir()]
+    if strays:
+        raise UserError(f"{strays[0]}: a file outside the class folders (expected {root}/<class>/<image>). {how}")
+    if not entries:
+        raise UserError(f"{root}: no class folders in it (expected {root}/<class>/<image>). {how}")
+    samples = []
+    for index, folder in enumerate(entries):
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not _is_junk(p))
+        if not files:
+            raise UserError(f"{folder}: class folder without images. {how}")
+        samples += [(p, index) for p in files]
+    return samples, [p.name for p in entries]
+
+
+def _open_error(path: Path) -> str | None:
+    """Why ``path`` cannot be an image (None when its header opens and, for PNG, every chunk checks out)."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except UnidentifiedImageError:
+        return "not an image (no image format PIL knows)"
+    except Exception as e:  # PIL raises many types for a malformed file (OSError, SyntaxError, struct.error...)
+        return f"not a readable image ({type(e).__name__}: {e})"
+    return None
+
+
+def _size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
+
+
+class ImageFiles(Dataset):
+    """(image, target) pairs read from files: uint8 images (C, H, W) and a class index or an int64 mask (H, W).
+
+    ``mode`` is the PIL mode every image is converted to ("RGB", "L"). ``transform`` receives the
+    image (and the mask, for pairs) as torchvision tv_tensors, so torchvision.transforms.v2
+    applies the same crop or flip to both. ``num_classes`` (masks only) bounds mask values;
+    ``ignore_index`` is the one value allowed beyond it (VOC's 255 border).
+    """
+
+    def __init__(
+        self,
+        samples: list[tuple[Path, Target]],
+        mode: str = "RGB",
+        transform: Callable | None = None,
+        skip_bad: bool = False,
+        num_classes: int | None = None,
+        ignore_index: int = 255,
+    ) -> None:
+        self.mode, self.transform, self.skip_bad = mode, transform, skip_bad
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.samples: list[tuple[Path, Target]] = []
+        skipped = []
+        for image, target in samples:
+            problem = self._check(image, target)
+            if problem is None:
+                self.samples.append((image, target))
+            elif skip_bad:
+                skipped.append(problem)
+            else:
+                raise self._error(problem)
+        for path, why in skipped:
+            log.warning(f"skipped {path}: {why}")
+        if skipped:
+            log.warning(f"skipped {len(skipped)} of {len(samples)} samples (skip_bad_files=true); the list is above")
+        if not self.samples:
+            where = samples[0][0].parent if samples else "the dataset"
+            raise UserError(f"{where}: no readable samples ({len(skipped)} skipped)")
+
+    @staticmethod
+    def _check(image: Path, target: Target) -> tuple[Path, str] | None:
+        """(file, why) for a sample that cannot be used, else None."""
+        if (problem := _open_error(image)) is not None:
+            return image, problem
+        if isinstance(target, Path):
+            if not target.exists():
+                return image, f"its mask {target} does not exist"
+            if (problem := _open_error(target)) is not None:
+                return target, problem
+            (mw, mh), (iw, ih) = _size(target), _size(image)
+            if (mw, mh) != (iw, ih):
+                return target, f"mask is {mw}x{mh} (width x height), its image {image} is {iw}x{ih}"
+        return None
+
+    @staticmethod
+    def _error(problem: tuple[Path, str]) -> UserError:
+        path, why = problem
+        return UserError(f"{path}: {why}; fix or remove it, or set skip_bad_files=true to leave such files out")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor | int]:
+        for offset in range(len(self.samples)):
+            i = (index + offset) % len(self.samples)
+            try:
+                return self._read(i)
+            except _BadSample as e:
+                if not self.skip_bad:
+                    raise self._error(e.args) from None
+                log.warning(f"skipped {e.args[0]}: {e.args[1]} (replaced by the next sample)")
+        raise UserError(f"{self.samples[0][0].parent}: no sample could be read")
+
+    def _read(self, i: int) -> tuple[torch.Tensor, torch.Tensor | int]:
+        image_path, target = self.samples[i]
+        image = tv_tensors.Image(pil_to_tensor(self._decode(image_path, self.mode)))
+        if not isinstance(target, Path):
+            image = self.transform(image) if self.transform else image
+            return image.as_subclass(torch.Tensor), target
+        mask = torch.from_numpy(np.array(self._decode(target, None), dtype=np.int64))
+        if mask.ndim != 2:
+            raise _BadSample(target, f"mask has {mask.ndim} dimensions, expected a single-channel (H, W) image")
+        bad = (mask >= self.num_classes) & (mask != self.ignore_index) if self.num_classes else None
+        if bad is not None and bad.any():
+            raise _BadSample(
+                target,
+                f"mask value {int(mask[bad][0])} out of range 0..{self.num_classes - 1} "
+                f"(or {self.ignore_index} for ignored pixels)",
+            )
+        mask = tv_tensors.Mask(mask)
+        if self.transform:
+            image, mask = self.transform(image, mask)
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+
+    @staticmethod
+    def _decode(path: Path, mode: str | None) -> Image.Image:
+        """The whole image decoded (in ``mode`` unless None): damage past the header shows up here."""
+        try:
+            with Image.open(path) as image:
+                return image.convert(mode) if mode else image.copy()
+        except Exception as e:  # as in _open_error: PIL's error types vary with the damage
+            raise _BadSample(path, f"not a readable image ({type(e).__name__}: {e})") from None
+
+
+class _BadSample(Exception):
+    """(path, why): a sample that failed to decode."""

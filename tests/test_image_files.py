@@ -1,0 +1,184 @@
+"""Image folders through the real loading code: PNG/JPEG files written here, good and damaged.
+
+The template's ``folder`` mode reads torchvision's ImageFolder layout through
+datasets/image_files.py; segmentation pairs (image + mask) go through the same class.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+import main
+from datasets.image_files import ImageFiles
+from tests.conftest import CONFIGS, train
+from utils.errors import UserError
+
+EXAMPLE = CONFIGS / "example_exp_0.json"
+FOLDER = ("data_mode=folder", "image_size=16", "batch_size=8", "num_classes=2")
+
+
+def save(path: Path, brightness: int, seed: int, size: tuple[int, int] = (12, 10), mode: str = "RGB") -> Path:
+    """An image of the given mean brightness plus noise, in the format its suffix names."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    noise = np.random.default_rng(seed).normal(0, 30, (size[1], size[0], 3))
+    pixels = np.clip(brightness + noise, 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).convert(mode).save(path)
+    return path
+
+
+def image_folders(root: Path, n_train: int = 16, n_valid: int = 6) -> Path:
+    """data_root/example/{train,valid}/{dark,bright}/: PNG and JPEG, RGB, grey and RGBA, two sizes."""
+    folder = root / "example"
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        for label, brightness in (("dark", 50), ("bright", 200)):
+            for i in range(n):
+                suffix, mode = [(".png", "RGB"), (".jpg", "RGB"), (".png", "L"), (".png", "RGBA")][i % 4]
+                size = (12, 10) if i % 2 else (20, 16)
+                seed = i + brightness * 100 + len(split) * 10_000
+                save(folder / split / label / f"{i}{suffix}", brightness, seed, size, mode)
+    (folder / "train" / "dark" / ".DS_Store").write_bytes(b"\0\1junk")  # hidden files are not samples
+    return folder
+
+
+def cut(path: Path, keep: float = 0.6) -> Path:
+    """Truncate a file to a fraction of its bytes (a copy that died half-way)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def cut_jpeg(path: Path) -> Path:
+    """A JPEG whose header is whole but whose image data stops half-way: only decoding finds it."""
+    return cut(save(path, 200, 7, size=(64, 64)), keep=0.8)
+
+
+def test_template_learns_from_image_folders(tmp_path, exps):
+    image_folders(tmp_path)
+    train(EXAMPLE, exps, *FOLDER, f"data_root={tmp_path}", "max_epoch=8", "exp_name=img")
+    summary = json.loads((exps / "img" / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert summary["best"]["value"] >= 0.9, summary  # dark vs bright: chance is 0.5
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / "train/dark/notes.txt").write_text("hello"), "notes.txt: not an image"),
+        (lambda f: (f / "train/bright/0.png").write_bytes(b""), "0.png: not an image"),
+        (lambda f: cut(f / "valid/dark/0.png"), r"0.png: not a readable image \(OSError: Truncated File Read\)"),
+        (lambda f: (f / "train/README").write_text("x"), "README: a file outside the class folders"),
+        (lambda f: (f / "train/empty").mkdir(), "empty: class folder without images"),
+        (lambda f: (f / "valid/bright").rename(f / "valid/light"), "different class folders"),
+        (lambda f: [p.unlink() for p in (f / "valid/bright").iterdir()], "bright: class folder without images"),
+    ],
+)
+def test_bad_image_folders_name_the_file(tmp_path, capsys, damage, message):
+    folder = image_folders(tmp_path, n_train=4, n_valid=4)
+    damage(folder)
+    with pytest.raises(UserError, match=message) as info:
+        train(EXAMPLE, tmp_path / "exps", *FOLDER, f"data_root={tmp_path}")
+    assert str(folder) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ("missing", "train: image folder not found"),
+        ("no classes", "train: no class folders in it"),
+        ("three classes", r"3 class folders, the config's num_classes is 2 \(set num_classes=3\?\)"),
+    ],
+)
+def test_image_folder_layout_errors(tmp_path, layout, message):
+    folder = tmp_path / "example"
+    if layout == "no classes":
+        (folder / "train").mkdir(parents=True)
+    elif layout == "three classes":
+        for name in ("a", "b", "c"):
+            save(folder / "train" / name / "0.png", 100, 0)
+    with pytest.raises(UserError, match=message):
+        train(EXAMPLE, tmp_path / "exps", *FOLDER, f"data_root={tmp_path}")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_image_damaged_past_its_header_stops_with_one_line(tmp_path, capsys, workers):
+    """A JPEG cut short opens fine (its header is whole) and fails only when decoded, in training."""
+    folder = image_folders(tmp_path, n_train=4, n_valid=2)
+    bad = cut_jpeg(folder / "train" / "bright" / "1.jpg")
+    exps = tmp_path / "exps"
+    code = main.main(
+        [str(EXAMPLE), f"experiments_dir={exps}", *FOLDER, f"data_root={tmp_path}", f"num_workers={workers}"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith(f"error: {bad}: not a readable image (OSError: image file is truncated"), err[-1]
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_skip_bad_files_leaves_them_out_and_logs_each(tmp_path, exps):
+    folder = image_folders(tmp_path, n_train=8, n_valid=4)
+    (folder / "train/dark/notes.txt").write_text("hello")
+    cut(folder / "train/bright/0.png")
+    truncated_jpeg = cut_jpeg(folder / "valid/dark/1.jpg")  # found only when decoded: replaced by the next sample
+    train(EXAMPLE, exps, *FOLDER, f"data_root={tmp_path}", "max_epoch=2", "exp_name=skip", "skip_bad_files=true")
+    summary = json.loads((exps / "skip" / "summary.json").read_text())
+    log = (exps / "skip" / "logs" / "run.log").read_text()
+    assert summary["status"] == "finished"
+    assert f"skipped {folder / 'train/bright/0.png'}: not a readable image" in log
+    assert f"skipped {folder / 'train/dark/notes.txt'}: not an image" in log
+    assert "skipped 2 of 17 samples (skip_bad_files=true)" in log
+    assert f"skipped {truncated_jpeg}: not a readable image" in log and "(replaced by the next sample)" in log
+
+
+# ----- segmentation pairs: image + mask -------------------------------------------------------------------
+
+
+def pair(folder: Path, name: str, size=(8, 6), mask_size=None, top: int = 1) -> tuple[Path, Path]:
+    """An RGB image whose red channel is 40 x its class map, and the class map as a single-channel PNG mask."""
+    w, h = size
+    classes = np.arange(w * h).reshape(h, w) % (top + 1)
+    image = np.stack([classes * 40, np.zeros_like(classes), np.zeros_like(classes)], -1).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(folder / f"{name}.png")
+    mw, mh = mask_size or size
+    Image.fromarray(classes.astype(np.uint8)).resize((mw, mh), Image.NEAREST).save(folder / f"{name}_mask.png")
+    return folder / f"{name}.png", folder / f"{name}_mask.png"
+
+
+def test_mask_follows_its_image_through_a_joint_transform(tmp_path):
+    samples = [pair(tmp_path, "a", top=3)]
+    data = ImageFiles(samples, transform=v2.RandomHorizontalFlip(p=1.0), num_classes=4)
+    image, mask = data[0]
+    assert image.shape == (3, 6, 8) and mask.shape == (6, 8) and mask.dtype == torch.int64
+    assert torch.equal(image[0].long(), mask * 40)  # flipped together
+    assert not torch.equal(mask, torch.from_numpy(np.array(Image.open(samples[0][1]), dtype=np.int64)))
+
+
+def test_mask_of_another_size_is_named(tmp_path):
+    samples = [pair(tmp_path, "a"), pair(tmp_path, "b", mask_size=(4, 3))]
+    with pytest.raises(UserError, match=r"b_mask.png: mask is 4x3 \(width x height\), its image .*b.png is 8x6"):
+        ImageFiles(samples, num_classes=2)
+
+
+def test_mask_values_out_of_range_are_named_and_255_is_ignored(tmp_path):
+    good = ImageFiles([pair(tmp_path, "a", top=1)], num_classes=2)
+    assert good[0][1].max() == 1
+    border = pair(tmp_path, "border")
+    Image.fromarray(np.full((6, 8), 255, np.uint8)).save(border[1])
+    assert ImageFiles([border], num_classes=2)[0][1].max() == 255  # VOC's ignored border
+    with pytest.raises(UserError, match=r"c_mask.png: mask value 2 out of range 0..1 \(or 255 for ignored pixels\)"):
+        ImageFiles([pair(tmp_path, "c", top=2)], num_classes=2)[0]
+
+
+def test_bad_pairs_are_skipped_and_counted_when_asked(tmp_path, caplog):
+    samples = [pair(tmp_path, "a"), pair(tmp_path, "b", mask_size=(4, 3)), (tmp_path / "a.png", tmp_path / "none.png")]
+    data = ImageFiles(samples, num_classes=2, skip_bad=True)
+    assert len(data) == 1
+    assert "skipped 2 of 3 samples" in caplog.text
+    assert "none.png does not exist" in caplog.text and "b_mask.png: mask is 4x3" in caplog.text
