@@ -28,7 +28,7 @@ class ExampleAgent(BaseAgent):
     def __init__(self, config) -> None:
         super().__init__(config)
         # Your model: prepare_model moves it to the device and wraps it for DDP.
-        model = Example(config.channels, config.hidden, config.num_classes)
+        model = Example(config.channels, config.hidden, config.num_classes, config.image_size)
         self.model = self.prepare_model(model)
         # Your loss; BaseAgent.train_step calls self.loss(self.model(x), y).
         self.loss = nn.CrossEntropyLoss()

@@ -34,7 +34,7 @@ def test_grad_clip_norm_bounds_the_update(exps):
     agent = cls(config)
     try:
         before = [p.detach().clone() for p in agent.model.parameters()]
-        x = torch.randn(8, config.channels, 8, 8) * 100
+        x = torch.randn(8, config.channels, config.image_size, config.image_size) * 100
         loss = agent.model(x).pow(2).sum()  # a huge gradient
         agent.optimize(loss, agent.optimizer)
         step = torch.sqrt(

@@ -63,6 +63,7 @@ def exit_of(argv, capsys) -> tuple[int, str]:
         (good(), ["=3"], "override '=3': expected key=value"),
         (good(), ["max_epoch.x=3"], "key 'max_epoch' holds 10, not an object"),
         (good(), ["optimizer.args.lr=abc"], "key 'optimizer.args': SGD rejected"),
+        (good(), ["optimizer.args.lr=false"], "key 'optimizer.args.lr': expected a number like 0.001, got false"),
         (b'{"exp_name": "\xff"}', [], "not UTF-8"),
         ("[1, 2]", [], "expected a JSON object"),
     ],

@@ -215,14 +215,19 @@ def relative_path(value: str, where: str, source: str) -> None:
 
 
 def _check_args(cls: type, args: dict, where: str, source: str) -> None:
-    """Reject arguments the constructor does not take (after its first), naming the nearest one."""
+    """Reject arguments the constructor does not take (after its first), naming the nearest one,
+    and true/false where its default is a number (torch would take ``lr: false`` as 0)."""
     params = list(inspect.signature(cls.__init__).parameters.values())[2:]
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return
-    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    for arg in args:
-        if arg not in names:
-            raise UserError(f"{source}: unknown key '{where}.args.{arg}'{did_you_mean(arg, names)}")
+    defaults = {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for arg, value in args.items():
+        if arg not in defaults:
+            raise UserError(f"{source}: unknown key '{where}.args.{arg}'{did_you_mean(arg, list(defaults))}")
+        default = defaults[arg]
+        if isinstance(value, bool) and isinstance(default, (int, float, tuple)) and not isinstance(default, bool):
+            got = "true" if value else "false"
+            raise UserError(f"{source}: key '{where}.args.{arg}': expected a number like {default!r}, got {got}")
 
 
 def _torch_module(path: str) -> Any:
