@@ -50,7 +50,9 @@ class Recorder:
         self._last_flush = time.monotonic()
         self._lock_file = None
         if not enabled:
-            self.logger.addHandler(logging.NullHandler())  # other ranks stay silent
+            quiet = logging.NullHandler()  # other ranks stay silent, their datasets too
+            self.logger.addHandler(quiet)
+            DATA_LOG.addHandler(quiet)
             return
         for sub in ("checkpoints", "summaries", "out", "logs"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
