@@ -64,6 +64,8 @@ def _resume_check(value: Any, where: str, source: str) -> None:
 class BaseAgent:
     """The supervised loop: build, (resume,) train, validate, checkpoint, summarise."""
 
+    length_key = "max_epoch"  # the config key that says how long to train (named when a run is done)
+
     # The config keys every agent understands, with defaults; a subclass extends this dict.
     config_schema: dict[str, Key] = {
         "exp_name": Key(REQUIRED, str, "run directory name under experiments/", check=plain_name),
@@ -158,6 +160,7 @@ class BaseAgent:
         self.last_metrics: dict[str, float] = {}
         self.monitor_mode, self.monitor_metric = config.monitor.split()  # "max valid/accuracy"
         self.status = "started"
+        self._step_at_start: int | None = None  # global_step when training began in this process
         self.stop_training = False  # an agent sets it to end training early (e.g. DQN solved)
         self._wall_before = 0.0
         self._started = time.time()
@@ -311,6 +314,7 @@ class BaseAgent:
                     self.config.seed + 1_000_003 * self.rank + self.global_step, self.config.deterministic
                 )
             self._write_config()
+            self._step_at_start = self.global_step
             self.train()
         except torch.OutOfMemoryError:
             self.status = "out of memory"
@@ -495,13 +499,15 @@ class BaseAgent:
         where = f"epoch {self.epoch}" + (f", batch {self.batch_in_epoch}" if self.batch_in_epoch else "")
         self.recorder.info(f"resumed from {path} at {where} (step {self.global_step})")
         if self.epoch >= self.max_epochs() and not self.batch_in_epoch:
-            self.recorder.info(f"already trained {self.epoch} epochs: raise max_epoch to continue")
+            self.recorder.info(
+                f"already trained ({self.epoch} epochs, step {self.global_step}): raise {self.length_key} to continue"
+            )
 
     def finalize(self) -> None:
         """Write summary.json, close writers, leave the process group (also after a failed __init__)."""
         recorder = getattr(self, "recorder", None)
         try:
-            if recorder is not None and self.config.mode == "train" and getattr(self, "status", "started") != "started":
+            if recorder is not None and self.config.mode == "train" and self._has_news():
                 recorder.write_json("summary.json", self.summary())
         finally:
             if recorder is not None:
@@ -509,6 +515,13 @@ class BaseAgent:
             if hasattr(self, "_threads_before"):
                 torch.set_num_threads(self._threads_before)  # a process-wide setting: leave it as found
             distributed.teardown()
+
+    def _has_news(self) -> bool:
+        """Whether summary.json needs writing: not when a finished run was merely run again."""
+        if getattr(self, "status", "started") == "started":
+            return False
+        rerun = self.status == "finished" and self.global_step == self._step_at_start
+        return not (rerun and (self.run_dir / "summary.json").exists())
 
     def summary(self) -> dict:
         metric = self.monitor_metric

@@ -51,6 +51,7 @@ ADAM = {"type": "Adam", "args": {"lr": 0.001, "fused": True}}
 
 
 class DQNAgent(BaseAgent):
+    length_key = "total_steps"
     config_schema = {
         **{k: v for k, v in BaseAgent.config_schema.items() if k not in _UNUSED},
         "env_id": Key("CartPole-v1", str, "gymnasium environment id (Discrete actions)"),

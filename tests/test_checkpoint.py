@@ -46,9 +46,11 @@ def test_resume_is_exact(exps):
 
 def test_rerun_of_a_finished_run_changes_nothing(exps):
     train(MNIST, exps, "exp_name=a", "max_epoch=1", *QUICK)
-    before = (exps / "a" / "checkpoints" / "last.pth").read_bytes()
+    files = ("checkpoints/last.pth", "checkpoints/best.pth", "summary.json", "metrics.csv", "config.json")
+    before = {name: (exps / "a" / name).read_bytes() for name in files}
     train(MNIST, exps, "exp_name=a", "max_epoch=1", *QUICK)
-    assert (exps / "a" / "checkpoints" / "last.pth").read_bytes() == before
+    assert {name: (exps / "a" / name).read_bytes() for name in files} == before
+    assert "raise max_epoch to continue" in (exps / "a" / "logs" / "run.log").read_text()
 
 
 def test_resume_false_never_overwrites(exps):

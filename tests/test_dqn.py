@@ -124,6 +124,11 @@ def test_resume_continues_counters_and_replay(exps):
     assert len(second["extra"]["memory"]["actions"]) == 400
     rows = (exps / "r" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3
+    summary = (exps / "r" / "summary.json").read_bytes()
+    train(DQN, exps, "exp_name=r", *TINY, "checkpoint_replay=true")  # done: says how to go on, rewrites nothing
+    log = (exps / "r" / "logs" / "run.log").read_text()
+    assert "already trained (2 epochs, step 400): raise total_steps to continue" in log
+    assert (exps / "r" / "summary.json").read_bytes() == summary
 
 
 def test_test_mode_evaluates_best(exps):
