@@ -286,11 +286,17 @@ def test_out_of_range_values_name_the_key(tmp_path, capsys, override, message):
 # ----- bad data ----------------------------------------------------------------------------------------
 
 
-def test_empty_mnist_folder_says_where_to_put_files(tmp_path):
+def test_empty_mnist_folder_says_where_to_put_files(tmp_path, exps):
     (tmp_path / "MNIST" / "raw").mkdir(parents=True)
     with pytest.raises(UserError, match="MNIST file not found") as info:
-        train(MNIST, tmp_path, "data_mode=folder", f"data_root={tmp_path}")
+        train(MNIST, exps, "data_mode=folder", f"data_root={tmp_path}", "exp_name=offline")
     assert str(tmp_path / "MNIST" / "raw") in str(info.value)
+    assert not (exps / "offline").exists()  # a run that wrote nothing leaves no empty run directory behind
+    (exps / "offline").mkdir()
+    (exps / "offline" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="MNIST file not found"):
+        train(MNIST, exps, "data_mode=folder", f"data_root={tmp_path}", "exp_name=offline")
+    assert (exps / "offline" / "notes.txt").read_text() == "mine"  # a directory it did not create stays
 
 
 # ----- output safety -------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ class Recorder:
         self._pending: list[tuple[dict[str, float], int]] = []
         self._last_flush = time.monotonic()
         self._lock_file = None
+        self._created = enabled and not self.run_dir.exists()
         if not enabled:
             quiet = logging.NullHandler()  # other ranks stay silent, their datasets too
             self.logger.addHandler(quiet)
@@ -175,3 +177,6 @@ class Recorder:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+        written = (p for p in self.run_dir.rglob("*") if p.is_file() and p.name != ".lock")
+        if self._created and not any(p.stat().st_size for p in written):
+            shutil.rmtree(self.run_dir)  # a run that failed before writing anything leaves no empty directory
