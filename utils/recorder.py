@@ -174,9 +174,9 @@ class Recorder:
             handler.close()
             self.logger.removeHandler(handler)
             DATA_LOG.removeHandler(handler)
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
         written = (p for p in self.run_dir.rglob("*") if p.is_file() and p.name != ".lock")
         if self._created and not any(p.stat().st_size for p in written):
             shutil.rmtree(self.run_dir)  # a run that failed before writing anything leaves no empty directory
+        if self._lock_file is not None:  # released last: no other run starts in a directory being removed
+            self._lock_file.close()
+            self._lock_file = None
