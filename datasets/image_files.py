@@ -37,8 +37,9 @@ JUNK = {"Thumbs.db", "desktop.ini"}  # written by file browsers; hidden (dot) fi
 Target = int | Path  # a class index, or the path of a segmentation mask
 
 
-def _is_junk(path: Path) -> bool:
-    return path.name.startswith(".") or path.name in JUNK
+def _is_junk(path: Path, under: Path) -> bool:
+    """Hidden (a dot-named file or folder on the way, such as .ipynb_checkpoints/) or file-browser junk."""
+    return path.name in JUNK or any(part.startswith(".") for part in path.relative_to(under).parts)
 
 
 def class_folders(root: Path, how: str) -> tuple[list[tuple[Path, int]], list[str]]:
@@ -49,7 +50,7 @@ def class_folders(root: Path, how: str) -> tuple[list[tuple[Path, int]], list[st
     """
     if not root.is_dir():
         raise missing(root, "image folder", how)
-    entries = sorted(p for p in root.iterdir() if not _is_junk(p))
+    entries = sorted(p for p in root.iterdir() if not _is_junk(p, root))
     strays = [p for p in entries if not p.is_dir()]
     if strays:
         raise UserError(f"{strays[0]}: a file outside the class folders (expected {root}/<class>/<image>). {how}")
@@ -57,7 +58,7 @@ def class_folders(root: Path, how: str) -> tuple[list[tuple[Path, int]], list[st
         raise UserError(f"{root}: no class folders in it (expected {root}/<class>/<image>). {how}")
     samples = []
     for index, folder in enumerate(entries):
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and not _is_junk(p))
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not _is_junk(p, root))
         if not files:
             raise UserError(f"{folder}: class folder without images. {how}")
         samples += [(p, index) for p in files]

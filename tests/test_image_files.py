@@ -44,6 +44,9 @@ def image_folders(root: Path, n_train: int = 16, n_valid: int = 6) -> Path:
                 seed = i + brightness * 100 + len(split) * 10_000
                 save(folder / split / label / f"{i}{suffix}", brightness, seed, size, mode)
     (folder / "train" / "dark" / ".DS_Store").write_bytes(b"\0\1junk")  # hidden files are not samples
+    for hidden in (folder / "train" / ".ipynb_checkpoints", folder / "valid" / "bright" / ".ipynb_checkpoints"):
+        hidden.mkdir()
+        (hidden / "0-checkpoint.txt").write_text("not a class, not a sample")
     return folder
 
 
@@ -76,7 +79,7 @@ def test_template_learns_from_image_folders(tmp_path, exps):
         (lambda f: (f / "train/README").write_text("x"), "README: a file outside the class folders"),
         (lambda f: (f / "train/empty").mkdir(), "empty: class folder without images"),
         (lambda f: (f / "valid/bright").rename(f / "valid/light"), "different class folders"),
-        (lambda f: [p.unlink() for p in (f / "valid/bright").iterdir()], "bright: class folder without images"),
+        (lambda f: [p.unlink() for p in (f / "valid/bright").glob("*.*g")], "bright: class folder without images"),
     ],
 )
 def test_bad_image_folders_name_the_file(tmp_path, capsys, damage, message):
