@@ -303,16 +303,14 @@ class BaseAgent:
                 self.test()
                 return
             self._check_monitor()
+            if self.world_size > 1:
+                # Initial weights agree (DDP also broadcasts rank 0's); dropout and augmentation must not.
+                self.seed_everything(self.config.seed + 1_000_003 * self.rank, self.config.deterministic)
             path = self._resume_path()
             if path is not None:
                 self.load_checkpoint(path)
                 if path.resolve().parent != self.checkpoint_dir.resolve():
                     self.best = self.best_epoch = None  # another run's best: this run picks its own best.pth
-            if self.world_size > 1:
-                # Initial weights agree (DDP also broadcasts rank 0's); dropout and augmentation must not.
-                self.seed_everything(
-                    self.config.seed + 1_000_003 * self.rank + self.global_step, self.config.deterministic
-                )
             self._write_config()
             self._step_at_start = self.global_step
             self.train()
@@ -422,10 +420,13 @@ class BaseAgent:
         self.recorder.write_json("summary.json", {**summary, **metrics, "tested_checkpoint": str(path)})
 
     def save_checkpoint(self, is_best: bool = False) -> None:
-        """last.pth (and best.pth, epoch_N.pth when due), written atomically by rank 0."""
+        """last.pth (and best.pth, epoch_N.pth when due), written atomically by rank 0; call it on every rank."""
+        rng_ranks = distributed.gather_to_main(checkpoint.rng_state())  # each rank's: a DDP resume is exact too
         if not distributed.is_main():
             return
         state = self.checkpoint_state()
+        if self.world_size > 1:
+            state["rng_ranks"] = rng_ranks
         last = self.checkpoint_dir / "last.pth"
         try:
             checkpoint.atomic_save(state, last)
@@ -494,7 +495,12 @@ class BaseAgent:
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self._wall_before = state["wall_seconds"]
         self.load_extra_state(state.get("extra", {}))
-        checkpoint.set_rng_state(state["rng"])
+        rng_ranks = state.get("rng_ranks", [state["rng"]])
+        if len(rng_ranks) == self.world_size:
+            checkpoint.set_rng_state(rng_ranks[self.rank])
+        else:  # saved by another number of processes: fresh streams per rank, still reproducible
+            seed = self.config.seed + 1_000_003 * self.rank + self.global_step
+            self.seed_everything(seed, self.config.deterministic)
         self.recorder.truncate_metrics(after_epoch=self.epoch)
         where = f"epoch {self.epoch}" + (f", batch {self.batch_in_epoch}" if self.batch_in_epoch else "")
         self.recorder.info(f"resumed from {path} at {where} (step {self.global_step})")

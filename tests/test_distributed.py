@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import main
-from tests.conftest import CONFIGS, REPO, load, train
+from tests.conftest import CONFIGS, REPO, assert_same_tensors, load, train
 
 pytestmark = pytest.mark.slow
 MNIST = CONFIGS / "mnist_exp_0.json"
@@ -55,6 +55,18 @@ def test_mnist_under_run_sh_nproc_2_and_checkpoints_move_between_1_and_2_process
     assert json.loads((run / "summary.json").read_text())["world_size"] == 2
     train(MNIST, exps, *args, "max_epoch=3")  # ... and by 1 again
     assert load(run / "checkpoints" / "last.pth")["epoch"] == 3
+
+
+def test_ddp_resume_is_exact(exps):
+    """Each rank's RNG is in the checkpoint: MNIST's dropout continues as if never stopped."""
+    args = [f"experiments_dir={exps}", "data_mode=random", "random_size=256", "valid_size=64", "batch_size=16"]
+    torchrun("main.py", str(MNIST), *args, "exp_name=straight", "max_epoch=2")
+    torchrun("main.py", str(MNIST), *args, "exp_name=resumed", "max_epoch=1")
+    torchrun("main.py", str(MNIST), *args, "exp_name=resumed", "max_epoch=2")
+    straight, resumed = (load(exps / name / "checkpoints" / "last.pth") for name in ("straight", "resumed"))
+    assert len(resumed["rng_ranks"]) == 2
+    assert_same_tensors(straight["models"], resumed["models"], "models")
+    assert_same_tensors(straight["optimizers"], resumed["optimizers"], "optimizers")
 
 
 def test_two_processes_equal_one_with_twice_the_batch(tmp_path, exps):

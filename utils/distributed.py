@@ -7,6 +7,7 @@ plainly and every helper here degrades to the single-process answer.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -65,3 +66,12 @@ def any_rank(*flags: bool) -> list[bool]:
         return list(flags)
     t = all_reduce_sum(torch.tensor([float(f) for f in flags]))
     return [v > 0 for v in t.tolist()]
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj``, in rank order, on rank 0 (None on the others); ``[obj]`` in one process."""
+    if world_size() == 1:
+        return [obj]
+    gathered = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
