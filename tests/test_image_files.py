@@ -19,6 +19,7 @@ import main
 from datasets.image_files import ImageFiles
 from tests.conftest import CONFIGS, train
 from utils.errors import UserError
+from utils.recorder import DATA_LOG
 
 EXAMPLE = CONFIGS / "example_exp_0.json"
 FOLDER = ("data_mode=folder", "image_size=16", "batch_size=8", "num_classes=2")
@@ -181,7 +182,11 @@ def test_mask_values_out_of_range_are_named_and_255_is_ignored(tmp_path):
 
 def test_bad_pairs_are_skipped_and_counted_when_asked(tmp_path, caplog):
     samples = [pair(tmp_path, "a"), pair(tmp_path, "b", mask_size=(4, 3)), (tmp_path / "a.png", tmp_path / "none.png")]
-    data = ImageFiles(samples, num_classes=2, skip_bad=True)
+    DATA_LOG.addHandler(caplog.handler)  # the dataset log does not propagate to the root logger caplog watches
+    try:
+        data = ImageFiles(samples, num_classes=2, skip_bad=True)
+    finally:
+        DATA_LOG.removeHandler(caplog.handler)
     assert len(data) == 1
     assert "skipped 2 of 3 samples" in caplog.text
     assert "none.png does not exist" in caplog.text and "b_mask.png: mask is 4x3" in caplog.text

@@ -22,6 +22,7 @@ from typing import Any
 from utils.errors import UserError
 
 DATA_LOG = logging.getLogger("ppt.data")  # datasets log here; the main rank's Recorder writes it to the run log
+DATA_LOG.propagate = False  # printed once, by the Recorder (or Python's last-resort stderr handler without one)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
