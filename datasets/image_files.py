@@ -14,7 +14,8 @@ the next readable one, so batches keep their size and a resumed run sees the sam
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -65,21 +66,27 @@ def class_folders(root: Path, how: str) -> tuple[list[tuple[Path, int]], list[st
     return samples, [p.name for p in entries]
 
 
-def _open_error(path: Path) -> str | None:
-    """Why ``path`` cannot be an image (None when its header opens and, for PNG, every chunk checks out)."""
+class _BadSample(Exception):
+    """(path, why): a file that cannot serve as a sample."""
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn whatever PIL raises while reading ``path`` into a _BadSample naming it."""
     try:
-        with Image.open(path) as image:
-            image.verify()
+        yield
     except UnidentifiedImageError:
-        return "not an image (no image format PIL knows)"
+        raise _BadSample(path, "not an image (no image format PIL knows)") from None
     except Exception as e:  # PIL raises many types for a malformed file (OSError, SyntaxError, struct.error...)
-        return f"not a readable image ({type(e).__name__}: {e})"
-    return None
+        raise _BadSample(path, f"not a readable image ({type(e).__name__}: {e})") from None
 
 
-def _size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as image:
-        return image.size
+def _verified_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image whose header opens and, for PNG, whose every chunk checks out."""
+    with _reading(path), Image.open(path) as image:
+        size = image.size
+        image.verify()
+    return size
 
 
 class ImageFiles(Dataset):
@@ -105,13 +112,13 @@ class ImageFiles(Dataset):
         self.samples: list[tuple[Path, Target]] = []
         skipped = []
         for image, target in samples:
-            problem = self._check(image, target)
-            if problem is None:
+            try:
+                self._check(image, target)
                 self.samples.append((image, target))
-            elif skip_bad:
-                skipped.append(problem)
-            else:
-                raise self._error(problem)
+            except _BadSample as e:
+                if not skip_bad:
+                    raise self._error(e) from None
+                skipped.append(e.args)
         for path, why in skipped:
             log.warning(f"skipped {path}: {why}")
         if skipped:
@@ -121,23 +128,22 @@ class ImageFiles(Dataset):
             raise UserError(f"{where}: no readable samples ({len(skipped)} skipped)")
 
     @staticmethod
-    def _check(image: Path, target: Target) -> tuple[Path, str] | None:
-        """(file, why) for a sample that cannot be used, else None."""
-        if (problem := _open_error(image)) is not None:
-            return image, problem
+    def _check(image: Path, target: Target) -> None:
+        """Raise _BadSample for a sample that cannot be used (checked by headers: no decoding)."""
+        size = _verified_size(image)
         if isinstance(target, Path):
             if not target.exists():
-                return image, f"its mask {target} does not exist"
-            if (problem := _open_error(target)) is not None:
-                return target, problem
-            (mw, mh), (iw, ih) = _size(target), _size(image)
-            if (mw, mh) != (iw, ih):
-                return target, f"mask is {mw}x{mh} (width x height), its image {image} is {iw}x{ih}"
-        return None
+                raise _BadSample(image, f"its mask {target} does not exist")
+            mask_size = _verified_size(target)
+            if mask_size != size:
+                raise _BadSample(
+                    target,
+                    f"mask is {mask_size[0]}x{mask_size[1]} (width x height), its image {image} is {size[0]}x{size[1]}",
+                )
 
     @staticmethod
-    def _error(problem: tuple[Path, str]) -> UserError:
-        path, why = problem
+    def _error(bad: _BadSample) -> UserError:
+        path, why = bad.args
         return UserError(f"{path}: {why}; fix or remove it, or set skip_bad_files=true to leave such files out")
 
     def __len__(self) -> int:
@@ -150,7 +156,7 @@ class ImageFiles(Dataset):
                 return self._read(i)
             except _BadSample as e:
                 if not self.skip_bad:
-                    raise self._error(e.args) from None
+                    raise self._error(e) from None
                 log.warning(f"skipped {e.args[0]}: {e.args[1]} (replaced by the next sample)")
         raise UserError(f"{self.samples[0][0].parent}: no sample could be read")
 
@@ -178,12 +184,5 @@ class ImageFiles(Dataset):
     @staticmethod
     def _decode(path: Path, mode: str | None) -> Image.Image:
         """The whole image decoded (in ``mode`` unless None): damage past the header shows up here."""
-        try:
-            with Image.open(path) as image:
-                return image.convert(mode) if mode else image.copy()
-        except Exception as e:  # as in _open_error: PIL's error types vary with the damage
-            raise _BadSample(path, f"not a readable image ({type(e).__name__}: {e})") from None
-
-
-class _BadSample(Exception):
-    """(path, why): a sample that failed to decode."""
+        with _reading(path), Image.open(path) as image:
+            return image.convert(mode) if mode else image.copy()
