@@ -421,11 +421,12 @@ class BaseAgent:
 
     def save_checkpoint(self, is_best: bool = False) -> None:
         """last.pth (and best.pth, epoch_N.pth when due), written atomically by rank 0; call it on every rank."""
-        rng_ranks = distributed.gather_to_main(checkpoint.rng_state())  # each rank's: a DDP resume is exact too
+        # Under DDP each rank's RNG, gathered to rank 0, goes in too: a DDP resume is exact as well.
+        rng_ranks = distributed.gather_to_main(checkpoint.rng_state()) if self.world_size > 1 else None
         if not distributed.is_main():
             return
         state = self.checkpoint_state()
-        if self.world_size > 1:
+        if rng_ranks:
             state["rng_ranks"] = rng_ranks
         last = self.checkpoint_dir / "last.pth"
         try:
