@@ -11,6 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import torch  # noqa: E402
+
 import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,3 +62,42 @@ def report(times: dict[str, list[float]], baseline: str, unit: str = "s") -> Non
             f"ratio: medians {statistics.median(values) / statistics.median(base):.3f}, "
             f"minimums {min(values) / min(base):.3f}, paired {paired:.3f}"
         )
+
+
+def plain_step(agent) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """A hand-written optimisation step on the agent's model, optimizer and loss (what baselines run)."""
+    model, optimizer, loss_fn = agent.model, agent.optimizer, agent.loss
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        loss.item()
+
+    return step
+
+
+def epoch_over(loader, step: Callable) -> Callable[[], None]:
+    """One epoch: ``step`` on every batch ``loader`` yields, as it yields them."""
+
+    def run() -> None:
+        for x, y in loader:
+            step(x, y)
+
+    return run
+
+
+def epoch_in_memory(loader, step: Callable) -> tuple[Callable[[], None], int]:
+    """The baseline epoch: the batches ``loader`` yields, read once into memory, then sliced; and their count."""
+    batches = list(loader)
+    x_all, y_all = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    sizes = [len(b[1]) for b in batches]
+
+    def run() -> None:
+        start = 0
+        for n in sizes:
+            step(x_all[start : start + n], y_all[start : start + n])
+            start += n
+
+    return run, len(sizes)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import build_agent, interleaved, report
+from common import build_agent, epoch_in_memory, epoch_over, interleaved, plain_step, report
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -37,35 +37,14 @@ def main() -> None:
         write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
     agent = build_agent("configs/mnist_exp_0.json", "data_mode=folder", f"data_root={root}")
-    loader, model, optimizer, loss_fn = agent.data_loader.train_loader, agent.model, agent.optimizer, agent.loss
+    loader, step = agent.data_loader.train_loader, plain_step(agent)
+    preloaded, n_batches = epoch_in_memory(loader, step)  # the baseline: the same batches, precomputed
+    agent.model.train()
 
-    # The baseline: every batch the folder path yields, precomputed once into memory.
-    batches = list(loader)
-    x_all, y_all = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-    sizes = [len(b[1]) for b in batches]
-
-    def step(x, y) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        loss.item()
-
-    def preloaded() -> None:
-        model.train()
-        start = 0
-        for n in sizes:
-            step(x_all[start : start + n], y_all[start : start + n])
-            start += n
-
-    def folder() -> None:
-        model.train()
-        for x, y in loader:
-            step(x, y)
-
-    wall, cpu = interleaved({"pre-loaded tensors": preloaded, "folder data path": folder}, args.repeats)
+    runs = {"pre-loaded tensors": preloaded, "folder data path": epoch_over(loader, step)}
+    wall, cpu = interleaved(runs, args.repeats)
     agent.finalize()
-    print(f"one MNIST epoch ({len(sizes)} batches of 64), 1 torch thread, {args.repeats} interleaved repeats")
+    print(f"one MNIST epoch ({n_batches} batches of 64), 1 torch thread, {args.repeats} interleaved repeats")
     for clock, times in (("wall", wall), ("CPU", cpu)):
         print(f"-- {clock} time per epoch")
         report(times, "pre-loaded tensors")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import build_agent, interleaved, report
+from common import build_agent, epoch_in_memory, epoch_over, interleaved, plain_step, report
 from PIL import Image
 
 from datasets.image_files import ImageFiles, class_folders
@@ -42,7 +42,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="images-"))
     write_images(root, args.images)
     agent = build_agent("configs/example_exp_0.json", "data_mode=folder", f"data_root={root}", "batch_size=64")
-    loader, model, optimizer, loss_fn = agent.data_loader.train_loader, agent.model, agent.optimizer, agent.loss
+    loader = agent.data_loader.train_loader
     dataset = loader.dataset
     with_worker = make_loader(dataset, 64, train=True, seed=1, num_workers=1)
 
@@ -50,33 +50,14 @@ def main() -> None:
     ImageFiles(class_folders(root / "example" / "train", "")[0], transform=dataset.transform)
     scan = time.perf_counter() - start
 
-    batches = list(loader)  # the baseline: every batch the folder path yields, decoded once
-    x_all, y_all = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-    sizes = [len(b[1]) for b in batches]
-
-    def step(x, y) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        loss.item()
-
-    def decoded() -> None:
-        start = 0
-        for n in sizes:
-            step(x_all[start : start + n], y_all[start : start + n])
-            start += n
-
-    def folder_main() -> None:
-        for x, y in loader:
-            step(x, y)
-
-    def folder_worker() -> None:
-        for x, y in with_worker:
-            step(x, y)
-
-    model.train()
-    runs = {"decoded tensors": decoded, "folder, main process": folder_main, "folder, 1 worker": folder_worker}
+    step = plain_step(agent)
+    decoded, _ = epoch_in_memory(loader, step)  # the baseline: every batch the folder path yields, decoded once
+    agent.model.train()
+    runs = {
+        "decoded tensors": decoded,
+        "folder, main process": epoch_over(loader, step),
+        "folder, 1 worker": epoch_over(with_worker, step),
+    }
     wall, _ = interleaved(runs, args.repeats)
     agent.finalize()
     print(f"{args.images} JPEGs 64x64 -> 32x32, batch 64, 1 torch thread, {args.repeats} interleaved repeats")
