@@ -304,8 +304,7 @@ class BaseAgent:
                 return
             self._check_monitor()
             if self.world_size > 1:
-                # Initial weights agree (DDP also broadcasts rank 0's); dropout and augmentation must not.
-                self.seed_everything(self.config.seed + 1_000_003 * self.rank, self.config.deterministic)
+                self._seed_rank(step=0)
             path = self._resume_path()
             if path is not None:
                 self.load_checkpoint(path)
@@ -500,8 +499,7 @@ class BaseAgent:
         if len(rng_ranks) == self.world_size:
             checkpoint.set_rng_state(rng_ranks[self.rank])
         else:  # saved by another number of processes: fresh streams per rank, still reproducible
-            seed = self.config.seed + 1_000_003 * self.rank + self.global_step
-            self.seed_everything(seed, self.config.deterministic)
+            self._seed_rank(step=self.global_step)
         self.recorder.truncate_metrics(after_epoch=self.epoch)
         where = f"epoch {self.epoch}" + (f", batch {self.batch_in_epoch}" if self.batch_in_epoch else "")
         self.recorder.info(f"resumed from {path} at {where} (step {self.global_step})")
@@ -553,6 +551,10 @@ class BaseAgent:
 
     def wall_seconds(self) -> float:
         return self._wall_before + time.time() - self._started
+
+    def _seed_rank(self, step: int) -> None:
+        """Seed this rank apart from the others (initial weights agree, dropout and augmentation must not)."""
+        self.seed_everything(self.config.seed + 1_000_003 * self.rank + step, self.config.deterministic)
 
     @staticmethod
     def seed_everything(seed: int, deterministic: bool = False) -> None:
