@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 import os
-import random
 import shutil
 import signal
 import time
@@ -21,7 +20,6 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -42,6 +40,7 @@ from utils.data import set_epoch
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 from utils.metrics import Accuracy, Mean, Metric
 from utils.recorder import Recorder
+from utils.seeding import derive_seed, seed_everything
 
 
 def _device_check(value: str, where: str, source: str) -> None:
@@ -72,7 +71,11 @@ class BaseAgent:
         "agent": Key(REQUIRED, str, "agent class name, looked up in agents/__init__.py"),
         "description": Key("", str, "free text, kept with the run"),
         "mode": Key(
-            "train", str, "train, or test: evaluate best.pth (or resume) on the test split", choices=("train", "test")
+            "train",
+            str,
+            "train; test: evaluate best.pth (or resume) on the test split; predict: outputs from inputs "
+            "(agents that make them)",
+            choices=("train", "test", "predict"),
         ),
         "seed": Key(1, int, "seeds python, numpy, torch and loader workers", min=0, max=2**31 - 1),
         "deterministic": Key(False, bool, "deterministic kernels (slower on GPU)"),
@@ -133,6 +136,10 @@ class BaseAgent:
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         if self.world_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", distributed.local_rank())
+        if self.device.type == "cuda":  # stray .cuda() calls and pinned memory go to this GPU, not GPU 0
+            if self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
+            torch.cuda.set_device(self.device)
         self.run_dir = repo_path(config.experiments_dir) / config.exp_name
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.recorder = Recorder(self.run_dir, enabled=distributed.is_main(), name=config.exp_name)
@@ -140,7 +147,7 @@ class BaseAgent:
         if distributed.is_main():  # temp files of a save that a kill cut short (we hold the lock: no writer now)
             for stale in self.checkpoint_dir.glob(".*.tmp"):
                 stale.unlink()
-        self.seed_everything(config.seed, config.deterministic)
+        seed_everything(config.seed, config.deterministic)
         self._threads_before = torch.get_num_threads()
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
@@ -299,8 +306,8 @@ class BaseAgent:
         """Train (resuming when a checkpoint is there) or, with mode=test, evaluate."""
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            if self.config.mode == "test":
-                self.test()
+            if self.config.mode in ("test", "predict"):
+                self.test() if self.config.mode == "test" else self.predict()
                 return
             self._check_monitor()
             if self.world_size > 1:
@@ -398,6 +405,10 @@ class BaseAgent:
         if loader is None:
             raise UserError(f"config: key 'mode': {type(self.data_loader).__name__} has no test split")
         self._record_test(self.validate(loader, split="test"), path)
+
+    def predict(self) -> None:
+        """mode=predict: outputs from inputs (segmentation masks, generated samples) under out/predict/."""
+        raise UserError(f"config: key 'mode': {type(self).__name__} has no predict mode; use train or test")
 
     def _load_test_checkpoint(self) -> Path:
         """Load the models of ``resume`` (a path), else best.pth, else last.pth; returns which."""
@@ -554,17 +565,7 @@ class BaseAgent:
 
     def _seed_rank(self, step: int) -> None:
         """Seed this rank apart from the others (initial weights agree, dropout and augmentation must not)."""
-        self.seed_everything(self.config.seed + 1_000_003 * self.rank + step, self.config.deterministic)
-
-    @staticmethod
-    def seed_everything(seed: int, deterministic: bool = False) -> None:
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        if deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
+        seed_everything(derive_seed(self.config.seed, "rank", self.rank, step), self.config.deterministic)
 
     @staticmethod
     def _pick_device(name: str) -> torch.device:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from utils.distributed import rank, world_size
+from utils.seeding import derive_seed
 
 
 class ShardedSampler(Sampler[int]):
@@ -39,7 +41,7 @@ class ShardedSampler(Sampler[int]):
 
     def _indices(self) -> list[int]:
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            g = torch.Generator().manual_seed(derive_seed(self.seed, "order", self.epoch))
             order = torch.randperm(self.length, generator=g).tolist()
         else:
             order = list(range(self.length))
@@ -79,6 +81,43 @@ class TensorBatches(Dataset):
         return self.transform(*batch) if self.transform else batch
 
 
+class EpochSeeded(Dataset):
+    """A dataset whose random augmentation is fixed by (seed, epoch, sample index).
+
+    Torch's RNG is seeded before each sample (or each batch of a ``TensorBatches``) is made, so
+    the result does not depend on which loader worker makes it, nor on whether the run was
+    resumed mid-epoch: with workers, the batches after a resume reach other workers than they
+    did in a straight run. Transforms must draw from torch's RNG (torchvision's all do).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with self._seeded(index):
+            return self.dataset[index]
+
+    def __getitems__(self, indices: Sequence[int]):
+        if not hasattr(self.dataset, "__getitems__"):
+            return [self[i] for i in indices]
+        with self._seeded(indices[0]):
+            return self.dataset.__getitems__(indices)
+
+    @contextmanager
+    def _seeded(self, index: int) -> Iterator[None]:
+        seed = derive_seed(self.seed, "sample", self.epoch, index)
+        if get_worker_info() is not None:  # a worker's RNG serves nothing else: seed it in place
+            torch.manual_seed(seed)
+            yield
+            return
+        with torch.random.fork_rng(devices=[]):  # the main process's stream (dropout) stays untouched
+            torch.manual_seed(seed)
+            yield
+
+
 def _keep_batch(batch):
     return batch
 
@@ -101,16 +140,17 @@ def make_loader(
 ) -> DataLoader:
     """A DataLoader over this rank's shard: shuffled (and padded) for training, exact for evaluation.
 
-    ``pin_memory`` defaults to whether CUDA is present (pinned batches copy to the GPU asynchronously).
+    ``pin_memory`` defaults to whether this process uses CUDA (BaseAgent initialises it for a CUDA
+    device before the agent builds its loaders): pinned batches copy to the GPU asynchronously.
     """
     sampler = ShardedSampler(len(dataset), shuffle=train, seed=seed, pad=train)
     batched = isinstance(dataset, TensorBatches)
     return DataLoader(
-        dataset,
+        EpochSeeded(dataset, seed),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        pin_memory=torch.cuda.is_initialized() if pin_memory is None else pin_memory,
         drop_last=drop_last and train,
         collate_fn=_keep_batch if batched else None,
         worker_init_fn=_seed_worker,
@@ -120,8 +160,10 @@ def make_loader(
 
 
 def set_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
-    """Fix the loader's shuffle order and worker seeds for ``epoch`` (per rank for the workers)."""
+    """Fix the loader's shuffle order, augmentation and worker seeds for ``epoch``."""
     if isinstance(loader.sampler, ShardedSampler):
         loader.sampler.set_epoch(epoch)
+    if isinstance(loader.dataset, EpochSeeded):
+        loader.dataset.epoch = epoch
     if loader.generator is not None:
-        loader.generator.manual_seed((seed * 1_000_003 + epoch) * 1_009 + rank())
+        loader.generator.manual_seed(derive_seed(seed, "workers", epoch, rank()))

@@ -19,16 +19,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from utils.errors import UserError
 
 DATA_LOG = logging.getLogger("ppt.data")  # datasets log here; the main rank's Recorder writes it to the run log
 DATA_LOG.propagate = False  # printed once, by the Recorder (or Python's last-resort stderr handler without one)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_bytes_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
 
 
 def _jsonable(value: Any) -> Any:
@@ -124,6 +130,19 @@ class Recorder:
         writer.flush()
         self._pending.clear()
         self._last_flush = time.monotonic()
+
+    def image(self, tag: str, image: torch.Tensor, step: int, file: str | None = None) -> None:
+        """A uint8 (C, H, W) image to TensorBoard under ``tag`` and, with ``file``, as ``out/<file>`` (a PNG)."""
+        if not self.enabled:
+            return
+        image = image.detach().cpu()
+        if file is not None:
+            from torchvision.io import encode_png
+
+            path = self.run_dir / "out" / file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(path, encode_png(image).numpy().tobytes())
+        self.writer.add_image(tag, image, step)
 
     def metrics_row(self, row: dict[str, Any]) -> None:
         """Append one row to metrics.csv (columns grow if a later row has new keys)."""
