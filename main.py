@@ -14,6 +14,7 @@ import sys
 from easydict import EasyDict
 
 from agents import get_agent_class
+from utils import distributed
 from utils.config import apply_overrides, read_json, to_easydict, validate
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 
@@ -25,9 +26,8 @@ def load_config(path: str, overrides: list[str] = ()) -> tuple[EasyDict, type]:
     if not isinstance(agent, str):
         raise UserError(f"{path}: missing required key 'agent' (a string naming the agent class)")
     agent_class = get_agent_class(agent, source=path)
-    # Overrides apply on top of the defaults, so optimizer.args.lr=0.1 works without an "optimizer" in the file.
-    config = validate(raw, agent_class.config_schema, source=path)
-    config = validate(apply_overrides(config, list(overrides)), agent_class.config_schema, source=path)
+    # One validation of the file and the overrides together: an override may supply a missing key or fix a bad one.
+    config = validate(apply_overrides(raw, list(overrides), agent_class.config_schema), agent_class.config_schema, path)
     return to_easydict(config), agent_class
 
 
@@ -74,11 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="path to a JSON config, e.g. configs/mnist_exp_0.json")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_epoch=3 optimizer.args.lr=0.05")
     parser.add_argument("--keys", action="store_true", help="list the config's keys, values and meanings, then exit")
+    parser.add_argument(
+        "--nproc", type=int, default=1, metavar="N", help="train in N processes under torchrun (DDP); default 1"
+    )
     args = parser.parse_intermixed_args(argv)
     try:
         if args.keys:
             sys.stdout.write(describe_keys(args.config, args.overrides) + "\n")
             return 0
+        if args.nproc < 1:
+            raise UserError(f"--nproc: expected a positive integer, got {args.nproc}")
+        if args.nproc > 1:
+            load_config(args.config, args.overrides)  # a config mistake is one line here, not one per process
+            return distributed.launch(args.nproc, [__file__, args.config, *args.overrides])
         run(args.config, args.overrides)
     except UserError as e:
         return _fail(f"error: {one_line(str(e))}", 2)

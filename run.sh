@@ -1,19 +1,7 @@
 #!/usr/bin/env bash
 # ./run.sh [--nproc N] CONFIG [key=value ...]
-# One process: python main.py ...; N > 1: torchrun --standalone --nproc_per_node N main.py ...
+# The same as python main.py ...; with --nproc N > 1, main.py checks the config once, then starts
+# N processes under torchrun (torch.distributed.run --standalone).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-nproc=1
-if [[ "${1:-}" == "--nproc" ]]; then
-  nproc="${2:?--nproc needs a number}"
-  shift 2
-fi
-if ! [[ "$nproc" =~ ^[1-9][0-9]*$ ]]; then
-  echo "error: --nproc: expected a positive integer, got '$nproc'" >&2
-  exit 2
-fi
-PYTHON="${PYTHON:-python3}"
-if [[ "$nproc" == 1 ]]; then
-  exec "$PYTHON" "$here/main.py" "$@"
-fi
-exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$nproc" "$here/main.py" "$@"
+exec "${PYTHON:-python3}" "$here/main.py" "$@"

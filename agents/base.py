@@ -36,7 +36,7 @@ from utils.config import (
     to_plain,
     torch_object_key,
 )
-from utils.data import set_epoch
+from utils.data import ShardedSampler, set_epoch
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 from utils.metrics import Accuracy, Mean, Metric
 from utils.recorder import Recorder
@@ -92,7 +92,12 @@ class BaseAgent:
             "a path: resume from that file; false: never (an error if checkpoints exist)",
             check=_resume_check,
         ),
-        "data_mode": Key("random", str, "download, folder or random", choices=("download", "folder", "random")),
+        "data_mode": Key(
+            REQUIRED,
+            str,
+            "download, folder (the dataset's files under data_root) or random (synthetic, for smoke runs)",
+            choices=("download", "folder", "random"),
+        ),
         "data_root": Key(
             "data", str, "dataset directory; relative paths are under the repository", check=relative_path
         ),
@@ -161,13 +166,15 @@ class BaseAgent:
 
         self.epoch = 0  # completed epochs
         self.batch_in_epoch = 0  # batches done in the current epoch (non-zero after a mid-epoch stop)
+        self._resume_samples = 0  # samples of the epoch's order a mid-epoch checkpoint had consumed
+        self._batches_at_skip = 0  # batch_in_epoch when this epoch's loader skipped them
         self.global_step = 0
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.last_metrics: dict[str, float] = {}
         self.monitor_mode, self.monitor_metric = config.monitor.split()  # "max valid/accuracy"
         self.status = "started"
-        self._step_at_start: int | None = None  # global_step when training began in this process
+        self._progress_at_start: tuple[int, int] | None = None  # (epoch, global_step) when training began here
         self.stop_training = False  # an agent sets it to end training early (e.g. DQN solved)
         self._wall_before = 0.0
         self._started = time.time()
@@ -244,6 +251,7 @@ class BaseAgent:
             nn.utils.clip_grad_norm_(params, clip)
         if self.scaler is not None:
             self.scaler.step(optimizer)
+            self.scaler.update()  # once per optimizer step: a train_step may make 0 or several
         else:
             optimizer.step()
 
@@ -276,8 +284,11 @@ class BaseAgent:
         """This epoch's batches (the rest of them after a mid-epoch resume) and how many."""
         loader = self.data_loader.train_loader
         set_epoch(loader, self.epoch, self.config.seed)
-        if self.batch_in_epoch:
-            loader.sampler.skip(self.batch_in_epoch * loader.batch_size)
+        if self._resume_samples:  # a mid-epoch resume: the rest of this epoch's order, whatever the layout now
+            loader.sampler.skip(self._resume_samples)
+            self.batch_in_epoch = -(-self._resume_samples // (loader.batch_size * self.world_size))
+            self._resume_samples = 0
+        self._batches_at_skip = self.batch_in_epoch
         total = len(loader)
         if self.config.max_train_batches:
             total = max(0, min(total, self.config.max_train_batches - self.batch_in_epoch))
@@ -312,13 +323,13 @@ class BaseAgent:
             self._check_monitor()
             if self.world_size > 1:
                 self._seed_rank(step=0)
-            path = self._resume_path()
-            if path is not None:
+            path = distributed.from_main(self._resume_path() if distributed.is_main() else None)
+            if path is not None:  # rank 0 decided: on many machines without shared storage the others follow
                 self.load_checkpoint(path)
                 if path.resolve().parent != self.checkpoint_dir.resolve():
                     self.best = self.best_epoch = None  # another run's best: this run picks its own best.pth
             self._write_config()
-            self._step_at_start = self.global_step
+            self._progress_at_start = (self.epoch, self.global_step)
             self.train()
         except torch.OutOfMemoryError:
             self.status = "out of memory"
@@ -361,8 +372,6 @@ class BaseAgent:
         loss_sum, loss_count = 0.0, 0  # the bar shows the epoch's running mean loss
         for batch in bar:
             logs = self.train_step(batch)
-            if self.scaler is not None:
-                self.scaler.update()
             self.global_step += 1
             self.batch_in_epoch += 1
             loss = logs.get("loss")
@@ -382,13 +391,16 @@ class BaseAgent:
                 self._interrupted()
         self.batch_in_epoch = 0
 
-    def validate(self, loader=None, split: str = "valid") -> dict[str, float]:
-        """Evaluate every batch of ``loader`` (the validation loader by default) on all ranks."""
+    def validate(self, loader=None, split: str = "valid", limit: int | None | str = "config") -> dict[str, float]:
+        """Evaluate ``loader`` (the validation loader by default) on all ranks.
+
+        ``limit``: batches to evaluate; by default the debug key max_valid_batches (mode=test passes None: all).
+        """
         loader = loader if loader is not None else self.data_loader.valid_loader
         for model in self.models.values():
             model.eval()
         metrics = self.make_metrics()
-        limit = self.config.max_valid_batches
+        limit = self.config.max_valid_batches if limit == "config" else limit
         with torch.no_grad(), self.autocast():
             for batch in islice(loader, limit):
                 self.eval_step(batch, metrics)
@@ -404,7 +416,7 @@ class BaseAgent:
         loader = getattr(self.data_loader, "test_loader", None)
         if loader is None:
             raise UserError(f"config: key 'mode': {type(self.data_loader).__name__} has no test split")
-        self._record_test(self.validate(loader, split="test"), path)
+        self._record_test(self.validate(loader, split="test", limit=None), path)
 
     def predict(self) -> None:
         """mode=predict: outputs from inputs (segmentation masks, generated samples) under out/predict/."""
@@ -414,11 +426,11 @@ class BaseAgent:
         """Load the models of ``resume`` (a path), else best.pth, else last.pth; returns which."""
         resume = self.config.resume
         if isinstance(resume, str) and resume != "auto":
-            path = Path(resume)
+            path = repo_path(resume)
         else:
             best, last = self.checkpoint_dir / "best.pth", self.checkpoint_dir / "last.pth"
-            path = best if best.exists() or not last.exists() else last
-        if not path.exists():
+            path = distributed.from_main(best if best.exists() or not last.exists() else last)
+        if distributed.is_main() and not path.exists():
             raise UserError(f"{path}: no checkpoint to test; train first (mode=train) or set resume to a checkpoint")
         self.load_checkpoint(path, weights_only=True)
         return path
@@ -446,10 +458,7 @@ class BaseAgent:
             every = self.config.checkpoint_every
             if every and self.epoch % every == 0 and self.batch_in_epoch == 0:
                 self._copy_atomic(last, self.checkpoint_dir / f"epoch_{self.epoch:04d}.pth")
-                keep = self.config.keep_checkpoints
-                if keep:
-                    for old in sorted(self.checkpoint_dir.glob("epoch_*.pth"))[:-keep]:
-                        old.unlink()
+                checkpoint.prune_epochs(self.checkpoint_dir, self.config.keep_checkpoints)
         except OSError as e:
             self.status = "checkpoint failed"
             raise TrainingStopped(
@@ -463,6 +472,8 @@ class BaseAgent:
             "agent": type(self).__name__,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
+            "samples_in_epoch": self._samples_in_epoch(),
+            "world_size": self.world_size,
             "global_step": self.global_step,
             "best": self.best,
             "best_epoch": self.best_epoch,
@@ -479,7 +490,7 @@ class BaseAgent:
 
     def load_checkpoint(self, path: str | Path, weights_only: bool = False) -> None:
         """Restore models (and, unless ``weights_only``, the whole training state) from ``path``."""
-        state = checkpoint.load(path)
+        state = self._read_checkpoint(path)
         agent = type(self).__name__
         if state.get("agent") != agent:
             raise UserError(f"{path}: checkpoint of {state.get('agent')}, but the config's agent is {agent}")
@@ -488,8 +499,9 @@ class BaseAgent:
             try:
                 self.unwrap(model).load_state_dict(state["models"][name])
             except (RuntimeError, KeyError) as e:
-                first = str(e).strip().splitlines()[0]
-                raise UserError(f"{path}: model '{name}' does not match the config's model: {first}") from None
+                raise UserError(
+                    f"{path}: model '{name}' does not match the config's model: {checkpoint.mismatch(e)}"
+                ) from None
         if weights_only:
             return
         for kind, objects in (("optimizers", self.optimizers), ("schedulers", self.schedulers)):
@@ -502,6 +514,8 @@ class BaseAgent:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        self._resume_samples = state.get("samples_in_epoch", 0) if self.batch_in_epoch else 0
+        self._log_layout_change(state)
         self.global_step = state["global_step"]
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self._wall_before = state["wall_seconds"]
@@ -536,7 +550,7 @@ class BaseAgent:
         """Whether summary.json needs writing: not when a finished run was merely run again."""
         if getattr(self, "status", "started") == "started":
             return False
-        rerun = self.status == "finished" and self.global_step == self._step_at_start
+        rerun = self.status == "finished" and (self.epoch, self.global_step) == self._progress_at_start
         return not (rerun and (self.run_dir / "summary.json").exists())
 
     def summary(self) -> dict:
@@ -556,6 +570,33 @@ class BaseAgent:
         }
 
     # ----- helpers ------------------------------------------------------------------------------
+
+    def _read_checkpoint(self, path: str | Path) -> dict:
+        """The checkpoint at ``path``; ranks that cannot see the file (no shared storage) get rank 0's copy."""
+        if self.world_size == 1:
+            return checkpoint.load(path)
+        (someone_lacks_it,) = distributed.any_rank(not Path(path).is_file())
+        if not someone_lacks_it:
+            return checkpoint.load(path)
+        if distributed.is_main():
+            self.recorder.info(f"{path}: not on every machine; rank 0 sends its copy to the others")
+        return distributed.from_main(checkpoint.load(path) if distributed.is_main() else None)
+
+    def _samples_in_epoch(self) -> int:
+        """How much of this epoch's global sample order has been trained on (for a mid-epoch resume)."""
+        loader = getattr(self.data_loader, "train_loader", None)
+        if not self.batch_in_epoch or loader is None or not isinstance(loader.sampler, ShardedSampler):
+            return 0
+        return loader.sampler.consumed(self.batch_in_epoch - self._batches_at_skip, loader.batch_size)
+
+    def _log_layout_change(self, state: dict) -> None:
+        old = (state.get("world_size", 1), state.get("config", {}).get("batch_size"))
+        new = (self.world_size, self.config.get("batch_size"))
+        if self._resume_samples and old != new:
+            self.recorder.info(
+                f"resuming mid-epoch with {new[0]} process(es) x batch_size {new[1]} (saved with {old[0]} x {old[1]}): "
+                f"the {self._resume_samples} samples of epoch {self.epoch + 1} already trained on are skipped"
+            )
 
     def num_params(self) -> int:
         return sum(p.numel() for m in self.models.values() for p in self.unwrap(m).parameters())
@@ -618,7 +659,7 @@ class BaseAgent:
                     "use resume=auto to continue it, or another exp_name for a fresh run"
                 )
             return None
-        path = Path(resume)
+        path = repo_path(resume)
         if not path.is_file():
             raise UserError(f"config: key 'resume': checkpoint {path} not found")
         return path
@@ -664,10 +705,21 @@ class BaseAgent:
             f"batch_size {cfg.batch_size} per process, global batch {cfg.batch_size * self.world_size}; "
             f"{self.num_params():,} parameters; run directory {self.run_dir}"
         )
+        if self.data_loader is not None:
+            sizes = ", ".join(
+                f"{split} {len(loader.dataset):,} samples"
+                for split in ("train", "valid", "test")
+                if (loader := getattr(self.data_loader, f"{split}_loader", None)) is not None
+            )
+            self.recorder.info(f"data: data_mode={cfg.data_mode} from {type(self.data_loader).__name__}: {sizes}")
 
     def _on_signal(self, signum: int, frame) -> None:
-        if self._stop_signal is not None:  # a second Ctrl-C: stop now
+        # A second Ctrl-C stops at once -- except under torchrun, which passes on the signal it got
+        # itself after the terminal's (and kills the workers if they take too long).
+        if self._stop_signal is not None and not distributed.launched_by_torchrun():
             raise KeyboardInterrupt
+        if self._stop_signal is not None:
+            return
         self._stop_signal = signum
         self.recorder.warning(f"{signal.Signals(signum).name}: saving a checkpoint after this step (again to abort)")
 

@@ -102,3 +102,21 @@ def versions() -> dict:
     import sys
 
     return {"python": sys.version.split()[0], "torch": str(torch.__version__), "numpy": str(np.__version__)}
+
+
+def prune_epochs(directory: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest epoch_N.pth files (0: keep all); newest by N, not by name."""
+    if not keep:
+        return
+    files = [p for p in directory.glob("epoch_*.pth") if p.stem[6:].isdigit()]
+    files.sort(key=lambda p: int(p.stem[6:]))
+    for old in files[:-keep]:
+        old.unlink()
+
+
+def mismatch(error: Exception) -> str:
+    """torch's load_state_dict error on one line: the first few missing, unexpected or mis-shaped keys."""
+    lines = [line.strip().rstrip(".") for line in str(error).strip().splitlines()]
+    detail = [line for line in lines[1:] if line] or lines[:1]
+    text = "; ".join(detail)
+    return text if len(text) <= 600 else text[:600] + " ..."

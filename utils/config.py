@@ -150,20 +150,38 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, parsed
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Return a copy of ``raw`` with each ``a.b=value`` override set (validated later)."""
+def apply_overrides(raw: dict, overrides: list[str], schema: dict[str, Key] | None = None) -> dict:
+    """Return a copy of ``raw`` with each ``a.b=value`` override set (validated afterwards).
+
+    With the agent's ``schema``: a key missing from the file starts from its default (so
+    ``optimizer.args.lr=0.1`` works without an "optimizer" in the file), and a value given for a
+    string key is kept as typed (``exp_name=2024`` is the name "2024", not a number).
+    """
     raw = json.loads(json.dumps(raw))
     for text in overrides:
         parts, value = parse_override(text)
-        node = raw
+        node, specs = raw, schema
         for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
+            spec = (specs or {}).get(part)
+            if part not in node:  # start from the key's default (an object, or the non-object to complain about)
+                default = spec.default if spec is not None else None
+                node[part] = {} if default is None or default is REQUIRED else json.loads(json.dumps(default))
+            child = node[part]
             if not isinstance(child, dict):
                 dotted = ".".join(parts[: i + 1])
                 raise UserError(f"override '{text}': key '{dotted}' holds {child!r}, not an object")
-            node = child
+            node, specs = child, spec.schema if spec is not None else None
+        spec = (specs or {}).get(parts[-1])
+        if spec is not None and _wants_text(spec, value):
+            value = text.partition("=")[2]
         node[parts[-1]] = value
     return raw
+
+
+def _wants_text(spec: Key, value: Any) -> bool:
+    """Whether a number or true/false typed for a string-only key was meant as that text."""
+    types = spec.accepted()
+    return isinstance(value, (int, float, bool)) and str in types and not isinstance(value, types)
 
 
 def to_easydict(config: dict) -> EasyDict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from itertools import cycle, islice
 
 import numpy as np
 import torch
@@ -22,10 +23,14 @@ class ShardedSampler(Sampler[int]):
     """Shuffles with a seed fixed by (seed, epoch) and keeps this rank's share of the indices.
 
     For training (``pad=True``) every rank gets the same number of samples, as
-    DistributedSampler does, so no rank waits at a collective. For evaluation (``pad=False``)
-    each sample is seen exactly once over all ranks, so summed metrics are exact.
-    ``skip(n)`` drops the first n samples of the next pass: a run resumed mid-epoch sees
-    the rest of that epoch's order.
+    DistributedSampler does, so no rank waits at a collective: the order is padded by cycling
+    from its start. For evaluation (``pad=False``) each sample is seen exactly once over all
+    ranks, so summed metrics are exact.
+
+    ``skip(n)`` drops the first n samples of this epoch's global order (what every rank
+    together had consumed when a run stopped mid-epoch; ``consumed`` counts it), so a resumed
+    run sees the rest of the same order even with another process count or batch size. The
+    skip belongs to one epoch: ``set_epoch`` clears it.
     """
 
     def __init__(self, length: int, shuffle: bool, seed: int, pad: bool) -> None:
@@ -34,10 +39,10 @@ class ShardedSampler(Sampler[int]):
         self.epoch, self._skip = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch, self._skip = epoch, 0
 
     def skip(self, n: int) -> None:
-        self._skip = n
+        self._skip = min(n, self.length)
 
     def _indices(self) -> list[int]:
         if self.shuffle:
@@ -45,18 +50,22 @@ class ShardedSampler(Sampler[int]):
             order = torch.randperm(self.length, generator=g).tolist()
         else:
             order = list(range(self.length))
-        if self.pad and self.world > 1 and self.length % self.world:
-            order += order[: self.world - self.length % self.world]
-        return order[self.rank :: self.world]
+        rest = order[self._skip :]
+        if self.pad and len(rest) % self.world:
+            rest += list(islice(cycle(order), self.world - len(rest) % self.world))
+        return rest[self.rank :: self.world]
 
     def __iter__(self) -> Iterator[int]:
-        indices = self._indices()[self._skip :]
-        self._skip = 0
-        return iter(indices)
+        return iter(self._indices())
 
     def __len__(self) -> int:
-        total = -(-self.length // self.world) * self.world if self.pad else self.length
-        return max(0, len(range(self.rank, total, self.world)) - self._skip)
+        rest = self.length - self._skip
+        total = -(-rest // self.world) * self.world if self.pad else rest
+        return len(range(self.rank, total, self.world))
+
+    def consumed(self, batches: int, batch_size: int) -> int:
+        """Samples of this epoch's global order used once every rank has taken ``batches`` batches."""
+        return min(self._skip + min(batches * batch_size, len(self)) * self.world, self.length)
 
 
 class TensorBatches(Dataset):

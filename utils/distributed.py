@@ -75,3 +75,32 @@ def gather_to_main(obj: Any) -> list[Any] | None:
     gathered = [None] * world_size() if is_main() else None
     dist.gather_object(obj, gathered, dst=0)
     return gathered
+
+
+def from_main(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` itself in one process): rank 0 decides, the others follow."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """``torchrun --standalone --nproc_per_node nproc argv...`` in this process; the workers' exit code.
+
+    A signal to the launcher (Ctrl-C, a scheduler's SIGTERM) is passed on to the workers by
+    torchrun; they save a checkpoint and stop, and this returns 130 instead of torchrun's traceback.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    try:
+        torchrun(["--standalone", "--nproc_per_node", str(nproc), *argv])
+    except SignalException:
+        return 130
+    except ChildFailedError as e:
+        code = e.get_first_failure()[1].exitcode
+        return code if code > 0 else 1  # negative: killed by a signal
+    return 0

@@ -57,6 +57,7 @@ class Recorder:
         self._pending: list[tuple[dict[str, float], int]] = []
         self._last_flush = time.monotonic()
         self._lock_file = None
+        self._columns: list[str] | None = None  # metrics.csv's header, once read or written
         self._created = enabled and not self.run_dir.exists()
         if not enabled:
             quiet = logging.NullHandler()  # other ranks stay silent, their datasets too
@@ -145,9 +146,23 @@ class Recorder:
         self.writer.add_image(tag, image, step)
 
     def metrics_row(self, row: dict[str, Any]) -> None:
-        """Append one row to metrics.csv (columns grow if a later row has new keys)."""
-        if self.enabled:
-            self._write_metrics([*self.read_metrics(), row])
+        """Append one row to metrics.csv; the file is rewritten only when a row brings a new column."""
+        if not self.enabled:
+            return
+        path = self.run_dir / "metrics.csv"
+        if self._columns is None:  # read the header once; later rows are appended
+            self._columns = []
+            if path.exists():
+                with open(path, newline="") as f:
+                    self._columns = next(csv.reader(f), [])
+        if not self._columns or not set(row) <= set(self._columns):
+            rows = [*self.read_metrics(), row]
+            self._write_metrics(rows)
+            return
+        buf = io.StringIO()
+        csv.DictWriter(buf, fieldnames=self._columns).writerow(row)
+        with open(path, "a", newline="") as f:  # one write of one line
+            f.write(buf.getvalue())
 
     def read_metrics(self) -> list[dict[str, str]]:
         path = self.run_dir / "metrics.csv"
@@ -168,6 +183,7 @@ class Recorder:
     def _write_metrics(self, rows: list[dict[str, Any]]) -> None:
         """Replace metrics.csv with ``rows`` in one atomic write (a crash keeps the old file whole)."""
         columns = list(dict.fromkeys(k for r in rows for k in r))
+        self._columns = columns
         buf = io.StringIO()
         out = csv.DictWriter(buf, fieldnames=columns)
         out.writeheader()
