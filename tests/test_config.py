@@ -1,11 +1,12 @@
 """Every kind of user mistake exits 2 with one line naming the file and key; overrides work."""
 
 import json
+import subprocess
 
 import pytest
 
 import main
-from tests.conftest import CONFIGS, cli
+from tests.conftest import CONFIGS, REPO, cli
 from utils.config import apply_overrides, parse_override
 from utils.errors import UserError
 
@@ -139,3 +140,37 @@ def test_keys_lists_every_key_with_its_value_and_meaning(capsys):
     assert "  max_epoch = 3  # train until this many epochs are done" in out
     assert "  valid_size = 5000  # training images held out for validation" in out
     assert '  optimizer = {"type": "Adadelta", "args": {"lr": 1.0}}' in out
+
+
+def test_data_mode_must_be_said_for_agents_with_data(tmp_path, capsys):
+    path = write(tmp_path, json.dumps({"exp_name": "t", "agent": "ExampleAgent"}))
+    code, err = exit_of([path, f"experiments_dir={tmp_path}"], capsys)
+    assert code == 2 and "missing required key 'data_mode'" in err
+
+
+def test_overrides_can_supply_a_missing_key_or_fix_a_bad_value_in_the_file(tmp_path):
+    path = write(tmp_path, json.dumps({"agent": "ExampleAgent", "data_mode": "random", "max_epoch": -1}))
+    config, _ = main.load_config(path, ["exp_name=fixed", "max_epoch=2", "optimizer.args.lr=0.5"])
+    assert config.exp_name == "fixed" and config.max_epoch == 2
+    assert config.optimizer == {"type": "SGD", "args": {"lr": 0.5}}  # the default optimizer, its lr overridden
+
+
+def test_a_number_given_for_a_string_key_is_that_text():
+    config, _ = main.load_config(str(CONFIGS / "example_exp_0.json"), ["exp_name=2024", "description=1.50"])
+    assert config.exp_name == "2024" and config.description == "1.50"
+    config, _ = main.load_config(str(CONFIGS / "example_exp_0.json"), ["resume=false"])
+    assert config.resume is False  # a key that takes true/false keeps it
+
+
+def test_nproc_config_mistake_is_one_line_before_any_process_starts():
+    result = subprocess.run(
+        ["./run.sh", "--nproc", "2", str(CONFIGS / "example_exp_0.json"), "max_epoch=-1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {CONFIGS / 'example_exp_0.json'}: key 'max_epoch': must be at least 1, got -1"
+    ]

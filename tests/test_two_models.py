@@ -39,8 +39,9 @@ class TinyGanAgent(BaseAgent):
 
     def train_step(self, batch) -> dict:
         (real,) = self.to_device(batch)
-        ones, zeros = torch.ones(len(real), 1), torch.zeros(len(real), 1)
-        fake = self.netG(torch.randn(len(real), self.config.noise_dim))
+        ones = torch.ones(len(real), 1, device=self.device)  # on the agent's device: the pattern to copy
+        zeros = torch.zeros_like(ones)
+        fake = self.netG(torch.randn(len(real), self.config.noise_dim, device=self.device))
         loss_d = F.binary_cross_entropy_with_logits(self.netD(real), ones) + F.binary_cross_entropy_with_logits(
             self.netD(fake.detach()), zeros
         )
@@ -53,12 +54,13 @@ class TinyGanAgent(BaseAgent):
         return {"distance": Mean()}
 
     def eval_step(self, batch, metrics) -> None:
-        fake = self.unwrap(self.netG)(torch.randn(256, self.config.noise_dim))
+        fake = self.unwrap(self.netG)(torch.randn(256, self.config.noise_dim, device=self.device))
         metrics["distance"].update((fake.mean() - 3).abs(), 1)
 
 
 def make(exps, **changes):
-    raw = {"exp_name": "gan", "agent": "TinyGanAgent", "experiments_dir": str(exps), "batch_size": 32, **changes}
+    raw = {"exp_name": "gan", "agent": "TinyGanAgent", "data_mode": "random", "experiments_dir": str(exps), **changes}
+    raw.setdefault("batch_size", 32)
     return TinyGanAgent(to_easydict(validate(raw, TinyGanAgent.config_schema, "gan.json")))
 
 
