@@ -323,7 +323,7 @@ class BaseAgent:
             self._check_monitor()
             if self.world_size > 1:
                 self._seed_rank(step=0)
-            path = distributed.from_main(self._resume_path() if distributed.is_main() else None)
+            path = self._from_main(self._resume_path() if distributed.is_main() else None)
             if path is not None:  # rank 0 decided: on many machines without shared storage the others follow
                 self.load_checkpoint(path)
                 if path.resolve().parent != self.checkpoint_dir.resolve():
@@ -429,7 +429,7 @@ class BaseAgent:
             path = repo_path(resume)
         else:
             best, last = self.checkpoint_dir / "best.pth", self.checkpoint_dir / "last.pth"
-            path = distributed.from_main(best if best.exists() or not last.exists() else last)
+            path = self._from_main(best if best.exists() or not last.exists() else last)
         if distributed.is_main() and not path.exists():
             raise UserError(f"{path}: no checkpoint to test; train first (mode=train) or set resume to a checkpoint")
         self.load_checkpoint(path, weights_only=True)
@@ -570,6 +570,15 @@ class BaseAgent:
         }
 
     # ----- helpers ------------------------------------------------------------------------------
+
+    def _from_main(self, path: Path | None) -> Path | None:
+        """Rank 0's choice of checkpoint on every rank; one in the run's checkpoints/ is each rank's own copy."""
+        if self.world_size == 1:
+            return path
+        if path is not None and path.parent.resolve() == self.checkpoint_dir.resolve():
+            path = Path(path.name)  # relative: each machine looks in its own run directory
+        path = distributed.from_main(path)
+        return path if path is None or path.is_absolute() else self.checkpoint_dir / path
 
     def _read_checkpoint(self, path: str | Path) -> dict:
         """The checkpoint at ``path``; ranks that cannot see the file (no shared storage) get rank 0's copy."""

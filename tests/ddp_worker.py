@@ -2,11 +2,14 @@
 
     torchrun --nproc_per_node 2 tests/ddp_worker.py OUT_DIR CONFIG key=value ...
 
+"{rank}" in a key=value is replaced by the rank (a per-rank experiments_dir: machines without shared storage).
+
 Writes OUT_DIR/rank<r>.pt with the rank's final model state (parameters and buffers), whether it
 holds SyncBatchNorm layers, and its (all-reduced) validation metrics, which only a test can see:
 the agent itself writes from rank 0 alone. CONFIG may name ``BatchNormAgent``, defined here.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +45,8 @@ AGENTS["BatchNormAgent"] = "tests.ddp_worker"
 
 
 def run(out: Path, config_path: str, overrides: list[str]) -> None:
+    # "{rank}" in an override becomes this rank's number: each rank can see its own storage (several machines).
+    overrides = [o.replace("{rank}", os.environ.get("RANK", "0")) for o in overrides]
     config, cls = main.load_config(config_path, overrides)
     agent = cls(config)
     try:
@@ -53,6 +58,7 @@ def run(out: Path, config_path: str, overrides: list[str]) -> None:
                 "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "metrics": metrics,
                 "world_size": agent.world_size,
+                "global_step": agent.global_step,
                 "sync_bn": any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()),
             },
             out / f"rank{agent.rank}.pt",

@@ -151,3 +151,72 @@ def test_sync_batchnorm_on_cpu_is_a_clear_error(tmp_path, exps):
 def test_dqn_refuses_several_processes(exps):
     result = torchrun("main.py", str(CONFIGS / "dqn_exp_0.json"), f"experiments_dir={exps}", ok=False)
     assert "DQNAgent runs in one process; run it without --nproc" in result.stderr
+
+
+SMALL = ["data_mode=random", "random_size=256", "valid_size=64", "batch_size=32", "torch_threads=1"]
+
+
+def test_mid_epoch_resume_from_one_process_to_two_trains_the_rest_of_the_epoch_once(exps, monkeypatch):
+    from agents.mnist import MnistAgent
+    from tests.test_resume_edges import interrupt_at
+    from utils.errors import RunInterrupted
+
+    interrupt_at(monkeypatch, epoch=0, batch=3)  # 96 of 256 samples done
+    with pytest.raises(RunInterrupted):
+        train(MNIST, exps, "exp_name=grow", "max_epoch=1", *SMALL)
+    monkeypatch.setattr(MnistAgent, "train_step", MnistAgent.train_step)
+    torchrun("main.py", str(MNIST), f"experiments_dir={exps}", "exp_name=grow", "max_epoch=1", *SMALL)
+    assert load(exps / "grow" / "checkpoints" / "last.pth")["global_step"] == 3 + 3  # 160 left: 80 per rank
+
+
+def test_ranks_without_the_checkpoint_follow_rank_0(tmp_path, exps):
+    """Several machines, no shared storage: only rank 0 sees last.pth; rank 1 gets its copy, not a fresh start."""
+    train(MNIST, exps / "rank0", "exp_name=ns", "max_epoch=1", *SMALL)
+    torchrun(
+        "tests/ddp_worker.py",
+        str(tmp_path),
+        str(MNIST),
+        f"experiments_dir={exps}/rank{{rank}}",
+        "exp_name=ns",
+        "max_epoch=2",
+        *SMALL,
+    )
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["global_step"] == r1["global_step"] == 8 + 4  # both resumed at step 8
+    for k in r0["state"]:
+        assert torch.equal(r0["state"][k], r1["state"][k]), f"ranks differ in {k}"
+    assert "not on every machine; rank 0 sends its copy" in (exps / "rank0" / "ns" / "logs" / "run.log").read_text()
+
+
+@pytest.mark.parametrize("how", ["ctrl-c to the terminal's process group", "SIGTERM to the launcher"])
+def test_signal_under_run_sh_nproc_saves_exits_130_and_resumes_in_one_process(exps, how):
+    import signal
+    import time
+
+    args = [f"experiments_dir={exps}", "exp_name=sig", "data_mode=random", "random_size=40000", "valid_size=64"]
+    args += ["batch_size=16", "max_epoch=1", "max_valid_batches=2", "torch_threads=1"]
+    proc = subprocess.Popen(
+        ["./run.sh", "--nproc", "2", str(MNIST), *args],
+        cwd=REPO,
+        env=ENV,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    log = exps / "sig" / "logs" / "run.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and "run directory" in log.read_text()):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    if how.startswith("ctrl-c"):
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    state = load(exps / "sig" / "checkpoints" / "last.pth")
+    done, samples = state["batch_in_epoch"], state["samples_in_epoch"]
+    assert 0 < done < 1250 and samples == done * 16 * 2
+    train(MNIST, exps, *args[1:])  # one process now: the rest of the epoch's order, in batches of 16
+    assert load(exps / "sig" / "checkpoints" / "last.pth")["global_step"] == done + -(-(40000 - samples) // 16)
