@@ -206,7 +206,8 @@ def plain_name(value: str, where: str, source: str) -> None:
         )
 
 
-def _torch_class(module: Any, kind: str, where: str, source: str, name: str) -> type:
+def torch_class(module: Any, kind: str, where: str, source: str, name: str) -> type:
+    """The class ``name`` of ``module``; an unknown name is a UserError naming the nearest one."""
     options = [n for n in dir(module) if n[:1].isupper() and not n.startswith("_")]
     cls = getattr(module, name, None) if name in options else None
     if not inspect.isclass(cls):
@@ -232,7 +233,7 @@ def relative_path(value: str, where: str, source: str) -> None:
         )
 
 
-def _check_args(cls: type, args: dict, where: str, source: str) -> None:
+def check_args(cls: type, args: dict, where: str, source: str) -> None:
     """Reject arguments the constructor does not take (after its first), naming the nearest one,
     and true/false where its default is a number (torch would take ``lr: false`` as 0)."""
     params = list(inspect.signature(cls.__init__).parameters.values())[2:]
@@ -264,8 +265,8 @@ def torch_object_key(module: str, kind: str, default: dict | None, doc: str = ""
     def check(value: dict, where: str, source: str) -> None:
         import torch
 
-        cls = _torch_class(_torch_module(module), kind, where, source, value["type"])
-        _check_args(cls, value["args"], where, source)
+        cls = torch_class(_torch_module(module), kind, where, source, value["type"])
+        check_args(cls, value["args"], where, source)
         param = torch.nn.Parameter(torch.zeros(1))
         param.grad = torch.ones(1)
         optimizer = torch.optim.SGD([param], lr=0.1) if module != "torch.optim" else None
