@@ -3,19 +3,21 @@
 An agent subclass builds its pieces in ``__init__`` (models through ``prepare_model``,
 optimizers through ``make_optimizer``, a data loader) and overrides only what differs:
 ``train_step`` for a GAN's two updates, ``train_batches``/``validate`` for an RL agent. Device,
-seeding, AMP, gradient clipping, DDP, checkpoints, resume, logging and Ctrl-C live here.
+seeding, AMP, gradient accumulation and clipping, EMA, LR schedules, DDP, checkpoints, resume,
+logging and Ctrl-C live here or in the small ``utils`` modules it calls.
+
+Counters: ``global_step`` counts batches (``train_step`` calls), ``optimizer_steps`` counts
+optimizer updates (one per ``accumulate_grad_batches`` batches); per-step LR schedules follow
+the latter.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import shutil
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -24,40 +26,25 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from agents.common_keys import COMMON_KEYS
 from utils import checkpoint, distributed
+from utils.compile import compile_model, unwrap_compiled
 from utils.config import (
-    REQUIRED,
     Key,
     build_torch_object,
     did_you_mean,
-    plain_name,
-    relative_path,
     repo_path,
     to_plain,
-    torch_object_key,
 )
 from utils.data import ShardedSampler, set_epoch
+from utils.early_stopping import EarlyStopping
+from utils.ema import EMA
 from utils.errors import RunInterrupted, TrainingStopped, UserError
-from utils.metrics import Accuracy, Mean, Metric
+from utils.metrics import Accuracy, LossSums, Mean, Metric
+from utils.profiler import StepProfiler
 from utils.recorder import Recorder
+from utils.schedules import build_scheduler
 from utils.seeding import derive_seed, seed_everything
-
-
-def _device_check(value: str, where: str, source: str) -> None:
-    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
-        return
-    raise UserError(f"{source}: key '{where}': expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
-
-
-def _monitor_check(value: str, where: str, source: str) -> None:
-    parts = value.split()
-    if len(parts) != 2 or parts[0] not in ("min", "max"):
-        raise UserError(f"{source}: key '{where}': expected 'max <metric>' or 'min <metric>', got {value!r}")
-
-
-def _resume_check(value: Any, where: str, source: str) -> None:
-    if value is True or (isinstance(value, str) and not value.strip()):
-        raise UserError(f"{source}: key '{where}': expected \"auto\", false or a checkpoint path, got {value!r}")
 
 
 class BaseAgent:
@@ -65,78 +52,11 @@ class BaseAgent:
 
     length_key = "max_epoch"  # the config key that says how long to train (named when a run is done)
 
-    # The config keys every agent understands, with defaults; a subclass extends this dict.
-    config_schema: dict[str, Key] = {
-        "exp_name": Key(REQUIRED, str, "run directory name under experiments/", check=plain_name),
-        "agent": Key(REQUIRED, str, "agent class name, looked up in agents/__init__.py"),
-        "description": Key("", str, "free text, kept with the run"),
-        "mode": Key(
-            "train",
-            str,
-            "train; test: evaluate best.pth (or resume) on the test split; predict: outputs from inputs "
-            "(agents that make them)",
-            choices=("train", "test", "predict"),
-        ),
-        "seed": Key(1, int, "seeds python, numpy, torch and loader workers", min=0, max=2**31 - 1),
-        "deterministic": Key(False, bool, "deterministic kernels (slower on GPU)"),
-        "torch_threads": Key(
-            None, int, "CPU threads for torch ops (null: torch's default)", min=1, max=1024, nullable=True
-        ),
-        "device": Key("auto", str, "auto (CUDA when present), cpu, cuda, cuda:N", check=_device_check),
-        "max_epoch": Key(10, int, "train until this many epochs are done", min=1, max=10**6),
-        "validate_every": Key(1, int, "validate every N epochs (and after the last)", min=1),
-        "resume": Key(
-            "auto",
-            (str, bool),
-            "auto: continue from checkpoints/last.pth when present; "
-            "a path: resume from that file; false: never (an error if checkpoints exist)",
-            check=_resume_check,
-        ),
-        "data_mode": Key(
-            REQUIRED,
-            str,
-            "download, folder (the dataset's files under data_root) or random (synthetic, for smoke runs)",
-            choices=("download", "folder", "random"),
-        ),
-        "data_root": Key(
-            "data", str, "dataset directory; relative paths are under the repository", check=relative_path
-        ),
-        "experiments_dir": Key(
-            "experiments", str, "where run directories go; relative to the repository", check=relative_path
-        ),
-        "batch_size": Key(64, int, "per process: the global batch is batch_size x processes", min=1, max=2**20),
-        "num_workers": Key(0, int, "data-loader worker processes", min=0, max=128),
-        "amp": Key(
-            None,
-            str,
-            "mixed precision: null, bf16 or fp16 (fp16 uses a grad scaler)",
-            choices=("bf16", "fp16"),
-            nullable=True,
-        ),
-        "grad_clip_norm": Key(None, float, "clip the gradient norm to this value", min=1e-12, nullable=True),
-        "sync_batchnorm": Key(False, bool, "convert BatchNorm to SyncBatchNorm under DDP"),
-        "log_every": Key(50, int, "log the training loss every N steps", min=1),
-        "monitor": Key(
-            "max valid/accuracy", str, "'max <metric>' or 'min <metric>' choosing best.pth", check=_monitor_check
-        ),
-        "checkpoint_every": Key(0, int, "also keep checkpoints/epoch_N.pth every N epochs (0: off)", min=0),
-        "keep_checkpoints": Key(0, int, "how many epoch_N.pth to keep (0: all)", min=0),
-        "max_train_batches": Key(None, int, "debug: stop each epoch after N batches", min=1, nullable=True),
-        "max_valid_batches": Key(None, int, "debug: validate on N batches", min=1, nullable=True),
-        "optimizer": torch_object_key(
-            "torch.optim", "optimizer", {"type": "SGD", "args": {"lr": 0.01}}, "a torch.optim class and its arguments"
-        ),
-        "scheduler": torch_object_key(
-            "torch.optim.lr_scheduler",
-            "lr scheduler",
-            None,
-            "stepped once per epoch; ReduceLROnPlateau gets the monitored metric",
-        ),
-    }
+    config_schema: dict[str, Key] = COMMON_KEYS  # agents/common_keys.py; a subclass extends it
 
     def __init__(self, config) -> None:
         self.config = config
-        self.device = self._pick_device(config.device)
+        self.device = distributed.pick_device(config.device)
         distributed.init(self.device.type)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         if self.world_size > 1 and self.device.type == "cuda":
@@ -160,15 +80,30 @@ class BaseAgent:
         self.models: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self._optimizer_keys: dict[str, str] = {}  # optimizer name -> its config key
-        self.schedulers: dict[str, Any] = {}
+        self.schedulers: dict[str, Any] = {}  # built when training starts: "total" needs the data's length
+        self._scheduler_specs: dict[str, tuple[torch.optim.Optimizer, str]] = {}
+        self.ema: dict[str, EMA] = {}  # model name -> its average (ema_decay)
         self.scaler = torch.amp.GradScaler(self.device.type) if config.amp == "fp16" else None
         self.data_loader = None
+        profile = config.get("profile_steps", 0)
+        self.profiler = (
+            StepProfiler(profile, self.run_dir / "out", self.recorder.info, enabled=distributed.is_main())
+            if profile
+            else None
+        )
+        self.early_stopping = (
+            EarlyStopping(config.early_stop_patience, config.early_stop_min_delta, config.monitor.split()[0])
+            if config.get("early_stop_patience")
+            else None
+        )
 
         self.epoch = 0  # completed epochs
         self.batch_in_epoch = 0  # batches done in the current epoch (non-zero after a mid-epoch stop)
         self._resume_samples = 0  # samples of the epoch's order a mid-epoch checkpoint had consumed
         self._batches_at_skip = 0  # batch_in_epoch when this epoch's loader skipped them
-        self.global_step = 0
+        self.global_step = 0  # batches trained on (train_step calls)
+        self.optimizer_steps = 0  # optimizer updates (fewer than global_step with accumulate_grad_batches)
+        self._group = (0, 1)  # (index of this batch in its accumulation group, the group's size)
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.last_metrics: dict[str, float] = {}
@@ -183,8 +118,12 @@ class BaseAgent:
     # ----- building blocks for subclasses -----------------------------------------------------
 
     def prepare_model(self, model: nn.Module, name: str = "model") -> nn.Module:
-        """Move to the device, wrap in DDP under torchrun, and register for checkpoints."""
+        """Move to the device (channels-last), wrap in DDP under torchrun, compile, register for checkpoints."""
         model = model.to(self.device)
+        if self.config.get("channels_last"):
+            model = model.to(memory_format=torch.channels_last)
+        if self.config.get("ema_decay") is not None:
+            self.ema[name] = EMA(model, self.config.ema_decay)
         if self.world_size > 1:
             if self.config.sync_batchnorm:
                 if self.device.type != "cuda":
@@ -195,6 +134,7 @@ class BaseAgent:
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        model = compile_model(model, self.config.get("compile", False), self.device)  # after DDP, as torch advises
         self.models[name] = model
         return model
 
@@ -207,22 +147,24 @@ class BaseAgent:
         self._optimizer_keys[name] = key
         return optimizer
 
-    def make_scheduler(self, optimizer: torch.optim.Optimizer, name: str = "scheduler", key: str = "scheduler") -> Any:
-        """Build the LR scheduler named by config[key], or None when that key is null."""
-        if not self.config[key]:
-            return None
-        scheduler = build_torch_object("torch.optim.lr_scheduler", self.config[key], optimizer, key)
-        self.schedulers[name] = scheduler
-        return scheduler
+    def make_scheduler(self, optimizer: torch.optim.Optimizer, name: str = "scheduler", key: str = "scheduler") -> None:
+        """Register the LR scheduler named by config[key] (none when null); built in ``self.schedulers[name]``
+        when training starts, when the run's length ("total") is known."""
+        if self.config[key]:
+            self._scheduler_specs[name] = (optimizer, key)
 
     @staticmethod
     def unwrap(model: nn.Module) -> nn.Module:
-        """The plain module inside a DDP wrapper (use it for evaluation and saving)."""
+        """The plain module inside torch.compile and DDP wrappers (use it for evaluation and saving)."""
+        model = unwrap_compiled(model)
         return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
     def to_device(self, batch: Any) -> Any:
         if isinstance(batch, torch.Tensor):
-            return batch.to(self.device, non_blocking=True)
+            batch = batch.to(self.device, non_blocking=True)
+            if self.config.get("channels_last") and batch.dim() == 4 and batch.is_floating_point():
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            return batch
         if isinstance(batch, (list, tuple)):
             return type(batch)(self.to_device(b) for b in batch)
         if isinstance(batch, dict):
@@ -237,16 +179,20 @@ class BaseAgent:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def optimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        """zero_grad, backward (scaled under fp16), clip to grad_clip_norm, step."""
-        optimizer.zero_grad(set_to_none=True)
+        """Backward ``loss`` into ``optimizer``'s parameters; on the last batch of an accumulation group,
+        clip to grad_clip_norm and step (then the fp16 scaler, the EMA and per-step schedules follow)."""
+        index, size = self._group
+        if index == 0:
+            optimizer.zero_grad(set_to_none=True)
+        if size > 1:
+            loss = loss / size  # size batches of B: the gradient of one batch of size x B
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if index < size - 1:
+            return
         clip = self.config.grad_clip_norm
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            if clip:
-                self.scaler.unscale_(optimizer)
-        else:
-            loss.backward()
         if clip:
+            if self.scaler is not None:
+                self.scaler.unscale_(optimizer)
             params = [p for group in optimizer.param_groups for p in group["params"]]
             nn.utils.clip_grad_norm_(params, clip)
         if self.scaler is not None:
@@ -254,6 +200,7 @@ class BaseAgent:
             self.scaler.update()  # once per optimizer step: a train_step may make 0 or several
         else:
             optimizer.step()
+        self._after_step(optimizer)
 
     # ----- the supervised case: override these for other kinds of training -----------------
 
@@ -294,6 +241,11 @@ class BaseAgent:
             total = max(0, min(total, self.config.max_train_batches - self.batch_in_epoch))
         return islice(loader, total), total
 
+    def batches_per_epoch(self) -> int:
+        """Batches in a whole epoch (sets the length of schedules whose args say "total")."""
+        batches = len(self.data_loader.train_loader)
+        return min(batches, self.config.max_train_batches or batches)
+
     def max_epochs(self) -> int:
         return self.config.max_epoch
 
@@ -314,7 +266,7 @@ class BaseAgent:
     # ----- the seed's method names ----------------------------------------------------------
 
     def run(self) -> None:
-        """Train (resuming when a checkpoint is there) or, with mode=test, evaluate."""
+        """Train (resuming when a checkpoint is there) or, with mode=test/predict, evaluate or predict."""
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             if self.config.mode in ("test", "predict"):
@@ -323,12 +275,13 @@ class BaseAgent:
             self._check_monitor()
             if self.world_size > 1:
                 self._seed_rank(step=0)
-            path = self._from_main(self._resume_path() if distributed.is_main() else None)
-            if path is not None:  # rank 0 decided: on many machines without shared storage the others follow
+            self._build_schedulers()
+            path = checkpoint.resume_path(self.checkpoint_dir, self.config.resume)  # rank 0's choice on every rank
+            if path is not None:
                 self.load_checkpoint(path)
                 if path.resolve().parent != self.checkpoint_dir.resolve():
                     self.best = self.best_epoch = None  # another run's best: this run picks its own best.pth
-            self._write_config()
+            self.recorder.write_config(to_plain(self.config))
             self._progress_at_start = (self.epoch, self.global_step)
             self.train()
         except torch.OutOfMemoryError:
@@ -348,47 +301,53 @@ class BaseAgent:
         while self.epoch < self.max_epochs() and not self.stop_training:
             self.train_one_epoch()
             self.epoch += 1
-            metrics = self.validate() if self.should_validate() else {}
+            metrics = {}
+            if self.should_validate():
+                with self._averaged_weights():
+                    metrics = self.validate()
             if metrics:
                 self.last_metrics = metrics
                 self.recorder.scalars(metrics, self.global_step, flush=True)
                 self.recorder.metrics_row({"epoch": self.epoch, "step": self.global_step, **metrics})
                 self.recorder.info(f"epoch {self.epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             self._step_schedulers(metrics)
+            self._check_early_stop(metrics)
             self.save_checkpoint(self._update_best(metrics))
-        self.status = "finished"
+        if self.profiler is not None:
+            self.profiler.close()
+        if self.status == "started":
+            self.status = "finished"
 
     def train_one_epoch(self) -> None:
         for model in self.models.values():
             model.train()
         batches, total = self.train_batches()
+        in_epoch = self.batch_in_epoch + total  # batches this epoch ends with (the last group may be short)
         bar = tqdm(
-            batches,
-            total=total,
-            desc=f"epoch {self.epoch + 1}",
-            leave=False,
-            disable=None if distributed.is_main() else True,
+            batches, total=total, desc=f"epoch {self.epoch + 1}", leave=False, disable=not distributed.is_main() or None
         )
-        loss_sum, loss_count = 0.0, 0  # the bar shows the epoch's running mean loss
+        # Losses add up on the device; the host reads them every log_every steps only, so that a GPU is never
+        # made to wait for the CPU's NaN and Ctrl-C checks at every step.
+        losses = LossSums(self.device)
+        due = False
         for batch in bar:
-            logs = self.train_step(batch)
+            accumulate = self.config.get("accumulate_grad_batches", 1)
+            start = self.batch_in_epoch - self.batch_in_epoch % accumulate
+            self._group = (self.batch_in_epoch - start, min(accumulate, in_epoch - start))
+            with self._gradient_sync(self._group[0] == self._group[1] - 1):
+                logs = self.train_step(batch)
             self.global_step += 1
             self.batch_in_epoch += 1
-            loss = logs.get("loss")
-            value = float(loss) if loss is not None else 0.0
-            bad, interrupted = distributed.any_rank(not math.isfinite(value), self._stop_signal is not None)
-            if bad:
-                self._diverged(value)
-            if loss is not None:
-                loss_sum, loss_count = loss_sum + value, loss_count + 1
-            if self.global_step % self.config.log_every == 0:
-                self.recorder.scalars(
-                    {f"train/{k}": float(v) for k, v in logs.items() if v is not None}, self.global_step
-                )
-                if loss_count:
-                    bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", refresh=False)
-            if interrupted:
-                self._interrupted()
+            if self.profiler is not None:
+                self.profiler.step()
+            losses.add(logs.get("loss"))
+            due = due or self.global_step % self.config.log_every == 0
+            # Checked between accumulation groups only: a checkpoint never holds half-summed gradients.
+            if due and self._group[0] == self._group[1] - 1:
+                self._check_in(logs, losses, bar)
+                due = False
+        self._group = (0, 1)
+        self._check_in({}, losses, bar)  # before this epoch's checkpoint: a NaN is never saved
         self.batch_in_epoch = 0
 
     def validate(self, loader=None, split: str = "valid", limit: int | None | str = "config") -> dict[str, float]:
@@ -422,25 +381,6 @@ class BaseAgent:
         """mode=predict: outputs from inputs (segmentation masks, generated samples) under out/predict/."""
         raise UserError(f"config: key 'mode': {type(self).__name__} has no predict mode; use train or test")
 
-    def _load_test_checkpoint(self) -> Path:
-        """Load the models of ``resume`` (a path), else best.pth, else last.pth; returns which."""
-        resume = self.config.resume
-        if isinstance(resume, str) and resume != "auto":
-            path = repo_path(resume)
-        else:
-            best, last = self.checkpoint_dir / "best.pth", self.checkpoint_dir / "last.pth"
-            path = self._from_main(best if best.exists() or not last.exists() else last)
-        if distributed.is_main() and not path.exists():
-            raise UserError(f"{path}: no checkpoint to test; train first (mode=train) or set resume to a checkpoint")
-        self.load_checkpoint(path, weights_only=True)
-        return path
-
-    def _record_test(self, metrics: dict[str, float], path: Path) -> None:
-        self.recorder.info("test: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        self.last_metrics, self.status = metrics, "tested"
-        summary = self.recorder.read_json("summary.json")
-        self.recorder.write_json("summary.json", {**summary, **metrics, "tested_checkpoint": str(path)})
-
     def save_checkpoint(self, is_best: bool = False) -> None:
         """last.pth (and best.pth, epoch_N.pth when due), written atomically by rank 0; call it on every rank."""
         # Under DDP each rank's RNG, gathered to rank 0, goes in too: a DDP resume is exact as well.
@@ -454,10 +394,10 @@ class BaseAgent:
         try:
             checkpoint.atomic_save(state, last)
             if is_best:
-                self._copy_atomic(last, self.checkpoint_dir / "best.pth")
+                checkpoint.copy_atomic(last, self.checkpoint_dir / "best.pth")
             every = self.config.checkpoint_every
             if every and self.epoch % every == 0 and self.batch_in_epoch == 0:
-                self._copy_atomic(last, self.checkpoint_dir / f"epoch_{self.epoch:04d}.pth")
+                checkpoint.copy_atomic(last, self.checkpoint_dir / f"epoch_{self.epoch:04d}.pth")
                 checkpoint.prune_epochs(self.checkpoint_dir, self.config.keep_checkpoints)
         except OSError as e:
             self.status = "checkpoint failed"
@@ -467,58 +407,56 @@ class BaseAgent:
             ) from None
 
     def checkpoint_state(self) -> dict:
-        return {
-            "format": 1,
-            "agent": type(self).__name__,
+        """Everything a resume needs, as plain tensors and values (``torch.load(weights_only=True)`` reads it)."""
+        counters = {
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "samples_in_epoch": self._samples_in_epoch(),
             "world_size": self.world_size,
             "global_step": self.global_step,
+            "optimizer_steps": self.optimizer_steps,
             "best": self.best,
             "best_epoch": self.best_epoch,
             "wall_seconds": self.wall_seconds(),
-            "models": {k: self.unwrap(m).state_dict() for k, m in self.models.items()},
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": checkpoint.rng_state(),
-            "extra": self.extra_state(),
-            "config": to_plain(self.config),
-            "versions": checkpoint.versions(),
+            "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
         }
+        parts = {name: self.unwrap(m) for name, m in self.models.items()}
+        return checkpoint.assemble(
+            type(self).__name__,
+            counters,
+            parts,
+            self.optimizers,
+            self.schedulers,
+            self.scaler,
+            self.ema,
+            self.extra_state(),
+            to_plain(self.config),
+        )
 
     def load_checkpoint(self, path: str | Path, weights_only: bool = False) -> None:
-        """Restore models (and, unless ``weights_only``, the whole training state) from ``path``."""
-        state = self._read_checkpoint(path)
-        agent = type(self).__name__
-        if state.get("agent") != agent:
-            raise UserError(f"{path}: checkpoint of {state.get('agent')}, but the config's agent is {agent}")
-        self._check_matches(path, state)
-        for name, model in self.models.items():
-            try:
-                self.unwrap(model).load_state_dict(state["models"][name])
-            except (RuntimeError, KeyError) as e:
-                raise UserError(
-                    f"{path}: model '{name}' does not match the config's model: {checkpoint.mismatch(e)}"
-                ) from None
+        """Restore models (and, unless ``weights_only``, the whole training state) from ``path``.
+
+        ``weights_only`` (mode=test/predict) loads the averaged weights where the run kept an EMA.
+        """
+        state = checkpoint.load_on_every_rank(path, self.recorder.info)
+        checkpoint.check_matches(path, state, type(self).__name__, self.config, self._optimizer_keys.values())
+        models = {name: self.unwrap(m) for name, m in self.models.items()}
         if weights_only:
+            checkpoint.restore_models(path, state, models, averaged=True)
             return
-        for kind, objects in (("optimizers", self.optimizers), ("schedulers", self.schedulers)):
-            for name, obj in objects.items():
-                try:
-                    obj.load_state_dict(state[kind][name])
-                except (ValueError, KeyError, RuntimeError) as e:
-                    raise UserError(f"{path}: {kind[:-1]} '{name}' does not match the config's: {e}") from None
-        self._apply_changed_optimizer_args(state.get("config", {}))
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        checkpoint.restore(path, state, models, self.optimizers, self.schedulers, self.scaler, self.ema)
+        checkpoint.apply_changed_args(self.optimizers, self._optimizer_keys, self.config, state, self.recorder.info)
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self._resume_samples = state.get("samples_in_epoch", 0) if self.batch_in_epoch else 0
         self._log_layout_change(state)
-        self.global_step = state["global_step"]
+        self.global_step, self.optimizer_steps = state["global_step"], state.get("optimizer_steps", 0)
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self._wall_before = state["wall_seconds"]
+        if self.early_stopping and state.get("early_stopping"):
+            self.early_stopping.load_state_dict(state["early_stopping"])
+            if self.early_stopping.bad_count >= self.early_stopping.patience:
+                self.stop_training, self.status = True, "early stopped"
+                self.recorder.info(f"stopped early before (epoch {self.epoch}): raise early_stop_patience to go on")
         self.load_extra_state(state.get("extra", {}))
         rng_ranks = state.get("rng_ranks", [state["rng"]])
         if len(rng_ranks) == self.world_size:
@@ -546,66 +484,26 @@ class BaseAgent:
                 torch.set_num_threads(self._threads_before)  # a process-wide setting: leave it as found
             distributed.teardown()
 
-    def _has_news(self) -> bool:
-        """Whether summary.json needs writing: not when a finished run was merely run again."""
-        if getattr(self, "status", "started") == "started":
-            return False
-        rerun = self.status == "finished" and (self.epoch, self.global_step) == self._progress_at_start
-        return not (rerun and (self.run_dir / "summary.json").exists())
-
     def summary(self) -> dict:
         metric = self.monitor_metric
+        stopped = self.status == "early stopped"
         return {
             "status": self.status,
             "agent": type(self).__name__,
             "exp_name": self.config.exp_name,
             "epochs": self.epoch,
             "steps": self.global_step,
+            "optimizer_steps": self.optimizer_steps,
             "wall_seconds": round(self.wall_seconds(), 3),
             "num_params": self.num_params(),
             "world_size": self.world_size,
             "final": self.last_metrics,
             "best": {"metric": metric, "value": self.best, "epoch": self.best_epoch},
+            **({"early_stopped_epoch": self.epoch} if stopped else {}),
             **self.summary_extra(),
         }
 
     # ----- helpers ------------------------------------------------------------------------------
-
-    def _from_main(self, path: Path | None) -> Path | None:
-        """Rank 0's choice of checkpoint on every rank; one in the run's checkpoints/ is each rank's own copy."""
-        if self.world_size == 1:
-            return path
-        if path is not None and path.parent.resolve() == self.checkpoint_dir.resolve():
-            path = Path(path.name)  # relative: each machine looks in its own run directory
-        path = distributed.from_main(path)
-        return path if path is None or path.is_absolute() else self.checkpoint_dir / path
-
-    def _read_checkpoint(self, path: str | Path) -> dict:
-        """The checkpoint at ``path``; ranks that cannot see the file (no shared storage) get rank 0's copy."""
-        if self.world_size == 1:
-            return checkpoint.load(path)
-        (someone_lacks_it,) = distributed.any_rank(not Path(path).is_file())
-        if not someone_lacks_it:
-            return checkpoint.load(path)
-        if distributed.is_main():
-            self.recorder.info(f"{path}: not on every machine; rank 0 sends its copy to the others")
-        return distributed.from_main(checkpoint.load(path) if distributed.is_main() else None)
-
-    def _samples_in_epoch(self) -> int:
-        """How much of this epoch's global sample order has been trained on (for a mid-epoch resume)."""
-        loader = getattr(self.data_loader, "train_loader", None)
-        if not self.batch_in_epoch or loader is None or not isinstance(loader.sampler, ShardedSampler):
-            return 0
-        return loader.sampler.consumed(self.batch_in_epoch - self._batches_at_skip, loader.batch_size)
-
-    def _log_layout_change(self, state: dict) -> None:
-        old = (state.get("world_size", 1), state.get("config", {}).get("batch_size"))
-        new = (self.world_size, self.config.get("batch_size"))
-        if self._resume_samples and old != new:
-            self.recorder.info(
-                f"resuming mid-epoch with {new[0]} process(es) x batch_size {new[1]} (saved with {old[0]} x {old[1]}): "
-                f"the {self._resume_samples} samples of epoch {self.epoch + 1} already trained on are skipped"
-            )
 
     def num_params(self) -> int:
         return sum(p.numel() for m in self.models.values() for p in self.unwrap(m).parameters())
@@ -617,16 +515,84 @@ class BaseAgent:
         """Seed this rank apart from the others (initial weights agree, dropout and augmentation must not)."""
         seed_everything(derive_seed(self.config.seed, "rank", self.rank, step), self.config.deterministic)
 
-    @staticmethod
-    def _pick_device(name: str) -> torch.device:
-        if name == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(
-                f"config: key 'device': {name!r} asked for, but this machine has no CUDA device; "
-                "use device=auto or device=cpu"
-            )
-        return torch.device(name)
+    def _build_schedulers(self) -> None:
+        """Build the registered schedulers; "total" is the run's optimizer steps (or epochs)."""
+        per_step = self.config.get("scheduler_interval") == "step"
+        for name, (optimizer, key) in self._scheduler_specs.items():
+            spec = self.config[key]
+            if per_step and any(s["type"] == "ReduceLROnPlateau" for s in (spec if isinstance(spec, list) else [spec])):
+                raise UserError(
+                    "config: key 'scheduler_interval': ReduceLROnPlateau steps on the validation metric; "
+                    "use scheduler_interval=epoch with it"
+                )
+            if per_step:
+                groups = -(-self.batches_per_epoch() // self.config.get("accumulate_grad_batches", 1))
+                total = groups * self.max_epochs()
+            else:
+                total = self.max_epochs()
+            self.schedulers[name] = build_scheduler(self.config[key], optimizer, total, where=key)
+
+    def _after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """What follows an optimizer step: the EMA of the models it updates, per-step LR schedules."""
+        self.optimizer_steps += 1
+        if self.ema:
+            params = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            for name, average in self.ema.items():
+                model = self.unwrap(self.models[name])
+                if any(id(p) in params for p in model.parameters()):
+                    average.update(model)
+        if self.config.get("scheduler_interval") == "step":
+            for scheduler in self.schedulers.values():
+                if scheduler.optimizer is optimizer:
+                    scheduler.step()
+
+    def _gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager:
+        """DDP's all-reduce only on the last batch of an accumulation group (``no_sync`` on the others)."""
+        stack = contextlib.ExitStack()
+        if not sync and self.world_size > 1:
+            for model in self.models.values():
+                ddp = unwrap_compiled(model)
+                if isinstance(ddp, nn.parallel.DistributedDataParallel):
+                    stack.enter_context(ddp.no_sync())
+        return stack
+
+    @contextlib.contextmanager
+    def _averaged_weights(self) -> Iterator[None]:
+        """Validation on the EMA weights (when kept); the training weights are back afterwards."""
+        saved = {}
+        for name, average in self.ema.items():
+            model = self.unwrap(self.models[name])
+            saved[name] = {k: v.clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(average.module.state_dict())
+        try:
+            yield
+        finally:
+            for name, state in saved.items():
+                self.unwrap(self.models[name]).load_state_dict(state)
+
+    def _check_in(self, logs: dict, losses: LossSums, bar: tqdm) -> None:
+        """The host's look at training (every log_every steps): NaN, Ctrl-C on any rank, scalars, progress bar."""
+        window, epoch_mean = losses.read()
+        bad, interrupted = distributed.any_rank(not math.isfinite(window), self._stop_signal is not None)
+        if bad:
+            self._diverged(window)
+        if logs:
+            scalars = {f"train/{k}": float(v) for k, v in logs.items() if v is not None}
+            self.recorder.scalars(scalars, self.global_step)
+        if epoch_mean is not None:
+            bar.set_postfix(loss=f"{epoch_mean:.4f}", refresh=False)
+        if interrupted:
+            self._interrupted()
+
+    def _check_early_stop(self, metrics: dict[str, float]) -> None:
+        value = metrics.get(self.monitor_metric)
+        if self.early_stopping is None or value is None or not self.early_stopping.step(value):
+            return
+        self.stop_training, self.status = True, "early stopped"
+        self.recorder.info(
+            f"early stop at epoch {self.epoch}: {self.monitor_metric} has not improved for "
+            f"{self.config.early_stop_patience} validations (best {self.early_stopping.best:.4g})"
+        )
 
     def _check_monitor(self) -> None:
         metric = self.monitor_metric
@@ -648,6 +614,8 @@ class BaseAgent:
         return better
 
     def _step_schedulers(self, metrics: dict[str, float]) -> None:
+        if self.config.get("scheduler_interval") == "step":
+            return
         metric = self.monitor_metric
         for scheduler in self.schedulers.values():
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -656,56 +624,41 @@ class BaseAgent:
             else:
                 scheduler.step()
 
-    def _resume_path(self) -> Path | None:
-        resume, last = self.config.resume, self.checkpoint_dir / "last.pth"
-        if resume == "auto":
-            return last if last.exists() else None
-        if resume is False:
-            existing = sorted(self.checkpoint_dir.glob("*.pth"))
-            if existing:
-                raise UserError(
-                    f"{existing[0]}: this experiment already has checkpoints and resume is false; "
-                    "use resume=auto to continue it, or another exp_name for a fresh run"
-                )
-            return None
-        path = repo_path(resume)
-        if not path.is_file():
-            raise UserError(f"config: key 'resume': checkpoint {path} not found")
+    def _load_test_checkpoint(self) -> Path:
+        """Load the models of ``resume`` (a path), else best.pth, else last.pth; returns which."""
+        path = checkpoint.test_path(self.checkpoint_dir, self.config.resume)
+        self.load_checkpoint(path, weights_only=True)
         return path
 
-    def _write_config(self) -> None:
-        """config.json of this run; an earlier, different one is kept as config.N.json."""
-        if not distributed.is_main():
-            return
-        path = self.run_dir / "config.json"
-        text = json.dumps(to_plain(self.config), indent=2) + "\n"
-        if path.exists() and path.read_text() != text:
-            n = 1
-            while (self.run_dir / f"config.{n}.json").exists():
-                n += 1
-            os.replace(path, self.run_dir / f"config.{n}.json")
-            self.recorder.info(f"config changed since the last run; the old one is config.{n}.json")
-        path.write_text(text)
+    def _record_test(self, metrics: dict[str, float], path: Path) -> None:
+        self.recorder.info("test: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        self.last_metrics, self.status = metrics, "tested"
+        summary = self.recorder.read_json("summary.json")
+        self.recorder.write_json("summary.json", {**summary, **metrics, "tested_checkpoint": str(path)})
 
-    def _apply_changed_optimizer_args(self, old_config: dict) -> None:
-        """Optimizer args changed since the checkpoint (say, a lower lr to fine-tune) win over its state."""
-        for name, key in self._optimizer_keys.items():
-            old_args = (old_config.get(key) or {}).get("args", {})
-            for arg, value in self.config[key].args.items():
-                groups = self.optimizers[name].param_groups
-                if old_args.get(arg) != value and arg in groups[0]:
-                    for group in groups:
-                        group[arg] = value
-                    self.recorder.info(f"{key}.args.{arg} changed since the checkpoint: now {value}")
+    def _samples_in_epoch(self) -> int:
+        """How much of this epoch's global sample order has been trained on (for a mid-epoch resume)."""
+        loader = getattr(self.data_loader, "train_loader", None)
+        if not self.batch_in_epoch or loader is None or not isinstance(loader.sampler, ShardedSampler):
+            return 0
+        return loader.sampler.consumed(self.batch_in_epoch - self._batches_at_skip, loader.batch_size)
 
-    def _check_matches(self, path: str | Path, state: dict) -> None:
-        old = state.get("config", {})
-        for key in self._optimizer_keys.values():
-            if old.get(key) and old[key]["type"] != self.config[key]["type"]:
-                raise UserError(
-                    f"{path}: checkpoint optimizer '{key}' is {old[key]['type']}, "
-                    f"the config's is {self.config[key]['type']}"
-                )
+    def _log_layout_change(self, state: dict) -> None:
+        old = (state.get("world_size", 1), state.get("config", {}).get("batch_size"))
+        new = (self.world_size, self.config.get("batch_size"))
+        if self._resume_samples and old != new:
+            self.recorder.info(
+                f"resuming mid-epoch with {new[0]} process(es) x batch_size {new[1]} (saved with {old[0]} x {old[1]}): "
+                f"the {self._resume_samples} samples of epoch {self.epoch + 1} already trained on are skipped"
+            )
+
+    def _has_news(self) -> bool:
+        """Whether summary.json needs writing: not when a finished run was merely run again."""
+        if getattr(self, "status", "started") == "started":
+            return False
+        ended = self.status in ("finished", "early stopped")
+        rerun = ended and (self.epoch, self.global_step) == self._progress_at_start
+        return not (rerun and (self.run_dir / "summary.json").exists())
 
     def _log_start(self) -> None:
         cfg = self.config
@@ -730,7 +683,9 @@ class BaseAgent:
         if self._stop_signal is not None:
             return
         self._stop_signal = signum
-        self.recorder.warning(f"{signal.Signals(signum).name}: saving a checkpoint after this step (again to abort)")
+        self.recorder.warning(
+            f"{signal.Signals(signum).name}: saving a checkpoint within {self.config.log_every} steps (again to abort)"
+        )
 
     def _interrupted(self) -> None:
         self.save_checkpoint()
@@ -746,15 +701,7 @@ class BaseAgent:
         last = self.checkpoint_dir / "last.pth"
         kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
         raise TrainingStopped(
-            f"loss is {value} at epoch {self.epoch + 1}, step {self.global_step}: training stopped; {kept}. "
+            f"loss is {value} at epoch {self.epoch + 1}, step {self.global_step} (checked every log_every steps): "
+            f"training stopped; {kept}. "
             "Try a lower optimizer.args.lr or set grad_clip_norm"
         )
-
-    @staticmethod
-    def _copy_atomic(src: Path, dst: Path) -> None:
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
-        finally:
-            tmp.unlink(missing_ok=True)

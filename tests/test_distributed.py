@@ -153,7 +153,7 @@ def test_dqn_refuses_several_processes(exps):
     assert "DQNAgent runs in one process; run it without --nproc" in result.stderr
 
 
-SMALL = ["data_mode=random", "random_size=256", "valid_size=64", "batch_size=32", "torch_threads=1"]
+SMALL = ["data_mode=random", "random_size=256", "valid_size=64", "batch_size=32", "torch_threads=1", "log_every=1"]
 
 
 def test_mid_epoch_resume_from_one_process_to_two_trains_the_rest_of_the_epoch_once(exps, monkeypatch):

@@ -16,7 +16,7 @@ from utils.errors import RunInterrupted
 MNIST = CONFIGS / "mnist_exp_0.json"
 EXAMPLE = CONFIGS / "example_exp_0.json"
 # 256 training samples: 8 batches of 32 per epoch; dropout makes exactness depend on the RNG too.
-SMALL = ["data_mode=random", "random_size=256", "valid_size=64", "batch_size=32", "torch_threads=1"]
+SMALL = ["data_mode=random", "random_size=256", "valid_size=64", "batch_size=32", "torch_threads=1", "log_every=1"]
 
 
 def interrupt_at(monkeypatch, epoch: int, batch: int) -> None:

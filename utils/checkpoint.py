@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from utils import distributed
+from utils.config import repo_path
 from utils.errors import UserError
 
 
@@ -59,6 +63,82 @@ def load(path: str | Path) -> dict:
     if not isinstance(state, dict) or "models" not in state or "epoch" not in state:
         raise UserError(f"{path}: not a checkpoint of this template (no 'models'/'epoch' entries)")
     return state
+
+
+def assemble(
+    agent: str,
+    counters: dict,
+    models: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    schedulers: dict[str, Any],
+    scaler: torch.amp.GradScaler | None,
+    ema: dict[str, Any],
+    extra: dict,
+    config: dict,
+) -> dict:
+    """A checkpoint: plain tensors and values only, so that ``torch.load(weights_only=True)`` reads it."""
+    return {
+        "format": 2,
+        "agent": agent,
+        **counters,
+        "models": {k: m.state_dict() for k, m in models.items()},
+        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+        "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "ema": {k: e.state_dict() for k, e in ema.items()},
+        "rng": rng_state(),
+        "extra": extra,
+        "config": config,
+        "versions": versions(),
+    }
+
+
+def restore_models(path: Path, state: dict, models: dict[str, torch.nn.Module], averaged: bool = False) -> None:
+    """Load each model's weights (``averaged``: its EMA where the run kept one); a mismatch is a UserError."""
+    for name, model in models.items():
+        weights = state["models"].get(name)
+        if averaged and name in (state.get("ema") or {}):
+            weights = state["ema"][name]["module"]
+        try:
+            if weights is None:
+                raise KeyError(f"no model '{name}' in the checkpoint (it has {', '.join(state['models'])})")
+            model.load_state_dict(weights)
+        except (RuntimeError, KeyError) as e:
+            raise UserError(f"{path}: model '{name}' does not match the config's model: {mismatch(e)}") from None
+
+
+def restore(
+    path: Path,
+    state: dict,
+    models: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    schedulers: dict[str, Any],
+    scaler: torch.amp.GradScaler | None,
+    ema: dict[str, Any],
+) -> None:
+    """Load what ``assemble`` saved into the run's objects; what does not match is a UserError naming it."""
+    restore_models(path, state, models)
+    parts = (("optimizers", optimizers), ("schedulers", schedulers), ("ema", ema))
+    for kind, objects in parts:
+        for name, obj in objects.items():
+            if kind == "ema" and name not in (state.get("ema") or {}):
+                continue  # ema_decay set on a run saved without it: the average starts from the weights
+            try:
+                obj.load_state_dict(state[kind][name])
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise UserError(f"{path}: {kind.rstrip('s')} '{name}' does not match the config's: {e}") from None
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` through a temp file and a rename: ``dst`` is always whole."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def rng_state() -> dict:
@@ -120,3 +200,85 @@ def mismatch(error: Exception) -> str:
     detail = [line for line in lines[1:] if line] or lines[:1]
     text = "; ".join(detail)
     return text if len(text) <= 600 else text[:600] + " ..."
+
+
+def resume_path(checkpoint_dir: Path, resume: str | bool) -> Path | None:
+    """The checkpoint a training run continues from (``resume``: "auto", false or a path), decided by rank 0."""
+    path = None
+    if distributed.is_main():
+        last = checkpoint_dir / "last.pth"
+        if resume == "auto":
+            path = last if last.exists() else None
+        elif resume is False:
+            existing = sorted(checkpoint_dir.glob("*.pth"))
+            if existing:
+                raise UserError(
+                    f"{existing[0]}: this experiment already has checkpoints and resume is false; "
+                    "use resume=auto to continue it, or another exp_name for a fresh run"
+                )
+        else:
+            path = repo_path(resume)
+            if not path.is_file():
+                raise UserError(f"config: key 'resume': checkpoint {path} not found")
+    return _on_every_rank(path, checkpoint_dir)
+
+
+def test_path(checkpoint_dir: Path, resume: str | bool) -> Path:
+    """The checkpoint mode=test/predict loads: ``resume`` when a path, else best.pth, else last.pth."""
+    if isinstance(resume, str) and resume != "auto":
+        path = repo_path(resume)
+    else:
+        best, last = checkpoint_dir / "best.pth", checkpoint_dir / "last.pth"
+        path = _on_every_rank(best if best.exists() or not last.exists() else last, checkpoint_dir)
+    if distributed.is_main() and not path.exists():
+        raise UserError(f"{path}: no checkpoint to test; train first (mode=train) or set resume to a checkpoint")
+    return path
+
+
+def _on_every_rank(path: Path | None, checkpoint_dir: Path) -> Path | None:
+    """Rank 0's ``path`` on every rank; one in the run's checkpoints/ names each machine's own copy."""
+    if distributed.world_size() == 1:
+        return path
+    if path is not None and path.parent.resolve() == checkpoint_dir.resolve():
+        path = Path(path.name)
+    path = distributed.from_main(path)
+    return path if path is None or path.is_absolute() else checkpoint_dir / path
+
+
+def load_on_every_rank(path: str | Path, log: Callable[[str], None]) -> dict:
+    """``load(path)``; under DDP, ranks that cannot see the file (no shared storage) get rank 0's copy."""
+    if distributed.world_size() == 1:
+        return load(path)
+    (someone_lacks_it,) = distributed.any_rank(not Path(path).is_file())
+    if not someone_lacks_it:
+        return load(path)
+    if distributed.is_main():
+        log(f"{path}: not on every machine; rank 0 sends its copy to the others")
+    return distributed.from_main(load(path) if distributed.is_main() else None)
+
+
+def check_matches(path: Path, state: dict, agent: str, config: dict, optimizer_keys: Iterable[str]) -> None:
+    """The checkpoint is of this agent and of the config's optimizer types (a clear error otherwise)."""
+    if state.get("agent") != agent:
+        raise UserError(f"{path}: checkpoint of {state.get('agent')}, but the config's agent is {agent}")
+    old = state.get("config", {})
+    for key in optimizer_keys:
+        if old.get(key) and old[key]["type"] != config[key]["type"]:
+            raise UserError(
+                f"{path}: checkpoint optimizer '{key}' is {old[key]['type']}, the config's is {config[key]['type']}"
+            )
+
+
+def apply_changed_args(
+    optimizers: dict[str, torch.optim.Optimizer], keys: dict[str, str], config: dict, state: dict, log: Callable
+) -> None:
+    """Optimizer args changed since the checkpoint (say, a lower lr to fine-tune) win over its state."""
+    old_config = state.get("config", {})
+    for name, key in keys.items():
+        old_args = (old_config.get(key) or {}).get("args", {})
+        for arg, value in config[key]["args"].items():
+            groups = optimizers[name].param_groups
+            if old_args.get(arg) != value and arg in groups[0]:
+                for group in groups:
+                    group[arg] = value
+                log(f"{key}.args.{arg} changed since the checkpoint: now {value}")

@@ -215,6 +215,23 @@ def torch_class(module: Any, kind: str, where: str, source: str, name: str) -> t
     return cls
 
 
+def check_device(value: str, where: str, source: str) -> None:
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return
+    raise UserError(f"{source}: key '{where}': expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+
+
+def check_monitor(value: str, where: str, source: str) -> None:
+    parts = value.split()
+    if len(parts) != 2 or parts[0] not in ("min", "max"):
+        raise UserError(f"{source}: key '{where}': expected 'max <metric>' or 'min <metric>', got {value!r}")
+
+
+def check_resume(value: Any, where: str, source: str) -> None:
+    if value is True or (isinstance(value, str) and not value.strip()):
+        raise UserError(f"{source}: key '{where}': expected \"auto\", false or a checkpoint path, got {value!r}")
+
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -34,6 +34,20 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
 
 
+def pick_device(name: str) -> torch.device:
+    """The config's ``device`` ("auto", "cpu", "cuda", "cuda:N") as a torch.device (a UserError without CUDA)."""
+    from utils.errors import UserError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"config: key 'device': {name!r} asked for, but this machine has no CUDA device; "
+            "use device=auto or device=cpu"
+        )
+    return torch.device(name)
+
+
 def init(device_type: str) -> None:
     """Join the process group torchrun set up: NCCL for CUDA, Gloo for CPU."""
     if not launched_by_torchrun() or dist.is_initialized():

@@ -56,3 +56,28 @@ class Accuracy(Metric):
 
     def compute(self) -> float:
         return self.ratio()
+
+
+class LossSums:
+    """Training losses summed on their device, read by the host now and then (not at every step).
+
+    Holds the window since the last read and the epoch's total; a NaN anywhere in the window
+    makes its sum NaN, so one read checks a whole window.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(2, device=device, dtype=torch.float64)  # window, epoch
+        self.pending = self.epoch_count = 0
+
+    def add(self, loss: torch.Tensor | None) -> None:
+        if loss is not None:
+            self.sums = self.sums + loss.detach().double()
+            self.pending += 1
+
+    def read(self) -> tuple[float, float | None]:
+        """(the window's sum, the epoch's running mean or None): one host sync; the window starts again."""
+        window, epoch = self.sums.tolist()
+        self.sums = self.sums * torch.tensor([0.0, 1.0], dtype=self.sums.dtype, device=self.sums.device)
+        self.epoch_count += self.pending
+        self.pending = 0
+        return window, epoch / self.epoch_count if self.epoch_count else None

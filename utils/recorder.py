@@ -196,6 +196,20 @@ class Recorder:
         text = json.dumps({k: _jsonable(v) for k, v in data.items()}, indent=2, default=str) + "\n"
         write_text_atomic(self.run_dir / name, text)
 
+    def write_config(self, config: dict) -> None:
+        """config.json of this run; an earlier, different one is kept as config.N.json."""
+        if not self.enabled:
+            return
+        path = self.run_dir / "config.json"
+        text = json.dumps(config, indent=2) + "\n"
+        if path.exists() and path.read_text() != text:
+            n = 1
+            while (self.run_dir / f"config.{n}.json").exists():
+                n += 1
+            os.replace(path, self.run_dir / f"config.{n}.json")
+            self.info(f"config changed since the last run; the old one is config.{n}.json")
+        path.write_text(text)
+
     def read_json(self, name: str) -> dict:
         path = self.run_dir / name
         return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,103 @@
+"""The config keys every agent understands: their defaults, types, ranges and meanings.
+
+``BaseAgent.config_schema`` is this dict; an agent extends it with its own keys (and may drop
+the ones that mean nothing to it, as DQN drops the data-loader keys). ``python main.py CONFIG
+--keys`` prints it with a config's values.
+"""
+
+from utils.compile import compile_key
+from utils.config import (
+    REQUIRED,
+    Key,
+    check_device,
+    check_monitor,
+    check_resume,
+    plain_name,
+    relative_path,
+    torch_object_key,
+)
+from utils.schedules import scheduler_key
+
+COMMON_KEYS: dict[str, Key] = {
+    "exp_name": Key(REQUIRED, str, "run directory name under experiments/", check=plain_name),
+    "agent": Key(REQUIRED, str, "agent class name, looked up in agents/__init__.py"),
+    "description": Key("", str, "free text, kept with the run"),
+    "mode": Key(
+        "train",
+        str,
+        "train; test: evaluate best.pth (or resume) on the test split; predict: outputs from inputs "
+        "(agents that make them)",
+        choices=("train", "test", "predict"),
+    ),
+    "seed": Key(1, int, "seeds python, numpy, torch and loader workers", min=0, max=2**31 - 1),
+    "deterministic": Key(False, bool, "enforce deterministic kernels (slower on GPU; off: cudnn.benchmark)"),
+    "torch_threads": Key(
+        None, int, "CPU threads for torch ops (null: torch's default)", min=1, max=1024, nullable=True
+    ),
+    "device": Key("auto", str, "auto (CUDA when present), cpu, cuda, cuda:N", check=check_device),
+    "max_epoch": Key(10, int, "train until this many epochs are done", min=1, max=10**6),
+    "validate_every": Key(1, int, "validate every N epochs (and after the last)", min=1),
+    "resume": Key(
+        "auto",
+        (str, bool),
+        "auto: continue from checkpoints/last.pth when present; a path (relative: to the repository): "
+        "resume from that file; false: never (an error if checkpoints exist)",
+        check=check_resume,
+    ),
+    "data_mode": Key(
+        REQUIRED,
+        str,
+        "download, folder (the dataset's files under data_root) or random (synthetic, for smoke runs)",
+        choices=("download", "folder", "random"),
+    ),
+    "data_root": Key("data", str, "dataset directory; relative paths are under the repository", check=relative_path),
+    "experiments_dir": Key(
+        "experiments", str, "where run directories go; relative to the repository", check=relative_path
+    ),
+    "batch_size": Key(64, int, "per process: the global batch is batch_size x processes", min=1, max=2**20),
+    "accumulate_grad_batches": Key(1, int, "batches per optimizer step (gradients summed, loss averaged)", min=1),
+    "num_workers": Key(0, int, "data-loader worker processes", min=0, max=128),
+    "amp": Key(
+        None,
+        str,
+        "mixed precision: null, bf16 or fp16 (fp16 uses a grad scaler)",
+        choices=("bf16", "fp16"),
+        nullable=True,
+    ),
+    "grad_clip_norm": Key(None, float, "clip the gradient norm to this value", min=1e-12, nullable=True),
+    "ema_decay": Key(
+        None,
+        float,
+        "keep an EMA of the weights (e.g. 0.999) for validation, best.pth and test",
+        min=0.0,
+        max=1.0,
+        nullable=True,
+    ),
+    "compile": compile_key(),
+    "channels_last": Key(False, bool, "channels-last memory format for 4-D models and batches (GPU + AMP)"),
+    "sync_batchnorm": Key(False, bool, "convert BatchNorm to SyncBatchNorm under DDP"),
+    "log_every": Key(50, int, "log (and read the loss on the host, check NaN and Ctrl-C) every N steps", min=1),
+    "profile_steps": Key(0, int, "profile N training steps into out/profile_trace.json (0: off)", min=0),
+    "monitor": Key(
+        "max valid/accuracy", str, "'max <metric>' or 'min <metric>' choosing best.pth", check=check_monitor
+    ),
+    "early_stop_patience": Key(
+        None, int, "stop after N validations without improvement of monitor (null: off)", min=1, nullable=True
+    ),
+    "early_stop_min_delta": Key(0.0, float, "the smallest change of monitor that counts as improvement", min=0.0),
+    "checkpoint_every": Key(0, int, "also keep checkpoints/epoch_N.pth every N epochs (0: off)", min=0),
+    "keep_checkpoints": Key(0, int, "how many epoch_N.pth to keep (0: all)", min=0),
+    "max_train_batches": Key(None, int, "debug: stop each epoch after N batches", min=1, nullable=True),
+    "max_valid_batches": Key(None, int, "debug: validate on N batches", min=1, nullable=True),
+    "optimizer": torch_object_key(
+        "torch.optim", "optimizer", {"type": "SGD", "args": {"lr": 0.01}}, "a torch.optim class and its arguments"
+    ),
+    "scheduler": scheduler_key(
+        None,
+        "a torch.optim.lr_scheduler class and its arguments, or a list run one after the other; "
+        'an argument "total" is the run\'s length; ReduceLROnPlateau gets the monitored metric',
+    ),
+    "scheduler_interval": Key(
+        "epoch", str, "step the scheduler after every epoch or every optimizer step", choices=("epoch", "step")
+    ),
+}
