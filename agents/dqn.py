@@ -4,6 +4,11 @@ Training is counted in environment steps: one "epoch" of BaseAgent's loop is ``v
 steps, after which a greedy evaluation runs on separately seeded environments and a checkpoint
 is written. Device, seeding, logging, checkpoints, resume and Ctrl-C come from BaseAgent.
 
+Resume: the checkpoint holds the actions of the episode in progress, which a resume replays from
+the episode's seed. With ``checkpoint_replay`` it holds the replay memory too, and the run goes
+on exactly as if never stopped; without it, the memory is refilled first (``refill``), and the
+run differs from then on.
+
 "Solved" is the environment's own definition: a mean return over 100 consecutive (greedy)
 episodes of at least ``reward_threshold`` (475 for CartPole-v1). A short screen of
 ``eval_episodes`` runs first; only when it passes do the ``solve_episodes`` run.
