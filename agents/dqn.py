@@ -77,7 +77,7 @@ class DQNAgent(BaseAgent):
         "learning_starts": Key(
             1_000,
             int,
-            "steps before the first update (and transitions in replay: refilled after a resume without it)",
+            "steps before the first update; a resume without the replay memory first refills this many",
             min=0,
         ),
         "train_frequency": Key(1, int, "environment steps per update", min=1),
