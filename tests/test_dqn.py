@@ -380,6 +380,21 @@ def test_resume_without_replay_refills_the_memory_before_updates(exps, first_ste
     assert summary["steps"] == 400 and summary["refill_steps"] == refill
 
 
+def test_resume_into_a_smaller_buffer_size_keeps_the_newest_and_says_so(exps):
+    train(DQN, exps, "exp_name=r", *TINY, "total_steps=200", "checkpoint_replay=true")
+    path = exps / "r" / "checkpoints" / "last.pth"
+    saved = load(path)["extra"]["memory"]
+    a = agent(exps, *TINY, "checkpoint_replay=true", "buffer_size=50")
+    try:
+        a.load_checkpoint(path)
+        assert len(a.memory) == 50 and a.memory.pos == 0
+        assert torch.equal(a.memory.obs, saved["obs"][150:])  # steps 150..199, oldest first
+        log = (exps / "unit" / "logs" / "run.log").read_text()
+        assert "replay memory holds 200 transitions, more than buffer_size 50: kept the newest 50" in log
+    finally:
+        a.finalize()
+
+
 def test_an_episode_that_cannot_be_replayed_restarts_with_a_warning(exps):
     a = agent(exps, *TINY)
     try:
