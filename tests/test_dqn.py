@@ -308,7 +308,7 @@ def test_smoke_run_writes_dqn_summary(exps):
     for column in ("eval/mean_return", "train/mean_return_100", "train/epsilon", "train/loss"):
         assert column in header
     state = load(exps / "smoke" / "checkpoints" / "last.pth")
-    assert set(state["models"]) == {"q", "target"} and "memory" not in state["extra"]
+    assert set(state["models"]) == {"q", "target"} and len(state["extra"]["memory"]["actions"]) == 400
 
 
 def test_same_seed_same_learning_curve(exps):
@@ -360,10 +360,11 @@ def test_resume_with_replay_is_exact(exps, monkeypatch, stop):
 @pytest.mark.parametrize(("first_steps", "refill"), [(200, 100), (60, 60)])
 def test_resume_without_replay_refills_the_memory_before_updates(exps, first_steps, refill):
     """Without checkpoint_replay, min(steps done, learning_starts) transitions come back first; no step is counted."""
-    train(DQN, exps, "exp_name=r", *TINY, f"total_steps={first_steps}", f"validate_every={first_steps}")
+    args = [*TINY, "checkpoint_replay=false", f"validate_every={first_steps}"]
+    train(DQN, exps, "exp_name=r", *args, f"total_steps={first_steps}")
     path = exps / "r" / "checkpoints" / "last.pth"
     assert "memory" not in load(path)["extra"]
-    a = agent(exps, *TINY, f"validate_every={first_steps}")
+    a = agent(exps, *args)
     try:
         a.load_checkpoint(path)
         a.train_batches()
@@ -373,7 +374,7 @@ def test_resume_without_replay_refills_the_memory_before_updates(exps, first_ste
         assert ("loss" in logs) == (first_steps >= 100)  # learning_starts=100: updates go on at once when due
     finally:
         a.finalize()
-    train(DQN, exps, "exp_name=r", *TINY, f"validate_every={first_steps}")
+    train(DQN, exps, "exp_name=r", *args)
     log = (exps / "r" / "logs" / "run.log").read_text()
     assert f"refilling the replay memory: {refill} transitions" in log
     summary = json.loads((exps / "r" / "summary.json").read_text())
