@@ -4,6 +4,11 @@ Training is counted in environment steps: one "epoch" of BaseAgent's loop is ``v
 steps, after which a greedy evaluation runs on separately seeded environments and a checkpoint
 is written. Device, seeding, logging, checkpoints, resume and Ctrl-C come from BaseAgent.
 
+Resume: the checkpoint holds the actions of the episode in progress, which a resume replays from
+the episode's seed. With ``checkpoint_replay`` it holds the replay memory too, and the run goes
+on exactly as if never stopped; without it, the memory is refilled first (``refill``), and the
+run differs from then on.
+
 "Solved" is the environment's own definition: a mean return over 100 consecutive (greedy)
 episodes of at least ``reward_threshold`` (475 for CartPole-v1). A short screen of
 ``eval_episodes`` runs first; only when it passes do the ``solve_episodes`` run.
@@ -20,13 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agents.base import BaseAgent
+from agents.base import BaseAgent, _monitor_check
 from datasets.gym_env import make_env
 from graphs.models.dqn import QConv, QMlp
 from utils import distributed
 from utils.config import Key, torch_object_key
 from utils.errors import UserError
 from utils.replay_memory import ReplayMemory
+from utils.seeding import derive_seed
 
 # Keys of the supervised loop that mean nothing here (an agent learning by acting has no data loader).
 _UNUSED = {
@@ -46,8 +52,16 @@ def _positive_ints(value: list, where: str, source: str) -> None:
         raise UserError(f"{source}: key '{where}': expected a non-empty list of integers in 1..65536, got {value!r}")
 
 
+def _above_zero(value: float, where: str, source: str) -> None:
+    if value <= 0:
+        raise UserError(f"{source}: key '{where}': must be above 0 (0 would freeze the target network), got {value!r}")
+
+
 # fused: one kernel for the whole Adam update, a third less time per gradient step on a small MLP.
 ADAM = {"type": "Adam", "args": {"lr": 0.001, "fused": True}}
+
+# The evaluation metrics validate reports: the screen every time, the 100-episode check when the screen passes.
+SCREEN, SOLVE = "eval/mean_return", "eval/solve_mean_return"
 
 
 class DQNAgent(BaseAgent):
@@ -60,7 +74,12 @@ class DQNAgent(BaseAgent):
         ),
         "hidden": Key([128, 128], list, "hidden layer widths of the state MLP", check=_positive_ints),
         "total_steps": Key(50_000, int, "environment steps to train for", min=1, max=10**9),
-        "learning_starts": Key(1_000, int, "random steps before the first update", min=0),
+        "learning_starts": Key(
+            1_000,
+            int,
+            "steps before the first update; a resume without the replay memory first refills this many",
+            min=0,
+        ),
         "train_frequency": Key(1, int, "environment steps per update", min=1),
         "gradient_steps": Key(1, int, "gradient steps per update", min=1),
         "batch_size": Key(64, int, "transitions per gradient step", min=1),
@@ -74,7 +93,7 @@ class DQNAgent(BaseAgent):
             "soft", str, "hard: copy every target_update_every steps; soft: Polyak with tau", choices=("hard", "soft")
         ),
         "target_update_every": Key(500, int, "steps between hard target updates", min=1),
-        "tau": Key(0.01, float, "soft target update rate", min=0.0, max=1.0),
+        "tau": Key(0.01, float, "soft target update rate, in (0, 1]", max=1.0, check=_above_zero),
         "double_dqn": Key(True, bool, "choose the next action with the online net, value it with the target"),
         "loss": Key("huber", str, "huber (smooth L1) or mse TD loss", choices=("huber", "mse")),
         "grad_clip_norm": Key(10.0, float, "clip the gradient norm", min=1e-12, nullable=True),
@@ -85,8 +104,15 @@ class DQNAgent(BaseAgent):
             100, int, "greedy episodes that decide 'solved' (the env's definition: 100)", min=1, max=1000
         ),
         "stop_when_solved": Key(True, bool, "end training at the first evaluation that solves the env"),
-        "checkpoint_replay": Key(False, bool, "also save the replay memory in checkpoints (large)"),
-        "monitor": Key("max eval/mean_return", str, "metric choosing best.pth"),
+        "checkpoint_replay": Key(
+            False,
+            bool,
+            "also save the replay memory in checkpoints (large): the only exact resume; "
+            "without it a resume refills learning_starts transitions first",
+        ),
+        "monitor": Key(
+            "max eval/mean_return", str, "'max <metric>' or 'min <metric>' choosing best.pth", check=_monitor_check
+        ),
         "log_every": Key(500, int, "log the training loss every N steps", min=1),
         "torch_threads": Key(1, int, "CPU threads for torch ops: 1 is fastest for a small MLP", min=1, nullable=True),
     }
@@ -114,16 +140,21 @@ class DQNAgent(BaseAgent):
         self.optimizer = self.make_optimizer(self.q.parameters())
         obs_dtype = torch.float16 if config.observation == "pixels" else torch.float32
         need = 2 * config.buffer_size * math.prod(obs_shape) * obs_dtype.itemsize
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if self.device.type == "cuda":  # the replay memory lives on the agent's device
+            have, where = torch.cuda.get_device_properties(self.device).total_memory, f"{self.device}'s"
+        else:
+            have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's"
         if need > have // 2:
             raise UserError(
                 f"config: key 'buffer_size': {config.buffer_size} transitions of shape {obs_shape} need "
-                f"{need / 2**30:.1f} GiB, more than half of this machine's {have / 2**30:.1f} GiB"
+                f"{need / 2**30:.1f} GiB, more than half of {where} {have / 2**30:.1f} GiB"
             )
-        self.memory = ReplayMemory(config.buffer_size, obs_shape, obs_dtype)
+        self.memory = ReplayMemory(config.buffer_size, obs_shape, obs_dtype, self.device)
 
         self.episodes = 0
         self.episode_return = 0.0
+        self.episode_actions: list[int] = []  # of the episode in progress: a resume replays them
+        self.refill_steps = 0  # environment steps that refilled a replay memory lost by a resume
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.last_loss: float | None = None
         self.solved_at_step: int | None = None
@@ -145,9 +176,9 @@ class DQNAgent(BaseAgent):
     # ----- acting and learning: one call per environment step ----------------------------------
 
     def reset_env(self) -> None:
-        # Episode i always starts from seed + i, so the same seed gives the same learning curve.
-        self.obs, _ = self.env.reset(seed=self.config.seed * 1_000_003 + self.episodes)
-        self.episode_return = 0.0
+        """Start training episode number ``episodes`` from its own seed: one seed, one learning curve."""
+        self.obs, _ = self.env.reset(seed=derive_seed(self.config.seed, "episode", self.episodes))
+        self.episode_return, self.episode_actions = 0.0, []
 
     def act(self, obs, eps: float) -> int:
         """Epsilon-greedy action for one observation."""
@@ -159,23 +190,79 @@ class DQNAgent(BaseAgent):
         self.q.train()
         return int(q.argmax(dim=1).item())
 
+    def env_step(self, eps: float) -> tuple[int, float, bool]:
+        """Act from ``obs`` and store the transition; returns the action, the reward, and whether the episode ended.
+
+        A time-limit truncation is stored as not done, so the TD target still bootstraps from it.
+        """
+        action = self.act(self.obs, eps)
+        next_obs, reward, terminated, truncated, _ = self.env.step(action)
+        self.memory.push(self.obs, action, reward, next_obs, terminated)
+        self.obs = next_obs
+        return action, float(reward), terminated or truncated
+
+    def start_acting(self) -> None:
+        """The first step in this process: refill a replay memory a resume lost, then go on with the episode."""
+        lost = min(self.global_step, self.config.learning_starts, self.memory.capacity) - len(self.memory)
+        if lost > 0:
+            self.refill(lost)
+        self.continue_episode(self.episode_actions)
+
+    def refill(self, count: int) -> None:
+        """Act ``count`` steps, not training steps, to refill a replay memory that the checkpoint did not hold.
+
+        The current policy acts, with the exploration rate of the step training resumes at: what
+        the lost memory held most recently. Episodes have their own seeds and count nowhere else.
+        """
+        self.recorder.info(
+            f"refilling the replay memory: {count} transitions (the checkpoint has no replay memory: "
+            "checkpoint_replay=false); training resumes after them"
+        )
+        eps, episode = self.epsilon(self.global_step), 0
+        self.obs, _ = self.env.reset(seed=derive_seed(self.config.seed, "refill", self.global_step, episode))
+        for _ in range(count):
+            if self.env_step(eps)[2]:
+                episode += 1
+                self.obs, _ = self.env.reset(seed=derive_seed(self.config.seed, "refill", self.global_step, episode))
+        self.refill_steps += count
+
+    def continue_episode(self, actions: list[int]) -> None:
+        """Bring the training env to where ``actions`` left the episode in progress: its seed, then the same actions.
+
+        Exact for environments whose randomness comes from their reset seed (gymnasium's own). The
+        replayed steps are not stored again and are no training steps.
+        """
+        self.reset_env()
+        for action in actions:
+            self.obs, reward, terminated, truncated, _ = self.env.step(action)
+            self.episode_return += float(reward)
+            self.episode_actions.append(action)
+            if terminated or truncated:
+                self.recorder.warning(
+                    f"{self.config.env_id}: replaying the interrupted episode's {len(actions)} actions ended it "
+                    "early (the environment is not reproducible from its seed); the episode restarts"
+                )
+                self.reset_env()
+                return
+
     def train_batches(self) -> tuple[range, int]:
         """This epoch's environment steps: up to the next evaluation, or the end of training."""
+        # BaseAgent.train_one_epoch has just put every model in train mode; the target only ever
+        # evaluates (its BatchNorm statistics come from the online network).
+        self.target.eval()
         end = min((self.epoch + 1) * self.config.validate_every, self.config.total_steps)
         return range(self.global_step, end), max(0, end - self.global_step)
 
     def train_step(self, step: int) -> dict:
         c = self.config
         if self.obs is None:
-            self.reset_env()
+            self.start_acting()
         eps = self.epsilon(step)
-        action = self.act(self.obs, eps)
-        next_obs, reward, terminated, truncated, _ = self.env.step(action)
-        self.memory.push(self.obs, action, reward, next_obs, terminated)
-        self.obs = next_obs
-        self.episode_return += float(reward)
+        action, reward, ended = self.env_step(eps)
+        self.episode_actions.append(action)
+        self.episode_return += reward
         logs = {"epsilon": eps}
-        if terminated or truncated:
+        if ended:
             self.episodes += 1
             self.recent_returns.append(self.episode_return)
             self.recorder.scalars(
@@ -187,29 +274,36 @@ class DQNAgent(BaseAgent):
             )
             self.reset_env()
 
-        if step >= c.learning_starts and step % c.train_frequency == 0:
+        # The memory's size counts too: a resume that lost it refills it before updates go on.
+        learning = step >= c.learning_starts and len(self.memory) >= min(c.learning_starts, self.memory.capacity)
+        if learning and step % c.train_frequency == 0:
             for _ in range(c.gradient_steps):
                 loss = self.learn()
             logs["loss"] = loss
             self.last_loss = float(loss)
         if c.target_update == "soft":
-            if step >= c.learning_starts:
+            if learning:
                 self.soft_update(c.tau)
         elif step % c.target_update_every == 0:
             self.target.load_state_dict(self.q.state_dict())
         return logs
 
-    def learn(self) -> torch.Tensor:
-        """One gradient step on a uniform batch from replay: TD(0) with a target network."""
+    def td_target(self, rewards: torch.Tensor, next_obs: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
+        """r + gamma * (1 - done) * Q_target(s', a'), a' = argmax of the online net (Double DQN) or of the target."""
         c = self.config
-        obs, actions, rewards, next_obs, dones = self.memory.sample(c.batch_size, self.device)
         with torch.no_grad():
             if c.double_dqn:  # the online net picks the action, the target net values it
                 next_actions = self.q(next_obs).argmax(dim=1, keepdim=True)
                 next_q = self.target(next_obs).gather(1, next_actions).squeeze(1)
             else:
                 next_q = self.target(next_obs).max(dim=1).values
-            target = rewards + c.gamma * (1.0 - dones) * next_q
+            return rewards + c.gamma * (1.0 - dones) * next_q
+
+    def learn(self) -> torch.Tensor:
+        """One gradient step on a uniform batch from replay: TD(0) with a target network."""
+        c = self.config
+        obs, actions, rewards, next_obs, dones = self.memory.sample(c.batch_size)
+        target = self.td_target(rewards, next_obs, dones)
         with self.autocast():
             q = self.q(obs).gather(1, actions.unsqueeze(1)).squeeze(1).float()
         loss = F.smooth_l1_loss(q, target) if c.loss == "huber" else F.mse_loss(q, target)
@@ -217,9 +311,12 @@ class DQNAgent(BaseAgent):
         return loss.detach()
 
     def soft_update(self, tau: float) -> None:
+        """Polyak-average the parameters into the target; copy the buffers (BatchNorm's running statistics)."""
         with torch.no_grad():
             for t, p in zip(self.target.parameters(), self.q.parameters(), strict=True):
                 t.lerp_(p, tau)
+            for t, b in zip(self.target.buffers(), self.q.buffers(), strict=True):
+                t.copy_(b)
 
     # ----- evaluation -----------------------------------------------------------------------------
 
@@ -231,7 +328,7 @@ class DQNAgent(BaseAgent):
         while len(self.eval_envs) < episodes:
             self.eval_envs.append(make_env(self.config.env_id, self.config.observation))
         envs = self.eval_envs[:episodes]
-        obs = [env.reset(seed=2**31 - 1 - self.config.seed * 1_000 - i)[0] for i, env in enumerate(envs)]
+        obs = [env.reset(seed=derive_seed(self.config.seed, "eval", i))[0] for i, env in enumerate(envs)]
         returns, alive = [0.0] * episodes, list(range(episodes))
         self.q.eval()
         with torch.no_grad():
@@ -255,29 +352,25 @@ class DQNAgent(BaseAgent):
         metrics = {"test/mean_return": float(np.mean(returns)), "test/min_return": float(np.min(returns))}
         self._record_test(metrics, path)
 
-    def metric_names(self) -> list[str]:
-        return [
-            "eval/mean_return",
-            "eval/solve_mean_return",
-            "train/mean_return_100",
-            "train/epsilon",
-            "train/loss",
-            "train/episodes",
-        ]
-
-    def validate(self) -> dict[str, float]:
-        c = self.config
-        screen = float(np.mean(self.evaluate(c.eval_episodes)))
-        metrics = {
-            "eval/mean_return": screen,
+    def training_stats(self) -> dict[str, float]:
+        """What validate reports about training itself (no evaluation needed)."""
+        return {
             "train/mean_return_100": float(np.mean(self.recent_returns)) if self.recent_returns else math.nan,
             "train/epsilon": self.epsilon(self.global_step),
             "train/loss": self.last_loss if self.last_loss is not None else math.nan,
             "train/episodes": float(self.episodes),
         }
+
+    def metric_names(self) -> list[str]:
+        return [SCREEN, SOLVE, *self.training_stats()]
+
+    def validate(self) -> dict[str, float]:
+        c = self.config
+        screen = float(np.mean(self.evaluate(c.eval_episodes)))
+        metrics = {SCREEN: screen, **self.training_stats()}
         if self.threshold is not None and screen >= self.threshold:
             mean = float(np.mean(self.evaluate(c.solve_episodes)))
-            metrics["eval/solve_mean_return"] = mean
+            metrics[SOLVE] = mean
             if mean >= self.threshold and self.solved_at_step is None:
                 self.solved_at_step, self.solved_at_seconds, self.solve_mean = (
                     self.global_step,
@@ -307,6 +400,8 @@ class DQNAgent(BaseAgent):
             "solved_at_step": self.solved_at_step,
             "solved_at_seconds": self.solved_at_seconds,
             "solve_mean": self.solve_mean,
+            "episode_actions": list(self.episode_actions),
+            "refill_steps": self.refill_steps,
         }
         if self.config.checkpoint_replay:
             state["memory"] = self.memory.state_dict()
@@ -317,8 +412,16 @@ class DQNAgent(BaseAgent):
         self.recent_returns.extend(state["recent_returns"])
         self.last_loss, self.solved_at_step = state["last_loss"], state["solved_at_step"]
         self.solved_at_seconds, self.solve_mean = state["solved_at_seconds"], state["solve_mean"]
+        self.episode_actions = list(state.get("episode_actions", []))
+        self.refill_steps = state.get("refill_steps", 0)
         if "memory" in state:
+            saved = len(state["memory"]["actions"])
             self.memory.load_state_dict(state["memory"])
+            if saved > len(self.memory):
+                self.recorder.info(
+                    f"the checkpoint's replay memory holds {saved} transitions, more than buffer_size "
+                    f"{self.memory.capacity}: kept the newest {len(self.memory)}"
+                )
         self.stop_training = self.config.stop_when_solved and self.solved_at_step is not None
 
     def finalize(self) -> None:
@@ -334,6 +437,7 @@ class DQNAgent(BaseAgent):
             "solved_at_step": self.solved_at_step,
             "solved_at_seconds": self.solved_at_seconds,
             "solve_mean_return": self.solve_mean,
-            "final_eval_mean_return": self.last_metrics.get("eval/mean_return"),
+            "final_eval_mean_return": self.last_metrics.get(SCREEN),
             "episodes": self.episodes,
+            "refill_steps": self.refill_steps,
         }

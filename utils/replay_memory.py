@@ -10,16 +10,28 @@ class ReplayMemory:
 
     ``done`` marks a true end of episode (terminated), not a time-limit truncation, so that the
     target still bootstraps from states where the episode was merely cut off.
+
+    The buffer lives on ``device`` (the agent's): a sampled batch is gathered where the network
+    runs, with no host-to-device copy per gradient step, and each step's transition (48 bytes for
+    CartPole's state, 12.5 KiB for two screen differences) is copied once as it arrives. A pinned
+    host buffer would not help: indexing it makes a new, pageable tensor to copy from.
     """
 
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        obs_shape: tuple[int, ...],
+        obs_dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.capacity = capacity
-        self.obs = torch.zeros((capacity, *obs_shape), dtype=obs_dtype)
-        self.next_obs = torch.zeros((capacity, *obs_shape), dtype=obs_dtype)
-        self.actions = torch.zeros(capacity, dtype=torch.long)
-        self.rewards = torch.zeros(capacity, dtype=torch.float32)
-        self.dones = torch.zeros(capacity, dtype=torch.float32)
-        self.pos = 0  # where the next transition goes
+        self.device = torch.device(device)
+        self.obs = torch.zeros((capacity, *obs_shape), dtype=obs_dtype, device=device)
+        self.next_obs = torch.zeros((capacity, *obs_shape), dtype=obs_dtype, device=device)
+        self.actions = torch.zeros(capacity, dtype=torch.long, device=device)
+        self.rewards = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.dones = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.pos = 0  # where the next transition goes (the oldest one once full)
         self.size = 0
 
     def __len__(self) -> int:
@@ -36,29 +48,35 @@ class ReplayMemory:
         self.pos = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
-    def sample(self, batch_size: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
-        """A uniform random batch (with replacement): obs, actions, rewards, next_obs, dones."""
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """A uniform random batch (with replacement) on the memory's device: obs, actions, rewards, next_obs, dones."""
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay memory")
-        idx = torch.randint(0, self.size, (batch_size,))
-        batch = (self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx])
-        return tuple(t.to(device, non_blocking=True) for t in batch)
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device)
+        return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx]
 
     def state_dict(self) -> dict:
+        """The filled slots as CPU tensors in slot order, and ``pos`` (where the oldest is, once full)."""
         n = self.size
-        return {
-            "obs": self.obs[:n].clone(),
-            "next_obs": self.next_obs[:n].clone(),
-            "actions": self.actions[:n].clone(),
-            "rewards": self.rewards[:n].clone(),
-            "dones": self.dones[:n].clone(),
-            "pos": self.pos,
-        }
+        names = ("obs", "next_obs", "actions", "rewards", "dones")
+        return {**{k: getattr(self, k)[:n].to("cpu", copy=True) for k in names}, "pos": self.pos}
 
     def load_state_dict(self, state: dict) -> None:
-        n = len(state["actions"])
-        if n > self.capacity:
-            raise ValueError(f"checkpoint holds {n} transitions, more than buffer_size {self.capacity}")
-        for name in ("obs", "next_obs", "actions", "rewards", "dones"):
-            getattr(self, name)[:n] = state[name]
-        self.size, self.pos = n, state["pos"] % self.capacity
+        """Restore a saved memory, of this capacity or another one.
+
+        The same capacity gets the same slots (sampling then repeats a straight run's exactly).
+        Another capacity gets the transitions oldest first from slot 0, so no empty slot is ever
+        sampled and the next push overwrites the oldest; a smaller one keeps the newest ``capacity``.
+        """
+        n, pos = len(state["actions"]), state["pos"]
+        names = ("obs", "next_obs", "actions", "rewards", "dones")
+        if n == self.capacity:
+            order = torch.arange(n)
+        else:
+            # Saved full (pos < n), the oldest sits at pos; saved not full, pos == n and slot 0 is the oldest.
+            oldest = pos if pos < n else 0
+            order = ((torch.arange(n) + oldest) % n)[-self.capacity :]
+        for name in names:
+            getattr(self, name)[: len(order)] = state[name][order].to(self.device)
+        self.size = len(order)
+        self.pos = pos % self.capacity if n == self.capacity else self.size % self.capacity

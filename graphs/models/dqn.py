@@ -37,12 +37,13 @@ class QConv(nn.Module):
         super().__init__()
         channels = [in_shape[0], 16, 32, 32]
         blocks = []
+        height, width = in_shape[1:]
         for c_in, c_out in zip(channels, channels[1:], strict=False):
             blocks += [nn.Conv2d(c_in, c_out, kernel_size=5, stride=2), nn.BatchNorm2d(c_out), nn.ReLU()]
+            # Counted, not probed with a forward pass: that would move BatchNorm's running statistics.
+            height, width = (height - 5) // 2 + 1, (width - 5) // 2 + 1
         self.features = nn.Sequential(*blocks)
-        with torch.no_grad():
-            flat = self.features(torch.zeros(1, *in_shape)).numel()
-        self.head = nn.Linear(flat, num_actions)
+        self.head = nn.Linear(channels[-1] * height * width, num_actions)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x.float()).flatten(1))
