@@ -25,16 +25,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agents.base import BaseAgent, _monitor_check
+from agents.base import BaseAgent
 from datasets.gym_env import make_env
 from graphs.models.dqn import QConv, QMlp
 from utils import distributed
-from utils.config import Key, torch_object_key
+from utils.config import Key, check_monitor, torch_object_key
 from utils.errors import UserError
 from utils.replay_memory import ReplayMemory
 from utils.seeding import derive_seed
 
-# Keys of the supervised loop that mean nothing here (an agent learning by acting has no data loader).
+# Keys of the supervised loop that mean nothing here (an agent learning by acting has no data loader,
+# and its networks act on single observations between updates).
 _UNUSED = {
     "data_mode",
     "data_root",
@@ -44,6 +45,11 @@ _UNUSED = {
     "max_valid_batches",
     "sync_batchnorm",
     "scheduler",
+    "scheduler_interval",
+    "accumulate_grad_batches",
+    "ema_decay",
+    "compile",
+    "channels_last",
 }
 
 
@@ -111,7 +117,7 @@ class DQNAgent(BaseAgent):
             "without it a resume refills learning_starts transitions first",
         ),
         "monitor": Key(
-            "max eval/mean_return", str, "'max <metric>' or 'min <metric>' choosing best.pth", check=_monitor_check
+            "max eval/mean_return", str, "'max <metric>' or 'min <metric>' choosing best.pth", check=check_monitor
         ),
         "log_every": Key(500, int, "log the training loss every N steps", min=1),
         "torch_threads": Key(1, int, "CPU threads for torch ops: 1 is fastest for a small MLP", min=1, nullable=True),

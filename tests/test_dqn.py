@@ -335,6 +335,7 @@ def stop_after(monkeypatch, step: int) -> None:
 def test_resume_with_replay_is_exact(exps, monkeypatch, stop):
     """Stopped (at an evaluation, or mid-epoch inside an episode) and resumed = a straight run, exactly."""
     args = [*TINY, "checkpoint_replay=true", "torch_threads=1", "target_update=hard", "target_update_every=50"]
+    args.append("log_every=1")  # a stop is honoured at the next check, every log_every steps
     train(DQN, exps, "exp_name=straight", *args)
     if stop == "epoch_end":
         train(DQN, exps, "exp_name=r", *args, "total_steps=200")
