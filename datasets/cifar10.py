@@ -12,6 +12,7 @@ make_loader seeds per batch, so a resume is exact).
 
 from __future__ import annotations
 
+import codecs
 import pickle
 from pathlib import Path
 
@@ -40,6 +41,7 @@ _ALLOWED = {
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how python 3 writes bytes at pickle protocol 2
 }
 _RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy.core's or numpy._core's, whichever this numpy has
 
@@ -48,6 +50,8 @@ class _BatchUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in _ALLOWED:
             raise pickle.UnpicklingError(f"it holds a {module}.{name}")
+        if module == "_codecs":
+            return codecs.encode
         return _RECONSTRUCT if name == "_reconstruct" else getattr(np, name)
 
 
