@@ -53,13 +53,16 @@ def test_stages_start_at_k_over_2_c_minus_1():
 def test_each_stage_keeps_the_strongest_inputs_of_each_group():
     torch.manual_seed(0)
     layer = LearnedGroupConv(16, 8, groups=4, condense_factor=4)
+    # group lasso: the L2 norm of each (group, input) weight group, summed
+    expected = layer.conv.weight[:, :, 0, 0].view(2, 4, 16).pow(2).sum(0).sqrt().sum()
+    assert layer.lasso_loss().item() == pytest.approx(expected.item(), rel=1e-5)
     kept = [layer.kept_inputs().float().mean().item()]
     for progress in (1 / 6, 1 / 3, 0.5, 0.9):
         layer.update(progress)
         kept.append(layer.kept_inputs().float().mean().item())
         assert (layer.kept_inputs().sum(1) == layer.kept_inputs().sum(1)[0]).all()  # every group alike
     assert kept == [1.0, 0.75, 0.5, 0.25, 0.25]
-    assert int(layer.stage) == 3
+    assert int(layer.stage) == 3 and layer.lasso_loss().item() == 0  # the final structure is not pushed further
     # Group g holds outputs g, g+4: it keeps the 4 inputs of largest summed |weight| over those outputs.
     importance = layer.conv.weight.abs()[:, :, 0, 0].view(2, 4, 16).sum(0)
     assert torch.equal(layer.kept_inputs(), importance >= importance.topk(4, dim=1).values[:, -1:])
@@ -172,7 +175,8 @@ def test_resume_mid_epoch_across_a_stage_boundary_is_exact(exps, monkeypatch):
 
 
 def test_learns_a_learnable_random_set(exps):
-    train(CONFIG, exps, "exp_name=learn", *QUICK, "random_size=640", "valid_size=200", "max_epoch=3", "augment=false")
+    args = ["random_size=640", "valid_size=200", "max_epoch=3", "augment=false", "group_lasso_lambda=1e-5"]
+    train(CONFIG, exps, "exp_name=learn", *QUICK, *args)
     summary = json.loads((exps / "learn" / "summary.json").read_text())
     assert summary["best"]["value"] > 0.4  # chance is 0.1
 
