@@ -141,6 +141,9 @@ def test_tiny_condensenet_trains_through_every_stage_and_exports_the_condensed_m
         assert results["condensed"][key] == pytest.approx(results["last"][key], abs=1e-5)
     with pytest.raises(UserError, match="cannot be trained further"):
         train(CONFIG, exps, "exp_name=other", *QUICK, f"resume={run / 'checkpoints' / 'condensed.pth'}")
+    before = (run / "checkpoints" / "condensed.pth").read_bytes()
+    train(CONFIG, exps, "exp_name=tiny", *QUICK)  # a finished run, run again, rewrites nothing
+    assert (run / "checkpoints" / "condensed.pth").read_bytes() == before
 
 
 def stop_at(monkeypatch, step: int) -> None:
