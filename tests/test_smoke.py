@@ -18,6 +18,16 @@ FAST = {
     ],
 }
 DEFAULT_FAST = ["data_mode=random", "max_epoch=2", "max_train_batches=3", "max_valid_batches=2"]
+# CondenseNet-86 trains at seconds per step on this CPU: a tiny one on 8x8 images, through every stage.
+FAST["CondenseNetAgent"] = [
+    *DEFAULT_FAST,
+    "stages=[2,2,2]",
+    "growth=[4,4,4]",
+    "random_size=256",
+    "valid_size=64",
+    "random_image_size=8",
+    "torch_threads=1",
+]
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.json")))

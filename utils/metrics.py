@@ -49,10 +49,18 @@ class Mean(Metric):
 
 
 class Accuracy(Metric):
-    """Top-1 accuracy of logits (N, C, ...) against integer targets (N, ...)."""
+    """Top-k accuracy (top-1 by default) of logits (N, C, ...) against integer targets (N, ...)."""
+
+    def __init__(self, k: int = 1) -> None:
+        super().__init__()
+        self.k = k
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        self._add((logits.argmax(dim=1) == target).sum(), target.numel())
+        if self.k == 1:
+            hits = logits.argmax(dim=1) == target
+        else:
+            hits = (logits.topk(self.k, dim=1).indices == target.unsqueeze(1)).any(dim=1)
+        self._add(hits.sum(), target.numel())
 
     def compute(self) -> float:
         return self.ratio()
