@@ -36,7 +36,7 @@ from utils.config import (
     repo_path,
     to_plain,
 )
-from utils.data import ShardedSampler, set_epoch
+from utils.data import ShardedSampler, batches_per_epoch, set_epoch
 from utils.early_stopping import EarlyStopping
 from utils.ema import EMA
 from utils.errors import RunInterrupted, TrainingStopped, UserError
@@ -243,7 +243,7 @@ class BaseAgent:
 
     def batches_per_epoch(self) -> int:
         """Batches in a whole epoch (sets the length of schedules whose args say "total")."""
-        batches = len(self.data_loader.train_loader)
+        batches = batches_per_epoch(self.data_loader.train_loader)
         return min(batches, self.config.max_train_batches or batches)
 
     def max_epochs(self) -> int:

@@ -67,17 +67,15 @@ class CondenseNetAgent(BaseAgent):
         self.model = self.prepare_model(net)
         self.loss = nn.CrossEntropyLoss()
         self.optimizer = self.make_optimizer(self.model.parameters())
-        self.scheduler = self.make_scheduler(self.optimizer)
+        self.make_scheduler(self.optimizer)
         self.data_loader = Cifar10DataLoader(config)
         size = config.random_image_size if config.data_mode == "random" else 32
         self.input_shape = (3, size, size)
-        batches = len(self.data_loader.train_loader)
-        self.batches_per_epoch = min(batches, config.max_train_batches or batches)
         self.condensed_path = self.checkpoint_dir / "condensed.pth"
 
     def progress(self) -> float:
         """The fraction of training done before this step (the authors' formula)."""
-        return (self.epoch + self.batch_in_epoch / self.batches_per_epoch) / self.max_epochs()
+        return (self.epoch + self.batch_in_epoch / self.batches_per_epoch()) / self.max_epochs()
 
     def train_step(self, batch) -> dict[str, torch.Tensor]:
         net = self.unwrap(self.model)
@@ -109,7 +107,8 @@ class CondenseNetAgent(BaseAgent):
     def train(self) -> None:
         """BaseAgent's epochs, then the condensed network to checkpoints/condensed.pth."""
         super().train()
-        if self.status == "finished" and (self.global_step != self._step_at_start or not self.condensed_path.exists()):
+        trained = (self.epoch, self.global_step) != self._progress_at_start
+        if self.status == "finished" and (trained or not self.condensed_path.exists()):
             self.save_condensed()
 
     def save_condensed(self) -> None:
@@ -124,7 +123,7 @@ class CondenseNetAgent(BaseAgent):
         if not distributed.is_main():
             return
         state = self.checkpoint_state()
-        state.update(models={"model": condense(net).state_dict()}, optimizers={}, schedulers={}, condensed=True)
+        state.update(models={"model": condense(net).state_dict()}, optimizers={}, schedulers={}, ema={}, condensed=True)
         checkpoint.atomic_save(state, self.condensed_path)
         self.recorder.info(f"condensed test-time model written to {self.condensed_path}")
 

@@ -31,6 +31,7 @@ QUICK = [
     "batch_size=32",
     "max_epoch=4",
     "torch_threads=1",
+    "log_every=1",  # a stop is honoured at the next check (every log_every steps)
 ]
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from utils.data import EpochSeeded, ShardedSampler, make_loader, set_epoch
+from utils.data import EpochSeeded, ShardedSampler, batches_per_epoch, make_loader, set_epoch
 
 
 def sampler(length: int, rank: int, world: int, pad: bool = True, epoch: int = 5) -> ShardedSampler:
@@ -106,3 +106,10 @@ def test_augmentation_does_not_depend_on_the_worker_or_a_mid_epoch_resume(worker
     set_epoch(in_process, 3, seed=7)
     assert {int(i): float(v) for b in in_process for i, v in b.tolist()} == straight
     assert isinstance(in_process.dataset, EpochSeeded)
+
+
+def test_batches_per_epoch_ignores_a_mid_epoch_skip():
+    loader = make_loader(Noise(), batch_size=5, train=True, seed=7)
+    set_epoch(loader, 0, seed=7)
+    loader.sampler.skip(6)
+    assert len(loader) == 2 and batches_per_epoch(loader) == 3  # 6 of 12 skipped; a whole epoch is 3 batches

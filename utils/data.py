@@ -59,7 +59,13 @@ class ShardedSampler(Sampler[int]):
         return iter(self._indices())
 
     def __len__(self) -> int:
-        rest = self.length - self._skip
+        return self._share(self.length - self._skip)
+
+    def epoch_len(self) -> int:
+        """Samples this rank draws in a whole epoch (``len`` less any mid-epoch skip)."""
+        return self._share(self.length)
+
+    def _share(self, rest: int) -> int:
         total = -(-rest // self.world) * self.world if self.pad else rest
         return len(range(self.rank, total, self.world))
 
@@ -166,6 +172,12 @@ def make_loader(
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
     )
+
+
+def batches_per_epoch(loader: DataLoader) -> int:
+    """Batches of a whole epoch of ``loader`` (whatever a mid-epoch resume skips of the current one)."""
+    samples = loader.sampler.epoch_len() if isinstance(loader.sampler, ShardedSampler) else len(loader.sampler)
+    return samples // loader.batch_size if loader.drop_last else -(-samples // loader.batch_size)
 
 
 def set_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
