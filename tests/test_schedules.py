@@ -186,3 +186,9 @@ def test_good_configs_load_unchanged():
     assert load(plateau) == plateau
     long_warmup = [phase("LinearLR", 1000, total_iters="total"), phase("PolynomialLR", total_iters="total")]
     assert load(long_warmup) == long_warmup
+
+
+def test_a_list_of_one_phase_runs_like_that_phase_alone():
+    single = {"type": "CosineAnnealingLR", "args": {"T_max": "total"}}
+    opt_a, opt_b = optimizer(), optimizer()
+    assert run(opt_a, build_scheduler([single], opt_a, total=6), 6) == run(opt_b, build_scheduler(single, opt_b, 6), 6)

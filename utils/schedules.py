@@ -53,6 +53,10 @@ def scheduler_key(default: dict | list | None = None, doc: str = "") -> Key:
             except Exception as e:  # noqa: BLE001 (any failure here comes from the user's args)
                 raise UserError(f"{source}: key '{at}.args': {spec['type']} fails with {spec['args']}: {e}") from None
 
+    doc = doc or (
+        f"null, a {MODULE} {{type, args}}, or a list of them run in turn (each but the last with 'steps'); "
+        f"an arg '{TOTAL}' is the phase's length"
+    )
     return Key(default, (dict, list), doc, nullable=default is None, check=check)
 
 
