@@ -36,7 +36,7 @@ class DownsamplerBlock(nn.Module):
 
 
 class NonBottleneck1D(nn.Module):
-    """Residual block keeping (N, C, H, W): 3x1, ReLU, 1x3, BN, ReLU, 3x1 and 1x3 dilated, BN, dropout; + input, ReLU."""
+    """Residual, (N, C, H, W) kept: 3x1, ReLU, 1x3, BN, ReLU, 3x1 and 1x3 dilated, BN, dropout; + input, ReLU."""
 
     def __init__(self, channels: int, dropout: float = 0.0, dilation: int = 1) -> None:
         super().__init__()
