@@ -256,22 +256,12 @@ def test_class_weight_command_caches_the_enet_weights(tmp_path, capsys, exps):
 
 
 def test_erfnet_learns_the_random_shapes(exps):
-    train(
-        ERFNET,
-        exps,
-        "exp_name=learn",
-        *TINY,
-        "crop_size=64",
-        "random_image_size=64",
-        "random_size=64",
-        "max_epoch=5",
-        "optimizer.args.lr=0.002",
-        "scale_min=0.75",
-        "scale_max=1.25",
-    )
+    # Two shape classes and background at 32x32: ERFNet's 1/8 bottleneck is 4x4 here, which it learns in seconds.
+    learn = ["num_classes=3", "random_size=32", "max_epoch=6", "optimizer.args.lr=0.002", "scale_min=0.75"]
+    train(ERFNET, exps, "exp_name=learn", *TINY, *learn, "scale_max=1.25", "show_images=0")
     with open(exps / "learn" / "metrics.csv", newline="") as f:
         ious = [float(row["valid/mean_iou"]) for row in csv.DictReader(f)]
-    assert len(ious) == 5 and max(ious[1:]) > ious[0] + 0.15, ious  # background alone scores about 0.16
+    assert len(ious) == 6 and max(ious[1:]) > max(1.5 * ious[0], ious[0] + 0.1), ious
 
 
 def test_resume_is_exact(exps):
