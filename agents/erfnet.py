@@ -68,11 +68,11 @@ class ERFNetAgent(BaseAgent):
         self.model = self.prepare_model(model)
         self.class_names = class_names(config.num_classes)
         predicting = config.mode == "predict"  # needs neither data nor a loss
+        self.data_loader = VocDataLoader(config) if not predicting else None
         weights = self._class_weights() if not predicting else None
         self.loss = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
         self.optimizer = self.make_optimizer(self.model.parameters())
         self.scheduler = self.make_scheduler(self.optimizer)
-        self.data_loader = VocDataLoader(config) if not predicting else None
         self.class_iou: dict[str, float | None] = {}
         self._matrix: ConfusionMatrix | None = None  # the confusion matrix of the validation under way
         self._shown: list[torch.Tensor] = []  # rows of the validation picture
