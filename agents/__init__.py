@@ -16,6 +16,7 @@ AGENTS = {
     "MnistAgent": "agents.mnist",
     "DQNAgent": "agents.dqn",
     "CondenseNetAgent": "agents.condensenet",
+    "ERFNetAgent": "agents.erfnet",
 }
 
 

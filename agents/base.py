@@ -82,6 +82,7 @@ class BaseAgent:
         self._optimizer_keys: dict[str, str] = {}  # optimizer name -> its config key
         self.schedulers: dict[str, Any] = {}  # built when training starts: "total" needs the data's length
         self._scheduler_specs: dict[str, tuple[torch.optim.Optimizer, str]] = {}
+        self._schedule_total: int | None = None  # what "total" in the schedulers' args stood for
         self.ema: dict[str, EMA] = {}  # model name -> its average (ema_decay)
         self.scaler = torch.amp.GradScaler(self.device.type) if config.amp == "fp16" else None
         self.data_loader = None
@@ -419,6 +420,7 @@ class BaseAgent:
             "best_epoch": self.best_epoch,
             "wall_seconds": self.wall_seconds(),
             "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
+            "schedule_total": self._schedule_total,
         }
         parts = {name: self.unwrap(m) for name, m in self.models.items()}
         return checkpoint.assemble(
@@ -449,6 +451,12 @@ class BaseAgent:
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self._resume_samples = state.get("samples_in_epoch", 0) if self.batch_in_epoch else 0
         self._log_layout_change(state)
+        old_total = state.get("schedule_total")
+        if self.schedulers and old_total is not None and old_total != self._schedule_total:
+            self.recorder.warning(
+                f"the run's length changed since it began ({old_total} -> {self._schedule_total} scheduler steps): "
+                'the restored LR schedule keeps the length it was built with (a "total" argument is not re-read)'
+            )
         self.global_step, self.optimizer_steps = state["global_step"], state.get("optimizer_steps", 0)
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self._wall_before = state["wall_seconds"]
@@ -531,6 +539,7 @@ class BaseAgent:
             else:
                 total = self.max_epochs()
             self.schedulers[name] = build_scheduler(self.config[key], optimizer, total, where=key)
+            self._schedule_total = total
 
     def _after_step(self, optimizer: torch.optim.Optimizer) -> None:
         """What follows an optimizer step: the EMA of the models it updates, per-step LR schedules."""

@@ -7,7 +7,7 @@ resume and per-worker seeding come for free to each new dataset.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import cycle, islice
 
@@ -152,8 +152,12 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool | None = None,
     drop_last: bool = False,
+    collate_fn: Callable | None = None,
 ) -> DataLoader:
     """A DataLoader over this rank's shard: shuffled (and padded) for training, exact for evaluation.
+
+    ``collate_fn`` makes a batch of samples (default: torch's stacking), e.g. padding images of
+    several sizes to one.
 
     ``pin_memory`` defaults to whether this process uses CUDA (BaseAgent initialises it for a CUDA
     device before the agent builds its loaders): pinned batches copy to the GPU asynchronously.
@@ -167,7 +171,7 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=torch.cuda.is_initialized() if pin_memory is None else pin_memory,
         drop_last=drop_last and train,
-        collate_fn=_keep_batch if batched else None,
+        collate_fn=_keep_batch if batched else collate_fn,
         worker_init_fn=_seed_worker,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,

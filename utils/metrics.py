@@ -89,3 +89,45 @@ class LossSums:
         self.epoch_count += self.pending
         self.pending = 0
         return window, epoch / self.epoch_count if self.epoch_count else None
+
+
+class ConfusionMatrix(Metric):
+    """Pixel counts (num_classes x num_classes; rows: ground truth, columns: prediction) over a whole set.
+
+    ``compute`` is the mean IoU over the classes present in the ground truth or the prediction (a
+    class that appears in neither has no IoU and is not averaged in). Pixels labelled
+    ``ignore_index`` (VOC's object borders, padding) count nowhere.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        super().__init__((num_classes, num_classes))
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        """Count class scores (N, C, H, W) or predicted labels (N, H, W) against labels (N, H, W)."""
+        if prediction.ndim == target.ndim + 1:
+            prediction = prediction.argmax(dim=1)
+        keep = target != self.ignore_index
+        n = self.num_classes
+        pairs = target[keep].long() * n + prediction[keep].long()
+        counts = torch.bincount(pairs, minlength=n * n).reshape(n, n)
+        if self.state.device != counts.device:
+            self.state = self.state.to(counts.device)
+        self.state += counts
+
+    def class_iou(self) -> list[float]:
+        """IoU of each class: true positives / (ground truth + predicted - true positives); NaN when absent."""
+        m = self.state.cpu()
+        tp = m.diag()
+        union = m.sum(0) + m.sum(1) - tp
+        return torch.where(union > 0, tp / union.clamp(min=1), torch.nan).tolist()
+
+    def pixel_accuracy(self) -> float:
+        """Correct pixels / counted pixels (NaN when none was counted)."""
+        m = self.state.cpu()
+        total = float(m.sum())
+        return float(m.diag().sum()) / total if total > 0 else float("nan")
+
+    def compute(self) -> float:
+        present = [v for v in self.class_iou() if v == v]  # NaN != NaN: absent classes drop out
+        return sum(present) / len(present) if present else float("nan")

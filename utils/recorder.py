@@ -138,12 +138,18 @@ class Recorder:
             return
         image = image.detach().cpu()
         if file is not None:
-            from torchvision.io import encode_png
-
-            path = self.run_dir / "out" / file
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(path, encode_png(image).numpy().tobytes())
+            self.png(file, image)
         self.writer.add_image(tag, image, step)
+
+    def png(self, file: str, image: torch.Tensor) -> None:
+        """A uint8 (C, H, W) image as ``out/<file>`` (a PNG; folders in ``file`` are made), not to TensorBoard."""
+        if not self.enabled:
+            return
+        from torchvision.io import encode_png
+
+        path = self.run_dir / "out" / file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, encode_png(image.detach().cpu()).numpy().tobytes())
 
     def metrics_row(self, row: dict[str, Any]) -> None:
         """Append one row to metrics.csv; the file is rewritten only when a row brings a new column."""

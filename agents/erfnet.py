@@ -1,0 +1,222 @@
+"""ERFNet semantic segmentation on Pascal VOC 2012: what differs from BaseAgent's supervised loop.
+
+- the loss is cross-entropy ignoring label 255, optionally class-weighted (``class_weights``);
+- validation accumulates a confusion matrix over the whole set (summed over DDP ranks): mean IoU,
+  pixel accuracy, and per-class IoU in the log and summary.json; after each validation a few
+  images | ground truth | prediction go to ``out/valid_epoch_NNN.png`` and TensorBoard;
+- ``encoder_checkpoint`` starts the encoder from another run's weights;
+- ``mode=predict predict_input=DIR_OR_FILE`` writes a colourised mask and an overlay per image
+  to ``out/predict/``. ``mode=test`` evaluates the val split (VOC's test masks are not public).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from agents.base import BaseAgent
+from datasets.image_files import JUNK, ImageFiles
+from datasets.voc import IGNORE, MEAN, STD, VocDataLoader, class_names, class_weights, pad_to, padded_size
+from graphs.models.erfnet import ERFNet
+from utils import checkpoint
+from utils.config import Key
+from utils.errors import UserError
+from utils.metrics import ConfusionMatrix, Mean, Metric
+from utils.palette import colourise, overlay
+
+FIRST_WEIGHT = "initial_block.conv.weight"  # how an ERFNet encoder is recognised in a checkpoint's model
+
+
+def _class_weights_check(value, where: str, source: str) -> None:
+    numbers = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if value != "auto" and not (numbers and value and all(v >= 0 for v in value)):
+        raise UserError(
+            f"{source}: key '{where}': expected null, \"auto\" or a list of num_classes non-negative numbers, "
+            f"got {value!r}"
+        )
+
+
+class ERFNetAgent(BaseAgent):
+    config_schema = {
+        **BaseAgent.config_schema,
+        **VocDataLoader.config_schema,
+        "monitor": dataclasses.replace(BaseAgent.config_schema["monitor"], default="max valid/mean_iou"),
+        "class_weights": Key(
+            None,
+            (str, list),
+            "null: unweighted loss; auto: ENet weights 1/ln(1.02 + class frequency) of the training masks, "
+            "computed once and cached in data_root; or a list of num_classes numbers",
+            nullable=True,
+            check=_class_weights_check,
+        ),
+        "encoder_checkpoint": Key(
+            None, str, "a checkpoint of this template whose model holds an ERFNet encoder: start from it", nullable=True
+        ),
+        "show_images": Key(4, int, "validation images drawn into out/valid_epoch_NNN.png (0: none)", min=0, max=64),
+        "predict_input": Key(None, str, "mode=predict: an image file or a folder of images", nullable=True),
+    }
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        model = ERFNet(config.num_classes)
+        if config.encoder_checkpoint:
+            self._load_encoder(model, Path(config.encoder_checkpoint))
+        self.model = self.prepare_model(model)
+        self.class_names = class_names(config.num_classes)
+        predicting = config.mode == "predict"  # needs neither data nor a loss
+        self.data_loader = VocDataLoader(config) if not predicting else None
+        weights = self._class_weights() if not predicting else None
+        self.loss = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
+        self.optimizer = self.make_optimizer(self.model.parameters())
+        self.make_scheduler(self.optimizer)
+        self.class_iou: dict[str, float | None] = {}
+        self._matrix: ConfusionMatrix | None = None  # the confusion matrix of the validation under way
+        self._shown: list[torch.Tensor] = []  # rows of the validation picture
+
+    # ----- building -------------------------------------------------------------------------
+
+    def _class_weights(self) -> torch.Tensor | None:
+        value = self.config.class_weights
+        if value is None:
+            return None
+        weights = class_weights(self.config) if value == "auto" else value
+        if len(weights) != self.config.num_classes:
+            raise UserError(
+                f"config: key 'class_weights': {len(weights)} weights for num_classes {self.config.num_classes}"
+            )
+        named = zip(self.class_names, weights, strict=True)
+        self.recorder.info("class weights: " + ", ".join(f"{n} {w:.3g}" for n, w in named))
+        return torch.tensor(weights, dtype=torch.float32, device=self.device)
+
+    @staticmethod
+    def _load_encoder(model: ERFNet, path: Path) -> None:
+        """The encoder weights of ``path``'s model (any prefix); its classifier only where the classes match."""
+        state = checkpoint.load(path)
+        for weights in state["models"].values():
+            prefixes = [k[: -len(FIRST_WEIGHT)] for k in weights if k.endswith(FIRST_WEIGHT)]
+            if prefixes:
+                break
+        else:
+            raise UserError(f"config: key 'encoder_checkpoint': {path} holds no ERFNet encoder")
+        prefix = prefixes[0]
+        encoder = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+        own = model.encoder.state_dict()
+        for key in ("output_conv.weight", "output_conv.bias"):
+            if key in encoder and encoder[key].shape != own[key].shape:  # another dataset's classes
+                del encoder[key]
+        missing, unexpected = model.encoder.load_state_dict(encoder, strict=False)
+        problems = [k for k in missing if not k.startswith("output_conv.")] + list(unexpected)
+        if problems:
+            raise UserError(
+                f"config: key 'encoder_checkpoint': {path}: its encoder does not match ERFNet's "
+                f"({'missing' if problems[0] in missing else 'unexpected'} '{problems[0]}')"
+            )
+
+    # ----- validation -----------------------------------------------------------------------
+
+    def make_metrics(self) -> dict[str, Metric]:
+        self._matrix = ConfusionMatrix(self.config.num_classes, IGNORE)
+        return {"loss": Mean(), "mean_iou": self._matrix}
+
+    def metric_names(self) -> list[str]:
+        return [*super().metric_names(), "valid/pixel_accuracy"]
+
+    def eval_step(self, batch, metrics: dict[str, Metric]) -> None:
+        x, y = self.to_device(batch)
+        scores = self.unwrap(self.model)(x)
+        counted = int((y != IGNORE).sum())
+        if counted:  # a batch of ignored pixels only has no loss
+            metrics["loss"].update(self.loss(scores.float(), y), counted)
+        prediction = scores.argmax(dim=1)
+        metrics["mean_iou"].update(prediction, y)
+        for i in range(min(len(x), self.config.show_images - len(self._shown))):
+            self._shown.append(torch.cat([to_uint8(x[i]), colourise(y[i]), colourise(prediction[i])], dim=2).cpu())
+
+    def validate(self, loader=None, split: str = "valid", limit: int | None | str = "config") -> dict[str, float]:
+        """BaseAgent's validation, plus pixel accuracy, per-class IoU (logged) and the picture of a few images."""
+        self._shown = []
+        results = super().validate(loader, split, limit)
+        results[f"{split}/pixel_accuracy"] = self._matrix.pixel_accuracy()
+        named = zip(self.class_names, self._matrix.class_iou(), strict=True)
+        self.class_iou = {n: (v if v == v else None) for n, v in named}  # NaN (absent class) -> null in JSON
+        shown = "  ".join(f"{n} {v:.3f}" for n, v in self.class_iou.items() if v is not None)
+        self.recorder.info(f"{split} IoU per class (absent classes left out): {shown}")
+        if self._shown:
+            file = f"valid_epoch_{self.epoch:03d}.png" if split == "valid" else f"{split}.png"
+            self.recorder.image(f"{split}/image_truth_prediction", stack_rows(self._shown), self.global_step, file=file)
+            self._shown = []
+        return results
+
+    def summary_extra(self) -> dict:
+        return {"class_iou": self.class_iou} if self.class_iou else {}
+
+    def test(self) -> None:
+        """BaseAgent's test on the val split, with the per-class IoU added to summary.json."""
+        super().test()
+        summary = self.recorder.read_json("summary.json")
+        self.recorder.write_json("summary.json", {**summary, "test/class_iou": self.class_iou})
+
+    # ----- predict --------------------------------------------------------------------------
+
+    def predict(self) -> None:
+        """A colourised mask and an overlay per input image, in out/predict/<name>_{mask,overlay}.png."""
+        files = self._predict_files()
+        path = self._load_test_checkpoint()
+        model = self.unwrap(self.model).eval()
+        images = ImageFiles([(f, 0) for f in files], mode="RGB")
+        mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
+        std = torch.tensor(STD, device=self.device).view(3, 1, 1)
+        for i, file in enumerate(files):
+            image = images[i][0]
+            h, w = image.shape[-2:]
+            x = (image.to(self.device).float() / 255 - mean) / std
+            x, _ = pad_to(x, None, *padded_size(h, w))
+            with torch.no_grad(), self.autocast():
+                prediction = model(x[None])[0, :, :h, :w].argmax(dim=0).cpu()
+            self.recorder.png(f"predict/{file.stem}_mask.png", colourise(prediction))
+            self.recorder.png(f"predict/{file.stem}_overlay.png", overlay(image, prediction))
+        self.status = "predicted"
+        self.recorder.info(
+            f"predict: {len(files)} image(s) from {self.config.predict_input} with {path}; "
+            f"masks and overlays in {self.run_dir / 'out' / 'predict'}"
+        )
+
+    def _predict_files(self) -> list[Path]:
+        given = self.config.predict_input
+        if not given:
+            raise UserError("config: key 'predict_input': mode=predict needs an image file or a folder of images")
+        source = Path(given)
+        if source.is_file():
+            return [source]
+        if not source.is_dir():
+            raise UserError(f"config: key 'predict_input': {source} is neither a file nor a folder")
+        suffixes = set(Image.registered_extensions())
+        files = sorted(
+            p
+            for p in source.iterdir()
+            if p.is_file() and p.suffix.lower() in suffixes and p.name not in JUNK and not p.name.startswith(".")
+        )
+        if not files:
+            raise UserError(f"config: key 'predict_input': {source} holds no image files")
+        stems = [p.stem for p in files]
+        twins = sorted({s for s in stems if stems.count(s) > 1})
+        if twins:  # a.jpg and a.png would write the same a_mask.png
+            raise UserError(f"{source}: several images named '{twins[0]}' (different suffixes); rename one")
+        return files
+
+
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """A normalised image (3, H, W) back to uint8 RGB."""
+    mean = torch.tensor(MEAN, device=image.device).view(3, 1, 1)
+    std = torch.tensor(STD, device=image.device).view(3, 1, 1)
+    return (image.float() * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8)
+
+
+def stack_rows(rows: list[torch.Tensor]) -> torch.Tensor:
+    """uint8 images (3, h_i, w_i) one below the other, padded with black to the widest."""
+    width = max(r.shape[-1] for r in rows)
+    return torch.cat([nn.functional.pad(r, (0, width - r.shape[-1])) for r in rows], dim=1)

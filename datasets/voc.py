@@ -1,0 +1,374 @@
+"""Pascal VOC 2012 semantic segmentation: 21 classes (background + 20 objects), label 255 ignored.
+
+Modes: ``download`` (torchvision's VOCSegmentation fetches VOCtrainval_11-May-2012.tar into
+data_root), ``folder`` (the tree that tar unpacks to, already under data_root:
+``VOCdevkit/VOC2012/{JPEGImages, SegmentationClass, ImageSets/Segmentation/{train,val}.txt}``;
+masks are palette PNGs whose indices are the labels) and ``random`` (synthetic shapes whose class
+is their colour: learnable, for smoke runs and tests).
+
+Training samples are scaled by a random factor, cropped to ``crop_size`` (padded where smaller:
+image 0, mask 255) and flipped, image and mask together (torchvision.transforms.v2; masks are
+resized nearest-neighbour). Validation uses whole images, padded in a batch to a common size
+that is a multiple of 8 (ERFNet's need), the padding labelled 255, so it counts nowhere.
+
+Class weights (``class_weights: "auto"``), the ENet recipe 1 / ln(1.02 + class frequency) over
+the training masks' pixels, are computed on first use and cached in data_root; or ahead of time:
+
+    python -m datasets.voc class-weights --data-root data
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from datasets.common import data_root, missing
+from datasets.image_files import SKIP_BAD_FILES, ImageFiles
+from utils.config import Key, repo_path
+from utils.data import make_loader
+from utils.errors import UserError
+from utils.palette import VOC_PALETTE
+from utils.recorder import DATA_LOG as log
+from utils.recorder import write_text_atomic
+from utils.seeding import derive_seed
+
+CLASSES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+IGNORE = 255  # VOC's object borders and "difficult" regions; our padding
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's, as for a pretrained encoder
+STRIDE = 8  # ERFNet halves the resolution three times: sizes must be multiples of 8
+TREE = Path("VOCdevkit") / "VOC2012"
+HOW = (
+    "Unpack VOCtrainval_11-May-2012.tar (host.robots.ox.ac.uk/pascal/VOC/voc2012/) into data_root so that "
+    "VOCdevkit/VOC2012/ holds JPEGImages, SegmentationClass and ImageSets/Segmentation, or use "
+    "data_mode=download on a machine with internet; to try the pipeline now, use data_mode=random."
+)
+
+
+def class_names(num_classes: int) -> list[str]:
+    """VOC's names for its 21 classes, ``class_N`` otherwise."""
+    return list(CLASSES) if num_classes == len(CLASSES) else [f"class_{i}" for i in range(num_classes)]
+
+
+def _multiple_of_stride(value: int, where: str, source: str) -> None:
+    if value % STRIDE:
+        raise UserError(f"{source}: key '{where}': must be a multiple of {STRIDE} (ERFNet's stride), got {value}")
+
+
+# ----- transforms (image and mask together) --------------------------------------------------
+
+
+class RandomScale(v2.Transform):
+    """Resize by a factor drawn uniformly from [low, high] (torch's RNG); masks nearest-neighbour."""
+
+    def __init__(self, low: float, high: float) -> None:
+        super().__init__()
+        self.low, self.high = low, high
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        scale = float(torch.empty(()).uniform_(self.low, self.high))
+        return {"size": [max(1, round(h * scale)), max(1, round(w * scale))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        # torchvision resizes a tv_tensors.Mask nearest-neighbour whatever the interpolation asked
+        return self._call_kernel(v2.functional.resize, inpt, params["size"], antialias=True)
+
+
+def normalise() -> v2.Transform:
+    """uint8 image -> float, standardised with ImageNet's mean and std; masks pass through."""
+    return v2.Compose(
+        [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True), v2.Normalize(MEAN, STD)]
+    )
+
+
+def train_transform(crop_size: int, scale_min: float, scale_max: float) -> v2.Transform:
+    """Random scale, random crop (padded where smaller: image 0, mask 255), horizontal flip, normalise."""
+    return v2.Compose(
+        [
+            RandomScale(scale_min, scale_max),
+            v2.RandomCrop(crop_size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}),
+            v2.RandomHorizontalFlip(),
+            normalise(),
+        ]
+    )
+
+
+def pad_to(images: torch.Tensor, masks: torch.Tensor | None, height: int, width: int):
+    """Pad (..., H, W) images with 0 and masks with 255 on the bottom and right to height x width."""
+    h, w = images.shape[-2:]
+    images = F.pad(images, (0, width - w, 0, height - h))
+    masks = F.pad(masks, (0, width - w, 0, height - h), value=IGNORE) if masks is not None else None
+    return images, masks
+
+
+def padded_size(h: int, w: int) -> tuple[int, int]:
+    """(h, w) rounded up to multiples of 8."""
+    return -(-h // STRIDE) * STRIDE, -(-w // STRIDE) * STRIDE
+
+
+def pad_collate(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of several sizes in one batch: padded to the largest, rounded up to a multiple of 8 (masks: 255)."""
+    height, width = padded_size(max(s[0].shape[-2] for s in samples), max(s[0].shape[-1] for s in samples))
+    padded = [pad_to(image, mask, height, width) for image, mask in samples]
+    return torch.stack([p[0] for p in padded]), torch.stack([p[1] for p in padded])
+
+
+# ----- data modes ------------------------------------------------------------------------------
+
+
+def read_list(tree: Path, split: str) -> list[str]:
+    """The image ids of ImageSets/Segmentation/<split>.txt."""
+    path = tree / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not path.is_file():
+        raise missing(path, f"VOC list of the '{split}' split", HOW)
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise UserError(f"{path}: the list is empty (expected one image id per line, e.g. 2007_000032)")
+    return ids
+
+
+def voc_pairs(tree: Path, split: str) -> list[tuple[Path, Path]]:
+    """(JPEGImages/<id>.jpg, SegmentationClass/<id>.png) for each id of the split's list."""
+    return [(tree / "JPEGImages" / f"{i}.jpg", tree / "SegmentationClass" / f"{i}.png") for i in read_list(tree, split)]
+
+
+def download(root: Path) -> None:
+    """Fetch and unpack VOC 2012 trainval with torchvision, unless the tree is already there."""
+    if (root / TREE / "ImageSets" / "Segmentation" / "train.txt").is_file():
+        return
+    from torchvision.datasets import VOCSegmentation
+
+    try:
+        VOCSegmentation(str(root), year="2012", image_set="trainval", download=True)
+    except (RuntimeError, OSError) as e:
+        raise UserError(f"{root / TREE}: could not download Pascal VOC 2012 ({e}). {HOW}") from None
+
+
+class Shapes(Dataset):
+    """Synthetic segmentation samples: rectangles and ellipses on a noisy background, class = colour.
+
+    The colours are those of the VOC palette, so the image looks like its own mask plus noise.
+
+    Each sample is drawn from its own seed (seed, split, index), so it is the same every time it
+    is read, in any worker; the transform's randomness comes from torch's RNG as for real files.
+    Sizes vary between 3/4 and 1 of ``size`` in each direction, as real photographs do.
+    """
+
+    def __init__(self, n: int, size: int, num_classes: int, seed: int, split: str, transform=None) -> None:
+        self.n, self.size, self.num_classes = n, size, num_classes
+        self.seed, self.split, self.transform = seed, split, transform
+        self.colours = VOC_PALETTE[:num_classes].float()  # distinct colours, the same in every split
+
+    def __len__(self) -> int:
+        return self.n
+
+    def sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 image (3, H, W) and int64 mask (H, W), before any transform."""
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "shapes", self.split, index))
+        lo = 3 * self.size // 4
+        h, w = (int(v) for v in torch.randint(lo, self.size + 1, (2,), generator=g))
+        mask = torch.zeros(h, w, dtype=torch.int64)
+        ys, xs = torch.arange(h).view(-1, 1), torch.arange(w).view(1, -1)
+        for _ in range(int(torch.randint(1, 4, (), generator=g))):
+            label = int(torch.randint(1, self.num_classes, (), generator=g))
+            cy, cx = float(torch.rand((), generator=g)) * h, float(torch.rand((), generator=g)) * w
+            ry = (0.15 + 0.25 * float(torch.rand((), generator=g))) * h
+            rx = (0.15 + 0.25 * float(torch.rand((), generator=g))) * w
+            if torch.rand((), generator=g) < 0.5:
+                inside = ((ys - cy).abs() <= ry) & ((xs - cx).abs() <= rx)
+            else:
+                inside = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 <= 1
+            mask[inside] = label
+        noise = torch.randn(3, h, w, generator=g) * 30
+        image = (self.colours[mask].permute(2, 0, 1) + noise).clamp(0, 255).to(torch.uint8)
+        return image, mask
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.sample(index)
+        image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
+        if self.transform:
+            image, mask = self.transform(image, mask)
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+
+
+class VocDataLoader:
+    """train_loader and valid_loader over VOC 2012 (or synthetic shapes); test_loader is the val split.
+
+    VOC's test masks are not public, so ``mode=test`` evaluates the val split (as the paper's
+    VOC figures do).
+    """
+
+    config_schema = {
+        "num_classes": Key(21, int, "classes, background included (VOC: 21)", min=2, max=255),
+        "crop_size": Key(
+            512, int, "training crops are crop_size x crop_size (a multiple of 8)", min=8, check=_multiple_of_stride
+        ),
+        "scale_min": Key(0.5, float, "training: scale images by a random factor in [scale_min, scale_max]", min=0.05),
+        "scale_max": Key(2.0, float, "see scale_min", min=0.05, max=20.0),
+        "train_split": Key("train", str, "folder/download: list ImageSets/Segmentation/<name>.txt to train on"),
+        "valid_split": Key("val", str, "folder/download: list to validate (and test) on"),
+        "random_size": Key(64, int, "data_mode=random: synthetic training images", min=1, max=100_000),
+        "random_image_size": Key(96, int, "data_mode=random: image height and width (up to)", min=8, max=4096),
+        "skip_bad_files": SKIP_BAD_FILES,
+    }
+
+    def __init__(self, config) -> None:
+        if config.scale_min > config.scale_max:
+            raise UserError(
+                f"config: key 'scale_min': {config.scale_min} is above scale_max {config.scale_max}; "
+                "expected scale_min <= scale_max"
+            )
+        train_tf = train_transform(config.crop_size, config.scale_min, config.scale_max)
+        if config.data_mode == "random":
+            n, size, c, seed = config.random_size, config.random_image_size, config.num_classes, config.seed
+            train = Shapes(n, size, c, seed, "train", train_tf)
+            valid = Shapes(max(2, n // 4), size, c, seed, "valid", normalise())
+        else:
+            root = data_root(config)
+            if config.data_mode == "download":
+                download(root)
+            tree = root / TREE
+            if not tree.is_dir():
+                raise missing(tree, "Pascal VOC 2012 folder", HOW)
+            kwargs = {"mode": "RGB", "skip_bad": config.skip_bad_files, "num_classes": config.num_classes}
+            train = ImageFiles(voc_pairs(tree, config.train_split), transform=train_tf, **kwargs)
+            valid = ImageFiles(voc_pairs(tree, config.valid_split), transform=normalise(), **kwargs)
+        common = {"seed": config.seed, "num_workers": config.num_workers}
+        self.train_loader = make_loader(train, config.batch_size, train=True, **common)
+        self.valid_loader = make_loader(valid, config.batch_size, train=False, collate_fn=pad_collate, **common)
+        self.test_loader = self.valid_loader
+
+
+# ----- class weights ------------------------------------------------------------------------
+
+
+def weights_from_counts(counts: torch.Tensor) -> list[float]:
+    """ENet's class weights from pixel counts: 1 / ln(1.02 + frequency); frequent classes weigh less."""
+    freq = counts.double() / max(int(counts.sum()), 1)
+    return (1.0 / torch.log(1.02 + freq)).tolist()
+
+
+def count_pixels(masks, num_classes: int) -> torch.Tensor:
+    """Pixels of each class over ``masks`` (int tensors), 255 left out."""
+    counts = torch.zeros(num_classes, dtype=torch.int64)
+    for mask in masks:
+        counts += torch.bincount(mask[mask != IGNORE].flatten(), minlength=num_classes)[:num_classes]
+    return counts
+
+
+def _read_mask(path: Path, num_classes: int) -> torch.Tensor:
+    try:
+        with Image.open(path) as image:
+            mask = torch.from_numpy(np.array(image, dtype=np.int64))
+    except Exception as e:  # noqa: BLE001 (PIL raises many types for a bad file)
+        raise UserError(f"{path}: not a readable mask ({type(e).__name__}: {e})") from None
+    bad = (mask >= num_classes) & (mask != IGNORE)
+    if mask.ndim != 2 or bad.any():
+        what = f"{mask.ndim} dimensions" if mask.ndim != 2 else f"value {int(mask[bad][0])}"
+        raise UserError(f"{path}: mask has {what}; expected palette indices 0..{num_classes - 1} or {IGNORE}")
+    return mask
+
+
+def cache_path(root: Path, split: str) -> Path:
+    return root / f"voc_class_weights_{split}.json"
+
+
+def folder_class_weights(root: Path, num_classes: int, split: str = "train", force: bool = False) -> list[float]:
+    """ENet class weights over the masks of ``split``, cached in ``root`` (recomputed when the list changes)."""
+    tree = root / TREE
+    list_file = tree / "ImageSets" / "Segmentation" / f"{split}.txt"
+    ids = read_list(tree, split)
+    digest = hashlib.sha256(list_file.read_bytes()).hexdigest()
+    cache = cache_path(root, split)
+    if cache.is_file() and not force:
+        try:
+            cached = json.loads(cache.read_text())
+            if cached["list_sha256"] == digest and len(cached["weights"]) == num_classes:
+                return [float(w) for w in cached["weights"]]
+        except (ValueError, KeyError, TypeError):
+            log.warning(f"{cache}: unreadable class-weight cache; computing the weights again")
+    log.warning(f"computing class weights over {len(ids)} masks of {list_file} (once; cached in {cache})")
+    counts = count_pixels((_read_mask(tree / "SegmentationClass" / f"{i}.png", num_classes) for i in ids), num_classes)
+    weights = weights_from_counts(counts)
+    record = {
+        "recipe": "ENet: 1 / ln(1.02 + pixel frequency of the class), 255 not counted",
+        "split": split,
+        "list_sha256": digest,
+        "num_masks": len(ids),
+        "classes": class_names(num_classes),
+        "pixel_counts": counts.tolist(),
+        "weights": weights,
+    }
+    write_text_atomic(cache, json.dumps(record, indent=2) + "\n")
+    return weights
+
+
+def class_weights(config) -> list[float]:
+    """The ``class_weights: "auto"`` weights of the configured data (random mode: of its training shapes)."""
+    if config.data_mode == "random":
+        shapes = Shapes(config.random_size, config.random_image_size, config.num_classes, config.seed, "train")
+        masks = (shapes.sample(i)[1] for i in range(len(shapes)))
+        return weights_from_counts(count_pixels(masks, config.num_classes))
+    root = data_root(config)
+    if config.data_mode == "download":
+        download(root)
+    return folder_class_weights(root, config.num_classes, config.train_split)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m datasets.voc", description="Pascal VOC 2012 helpers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cw = sub.add_parser("class-weights", help="compute (or show the cached) ENet class weights of a split's masks")
+    cw.add_argument("--data-root", default="data", help="folder holding VOCdevkit/VOC2012 (default: data)")
+    cw.add_argument("--split", default="train", help="ImageSets/Segmentation/<split>.txt (default: train)")
+    cw.add_argument("--num-classes", type=int, default=len(CLASSES))
+    cw.add_argument("--force", action="store_true", help="recompute even when cached")
+    args = parser.parse_args(argv)
+    root = repo_path(args.data_root)
+    try:
+        weights = folder_class_weights(root, args.num_classes, args.split, force=args.force)
+    except UserError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    for name, w in zip(class_names(args.num_classes), weights, strict=True):
+        sys.stdout.write(f"{name:<12} {w:8.4f}\n")
+    sys.stdout.write(f"cached in {cache_path(root, args.split)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""ERFNet on VOC: the net's shapes, IoU on hand-built cases, joint transforms, a tiny VOC tree
+written in the real format, class weights, learning on synthetic shapes, exact resume, and the
+pictures, test and predict outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+import main
+from agents.erfnet import ERFNetAgent
+from datasets import voc
+from datasets.voc import IGNORE, MEAN, STD, VocDataLoader, pad_collate, train_transform
+from graphs.models.erfnet import ERFNet
+from tests.conftest import CONFIGS, assert_same_tensors, load, train
+from utils.errors import UserError
+from utils.metrics import ConfusionMatrix
+from utils.palette import VOC_PALETTE
+
+ERFNET = CONFIGS / "erfnet_exp_0.json"
+# Tiny synthetic runs: 32x32 crops of images up to 40x40, one torch thread (exact and fast on a shared CPU).
+TINY = [
+    "data_mode=random",
+    "num_classes=4",
+    "crop_size=32",
+    "random_image_size=40",
+    "random_size=16",
+    "batch_size=4",
+    "torch_threads=1",
+    "num_workers=0",
+    "class_weights=null",
+    "show_images=3",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread, as the runs' torch_threads=1: on a shared CPU, more threads only wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def config(*overrides: str):
+    return main.load_config(str(ERFNET), list(overrides))[0]
+
+
+# ----- the network ---------------------------------------------------------------------------
+
+
+def test_erfnet_has_the_papers_shapes_and_parameter_count():
+    model = ERFNet(21)
+    assert sum(p.numel() for p in model.parameters()) == 2_067_030  # the paper's "2.06M" (21 classes: VOC)
+    assert len(model.encoder.layers) == 1 + 5 + 1 + 8 and len(model.decoder.layers) == 6
+    dilations = [layer.conv3x1_2.dilation[0] for layer in model.encoder.layers[7:]]
+    assert dilations == [2, 4, 8, 16, 2, 4, 8, 16]
+    x = torch.randn(2, 3, 48, 40)
+    assert model(x).shape == (2, 21, 48, 40)
+    assert model(x, encoder_only=True).shape == (2, 21, 6, 5)
+    with pytest.raises(ValueError, match="divisible by 8, got 44x40"):
+        model(torch.randn(1, 3, 44, 40))
+
+
+# ----- the metric ----------------------------------------------------------------------------
+
+
+def test_confusion_matrix_iou_on_hand_built_cases():
+    target = torch.tensor([[[0, 0, 1, 1], [2, 2, IGNORE, IGNORE]]])
+    perfect = ConfusionMatrix(4)
+    perfect.update(target.clamp(max=3), target)
+    assert perfect.compute() == 1.0 and perfect.pixel_accuracy() == 1.0
+    assert math.isnan(perfect.class_iou()[3])  # class 3 in neither truth nor prediction: no IoU, not averaged
+
+    # Ignored pixels count nowhere, whatever is predicted there.
+    wrong_on_ignored = ConfusionMatrix(4)
+    wrong_on_ignored.update(torch.tensor([[[0, 0, 1, 1], [2, 2, 3, 0]]]), target)
+    assert wrong_on_ignored.compute() == 1.0 and float(wrong_on_ignored.state.sum()) == 6
+
+    # Class 0: 2 right, 1 more predicted -> 2/3; class 1: 1 right of 2, none extra -> 1/2; class 2: 2/2 -> 1;
+    # class 3 predicted once, never true -> 0 (present in the prediction, so averaged in).
+    scores = torch.nn.functional.one_hot(torch.tensor([[[0, 0, 0, 1], [2, 2, 3, 3]]]), 4).permute(0, 3, 1, 2)
+    m = ConfusionMatrix(4)
+    m.update(scores.float(), target)  # class scores (N, C, H, W) are argmaxed
+    assert m.class_iou() == pytest.approx([2 / 3, 1 / 2, 1.0, float("nan")], nan_ok=True)
+    assert m.compute() == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
+    assert m.pixel_accuracy() == pytest.approx(5 / 6)
+
+    # Two shards (two DDP ranks) summed are the whole set; reduce() sums the same state over ranks.
+    pred = torch.tensor([[[0, 0, 0, 1], [2, 2, 3, 3]]])
+    halves = [ConfusionMatrix(4), ConfusionMatrix(4)]
+    halves[0].update(pred[..., :2], target[..., :2])
+    halves[1].update(pred[..., 2:], target[..., 2:])
+    summed = ConfusionMatrix(4)
+    summed.state = halves[0].state + halves[1].state
+    assert torch.equal(summed.state, m.state) and summed.compute() == m.compute()
+
+
+def test_padded_validation_batches_count_only_the_real_pixels():
+    g = torch.Generator().manual_seed(0)
+    samples = [
+        (torch.randn(3, h, w, generator=g), torch.randint(0, 3, (h, w), generator=g)) for h, w in [(13, 21), (30, 9)]
+    ]
+    x, y = pad_collate(samples)
+    assert x.shape == (2, 3, 32, 24) and y.shape == (2, 32, 24)  # the largest, rounded up to multiples of 8
+    assert (y[0, 13:] == IGNORE).all() and (y[0, :, 21:] == IGNORE).all() and (x[0, :, 13:] == 0).all()
+
+    def predict(image: torch.Tensor) -> torch.Tensor:  # any per-pixel rule: padding must not change the count
+        return (image[..., 0, :, :] > 0).long() + (image[..., 1, :, :] > 0.5).long()
+
+    batched, single = ConfusionMatrix(3), ConfusionMatrix(3)
+    batched.update(predict(x), y)
+    for image, mask in samples:
+        single.update(predict(image[None]), mask[None])
+    assert torch.equal(batched.state, single.state) and float(single.state.sum()) == 13 * 21 + 30 * 9
+
+
+# ----- transforms ----------------------------------------------------------------------------
+
+
+def blocks(h: int, w: int, seed: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+    """An image of 16x16 blocks of random grey levels; its mask is drawn from its own pixels (level // 32)."""
+    g = torch.Generator().manual_seed(seed)
+    levels = torch.randint(0, 8, (-(-h // 16), -(-w // 16)), generator=g) * 32 + 16
+    grey = levels.repeat_interleave(16, 0).repeat_interleave(16, 1)[:h, :w]
+    image = grey.expand(3, h, w).to(torch.uint8)
+    return tv_tensors.Image(image), tv_tensors.Mask(grey // 32)
+
+
+def unnormalise(image: torch.Tensor) -> torch.Tensor:
+    return (image * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)) * 255
+
+
+@pytest.mark.parametrize(("scale", "least"), [((1.0, 1.0), 1.0), ((0.5, 2.0), 0.7)])
+def test_joint_transforms_keep_image_and_mask_aligned(scale, least):
+    transform = train_transform(32, *scale)
+    agreements, mirrored = [], []
+    for seed in range(12):
+        image, mask = blocks(40, 27, seed)
+        torch.manual_seed(seed)
+        out_image, out_mask = transform(image, mask)
+        assert out_image.shape == (3, 32, 32) and out_mask.shape == (32, 32) and out_mask.dtype == torch.int64
+        grey = unnormalise(out_image)[0].round()
+        padding = out_mask == IGNORE
+        assert torch.allclose(grey[padding], torch.zeros(1), atol=1)  # padded where the image was smaller than 32
+        kept = ~padding
+        agree = (grey[kept] // 32 == out_mask[kept]).float().mean()
+        assert agree >= least, (seed, float(agree))  # exact without scaling; bilinear edges blur otherwise
+        agreements.append(float(agree))
+        mirrored.append(float((grey.flip(-1)[kept.flip(-1)] // 32 == out_mask[kept]).float().mean()))
+        assert set(out_mask[kept].unique().tolist()) <= set(range(8))  # nearest-neighbour: no new labels
+    # The check can fail: the same masks against the mirrored images agree far less.
+    assert sum(mirrored) / len(mirrored) < sum(agreements) / len(agreements) - 0.2, (agreements, mirrored)
+
+
+# ----- folder mode on a VOC tree written here --------------------------------------------------
+
+
+def palette_png(path: Path, mask: np.ndarray) -> None:
+    image = Image.fromarray(mask.astype(np.uint8), mode="P")
+    image.putpalette(VOC_PALETTE.flatten().tolist())
+    image.save(path)
+
+
+def voc_tree(root: Path, sizes=((45, 37), (40, 32), (33, 50), (48, 41)), val=((37, 29), (24, 40))) -> dict:
+    """data_root/VOCdevkit/VOC2012 with JPEGs, palette PNG masks (255 borders) and the two lists; pixel counts."""
+    tree = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (tree / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    counts = np.zeros(21, dtype=np.int64)
+    for split, shapes in (("train", sizes), ("val", val)):
+        ids = []
+        for i, (h, w) in enumerate(shapes):
+            name = f"2007_{split}{i:02d}"
+            mask = np.zeros((h, w), dtype=np.int64)
+            mask[h // 4 : h // 2, w // 4 : 3 * w // 4] = 1 + 2 * i  # an object...
+            mask[h // 4 - 1, w // 4 : 3 * w // 4] = IGNORE  # ...with VOC's ignored border above it
+            mask[-5:, :] = 15
+            palette_png(tree / "SegmentationClass" / f"{name}.png", mask)
+            image = np.clip(rng.normal(100, 30, (h, w, 3)) + 80 * (mask[..., None] % 3), 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(tree / "JPEGImages" / f"{name}.jpg", quality=95)
+            if split == "train":
+                counts += np.bincount(mask[mask != IGNORE], minlength=21)
+            ids.append(name)
+        (tree / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return {"tree": tree, "counts": counts}
+
+
+def test_folder_mode_reads_the_voc_tree(tmp_path):
+    voc_tree(tmp_path)
+    data = VocDataLoader(
+        config("data_mode=folder", f"data_root={tmp_path}", "crop_size=32", "batch_size=4", "num_workers=0")
+    )
+    x, y = next(iter(data.train_loader))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (4, 32, 32)
+    assert set(y.unique().tolist()) <= {0, 1, 3, 5, 7, 15, IGNORE}  # palette indices, not RGB colours
+    x, y = next(iter(data.valid_loader))
+    assert x.shape == (2, 3, 40, 40) and y.shape == (2, 40, 40)  # whole images padded to multiples of 8
+    assert int((y[0] != IGNORE).sum()) == 37 * 29 - 14  # all of image 0 but its ignored border
+    assert data.test_loader is data.valid_loader  # mode=test evaluates val: VOC's test masks are not public
+
+
+def test_folder_mode_names_what_is_missing_or_wrong(tmp_path):
+    with pytest.raises(UserError, match=r"VOCdevkit/VOC2012: Pascal VOC 2012 folder not found.*data_mode=random"):
+        VocDataLoader(config("data_mode=folder", f"data_root={tmp_path}"))
+    tree = voc_tree(tmp_path)["tree"]
+    with pytest.raises(UserError, match=r"Segmentation/trainaug.txt: VOC list of the 'trainaug' split not found"):
+        VocDataLoader(config("data_mode=folder", f"data_root={tmp_path}", "train_split=trainaug"))
+    palette_png(tree / "SegmentationClass" / "2007_val01.png", np.full((24, 40), 30))
+    data = VocDataLoader(config("data_mode=folder", f"data_root={tmp_path}", "num_workers=0"))
+    with pytest.raises(UserError, match=r"2007_val01.png: mask value 30 out of range 0..20 \(or 255"):
+        list(data.valid_loader)  # values are checked when the mask is decoded
+    (tree / "JPEGImages" / "2007_val01.jpg").unlink()
+    with pytest.raises(UserError, match=r"2007_val01.jpg: not a readable image"):
+        VocDataLoader(config("data_mode=folder", f"data_root={tmp_path}"))
+    with pytest.raises(UserError, match="'crop_size': must be a multiple of 8"):
+        config("crop_size=100")
+
+
+# ----- class weights -------------------------------------------------------------------------
+
+
+def test_class_weight_command_caches_the_enet_weights(tmp_path, capsys, exps):
+    counts = voc_tree(tmp_path)["counts"]
+    expected = 1 / np.log(1.02 + counts / counts.sum())  # ENet: frequent classes weigh less
+    assert voc.main(["class-weights", "--data-root", str(tmp_path)]) == 0
+    assert "person" in capsys.readouterr().out
+    cache = json.loads((tmp_path / "voc_class_weights_train.json").read_text())
+    assert cache["pixel_counts"] == counts.tolist() and cache["weights"] == pytest.approx(expected.tolist())
+    assert cache["weights"][0] < cache["weights"][15] < cache["weights"][1] < cache["weights"][2]
+
+    # The agent reads the cache (a marked copy proves it), and recomputes when the list changes.
+    cache["weights"] = [float(i + 1) for i in range(21)]
+    (tmp_path / "voc_class_weights_train.json").write_text(json.dumps(cache))
+    folder = ["data_mode=folder", f"data_root={tmp_path}", "crop_size=32", "class_weights=auto", "torch_threads=1"]
+    agent = ERFNetAgent(config(f"experiments_dir={exps}", *folder))
+    assert agent.loss.weight.tolist() == [float(i + 1) for i in range(21)] and agent.loss.ignore_index == IGNORE
+    agent.finalize()
+    lists = tmp_path / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation"
+    (lists / "train.txt").write_text("2007_train00\n")
+    assert voc.folder_class_weights(tmp_path, 21) != cache["weights"]
+    assert voc.main(["class-weights", "--data-root", str(tmp_path / "nowhere")]) == 2
+    assert "ImageSets/Segmentation/train.txt: VOC list" in capsys.readouterr().err
+
+
+# ----- training ------------------------------------------------------------------------------
+
+
+def test_erfnet_learns_the_random_shapes(exps):
+    # Two shape classes and background at 32x32: ERFNet's 1/8 bottleneck is 4x4 here, which it learns in seconds.
+    learn = ["num_classes=3", "random_size=32", "max_epoch=6", "optimizer.args.lr=0.002", "scale_min=0.75"]
+    train(ERFNET, exps, "exp_name=learn", *TINY, *learn, "scale_max=1.25", "show_images=0")
+    with open(exps / "learn" / "metrics.csv", newline="") as f:
+        ious = [float(row["valid/mean_iou"]) for row in csv.DictReader(f)]
+    assert len(ious) == 6 and max(ious[1:]) > max(1.5 * ious[0], ious[0] + 0.1), ious
+
+
+def test_resume_is_exact(exps):
+    run = [*TINY, "max_train_batches=2", "num_workers=1"]  # augmentation in a worker: seeded per sample
+    # A schedule over the whole run ("total") depends on max_epoch, which this test raises on resume.
+    run.append("scheduler=null")
+    train(ERFNET, exps, "exp_name=straight", "max_epoch=2", *run)
+    train(ERFNET, exps, "exp_name=resumed", "max_epoch=1", *run)
+    train(ERFNET, exps, "exp_name=resumed", "max_epoch=2", *run)
+    a, b = (load(exps / name / "checkpoints" / "last.pth") for name in ("straight", "resumed"))
+    for key in ("models", "optimizers", "epoch", "global_step", "best"):
+        assert_same_tensors(a[key], b[key], key)
+
+
+def test_pictures_test_mode_predict_and_encoder_checkpoint(tmp_path, exps):
+    train(ERFNET, exps, "exp_name=run", "max_epoch=1", "max_train_batches=1", *TINY)
+    run = exps / "run"
+    picture = torch.from_numpy(np.array(Image.open(run / "out" / "valid_epoch_001.png"))).permute(2, 0, 1)
+    assert picture.shape == (3, 3 * 40, 3 * 40)  # 3 images (padded to 40x40) | truth | prediction
+    truth = picture[:, :40, 40:80].permute(1, 2, 0).reshape(-1, 3)
+    palette = {tuple(c) for c in VOC_PALETTE[[0, 1, 2, 3, IGNORE]].tolist()}
+    assert {tuple(c) for c in truth.tolist()} <= palette  # the ground truth drawn in VOC's colours
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["class_iou"]) == {"class_0", "class_1", "class_2", "class_3"}
+    assert 0 <= summary["final"]["valid/pixel_accuracy"] <= 1
+
+    train(ERFNET, exps, "exp_name=run", "mode=test", *TINY)
+    summary = json.loads((run / "summary.json").read_text())
+    assert 0 <= summary["test/mean_iou"] <= 1 and summary["tested_checkpoint"].endswith("best.pth")
+    assert summary["test/class_iou"].keys() == {"class_0", "class_1", "class_2", "class_3"}
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.full((29, 45, 3), 90, dtype=np.uint8)).save(photos / "street.jpg")
+    Image.fromarray(np.full((16, 24, 3), 200, dtype=np.uint8)).save(photos / "room.png")
+    (photos / "notes.txt").write_text("not an image: left alone")
+    train(ERFNET, exps, "exp_name=run", "mode=predict", f"predict_input={photos}", *TINY)
+    made = sorted(p.name for p in (run / "out" / "predict").iterdir())
+    assert made == ["room_mask.png", "room_overlay.png", "street_mask.png", "street_overlay.png"]
+    mask = Image.open(run / "out" / "predict" / "street_mask.png")
+    assert mask.size == (45, 29) and mask.mode == "RGB"
+    with pytest.raises(UserError, match="'predict_input': mode=predict needs an image file or a folder"):
+        train(ERFNET, exps, "exp_name=run", "mode=predict", *TINY)
+
+    weights = load(run / "checkpoints" / "last.pth")["models"]["model"]
+    agent = ERFNetAgent(
+        config(
+            f"experiments_dir={exps}",
+            "exp_name=fine",
+            *TINY,
+            "num_classes=6",
+            f"encoder_checkpoint={run / 'checkpoints' / 'last.pth'}",
+        )
+    )
+    mine = agent.model.state_dict()
+    agent.finalize()
+    encoder = [k for k in weights if k.startswith("encoder.") and "output_conv" not in k]
+    assert encoder and all(torch.equal(mine[k], weights[k]) for k in encoder)
+    assert mine["encoder.output_conv.weight"].shape[0] == 6  # another class count: the classifier starts afresh
+    with pytest.raises(UserError, match="holds no ERFNet encoder"):
+        other = tmp_path / "other.pth"
+        torch.save({"models": {"model": {"fc.weight": torch.zeros(1)}}, "epoch": 1}, other)
+        train(ERFNET, exps, "exp_name=fine2", *TINY, f"encoder_checkpoint={other}")
