@@ -15,6 +15,7 @@ AGENTS = {
     "ExampleAgent": "agents.example",
     "MnistAgent": "agents.mnist",
     "DQNAgent": "agents.dqn",
+    "DCGANAgent": "agents.dcgan",
 }
 
 

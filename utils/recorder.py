@@ -137,12 +137,40 @@ class Recorder:
             return
         image = image.detach().cpu()
         if file is not None:
-            from torchvision.io import encode_png
-
-            path = self.run_dir / "out" / file
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(path, encode_png(image).numpy().tobytes())
+            self.png(file, image)
         self.writer.add_image(tag, image, step)
+
+    def png(self, file: str, image: torch.Tensor) -> None:
+        """A uint8 (C, H, W) image as ``out/<file>`` (a PNG; sub-folders are made), without TensorBoard."""
+        if not self.enabled:
+            return
+        from torchvision.io import encode_png
+
+        path = self.run_dir / "out" / file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, encode_png(image.detach().cpu()).numpy().tobytes())
+
+    def gif(self, file: str, frames: list[str], seconds_per_frame: float = 0.5) -> None:
+        """An animated GIF ``out/<file>`` of the PNGs ``out/<frame>`` that exist, in the order given (looping)."""
+        if not self.enabled:
+            return
+        from PIL import Image
+
+        images = [Image.open(path) for path in (self.run_dir / "out" / f for f in frames) if path.exists()]
+        if not images:
+            return
+        buf = io.BytesIO()
+        images[0].save(
+            buf,
+            format="GIF",
+            save_all=True,
+            append_images=images[1:],
+            duration=round(seconds_per_frame * 1000),
+            loop=0,
+        )
+        for image in images:
+            image.close()
+        write_bytes_atomic(self.run_dir / "out" / file, buf.getvalue())
 
     def metrics_row(self, row: dict[str, Any]) -> None:
         """Append one row to metrics.csv (columns grow if a later row has new keys)."""
