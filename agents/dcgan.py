@@ -143,7 +143,12 @@ class DCGANAgent(BaseAgent):
         sizes = resolutions(size)
         values = torch.zeros(1 + len(sizes), dtype=torch.float64)
         if distributed.is_main():
-            real = torch.cat(shards).to(self.device)
+            # Back in the held-out set's order (rank r holds samples r, r + W, ... of W ranks: ShardedSampler),
+            # so that each image meets the same patch positions whatever the number of processes.
+            real = torch.empty((sum(len(s) for s in shards), c, size, size), dtype=torch.uint8)
+            for r, s in enumerate(shards):
+                real[r :: len(shards)] = s
+            real = real.to(self.device)
             fake = torch.cat(list(self.generate(len(real), derive_seed(self.config.seed, "dcgan", "swd noise"))))
             draws = torch.Generator().manual_seed(derive_seed(self.config.seed, "dcgan", "swd"))
             per_level = swd(real, fake.to(self.device), draws)

@@ -1,6 +1,10 @@
 """DCGAN: the networks, the CelebA loader, the sliced Wasserstein distance, and the agent on BaseAgent's loop."""
 
+import csv
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +16,7 @@ from agents.dcgan import DCGANAgent
 from datasets.celeba import CelebADataLoader, random_blobs
 from graphs.models.dcgan_discriminator import DCGANDiscriminator
 from graphs.models.dcgan_generator import DCGANGenerator
-from tests.conftest import CONFIGS, assert_same_tensors, load, train
+from tests.conftest import CONFIGS, REPO, assert_same_tensors, load, train
 from utils.config import to_easydict, validate
 from utils.errors import UserError
 from utils.swd import laplacian_pyramid, pyr_down, pyr_up, swd
@@ -300,6 +304,27 @@ def test_resume_is_exact_including_the_fixed_noise(exps):
         assert not torch.equal(agent.fixed_noise, a["extra"]["fixed_noise"])
         agent.load_checkpoint(exps / "straight" / "checkpoints" / "last.pth")
         assert torch.equal(agent.fixed_noise, a["extra"]["fixed_noise"])
+    finally:
+        agent.finalize()
+
+
+@pytest.mark.slow
+def test_two_processes_train_both_networks_and_validate_as_one_process(exps):
+    """Both networks in DDP (torchrun, Gloo); the SWD gathers every rank's held-out shard, so one process agrees."""
+    args = [f"experiments_dir={exps}", "exp_name=ddp", *TINY, "batch_size=8", "random_size=84", "max_epoch=1"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "main.py"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([*cmd, str(DCGAN), *args], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = exps / "ddp"
+    assert "x 2 process(es)" in (run / "logs" / "run.log").read_text()
+    state = load(run / "checkpoints" / "last.pth")
+    assert state["global_step"] == 5 and len(state["rng_ranks"]) == 2  # 67 training images: 34 per rank, batch 8
+    two = float(next(csv.DictReader((run / "metrics.csv").open()))["valid/swd"])
+    agent = build(exps, "exp_name=one", "random_size=84", f"resume={run / 'checkpoints' / 'last.pth'}")
+    try:
+        agent.load_checkpoint(run / "checkpoints" / "last.pth")
+        assert agent.validate()["valid/swd"] == pytest.approx(two, rel=1e-6)  # 17 held-out images: 9 + 8
     finally:
         agent.finalize()
 
