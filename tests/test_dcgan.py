@@ -36,11 +36,20 @@ TINY = [
 ]
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the array work of a test: on a loaded machine, two spin against each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ----- networks -------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("size", "channels"), [(64, 3), (32, 3), (64, 1), (32, 1)])
-def test_generator_and_discriminator_shapes(size, channels):
+def test_generator_and_discriminator_shapes(size, channels, one_thread):
     g = DCGANGenerator(nz=10, ngf=4, channels=channels, image_size=size)
     d = DCGANDiscriminator(ndf=4, channels=channels, image_size=size)
     images = g(torch.randn(3, 10))
@@ -50,7 +59,7 @@ def test_generator_and_discriminator_shapes(size, channels):
     assert d(images).shape == (3,)
 
 
-def test_parameter_counts_and_initialisation_at_64x64x3():
+def test_parameter_counts_and_initialisation_at_64x64x3(one_thread):
     g, d = DCGANGenerator(), DCGANDiscriminator()  # nz 100, ngf = ndf = 64, 3 channels, 64x64
     assert sum(p.numel() for p in g.parameters()) == 3_576_704  # "about 3.58M"
     assert sum(p.numel() for p in d.parameters()) == 2_765_568  # "about 2.77M"
@@ -84,7 +93,7 @@ def reference_blur(x: np.ndarray) -> np.ndarray:
     return sum(BINOMIAL[i, j] * padded[:, :, i : i + h, j : j + w] for i in range(5) for j in range(5))
 
 
-def test_pyramid_filters_match_the_reference_and_the_pyramid_rebuilds_the_image():
+def test_pyramid_filters_match_the_reference_and_the_pyramid_rebuilds_the_image(one_thread):
     x = torch.rand(2, 3, 16, 16, dtype=torch.float64) * 255
     np.testing.assert_allclose(pyr_down(x).numpy(), reference_blur(x.numpy())[:, :, ::2, ::2], rtol=1e-12)
     spread = np.zeros((2, 3, 32, 32))
@@ -99,7 +108,7 @@ def test_pyramid_filters_match_the_reference_and_the_pyramid_rebuilds_the_image(
     torch.testing.assert_close(rebuilt, images.float(), atol=1e-3, rtol=0)
 
 
-def test_swd_is_zero_for_identical_sets_symmetric_and_grows_with_the_difference():
+def test_swd_is_zero_for_identical_sets_symmetric_and_grows_with_the_difference(one_thread):
     def draws():
         return torch.Generator().manual_seed(7)
 
@@ -123,7 +132,7 @@ def test_swd_is_zero_for_identical_sets_symmetric_and_grows_with_the_difference(
     assert swd(blobs, noisy(20), draws()) == a  # reproducible from the generator's seed
 
 
-def test_swd_levels_follow_the_image_size_and_min_resolution():
+def test_swd_levels_follow_the_image_size_and_min_resolution(one_thread):
     x = random_blobs(4, 1, 32, seed=1)
     g = torch.Generator().manual_seed(0)
     assert list(swd(random_blobs(2, 3, 64, seed=1), random_blobs(2, 3, 64, seed=2), g)) == [64, 32, 16]
