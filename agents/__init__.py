@@ -17,6 +17,7 @@ AGENTS = {
     "DQNAgent": "agents.dqn",
     "CondenseNetAgent": "agents.condensenet",
     "ERFNetAgent": "agents.erfnet",
+    "DCGANAgent": "agents.dcgan",
 }
 
 

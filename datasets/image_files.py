@@ -1,7 +1,8 @@
 """Image files on disk as a Dataset, with every file checked and every failure naming the file.
 
 For the ``folder`` mode of datasets whose samples are image files: class folders (the
-torchvision ImageFolder layout) or image/mask pairs (segmentation). A bad sample -- a file that
+torchvision ImageFolder layout), image/mask pairs (segmentation), or a plain folder of images
+(``image_files``: unlabelled, for generative models; give each image class 0). A bad sample -- a file that
 is not an image, a damaged image, a mask whose size differs from its image, mask values out of
 range -- stops the run with an error naming the file; with ``skip_bad_files: true`` it is left
 out instead, and every file left out is logged with a count.
@@ -64,6 +65,20 @@ def class_folders(root: Path, how: str) -> tuple[list[tuple[Path, int]], list[st
             raise UserError(f"{folder}: class folder without images. {how}")
         samples += [(p, index) for p in files]
     return samples, [p.name for p in entries]
+
+
+def image_files(root: Path, how: str) -> list[Path]:
+    """Every file under ``root``, flat or in sub-folders at any depth, sorted: the samples of an unlabelled set.
+
+    As in ``class_folders``, every file is a sample (a stray one is reported when checked, not ignored),
+    except hidden files and file-browser junk.
+    """
+    if not root.is_dir():
+        raise missing(root, "image folder", how)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not _is_junk(p, root))
+    if not files:
+        raise UserError(f"{root}: no image files in it (flat or in sub-folders). {how}")
+    return files
 
 
 class _BadSample(Exception):

@@ -16,6 +16,18 @@ FAST = {
         "solve_episodes=2",
         "buffer_size=500",
     ],
+    # The 64x64 default networks at batch 128 take seconds per step on a CPU: tiny ones on 32x32 blobs.
+    "DCGANAgent": [
+        "data_mode=random",
+        "max_epoch=2",
+        "max_train_batches=3",
+        "image_size=32",
+        "ngf=8",
+        "ndf=8",
+        "batch_size=16",
+        "random_size=96",
+        "num_workers=0",
+    ],
 }
 DEFAULT_FAST = ["data_mode=random", "max_epoch=2", "max_train_batches=3", "max_valid_batches=2"]
 # CondenseNet-86 trains at seconds per step on this CPU: a tiny one on 8x8 images, through every stage.

@@ -151,6 +151,28 @@ class Recorder:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(path, encode_png(image.detach().cpu()).numpy().tobytes())
 
+    def gif(self, file: str, frames: list[str], seconds_per_frame: float = 0.5) -> None:
+        """An animated GIF ``out/<file>`` of the PNGs ``out/<frame>`` that exist, in the order given (looping)."""
+        if not self.enabled:
+            return
+        from PIL import Image
+
+        images = [Image.open(path) for path in (self.run_dir / "out" / f for f in frames) if path.exists()]
+        if not images:
+            return
+        buf = io.BytesIO()
+        images[0].save(
+            buf,
+            format="GIF",
+            save_all=True,
+            append_images=images[1:],
+            duration=round(seconds_per_frame * 1000),
+            loop=0,
+        )
+        for image in images:
+            image.close()
+        write_bytes_atomic(self.run_dir / "out" / file, buf.getvalue())
+
     def metrics_row(self, row: dict[str, Any]) -> None:
         """Append one row to metrics.csv; the file is rewritten only when a row brings a new column."""
         if not self.enabled:
