@@ -136,10 +136,10 @@ class ERFNetAgent(BaseAgent):
         for i in range(min(len(x), self.config.show_images - len(self._shown))):
             self._shown.append(torch.cat([to_uint8(x[i]), colourise(y[i]), colourise(prediction[i])], dim=2).cpu())
 
-    def validate(self, loader=None, split: str = "valid") -> dict[str, float]:
+    def validate(self, loader=None, split: str = "valid", **kwargs) -> dict[str, float]:
         """BaseAgent's validation, plus pixel accuracy, per-class IoU (logged) and the picture of a few images."""
         self._shown = []
-        results = super().validate(loader, split)
+        results = super().validate(loader, split, **kwargs)
         results[f"{split}/pixel_accuracy"] = self._matrix.pixel_accuracy()
         named = zip(self.class_names, self._matrix.class_iou(), strict=True)
         self.class_iou = {n: (v if v == v else None) for n, v in named}  # NaN (absent class) -> null in JSON
