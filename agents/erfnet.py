@@ -108,13 +108,14 @@ class ERFNetAgent(BaseAgent):
         for key in ("output_conv.weight", "output_conv.bias"):
             if key in encoder and encoder[key].shape != own[key].shape:  # another dataset's classes
                 del encoder[key]
-        missing, unexpected = model.encoder.load_state_dict(encoder, strict=False)
+        mismatch = f"config: key 'encoder_checkpoint': {path}: its encoder does not match ERFNet's"
+        try:
+            missing, unexpected = model.encoder.load_state_dict(encoder, strict=False)
+        except RuntimeError as e:  # a tensor of another shape
+            raise UserError(f"{mismatch} ({str(e).strip().splitlines()[-1].strip()})") from None
         problems = [k for k in missing if not k.startswith("output_conv.")] + list(unexpected)
         if problems:
-            raise UserError(
-                f"config: key 'encoder_checkpoint': {path}: its encoder does not match ERFNet's "
-                f"({'missing' if problems[0] in missing else 'unexpected'} '{problems[0]}')"
-            )
+            raise UserError(f"{mismatch} ({'missing' if problems[0] in missing else 'unexpected'} '{problems[0]}')")
 
     # ----- validation -----------------------------------------------------------------------
 

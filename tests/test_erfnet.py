@@ -321,7 +321,11 @@ def test_pictures_test_mode_predict_and_encoder_checkpoint(tmp_path, exps):
     encoder = [k for k in weights if k.startswith("encoder.") and "output_conv" not in k]
     assert encoder and all(torch.equal(mine[k], weights[k]) for k in encoder)
     assert mine["encoder.output_conv.weight"].shape[0] == 6  # another class count: the classifier starts afresh
+    other = tmp_path / "other.pth"
+    torch.save({"models": {"model": {"fc.weight": torch.zeros(1)}}, "epoch": 1}, other)
     with pytest.raises(UserError, match="holds no ERFNet encoder"):
-        other = tmp_path / "other.pth"
-        torch.save({"models": {"model": {"fc.weight": torch.zeros(1)}}, "epoch": 1}, other)
+        train(ERFNET, exps, "exp_name=fine2", *TINY, f"encoder_checkpoint={other}")
+    weights["encoder.layers.0.conv.weight"] = torch.zeros(3, 3, 3, 3)
+    torch.save({"models": {"model": weights}, "epoch": 1}, other)
+    with pytest.raises(UserError, match=r"other.pth: its encoder does not match ERFNet's \(size mismatch for layers"):
         train(ERFNET, exps, "exp_name=fine2", *TINY, f"encoder_checkpoint={other}")
