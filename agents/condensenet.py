@@ -108,12 +108,13 @@ class CondenseNetAgent(BaseAgent):
         """BaseAgent's epochs, then the condensed network to checkpoints/condensed.pth."""
         super().train()
         trained = (self.epoch, self.global_step) != self._progress_at_start
-        if self.status == "finished" and (trained or not self.condensed_path.exists()):
+        if self.status in ("finished", "early stopped") and (trained or not self.condensed_path.exists()):
             self.save_condensed()
 
     def save_condensed(self) -> None:
-        """The test-time network in BaseAgent's checkpoint format, marked ``condensed``."""
-        net = self.unwrap(self.model)
+        """The test-time network in BaseAgent's checkpoint format, marked ``condensed``: of the averaged
+        weights when the run keeps an EMA (what validation and mode=test on last.pth evaluate)."""
+        net = self.ema["model"].module if "model" in self.ema else self.unwrap(self.model)
         if not net.fully_condensed():
             self.recorder.warning(
                 f"not fully condensed after {self.global_step} steps (the last stage comes at half of training): "

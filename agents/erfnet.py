@@ -15,6 +15,7 @@ import dataclasses
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -22,7 +23,7 @@ from agents.base import BaseAgent
 from datasets.image_files import JUNK, ImageFiles
 from datasets.voc import IGNORE, MEAN, STD, VocDataLoader, class_names, class_weights, pad_to, padded_size
 from graphs.models.erfnet import ERFNet
-from utils import checkpoint
+from utils import checkpoint, distributed
 from utils.config import Key
 from utils.errors import UserError
 from utils.metrics import ConfusionMatrix, Mean, Metric
@@ -65,6 +66,9 @@ class ERFNetAgent(BaseAgent):
         model = ERFNet(config.num_classes)
         if config.encoder_checkpoint:
             self._load_encoder(model, Path(config.encoder_checkpoint))
+        # The encoder's own classifier (for encoder-only training) is not used by the whole network: frozen,
+        # so that DDP does not wait for gradients it never gets.
+        model.encoder.output_conv.requires_grad_(False)
         self.model = self.prepare_model(model)
         self.class_names = class_names(config.num_classes)
         predicting = config.mode == "predict"  # needs neither data nor a loss
@@ -83,7 +87,9 @@ class ERFNetAgent(BaseAgent):
         value = self.config.class_weights
         if value is None:
             return None
-        weights = class_weights(self.config) if value == "auto" else value
+        weights = value
+        if value == "auto":  # computed (and cached) by rank 0 alone; the other ranks get its numbers
+            weights = distributed.from_main(class_weights(self.config) if distributed.is_main() else None)
         if len(weights) != self.config.num_classes:
             raise UserError(
                 f"config: key 'class_weights': {len(weights)} weights for num_classes {self.config.num_classes}"
@@ -129,9 +135,11 @@ class ERFNetAgent(BaseAgent):
     def eval_step(self, batch, metrics: dict[str, Metric]) -> None:
         x, y = self.to_device(batch)
         scores = self.unwrap(self.model)(x)
-        counted = int((y != IGNORE).sum())
-        if counted:  # a batch of ignored pixels only has no loss
-            metrics["loss"].update(self.loss(scores.float(), y), counted)
+        # The set's (class-weighted) cross-entropy: sums over pixels, divided by the summed weights at the end.
+        counted = y != IGNORE
+        total = F.cross_entropy(scores.float(), y, weight=self.loss.weight, ignore_index=IGNORE, reduction="sum")
+        weight = self.loss.weight[y[counted]].sum() if self.loss.weight is not None else counted.sum()
+        metrics["loss"].update(total / weight.clamp(min=1e-12), weight)
         prediction = scores.argmax(dim=1)
         metrics["mean_iou"].update(prediction, y)
         for i in range(min(len(x), self.config.show_images - len(self._shown))):

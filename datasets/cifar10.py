@@ -42,8 +42,11 @@ _ALLOWED = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("_codecs", "encode"),  # how python 3 writes bytes at pickle protocol 2
+    ("numpy.core.numeric", "_frombuffer"),  # how numpy writes arrays at pickle protocol 5 (python 3's default)
+    ("numpy._core.numeric", "_frombuffer"),
 }
 _RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy.core's or numpy._core's, whichever this numpy has
+_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]  # the same for protocol 5's array builder
 
 
 class _BatchUnpickler(pickle.Unpickler):
@@ -52,6 +55,8 @@ class _BatchUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"it holds a {module}.{name}")
         if module == "_codecs":
             return codecs.encode
+        if name == "_frombuffer":
+            return _FROMBUFFER
         return _RECONSTRUCT if name == "_reconstruct" else getattr(np, name)
 
 

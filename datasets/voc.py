@@ -128,9 +128,13 @@ def train_transform(crop_size: int, scale_min: float, scale_max: float) -> v2.Tr
 
 
 def pad_to(images: torch.Tensor, masks: torch.Tensor | None, height: int, width: int):
-    """Pad (..., H, W) images with 0 and masks with 255 on the bottom and right to height x width."""
+    """Pad normalised (..., 3, H, W) images with black (as training's crops are padded) and masks with 255,
+    on the bottom and right, to height x width."""
     h, w = images.shape[-2:]
-    images = F.pad(images, (0, width - w, 0, height - h))
+    black = torch.tensor([-m / s for m, s in zip(MEAN, STD, strict=True)], dtype=images.dtype, device=images.device)
+    padded = black.view(3, 1, 1).expand(*images.shape[:-2], height, width).clone()
+    padded[..., :h, :w] = images
+    images = padded
     masks = F.pad(masks, (0, width - w, 0, height - h), value=IGNORE) if masks is not None else None
     return images, masks
 
@@ -269,7 +273,9 @@ class VocDataLoader:
             valid = ImageFiles(voc_pairs(tree, config.valid_split), transform=normalise(), **kwargs)
         common = {"seed": config.seed, "num_workers": config.num_workers}
         self.train_loader = make_loader(train, config.batch_size, train=True, **common)
-        self.valid_loader = make_loader(valid, config.batch_size, train=False, collate_fn=pad_collate, **common)
+        # One image per batch: ERFNet's receptive field reaches into the padding, so padding an image to a
+        # larger one of its batch would change its prediction (the metric must be that of the whole images).
+        self.valid_loader = make_loader(valid, 1, train=False, collate_fn=pad_collate, **common)
         self.test_loader = self.valid_loader
 
 

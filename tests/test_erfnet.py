@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,9 @@ def test_padded_validation_batches_count_only_the_real_pixels():
     ]
     x, y = pad_collate(samples)
     assert x.shape == (2, 3, 32, 24) and y.shape == (2, 32, 24)  # the largest, rounded up to multiples of 8
-    assert (y[0, 13:] == IGNORE).all() and (y[0, :, 21:] == IGNORE).all() and (x[0, :, 13:] == 0).all()
+    assert (y[0, 13:] == IGNORE).all() and (y[0, :, 21:] == IGNORE).all()
+    black = torch.tensor([-m / s for m, s in zip(MEAN, STD, strict=True)]).view(3, 1)
+    assert torch.equal(x[0, :, 13:].flatten(1), black.expand(3, 19 * 24))  # black, as training's crops are padded
 
     def predict(image: torch.Tensor) -> torch.Tensor:  # any per-pixel rule: padding must not change the count
         return (image[..., 0, :, :] > 0).long() + (image[..., 1, :, :] > 0.5).long()
@@ -204,7 +207,8 @@ def test_folder_mode_reads_the_voc_tree(tmp_path):
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (4, 32, 32)
     assert set(y.unique().tolist()) <= {0, 1, 3, 5, 7, 15, IGNORE}  # palette indices, not RGB colours
     x, y = next(iter(data.valid_loader))
-    assert x.shape == (2, 3, 40, 40) and y.shape == (2, 40, 40)  # whole images padded to multiples of 8
+    # one whole image per validation batch, padded to multiples of 8 (34x29 -> 40x32)
+    assert x.shape == (1, 3, 40, 32) and y.shape == (1, 40, 32)
     assert int((y[0] != IGNORE).sum()) == 37 * 29 - 14  # all of image 0 but its ignored border
     assert data.test_loader is data.valid_loader  # mode=test evaluates val: VOC's test masks are not public
 
@@ -280,8 +284,10 @@ def test_pictures_test_mode_predict_and_encoder_checkpoint(tmp_path, exps):
     train(ERFNET, exps, "exp_name=run", "max_epoch=1", "max_train_batches=1", *TINY)
     run = exps / "run"
     picture = torch.from_numpy(np.array(Image.open(run / "out" / "valid_epoch_001.png"))).permute(2, 0, 1)
-    assert picture.shape == (3, 3 * 40, 3 * 40)  # 3 images (padded to 40x40) | truth | prediction
-    truth = picture[:, :40, 40:80].permute(1, 2, 0).reshape(-1, 3)
+    sizes = [x.shape[-2:] for x, _ in islice(VocDataLoader(config(*TINY)).valid_loader, 3)]  # padded to 8s
+    assert picture.shape == (3, sum(h for h, _ in sizes), 3 * max(w for _, w in sizes))  # image | truth | prediction
+    h, w = sizes[0]
+    truth = picture[:, :h, w : 2 * w].permute(1, 2, 0).reshape(-1, 3)
     palette = {tuple(c) for c in VOC_PALETTE[[0, 1, 2, 3, IGNORE]].tolist()}
     assert {tuple(c) for c in truth.tolist()} <= palette  # the ground truth drawn in VOC's colours
     summary = json.loads((run / "summary.json").read_text())

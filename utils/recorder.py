@@ -28,7 +28,8 @@ DATA_LOG.propagate = False  # printed once, by the Recorder (or Python's last-re
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    """``data`` to ``path`` through a temp file of this process and a rename: readers see old or new, whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
