@@ -17,7 +17,7 @@ import contextlib
 import math
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from utils.config import (
 )
 from utils.data import ShardedSampler, batches_per_epoch, set_epoch
 from utils.early_stopping import EarlyStopping
-from utils.ema import EMA
+from utils.ema import EMA, averaged_weights, update_stepped
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 from utils.metrics import Accuracy, LossSums, Mean, Metric
 from utils.profiler import StepProfiler
@@ -86,17 +86,7 @@ class BaseAgent:
         self.ema: dict[str, EMA] = {}  # model name -> its average (ema_decay)
         self.scaler = torch.amp.GradScaler(self.device.type) if config.amp == "fp16" else None
         self.data_loader = None
-        profile = config.get("profile_steps", 0)
-        self.profiler = (
-            StepProfiler(profile, self.run_dir / "out", self.recorder.info, enabled=distributed.is_main())
-            if profile
-            else None
-        )
-        self.early_stopping = (
-            EarlyStopping(config.early_stop_patience, config.early_stop_min_delta, config.monitor.split()[0])
-            if config.get("early_stop_patience")
-            else None
-        )
+        self.profiler: StepProfiler | None = None  # started with training (profile_steps)
 
         self.epoch = 0  # completed epochs
         self.batch_in_epoch = 0  # batches done in the current epoch (non-zero after a mid-epoch stop)
@@ -105,10 +95,12 @@ class BaseAgent:
         self.global_step = 0  # batches trained on (train_step calls)
         self.optimizer_steps = 0  # optimizer updates (fewer than global_step with accumulate_grad_batches)
         self._group = (0, 1)  # (index of this batch in its accumulation group, the group's size)
+        self._optimize_calls: dict[int, int] = {}  # optimize() calls per optimizer in this batch (accumulation)
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.last_metrics: dict[str, float] = {}
         self.monitor_mode, self.monitor_metric = config.monitor.split()  # "max valid/accuracy"
+        self.early_stopping = self._new_early_stopping()
         self.status = "started"
         self._progress_at_start: tuple[int, int] | None = None  # (epoch, global_step) when training began here
         self.stop_training = False  # an agent sets it to end training early (e.g. DQN solved)
@@ -118,12 +110,13 @@ class BaseAgent:
 
     # ----- building blocks for subclasses -----------------------------------------------------
 
-    def prepare_model(self, model: nn.Module, name: str = "model") -> nn.Module:
-        """Move to the device (channels-last), wrap in DDP under torchrun, compile, register for checkpoints."""
+    def prepare_model(self, model: nn.Module, name: str = "model", average: bool = True) -> nn.Module:
+        """Move to the device (channels-last), wrap in DDP under torchrun, compile, register for checkpoints;
+        with ema_decay, keep an average of its weights unless ``average`` is false (a GAN's discriminator)."""
         model = model.to(self.device)
         if self.config.get("channels_last"):
             model = model.to(memory_format=torch.channels_last)
-        if self.config.get("ema_decay") is not None:
+        if average and self.config.get("ema_decay") is not None:
             self.ema[name] = EMA(model, self.config.ema_decay)
         if self.world_size > 1:
             if self.config.sync_batchnorm:
@@ -183,10 +176,16 @@ class BaseAgent:
         """Backward ``loss`` into ``optimizer``'s parameters; on the last batch of an accumulation group,
         clip to grad_clip_norm and step (then the fp16 scaler, the EMA and per-step schedules follow)."""
         index, size = self._group
-        if index == 0:
+        if index == 0:  # also clears what other losses left there (a GAN's generator loss in D's gradients)
             optimizer.zero_grad(set_to_none=True)
         if size > 1:
             loss = loss / size  # size batches of B: the gradient of one batch of size x B
+            calls = self._optimize_calls[id(optimizer)] = self._optimize_calls.get(id(optimizer), 0) + 1
+            if calls > 1:
+                raise UserError(
+                    f"config: key 'accumulate_grad_batches': {type(self).__name__} steps one optimizer several "
+                    "times per batch, which gradient accumulation cannot sum; set accumulate_grad_batches=1"
+                )
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         if index < size - 1:
             return
@@ -201,6 +200,7 @@ class BaseAgent:
             self.scaler.update()  # once per optimizer step: a train_step may make 0 or several
         else:
             optimizer.step()
+        optimizer.zero_grad(set_to_none=True)  # after the step: the next group starts from nothing
         self._after_step(optimizer)
 
     # ----- the supervised case: override these for other kinds of training -----------------
@@ -282,6 +282,7 @@ class BaseAgent:
                 self.load_checkpoint(path)
                 if path.resolve().parent != self.checkpoint_dir.resolve():
                     self.best = self.best_epoch = None  # another run's best: this run picks its own best.pth
+                    self.early_stopping = self._new_early_stopping()
             self.recorder.write_config(to_plain(self.config))
             self._progress_at_start = (self.epoch, self.global_step)
             self.train()
@@ -299,12 +300,15 @@ class BaseAgent:
     def train(self) -> None:
         """Epochs until max_epochs: train, validate when due, step schedulers, checkpoint."""
         self._log_start()
+        if self.config.get("profile_steps"):
+            out, enabled = self.run_dir / "out", distributed.is_main()
+            self.profiler = StepProfiler(self.config.profile_steps, out, self.recorder.info, enabled=enabled)
         while self.epoch < self.max_epochs() and not self.stop_training:
             self.train_one_epoch()
             self.epoch += 1
             metrics = {}
             if self.should_validate():
-                with self._averaged_weights():
+                with averaged_weights({n: self.unwrap(self.models[n]) for n in self.ema}, self.ema):
                     metrics = self.validate()
             if metrics:
                 self.last_metrics = metrics
@@ -313,6 +317,7 @@ class BaseAgent:
                 self.recorder.info(f"epoch {self.epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             self._step_schedulers(metrics)
             self._check_early_stop(metrics)
+            self._check_finite_weights()
             self.save_checkpoint(self._update_best(metrics))
         if self.profiler is not None:
             self.profiler.close()
@@ -333,9 +338,11 @@ class BaseAgent:
         due = False
         for batch in bar:
             accumulate = self.config.get("accumulate_grad_batches", 1)
-            start = self.batch_in_epoch - self.batch_in_epoch % accumulate
-            self._group = (self.batch_in_epoch - start, min(accumulate, in_epoch - start))
-            with self._gradient_sync(self._group[0] == self._group[1] - 1):
+            first = self._batches_at_skip  # groups count from the first batch trained in this epoch
+            start = first + (self.batch_in_epoch - first) // accumulate * accumulate
+            self._group, self._optimize_calls = (self.batch_in_epoch - start, min(accumulate, in_epoch - start)), {}
+            sync = self._group[0] == self._group[1] - 1
+            with distributed.no_sync_unless(sync, [unwrap_compiled(m) for m in self.models.values()]):
                 logs = self.train_step(batch)
             self.global_step += 1
             self.batch_in_epoch += 1
@@ -486,6 +493,8 @@ class BaseAgent:
             if recorder is not None and self.config.mode == "train" and self._has_news():
                 recorder.write_json("summary.json", self.summary())
         finally:
+            if getattr(self, "profiler", None) is not None:
+                self.profiler.close()  # an interrupted run writes what it recorded
             if recorder is not None:
                 recorder.close()
             if hasattr(self, "_threads_before"):
@@ -545,46 +554,18 @@ class BaseAgent:
         """What follows an optimizer step: the EMA of the models it updates, per-step LR schedules."""
         self.optimizer_steps += 1
         if self.ema:
-            params = {id(p) for group in optimizer.param_groups for p in group["params"]}
-            for name, average in self.ema.items():
-                model = self.unwrap(self.models[name])
-                if any(id(p) in params for p in model.parameters()):
-                    average.update(model)
+            update_stepped(optimizer, {n: self.unwrap(self.models[n]) for n in self.ema}, self.ema)
         if self.config.get("scheduler_interval") == "step":
             for scheduler in self.schedulers.values():
                 if scheduler.optimizer is optimizer:
                     scheduler.step()
-
-    def _gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager:
-        """DDP's all-reduce only on the last batch of an accumulation group (``no_sync`` on the others)."""
-        stack = contextlib.ExitStack()
-        if not sync and self.world_size > 1:
-            for model in self.models.values():
-                ddp = unwrap_compiled(model)
-                if isinstance(ddp, nn.parallel.DistributedDataParallel):
-                    stack.enter_context(ddp.no_sync())
-        return stack
-
-    @contextlib.contextmanager
-    def _averaged_weights(self) -> Iterator[None]:
-        """Validation on the EMA weights (when kept); the training weights are back afterwards."""
-        saved = {}
-        for name, average in self.ema.items():
-            model = self.unwrap(self.models[name])
-            saved[name] = {k: v.clone() for k, v in model.state_dict().items()}
-            model.load_state_dict(average.module.state_dict())
-        try:
-            yield
-        finally:
-            for name, state in saved.items():
-                self.unwrap(self.models[name]).load_state_dict(state)
 
     def _check_in(self, logs: dict, losses: LossSums, bar: tqdm) -> None:
         """The host's look at training (every log_every steps): NaN, Ctrl-C on any rank, scalars, progress bar."""
         window, epoch_mean = losses.read()
         bad, interrupted = distributed.any_rank(not math.isfinite(window), self._stop_signal is not None)
         if bad:
-            self._diverged(window)
+            self._diverged(f"loss is {window} (checked every log_every steps)")
         if logs:
             scalars = {f"train/{k}": float(v) for k, v in logs.items() if v is not None}
             self.recorder.scalars(scalars, self.global_step)
@@ -592,6 +573,16 @@ class BaseAgent:
             bar.set_postfix(loss=f"{epoch_mean:.4f}", refresh=False)
         if interrupted:
             self._interrupted()
+
+    def _new_early_stopping(self) -> EarlyStopping | None:
+        patience, mode = self.config.get("early_stop_patience"), self.monitor_mode
+        return EarlyStopping(patience, self.config.get("early_stop_min_delta", 0.0), mode) if patience else None
+
+    def _check_finite_weights(self) -> None:
+        """Stop before saving weights that a last step of the epoch made NaN or infinite (one host sync)."""
+        flags = [p.detach().isfinite().all() for m in self.models.values() for p in self.unwrap(m).parameters()]
+        if flags and not bool(torch.stack(flags).all()):
+            self._diverged("the weights are not finite", epoch=self.epoch)
 
     def _check_early_stop(self, metrics: dict[str, float]) -> None:
         value = metrics.get(self.monitor_metric)
@@ -693,7 +684,8 @@ class BaseAgent:
             return
         self._stop_signal = signum
         self.recorder.warning(
-            f"{signal.Signals(signum).name}: saving a checkpoint within {self.config.log_every} steps (again to abort)"
+            f"{signal.Signals(signum).name}: saving a checkpoint within {self.config.log_every} steps"
+            + ("" if distributed.launched_by_torchrun() else " (again to abort)")
         )
 
     def _interrupted(self) -> None:
@@ -705,12 +697,11 @@ class BaseAgent:
             "run the same command to resume"
         )
 
-    def _diverged(self, value: float) -> None:
+    def _diverged(self, what: str, epoch: int | None = None) -> None:
         self.status = "diverged"
         last = self.checkpoint_dir / "last.pth"
         kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
         raise TrainingStopped(
-            f"loss is {value} at epoch {self.epoch + 1}, step {self.global_step} (checked every log_every steps): "
-            f"training stopped; {kept}. "
+            f"{what} at epoch {epoch or self.epoch + 1}, step {self.global_step}: training stopped; {kept}. "
             "Try a lower optimizer.args.lr or set grad_clip_norm"
         )

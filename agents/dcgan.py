@@ -66,7 +66,7 @@ class DCGANAgent(BaseAgent):
         generator = DCGANGenerator(config.nz, config.ngf, config.channels, config.image_size)
         discriminator = DCGANDiscriminator(config.ndf, config.channels, config.image_size)
         self.netG = self.prepare_model(generator, name="generator")
-        self.netD = self.prepare_model(discriminator, name="discriminator")
+        self.netD = self.prepare_model(discriminator, name="discriminator", average=False)  # EMA: of G only
         self.optG = self.make_optimizer(self.netG.parameters(), name="generator", key="optimizer_g")
         self.optD = self.make_optimizer(self.netD.parameters(), name="discriminator", key="optimizer_d")
         if config.mode != "predict":  # generating needs only the checkpoint

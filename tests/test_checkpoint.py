@@ -92,7 +92,9 @@ def test_checkpoint_of_another_model_is_a_clear_error(exps):
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good(exps):
     train(EXAMPLE, exps, "exp_name=nan", "max_epoch=1", "optimizer.type=SGD")
     good = (exps / "nan" / "checkpoints" / "last.pth").read_bytes()
-    with pytest.raises(TrainingStopped, match=r"loss is (nan|inf) at epoch 2, step \d+") as info:
+    with pytest.raises(
+        TrainingStopped, match=r"loss is (nan|inf) \(checked every log_every steps\) at epoch 2, step \d+"
+    ) as info:
         train(EXAMPLE, exps, "exp_name=nan", "max_epoch=3", "optimizer.type=SGD", "optimizer.args.lr=1e12")
     assert "last good checkpoint" in str(info.value)
     assert (exps / "nan" / "checkpoints" / "last.pth").read_bytes() == good

@@ -169,23 +169,34 @@ def test_mid_epoch_resume_from_one_process_to_two_trains_the_rest_of_the_epoch_o
     assert load(exps / "grow" / "checkpoints" / "last.pth")["global_step"] == 3 + 3  # 160 left: 80 per rank
 
 
-def test_ranks_without_the_checkpoint_follow_rank_0(tmp_path, exps):
-    """Several machines, no shared storage: only rank 0 sees last.pth; rank 1 gets its copy, not a fresh start."""
-    train(MNIST, exps / "rank0", "exp_name=ns", "max_epoch=1", *SMALL)
+@pytest.mark.parametrize("rank1", ["no file", "a stale file"])
+def test_ranks_without_rank_0s_checkpoint_follow_rank_0(tmp_path, exps, rank1):
+    """Several machines, no shared storage: only rank 0 has the latest last.pth; rank 1 gets its copy."""
+    train(MNIST, exps / "rank0", "exp_name=ns", "max_epoch=2", *SMALL)
+    if rank1 == "a stale file":  # rank 1's machine held rank 0 in an earlier launch
+        train(MNIST, exps / "rank1", "exp_name=ns", "max_epoch=1", *SMALL)
     torchrun(
         "tests/ddp_worker.py",
         str(tmp_path),
         str(MNIST),
         f"experiments_dir={exps}/rank{{rank}}",
         "exp_name=ns",
-        "max_epoch=2",
+        "max_epoch=3",
         *SMALL,
     )
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    assert r0["global_step"] == r1["global_step"] == 8 + 4  # both resumed at step 8
+    assert r0["global_step"] == r1["global_step"] == 16 + 4  # both resumed at step 16
     for k in r0["state"]:
         assert torch.equal(r0["state"][k], r1["state"][k]), f"ranks differ in {k}"
-    assert "not on every machine; rank 0 sends its copy" in (exps / "rank0" / "ns" / "logs" / "run.log").read_text()
+    log = (exps / "rank0" / "ns" / "logs" / "run.log").read_text()
+    assert "not the same on every machine; rank 0 sends its copy" in log
+
+
+def test_a_mistake_rank_0_finds_is_one_line_on_every_rank(exps):
+    train(MNIST, exps, "exp_name=rf", "max_epoch=1", *SMALL)
+    result = torchrun("main.py", str(MNIST), f"experiments_dir={exps}", "exp_name=rf", "resume=false", *SMALL, ok=False)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.count("already has checkpoints and resume is false") == 2  # one line per rank
 
 
 @pytest.mark.parametrize("how", ["ctrl-c to the terminal's process group", "SIGTERM to the launcher"])

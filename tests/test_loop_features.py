@@ -8,7 +8,7 @@ import torch
 
 from agents.base import BaseAgent
 from tests.conftest import CONFIGS, assert_same_tensors, load, train
-from utils.errors import RunInterrupted
+from utils.errors import RunInterrupted, TrainingStopped, UserError
 
 EXAMPLE = CONFIGS / "example_exp_0.json"
 MNIST = CONFIGS / "mnist_exp_0.json"
@@ -29,13 +29,6 @@ def test_accumulating_4_batches_of_8_equals_batches_of_32(exps):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
     state = load(exps / "acc" / "checkpoints" / "last.pth")
     assert state["global_step"] == 32 and state["optimizer_steps"] == 8
-
-
-def test_a_short_last_group_is_one_batch_of_its_size(exps):
-    # 128 samples in batches of 8: 16 per epoch, groups of 5 -> 5, 5, 5, 1 (the last: one batch of 8).
-    train(EXAMPLE, exps, "exp_name=short", "batch_size=8", "accumulate_grad_batches=5", *PLAIN, "max_epoch=1")
-    state = load(exps / "short" / "checkpoints" / "last.pth")
-    assert state["global_step"] == 16 and state["optimizer_steps"] == 4
 
 
 def test_interrupts_wait_for_the_end_of_an_accumulation_group(exps, monkeypatch):
@@ -244,3 +237,76 @@ def test_a_checkpoint_written_compiled_loads_uncompiled_and_back(exps):
     train(EXAMPLE, exps, "exp_name=c", "compile=false", "max_epoch=2", *args)
     train(EXAMPLE, exps, "exp_name=c", "compile=true", "max_epoch=3", *args)
     assert load(exps / "c" / "checkpoints" / "last.pth")["epoch"] == 3
+
+
+def test_a_short_last_group_updates_like_one_batch_of_its_size(exps):
+    # 128 samples: batches of 8 in groups of 5 (5, 5, 5, 1) against batches of 40 (40, 40, 40, 8).
+    train(EXAMPLE, exps, "exp_name=groups", "batch_size=8", "accumulate_grad_batches=5", *PLAIN, "max_epoch=1")
+    train(EXAMPLE, exps, "exp_name=big", "batch_size=40", *PLAIN, "max_epoch=1")
+    a, b = weights(exps, "groups"), weights(exps, "big")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+
+
+def test_two_optimizer_steps_per_batch_cannot_accumulate(exps, monkeypatch):
+    import agents
+    from tests.test_resume_edges import StepsAgent
+
+    monkeypatch.setitem(agents.AGENTS, "StepsAgent", "tests.test_resume_edges")
+    assert StepsAgent.train_step  # calls optimize twice on even batches
+    with pytest.raises(UserError, match="accumulate_grad_batches"):
+        train(EXAMPLE, exps, "agent=StepsAgent", "exp_name=two", "accumulate_grad_batches=2", *PLAIN)
+
+
+def test_ema_turned_on_at_a_resume_starts_from_the_restored_weights(exps):
+    train(EXAMPLE, exps, "exp_name=late", *PLAIN, "max_epoch=1")
+    trained = weights(exps, "late")
+    train(EXAMPLE, exps, "exp_name=late", *PLAIN, "max_epoch=2", "ema_decay=1.0")  # 1.0: the average never moves
+    assert_same_tensors(load(exps / "late" / "checkpoints" / "last.pth")["ema"]["model"]["module"], trained)
+
+
+def test_weights_made_nan_by_an_epochs_last_step_are_never_saved(exps, monkeypatch):
+    from agents.example import ExampleAgent
+
+    original = ExampleAgent.train_step
+
+    def train_step(self, batch):
+        logs = original(self, batch)
+        if self.epoch == 1 and self.batch_in_epoch == 3:  # the last step of epoch 2
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+        return logs
+
+    monkeypatch.setattr(ExampleAgent, "train_step", train_step)
+    with pytest.raises(TrainingStopped, match="epoch 2"):
+        train(EXAMPLE, exps, "exp_name=nan", "batch_size=32", *PLAIN)
+    assert load(exps / "nan" / "checkpoints" / "last.pth")["epoch"] == 1
+
+
+def test_resuming_another_runs_checkpoint_starts_its_own_early_stopping(exps, monkeypatch):
+    scores = iter([0.9, 0.3, 0.4, 0.5])
+    monkeypatch.setattr(
+        BaseAgent, "validate", lambda self, *a, **k: {"valid/loss": 1.0, "valid/accuracy": next(scores)}
+    )
+    train(EXAMPLE, exps, "exp_name=a", "max_epoch=1", *PLAIN[:3], "early_stop_patience=1")
+    source = exps / "a" / "checkpoints" / "last.pth"
+    train(EXAMPLE, exps, "exp_name=b", "max_epoch=4", *PLAIN[:3], "early_stop_patience=1", f"resume={source}")
+    summary = json.loads((exps / "b" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs"] == 4  # 0.3, 0.4, 0.5: always improving
+
+
+def test_the_profiler_writes_what_it_recorded_when_interrupted(exps, monkeypatch):
+    from agents.example import ExampleAgent
+
+    original = ExampleAgent.train_step
+
+    def train_step(self, batch):
+        logs = original(self, batch)
+        if self.global_step == 3:
+            self._stop_signal = 2
+        return logs
+
+    monkeypatch.setattr(ExampleAgent, "train_step", train_step)
+    with pytest.raises(RunInterrupted):
+        train(EXAMPLE, exps, "exp_name=pi", "profile_steps=5", "log_every=1", *PLAIN[:3])
+    assert (exps / "pi" / "out" / "profile_trace.json").exists()

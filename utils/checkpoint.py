@@ -122,7 +122,9 @@ def restore(
     for kind, objects in parts:
         for name, obj in objects.items():
             if kind == "ema" and name not in (state.get("ema") or {}):
-                continue  # ema_decay set on a run saved without it: the average starts from the weights
+                obj.module.load_state_dict(models[name].state_dict())  # ema_decay new to this run: from here on
+                obj.updates = 0
+                continue
             try:
                 obj.load_state_dict(state[kind][name])
             except (ValueError, KeyError, RuntimeError) as e:
@@ -204,57 +206,75 @@ def mismatch(error: Exception) -> str:
 
 def resume_path(checkpoint_dir: Path, resume: str | bool) -> Path | None:
     """The checkpoint a training run continues from (``resume``: "auto", false or a path), decided by rank 0."""
-    path = None
-    if distributed.is_main():
+
+    def choose() -> Path | None:
         last = checkpoint_dir / "last.pth"
         if resume == "auto":
-            path = last if last.exists() else None
-        elif resume is False:
+            return last if last.exists() else None
+        if resume is False:
             existing = sorted(checkpoint_dir.glob("*.pth"))
             if existing:
                 raise UserError(
                     f"{existing[0]}: this experiment already has checkpoints and resume is false; "
                     "use resume=auto to continue it, or another exp_name for a fresh run"
                 )
-        else:
-            path = repo_path(resume)
-            if not path.is_file():
-                raise UserError(f"config: key 'resume': checkpoint {path} not found")
-    return _on_every_rank(path, checkpoint_dir)
+            return None
+        path = repo_path(resume)
+        if not path.is_file():
+            raise UserError(f"config: key 'resume': checkpoint {path} not found")
+        return path
+
+    return _on_every_rank(choose, checkpoint_dir)
 
 
 def test_path(checkpoint_dir: Path, resume: str | bool) -> Path:
     """The checkpoint mode=test/predict loads: ``resume`` when a path, else best.pth, else last.pth."""
-    if isinstance(resume, str) and resume != "auto":
-        path = repo_path(resume)
-    else:
-        best, last = checkpoint_dir / "best.pth", checkpoint_dir / "last.pth"
-        path = _on_every_rank(best if best.exists() or not last.exists() else last, checkpoint_dir)
-    if distributed.is_main() and not path.exists():
-        raise UserError(f"{path}: no checkpoint to test; train first (mode=train) or set resume to a checkpoint")
-    return path
 
-
-def _on_every_rank(path: Path | None, checkpoint_dir: Path) -> Path | None:
-    """Rank 0's ``path`` on every rank; one in the run's checkpoints/ names each machine's own copy."""
-    if distributed.world_size() == 1:
+    def choose() -> Path:
+        if isinstance(resume, str) and resume != "auto":
+            path = repo_path(resume)
+        else:
+            best, last = checkpoint_dir / "best.pth", checkpoint_dir / "last.pth"
+            path = best if best.exists() or not last.exists() else last
+        if not path.exists():
+            raise UserError(f"{path}: no checkpoint to test; train first (mode=train) or set resume to a checkpoint")
         return path
-    if path is not None and path.parent.resolve() == checkpoint_dir.resolve():
-        path = Path(path.name)
-    path = distributed.from_main(path)
+
+    return _on_every_rank(choose, checkpoint_dir)
+
+
+def _on_every_rank(choose: Callable[[], Path | None], checkpoint_dir: Path) -> Path | None:
+    """Rank 0's choice on every rank (one in the run's checkpoints/ names each machine's own copy); a mistake
+    rank 0 finds is raised on every rank, so that none is left waiting at a collective."""
+    if distributed.world_size() == 1:
+        return choose()
+    path, error = None, None
+    if distributed.is_main():
+        try:
+            path = choose()
+        except UserError as e:
+            error = str(e)
+        if path is not None and path.parent.resolve() == checkpoint_dir.resolve():
+            path = Path(path.name)
+    path, error = distributed.from_main((path, error))
+    if error:
+        raise UserError(error)
     return path if path is None or path.is_absolute() else checkpoint_dir / path
 
 
 def load_on_every_rank(path: str | Path, log: Callable[[str], None]) -> dict:
-    """``load(path)``; under DDP, ranks that cannot see the file (no shared storage) get rank 0's copy."""
+    """``load(path)``; under DDP every rank ends with rank 0's checkpoint: a rank that cannot see the file (no
+    shared storage), or whose own copy is another (stale) one, gets rank 0's."""
     if distributed.world_size() == 1:
         return load(path)
-    (someone_lacks_it,) = distributed.any_rank(not Path(path).is_file())
-    if not someone_lacks_it:
-        return load(path)
+    state = load(path) if Path(path).is_file() else None
+    mine = None if state is None else [state.get(k) for k in ("epoch", "batch_in_epoch", "global_step", "wall_seconds")]
+    (differs,) = distributed.any_rank(mine != distributed.from_main(mine))
+    if not differs:
+        return state
     if distributed.is_main():
-        log(f"{path}: not on every machine; rank 0 sends its copy to the others")
-    return distributed.from_main(load(path) if distributed.is_main() else None)
+        log(f"{path}: not the same on every machine; rank 0 sends its copy to the others")
+    return distributed.from_main(state if distributed.is_main() else None)
 
 
 def check_matches(path: Path, state: dict, agent: str, config: dict, optimizer_keys: Iterable[str]) -> None:

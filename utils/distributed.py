@@ -6,6 +6,7 @@ plainly and every helper here degrades to the single-process answer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -118,3 +119,13 @@ def launch(nproc: int, argv: list[str]) -> int:
         code = e.get_first_failure()[1].exitcode
         return code if code > 0 else 1  # negative: killed by a signal
     return 0
+
+
+def no_sync_unless(sync: bool, models: list[torch.nn.Module]) -> contextlib.AbstractContextManager:
+    """DDP's gradient all-reduce skipped (``no_sync``) for ``models`` unless ``sync`` (gradient accumulation)."""
+    stack = contextlib.ExitStack()
+    if not sync:
+        for model in models:
+            if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+                stack.enter_context(model.no_sync())
+    return stack

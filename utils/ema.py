@@ -12,7 +12,9 @@ not dominated by the random initial weights; the default is the plain average ab
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -58,3 +60,25 @@ class EMA:
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["module"])
         self.updates = state["updates"]
+
+
+@contextlib.contextmanager
+def averaged_weights(models: dict[str, nn.Module], averages: dict[str, EMA]) -> Iterator[None]:
+    """``models`` (plain modules) hold their averages' weights inside; their own weights come back after."""
+    saved = {}
+    for name, average in averages.items():
+        saved[name] = {k: v.clone() for k, v in models[name].state_dict().items()}
+        models[name].load_state_dict(average.module.state_dict())
+    try:
+        yield
+    finally:
+        for name, state in saved.items():
+            models[name].load_state_dict(state)
+
+
+def update_stepped(optimizer: torch.optim.Optimizer, models: dict[str, nn.Module], averages: dict[str, EMA]) -> None:
+    """Update the averages of the models (plain modules) whose parameters ``optimizer`` has just stepped."""
+    params = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for name, average in averages.items():
+        if any(id(p) in params for p in models[name].parameters()):
+            average.update(models[name])
