@@ -29,13 +29,7 @@ from tqdm import tqdm
 from agents.common_keys import COMMON_KEYS
 from utils import checkpoint, distributed
 from utils.compile import compile_model, unwrap_compiled
-from utils.config import (
-    Key,
-    build_torch_object,
-    did_you_mean,
-    repo_path,
-    to_plain,
-)
+from utils.config import Key, build_torch_object, did_you_mean, repo_path, to_plain
 from utils.data import ShardedSampler, batches_per_epoch, set_epoch
 from utils.early_stopping import EarlyStopping
 from utils.ema import EMA, averaged_weights, update_stepped
@@ -535,19 +529,11 @@ class BaseAgent:
     def _build_schedulers(self) -> None:
         """Build the registered schedulers; "total" is the run's optimizer steps (or epochs)."""
         per_step = self.config.get("scheduler_interval") == "step"
+        total = self.max_epochs()
+        if per_step:
+            total *= -(-self.batches_per_epoch() // self.config.get("accumulate_grad_batches", 1))
         for name, (optimizer, key) in self._scheduler_specs.items():
-            spec = self.config[key]
-            if per_step and any(s["type"] == "ReduceLROnPlateau" for s in (spec if isinstance(spec, list) else [spec])):
-                raise UserError(
-                    "config: key 'scheduler_interval': ReduceLROnPlateau steps on the validation metric; "
-                    "use scheduler_interval=epoch with it"
-                )
-            if per_step:
-                groups = -(-self.batches_per_epoch() // self.config.get("accumulate_grad_batches", 1))
-                total = groups * self.max_epochs()
-            else:
-                total = self.max_epochs()
-            self.schedulers[name] = build_scheduler(self.config[key], optimizer, total, where=key)
+            self.schedulers[name] = build_scheduler(self.config[key], optimizer, total, where=key, per_step=per_step)
             self._schedule_total = total
 
     def _after_step(self, optimizer: torch.optim.Optimizer) -> None:

@@ -61,10 +61,21 @@ def scheduler_key(default: dict | list | None = None, doc: str = "") -> Key:
 
 
 def build_scheduler(
-    spec: dict | list, optimizer: torch.optim.Optimizer, total: int, where: str = "scheduler", source: str = "config"
+    spec: dict | list,
+    optimizer: torch.optim.Optimizer,
+    total: int,
+    where: str = "scheduler",
+    source: str = "config",
+    per_step: bool = False,
 ) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
-    """The scheduler ``spec`` describes, for a run of ``total`` scheduler steps (SequentialLR for a list)."""
+    """The scheduler ``spec`` describes, for a run of ``total`` scheduler steps (SequentialLR for a list);
+    ``per_step``: stepped after every optimizer step, which ReduceLROnPlateau (it follows a metric) cannot be."""
     phases = _phases(spec, where, source)
+    if per_step and any(phase["type"] == "ReduceLROnPlateau" for phase, _ in phases):
+        raise UserError(
+            f"{source}: key 'scheduler_interval': ReduceLROnPlateau steps on the validation metric; "
+            "use scheduler_interval=epoch with it"
+        )
     lengths = _lengths(phases, total, source)
     schedulers = [
         build_torch_object(MODULE, _resolve(phase, length, at, source), optimizer, at, source)
