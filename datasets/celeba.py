@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 
 from datasets.common import data_root
 from datasets.image_files import SKIP_BAD_FILES, ImageFiles, image_files
+from utils import distributed
 from utils.config import Key, relative_path
 from utils.data import TensorBatches, make_loader
 from utils.errors import UserError
@@ -100,7 +101,8 @@ class CelebADataLoader:
         else:
             root = data_root(config)
             if config.data_mode == "download":
-                download(root)
+                with distributed.main_first():  # one download, not one per process
+                    download(root)
                 folder = root / TORCHVISION_FOLDER
             else:
                 folder = root / config.image_folder

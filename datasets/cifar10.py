@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from datasets.common import data_root, missing, random_images
+from utils import distributed
 from utils.config import Key
 from utils.data import TensorBatches, make_loader
 from utils.errors import UserError
@@ -160,7 +161,8 @@ class Cifar10DataLoader:
         else:
             root = data_root(config)
             if config.data_mode == "download":
-                download(root)
+                with distributed.main_first():  # one download, not one per process
+                    download(root)
             train, test = load_folder(root)
         n_train = len(train[0]) - config.valid_size
         if n_train < 1:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from datasets.common import data_root, missing, random_images
+from utils import distributed
 from utils.config import Key
 from utils.data import TensorBatches, make_loader
 from utils.errors import UserError
@@ -109,7 +110,8 @@ class MnistDataLoader:
         else:
             root = data_root(config)
             if config.data_mode == "download":
-                download(root)
+                with distributed.main_first():  # one download, not one per process
+                    download(root)
             raw = root / "MNIST" / "raw"
             train, test = load_split(raw, "train"), load_split(raw, "test")
         n_train = len(train[0]) - config.valid_size

@@ -36,6 +36,7 @@ from torchvision.transforms import v2
 
 from datasets.common import data_root, missing
 from datasets.image_files import SKIP_BAD_FILES, ImageFiles
+from utils import distributed
 from utils.config import Key, repo_path
 from utils.data import make_loader
 from utils.errors import UserError
@@ -264,7 +265,8 @@ class VocDataLoader:
         else:
             root = data_root(config)
             if config.data_mode == "download":
-                download(root)
+                with distributed.main_first():  # one download, not one per process
+                    download(root)
             tree = root / TREE
             if not tree.is_dir():
                 raise missing(tree, "Pascal VOC 2012 folder", HOW)
@@ -351,7 +353,8 @@ def class_weights(config) -> list[float]:
         return weights_from_counts(count_pixels(masks, config.num_classes))
     root = data_root(config)
     if config.data_mode == "download":
-        download(root)
+        with distributed.main_first():  # one download, not one per process
+            download(root)
     return folder_class_weights(root, config.num_classes, config.train_split)
 
 

@@ -156,7 +156,7 @@ def rng_state() -> dict:
         },
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():  # not is_available(): a CPU run on a GPU machine must not start CUDA
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -175,7 +175,7 @@ def set_rng_state(state: dict) -> None:
         }
     )
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and torch.cuda.is_initialized():
         cuda = state["cuda"][: torch.cuda.device_count()]
         torch.cuda.set_rng_state_all(cuda)
 

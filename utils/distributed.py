@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -129,3 +130,15 @@ def no_sync_unless(sync: bool, models: list[torch.nn.Module]) -> contextlib.Abst
             if isinstance(model, torch.nn.parallel.DistributedDataParallel):
                 stack.enter_context(model.no_sync())
     return stack
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (a download into shared storage), the other ranks after it."""
+    if world_size() > 1 and not is_main():
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if world_size() > 1 and is_main():
+            dist.barrier()
