@@ -194,8 +194,9 @@ def test_ranks_without_rank_0s_checkpoint_follow_rank_0(tmp_path, exps, rank1):
 
 def test_a_mistake_rank_0_finds_is_one_line_on_every_rank(exps):
     train(MNIST, exps, "exp_name=rf", "max_epoch=1", *SMALL)
-    result = torchrun("main.py", str(MNIST), f"experiments_dir={exps}", "exp_name=rf", "resume=false", *SMALL, ok=False)
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    cmd = ["./run.sh", "--nproc", "2", str(MNIST), f"experiments_dir={exps}", "exp_name=rf", "resume=false", *SMALL]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.count("already has checkpoints and resume is false") == 2  # one line per rank
 
 
