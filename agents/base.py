@@ -15,7 +15,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,8 @@ class BaseAgent:
         self.status = "started"
         self._step_at_start: int | None = None  # global_step when training began in this process
         self.stop_training = False  # an agent sets it to end training early (e.g. DQN solved)
+        # Called with (epoch, metrics) after each validation's checkpoint; True stops training (a sweep's pruner).
+        self.after_validation: Callable[[int, dict[str, float]], bool] | None = None
         self._wall_before = 0.0
         self._started = time.time()
         self._stop_signal: int | None = None
@@ -345,6 +347,8 @@ class BaseAgent:
                 self.recorder.info(f"epoch {self.epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             self._step_schedulers(metrics)
             self.save_checkpoint(self._update_best(metrics))
+            if metrics and self.after_validation is not None and self.after_validation(self.epoch, metrics):
+                self.stop_training = True
         self.status = "finished"
 
     def train_one_epoch(self) -> None:
@@ -525,6 +529,7 @@ class BaseAgent:
         try:
             if recorder is not None and self.config.mode == "train" and self._has_news():
                 recorder.write_json("summary.json", self.summary())
+                recorder.curves()
         finally:
             if recorder is not None:
                 recorder.close()
