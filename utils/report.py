@@ -116,6 +116,7 @@ def metric_names(runs: list[RunFiles]) -> list[str]:
 def plot_curves(runs: list[RunFiles], names: list[str], path: Path, metrics: list[str] | None = None) -> None:
     """One row of plots per metric, against epoch (left) and step (right), one colour per run."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     metrics = metrics or metric_names(runs)
     fig = Figure(figsize=(10, 2.6 * max(1, len(metrics))), layout="constrained")
@@ -130,6 +131,7 @@ def plot_curves(runs: list[RunFiles], names: list[str], path: Path, metrics: lis
                     ax.plot(xs, ys, color=f"C{i % 10}", marker="o" if len(xs) <= 30 else None, ms=3, label=name)
             ax.set_xlabel(x)
             ax.set_ylabel(metric)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
     if metrics:
         axes[0][1].legend(fontsize="small", loc="best")

@@ -123,6 +123,7 @@ def _plot_objective(trials: list[FrozenTrial], sweep: Sweep, path: Path) -> None
 def _plot_parameters(trials: list[FrozenTrial], sweep: Sweep, path: Path) -> None:
     """The objective against each parameter (log axis for log_uniform, positions for choices)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     fig = Figure(figsize=(4.5 * len(sweep.spaces), 3.8), layout="constrained")
     axes = fig.subplots(1, len(sweep.spaces), squeeze=False)[0]
@@ -141,6 +142,7 @@ def _plot_parameters(trials: list[FrozenTrial], sweep: Sweep, path: Path) -> Non
             ax.set_xticks(range(len(space.values)), [report.fmt(v) for v in space.values], fontsize="small")
         if space.kind == "log_uniform":
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labels on the decades only
         ax.set_xlabel(space.key)
         ax.set_ylabel(sweep.metric)
         ax.grid(alpha=0.3)
