@@ -181,3 +181,11 @@ def test_a_failing_plot_does_not_fail_the_run(exps, monkeypatch):
     train(MNIST, exps, "exp_name=t", *(f"{k}={json.dumps(v)}" for k, v in TINY.items()))
     assert json.loads((exps / "t" / "summary.json").read_text())["status"] == "finished"
     assert "out/curves.png not written: RuntimeError: no fonts" in (exps / "t" / "logs" / "run.log").read_text()
+
+
+def test_an_unreachable_database_is_one_line_without_its_password(tmp_path, exps, capsys):
+    path = sweep_file(tmp_path, exps, storage="postgresql://me:secret@127.0.0.1:1/db")
+    assert main.main(["--sweep", path]) == 2
+    err = capsys.readouterr().err
+    assert "key 'storage': cannot open postgresql://me:***@127.0.0.1:1/db: " in err and "secret" not in err
+    assert err.count("\n") == 1

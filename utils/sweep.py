@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from utils.errors import RunInterrupted, TrainingStopped, UserError
@@ -59,26 +60,23 @@ class _GridByNumber(optuna.samplers.BaseSampler):
 
 
 class Worker:
-    """This process as a sweep worker: its id (host:pid) in the trials it runs, and a lock held while it lives."""
+    """This process as a sweep worker: its id (host:lock file) in its trials, and that lock, held while it lives."""
 
     def __init__(self, sweep_dir: Path) -> None:
-        self.host, pid = socket.gethostname(), os.getpid()
-        self.id = f"{self.host}:{pid}"
-        self.folder = sweep_dir / ".workers"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.path = self._lock_path(pid)
+        self.host = socket.gethostname()
+        folder = sweep_dir / ".workers"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = (folder / f"{self.host}.{os.getpid()}.lock").resolve()
+        self.id = f"{self.host}:{self.path}"  # host, then where its lock is (any experiments_dir on that host)
         self._file = open(self.path, "w")  # noqa: SIM115 (held for the worker's life)
         fcntl.flock(self._file, fcntl.LOCK_EX)
 
-    def _lock_path(self, pid: str | int) -> Path:
-        return self.folder / f"{self.host}.{pid}.lock"
-
     def is_dead(self, worker_id: str) -> bool:
         """Whether the worker ``worker_id`` of this machine has ended (another machine's: never known here)."""
-        host, _, pid = worker_id.rpartition(":")
+        host, _, lock = worker_id.partition(":")
         if host != self.host:
             return False
-        path = self._lock_path(pid)
+        path = Path(lock)
         try:
             f = open(path)  # noqa: SIM115
         except FileNotFoundError:
@@ -114,11 +112,10 @@ def open_study(sweep: Sweep, worker_index: int = 0) -> optuna.Study:
         random = sweep.method == "random"
         sampler = optuna.samplers.RandomSampler(seed) if random else optuna.samplers.TPESampler(seed=seed)
     pruner = getattr(optuna.pruners, sweep.pruner["type"])(**sweep.pruner["args"]) if sweep.pruner else None
-    storage = _storage(sweep)
     for attempt in range(5):  # workers starting together race to create a database's tables
         try:
             study = optuna.create_study(
-                storage=storage,
+                storage=_storage(sweep),
                 sampler=sampler,
                 pruner=pruner or optuna.pruners.NopPruner(),
                 study_name=sweep.name,
@@ -126,9 +123,14 @@ def open_study(sweep: Sweep, worker_index: int = 0) -> optuna.Study:
                 load_if_exists=True,
             )
             break
-        except Exception as e:  # noqa: BLE001 (a database error the next attempt may not meet)
-            if sweep.storage is None or attempt == 4:
-                raise UserError(f"{sweep.path}: key 'storage': cannot open the study: {_first_line(e)}") from None
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 (a database error that the next attempt may not meet)
+            if sweep.storage is None:
+                raise
+            if attempt == 4 or isinstance(e, sqlalchemy.exc.OperationalError):  # unreachable, bad password
+                message = f"cannot open {sweep.shown_storage}: {_first_line(e)}"
+                raise UserError(f"{sweep.path}: key 'storage': {message}") from None
             time.sleep(0.5 * (attempt + 1))
     if study.direction.name.lower() != sweep.direction:
         raise UserError(
@@ -144,13 +146,12 @@ def _storage(sweep: Sweep) -> Any:
         return optuna.storages.JournalStorage(backend)
     try:
         return optuna.storages.RDBStorage(sweep.storage, engine_kwargs={"pool_pre_ping": True})
-    except ImportError as e:
+    except ImportError:
+        scheme = sweep.storage.split("://")[0]
         raise UserError(
-            f"{sweep.path}: key 'storage': the database driver is not installed ({e.name}); "
-            "for postgresql://: pip install psycopg2-binary"
+            f"{sweep.path}: key 'storage': no database driver for {scheme}:// installed; "
+            "for postgresql://: pip install 'psycopg[binary]'"
         ) from None
-    except Exception as e:  # noqa: BLE001 (SQLAlchemy's errors for a bad URL, host, password)
-        raise UserError(f"{sweep.path}: key 'storage': cannot open {sweep.storage}: {_first_line(e)}") from None
 
 
 def _first_line(e: Exception) -> str:

@@ -133,7 +133,6 @@ class Sweep:
 
     def resolved(self) -> dict:
         """The checked sweep as JSON (a password in the storage URL left out)."""
-        storage = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.storage) if self.storage else None
         return {
             "name": self.name,
             "config": self.config,
@@ -142,11 +141,16 @@ class Sweep:
             "method": self.method,
             "trials": self.trials,
             "pruner": self.pruner,
-            "storage": storage,
+            "storage": self.shown_storage,
             "seed": self.seed,
             "nproc": self.nproc,
             "monitor": self.monitor,
         }
+
+    @property
+    def shown_storage(self) -> str | None:
+        """The storage URL without its password, for logs and files."""
+        return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.storage) if self.storage else None
 
     @property
     def direction(self) -> str:
