@@ -21,10 +21,11 @@ from utils.errors import RunInterrupted, TrainingStopped, UserError
 POLL_SECONDS = 0.5
 
 
-def _echo(stream: IO[str], last: list[str]) -> None:
-    """Pass the trial's stderr through, keeping its last non-empty line (the error message on a failure)."""
+def _echo(stream: IO[str], last: list[str], quiet: threading.Event) -> None:
+    """Pass the trial's stderr through (until ``quiet``), keeping its last non-empty line (a failure's message)."""
     for line in stream:
-        sys.stderr.write(line)
+        if not quiet.is_set():
+            sys.stderr.write(line)
         if line.strip():
             last[:] = [line.strip()]
 
@@ -56,7 +57,8 @@ def run_command(
     """Run ``command + overrides`` to its end; failures raise as they would in-process (UserError, ...)."""
     proc = subprocess.Popen([*command, *overrides], stderr=subprocess.PIPE, text=True, errors="replace")
     last: list[str] = []
-    reader = threading.Thread(target=_echo, args=(proc.stderr, last), daemon=True)
+    quiet = threading.Event()  # set once pruned: torchrun's report of the SIGTERM we sent is no news
+    reader = threading.Thread(target=_echo, args=(proc.stderr, last, quiet), daemon=True)
     reader.start()
     handled: set[int] = set()
     pruned = False
@@ -73,6 +75,7 @@ def run_command(
                 metrics = {k: v for k, v in row.items() if k not in ("epoch", "step")}
                 if after_validation(epoch, metrics):
                     pruned = True
+                    quiet.set()
                     proc.send_signal(signal.SIGTERM)
                     break
     except BaseException:
