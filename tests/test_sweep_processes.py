@@ -90,7 +90,7 @@ def postgres_url():
         pg(str(bindir / "initdb"), "-D", str(home / "db"), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1"
         pg(str(bindir / "pg_ctl"), "-D", str(home / "db"), "-l", str(home / "log"), "-w", "-o", options, "start")
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:
         if (home / "db" / "postmaster.pid").exists():
             pg(str(bindir / "pg_ctl"), "-D", str(home / "db"), "-m", "immediate", "stop")
