@@ -108,7 +108,7 @@ def open_study(sweep: Sweep, worker_index: int = 0) -> optuna.Study:
     if sweep.method == "grid":
         sampler = _GridByNumber(sweep.grid)
     else:
-        seed = None if sweep.seed is None else derive_seed(sweep.seed, "sweep worker", worker_index)
+        seed = None if sweep.sampler_seed is None else derive_seed(sweep.sampler_seed, "sweep worker", worker_index)
         random = sweep.method == "random"
         sampler = optuna.samplers.RandomSampler(seed) if random else optuna.samplers.TPESampler(seed=seed)
     pruner = getattr(optuna.pruners, sweep.pruner["type"])(**sweep.pruner["args"]) if sweep.pruner else None
@@ -324,8 +324,9 @@ def run_sweep(
                     proc.send_signal(signal.SIGTERM)
             raise
         finally:
-            for proc in helpers:
-                proc.wait()
+            for i, proc in enumerate(helpers, start=1):
+                if proc.wait():
+                    LOG.warning(f"worker {i} (pid {proc.pid}) exited with code {proc.returncode}")
         return study
     finally:
         _close_log()

@@ -68,7 +68,9 @@ SWEEP_SCHEMA: dict[str, Key] = {
         nullable=True,
         check=_storage_check,
     ),
-    "seed": Key(None, int, "seed of the sampler (one worker: a reproducible sequence)", min=0, nullable=True),
+    "sampler_seed": Key(
+        None, int, "seed of the sampler (one worker: the same trials each time)", min=0, max=2**31 - 1, nullable=True
+    ),
     "nproc": Key(1, int, "processes per trial (torchrun through run.sh when > 1)", min=1, max=1024),
 }
 
@@ -125,7 +127,7 @@ class Sweep:
     trials: int
     pruner: dict | None
     storage: str | None
-    seed: int | None
+    sampler_seed: int | None
     nproc: int
     monitor: str  # e.g. "max valid/accuracy"
     sweep_dir: Path
@@ -142,7 +144,7 @@ class Sweep:
             "trials": self.trials,
             "pruner": self.pruner,
             "storage": self.shown_storage,
-            "seed": self.seed,
+            "sampler_seed": self.sampler_seed,
             "nproc": self.nproc,
             "monitor": self.monitor,
         }
@@ -269,8 +271,8 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
                 )
         encoded = [[json.dumps(v) if s.encoded else v for v in s.grid()] for s in spaces]
         grid = [dict(zip([s.key for s in spaces], combo, strict=True)) for combo in itertools.product(*encoded)]
-        if sweep["seed"] is not None:
-            random.Random(sweep["seed"]).shuffle(grid)
+        if sweep["sampler_seed"] is not None:
+            random.Random(sweep["sampler_seed"]).shuffle(grid)
         if trials is not None and trials > len(grid):
             raise UserError(f"{path}: key 'trials': the grid has {len(grid)} combinations, got trials={trials}")
         trials = trials or len(grid)
@@ -288,7 +290,7 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
         trials=trials,
         pruner=_pruner(sweep["pruner"], path),
         storage=sweep["storage"],
-        seed=sweep["seed"],
+        sampler_seed=sweep["sampler_seed"],
         nproc=sweep["nproc"],
         monitor=config["monitor"],
         sweep_dir=repo_path(config["experiments_dir"]) / sweep["name"],
