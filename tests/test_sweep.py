@@ -125,6 +125,10 @@ def test_grid_sweep_runs_every_trial_as_a_run_records_a_failure_and_writes_resul
     assert main.main(["--sweep", path, "trials=3"]) == 0
     assert (sweep_dir / "trial_0000" / "logs" / "run.log").read_text() == before
     assert len(rows(sweep_dir / "results.csv")) == 3
+    # A sweep's folder stands for its trials in a report.
+    assert main.main(["report", str(sweep_dir)]) == 0
+    table = (sweep_dir / "report" / "report.md").read_text()
+    assert "| | trial_0000 | trial_0001 | trial_0002 |" in table and "| config batch_size | 16 | 32 | 16 |" in table
 
 
 def test_a_pruner_stops_a_poor_trial_early_and_records_it_as_pruned(tmp_path, exps):

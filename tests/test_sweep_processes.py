@@ -37,7 +37,8 @@ def test_sigkill_mid_trial_then_the_same_command_resumes_it_and_ends_with_every_
     overrides = {**TINY, "experiments_dir": str(exps), "max_epoch": 3, "random_size": 320}
     path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.3, 0.5, 1.0]}, overrides=overrides)
     sweep_dir = exps / "s"
-    first = subprocess.Popen(sweep_command(path), cwd=REPO, env=ENV, stderr=subprocess.DEVNULL)
+    # run.sh passes a sweep to main.py (exec: the pid is python's).
+    first = subprocess.Popen([str(REPO / "run.sh"), "--sweep", path], cwd=REPO, env=ENV, stderr=subprocess.DEVNULL)
     checkpoint = sweep_dir / "trial_0001" / "checkpoints" / "last.pth"
     deadline = time.time() + 180
     while not checkpoint.exists() and time.time() < deadline and first.poll() is None:

@@ -113,12 +113,24 @@ def metric_names(runs: list[RunFiles]) -> list[str]:
     return list(dict.fromkeys(k for r in runs for row in r.rows for k in row if k not in AXES))
 
 
+def _colours(n: int) -> list:
+    """One colour per run, all different: matplotlib's qualitative tables, then evenly spaced viridis."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    return [colormaps["viridis"](i / (n - 1)) for i in range(n)]
+
+
 def plot_curves(runs: list[RunFiles], names: list[str], path: Path, metrics: list[str] | None = None) -> None:
     """One row of plots per metric, against epoch (left) and step (right), one colour per run."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     metrics = metrics or metric_names(runs)
+    colours = _colours(len(runs))
     fig = Figure(figsize=(10, 2.6 * max(1, len(metrics))), layout="constrained")
     axes = fig.subplots(max(1, len(metrics)), 2, squeeze=False)
     for row, metric in enumerate(metrics):
@@ -128,7 +140,7 @@ def plot_curves(runs: list[RunFiles], names: list[str], path: Path, metrics: lis
                 points = [(r[x], r[metric]) for r in run.rows if x in r and metric in r and math.isfinite(r[metric])]
                 if points:
                     xs, ys = zip(*points, strict=True)
-                    ax.plot(xs, ys, color=f"C{i % 10}", marker="o" if len(xs) <= 30 else None, ms=3, label=name)
+                    ax.plot(xs, ys, color=colours[i], marker="o" if len(xs) <= 30 else None, ms=3, label=name)
             ax.set_xlabel(x)
             ax.set_ylabel(metric)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
