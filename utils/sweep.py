@@ -216,20 +216,23 @@ def _run(study: optuna.Study, sweep: Sweep, trial: optuna.trial.Trial, run_trial
         pruned = trial.should_prune()
         return pruned
 
+    error = None
     try:
         run_trial(overrides, run_dir, after_validation if sweep.pruner else None)
     except (UserError, TrainingStopped) as e:
-        return _fail(study, trial, str(e))
+        error = str(e)
     except (RunInterrupted, KeyboardInterrupt):
         raise
     except Exception as e:  # noqa: BLE001 (a bug in this trial's code: it fails, the sweep goes on)
         LOG.error(traceback.format_exc())
-        return _fail(study, trial, f"{type(e).__name__}: {e}")
+        error = f"{type(e).__name__}: {e}"
     summary = _read_json(run_dir / "summary.json")
     trial.set_user_attr("epochs", summary.get("epochs"))
     trial.set_user_attr("wall_seconds", summary.get("wall_seconds"))
     value = (summary.get("best") or {}).get("value")
-    if pruned:
+    if error is not None:
+        _fail(study, trial, error)
+    elif pruned:
         study.tell(trial, state=TrialState.PRUNED)
         LOG.info(f"trial {trial.number}: pruned after epoch {summary.get('epochs')}")
     elif value is None:
