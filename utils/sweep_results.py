@@ -111,6 +111,7 @@ def _plot_objective(trials: list[FrozenTrial], sweep: Sweep, path: Path) -> None
         best = t.value if best is None else pick(best, t.value)
         steps.append((t.number, best))
     if steps:
+        steps.append((max(t.number for t in trials), best))  # drawn on to the last trial
         ax.step(*zip(*steps, strict=True), where="post", color="C1", label="best so far")
     ax.set_xlabel("trial")
     ax.set_ylabel(sweep.metric)

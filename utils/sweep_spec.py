@@ -138,7 +138,7 @@ class Sweep:
         return {
             "name": self.name,
             "config": self.config,
-            "overrides": self.overrides,
+            "overrides": {".".join(parts): value for parts, value in map(parse_override, self.overrides)},
             "parameters": {s.key: {s.kind: s.values} for s in self.spaces},
             "method": self.method,
             "trials": self.trials,
