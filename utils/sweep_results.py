@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
 import optuna
@@ -32,13 +33,17 @@ def write_results(study: optuna.Study, sweep: Sweep) -> FrozenTrial | None:
     if complete:
         best = (max if sweep.direction == "maximize" else min)(complete, key=lambda t: t.value)
         write_text_atomic(sweep.sweep_dir / "best_config.json", json.dumps(best_config(sweep, best), indent=2) + "\n")
-    _plot_objective(trials, sweep, sweep.sweep_dir / "objective.png")
-    _plot_parameters(trials, sweep, sweep.sweep_dir / "parameters.png")
-    ranked = sorted(complete, key=lambda t: t.value, reverse=sweep.direction == "maximize")
-    runs = [report.read_run(d) for d in (sweep.sweep_dir / trial_name(t.number) for t in ranked[:3]) if d.exists()]
-    if runs:
-        valid = [m for m in report.metric_names(runs) if m.startswith("valid/")]
-        report.plot_curves(runs, report.labels(runs), sweep.sweep_dir / "best_curves.png", valid or None)
+    try:  # as for a run's curves.png: a plot never costs the results
+        _plot_objective(trials, sweep, sweep.sweep_dir / "objective.png")
+        _plot_parameters(trials, sweep, sweep.sweep_dir / "parameters.png")
+        ranked = sorted(complete, key=lambda t: t.value, reverse=sweep.direction == "maximize")
+        dirs = (sweep.sweep_dir / trial_name(t.number) for t in ranked[:3])
+        runs = [report.read_run(d) for d in dirs if d.exists()]
+        if runs:
+            valid = [m for m in report.metric_names(runs) if m.startswith("valid/")]
+            report.plot_curves(runs, report.labels(runs), sweep.sweep_dir / "best_curves.png", valid or None)
+    except Exception as e:  # noqa: BLE001 (matplotlib missing, a font...: results.csv and best_config.json stand)
+        sys.stderr.write(f"warning: {sweep.sweep_dir}: plots not written: {type(e).__name__}: {e}\n")
     return best
 
 
