@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             return sweep(args.sweep, overrides + extra, args.workers, args.worker_index)
         if args.config is None:
             parser.error("the following arguments are required: config (or --sweep FILE)")
+        if args.nproc or args.workers != 1:
+            parser.error("--nproc and --workers go with --sweep; to train in N processes: ./run.sh --nproc N CONFIG")
         if args.keys:
             sys.stdout.write(describe_keys(args.config, args.overrides) + "\n")
             return 0
