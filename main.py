@@ -1,6 +1,8 @@
 """Command line: ``python main.py CONFIG [key=value ...]`` (``./run.sh`` does the same).
 
 Loads and validates the config, looks up the agent by name, runs it and finalizes it.
+``--sweep FILE [key=value ...] [--workers K]`` runs a sweep's trials (utils/sweep.py);
+``report RUN_DIR [RUN_DIR ...]`` plots runs and tabulates their summaries (utils/report.py).
 Exit codes: 0 success, 2 a user mistake (one line, no traceback), 1 anything else,
 130 stopped by Ctrl-C/SIGTERM after saving a checkpoint.
 """
@@ -8,14 +10,19 @@ Exit codes: 0 success, 2 a user mistake (one line, no traceback), 1 anything els
 from __future__ import annotations
 
 import argparse
+import collections
+import functools
 import json
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from easydict import EasyDict
 
 from agents import get_agent_class
 from utils import distributed
-from utils.config import apply_overrides, read_json, to_easydict, validate
+from utils.config import REPO_ROOT, apply_overrides, read_json, repo_path, to_easydict, validate
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 
 
@@ -31,8 +38,11 @@ def load_config(path: str, overrides: list[str] = ()) -> tuple[EasyDict, type]:
     return to_easydict(config), agent_class
 
 
-def run(path: str, overrides: list[str] = ()) -> None:
-    """Load the config and run its agent to the end (what main does, minus exit codes)."""
+def run(path: str, overrides: list[str] = (), after_validation: Callable | None = None) -> None:
+    """Load the config and run its agent to the end (what main does, minus exit codes).
+
+    ``after_validation(epoch, metrics) -> stop`` is BaseAgent's hook (a sweep's pruner).
+    """
     config, agent_class = load_config(path, overrides)
     # Created in two steps so that finalize (which releases the run's lock and log files) runs even
     # when the agent's own __init__ fails, e.g. on missing data.
@@ -40,6 +50,7 @@ def run(path: str, overrides: list[str] = ()) -> None:
     try:
         try:
             agent.__init__(config)
+            agent.after_validation = after_validation
             agent.run()
         finally:
             agent.finalize()
@@ -69,24 +80,93 @@ def describe_keys(path: str, overrides: list[str] = ()) -> str:
     return "\n".join(lines)
 
 
+def sweep(path: str, overrides: list[str], workers: int = 1, worker_index: int | None = None) -> int:
+    """Run the sweep file's trials (this process and ``workers - 1`` more); 1 when no trial completed."""
+    from utils.sweep import run_sweep
+    from utils.sweep_results import trials_of, write_results
+    from utils.sweep_spec import load_sweep
+    from utils.sweep_subprocess import run_command
+
+    spec = load_sweep(path, overrides, lambda config, more: load_config(config, more)[0])
+    config = str(repo_path(spec.config))
+    if spec.nproc == 1:
+        run_trial = functools.partial(_run_trial, config)
+    else:  # several processes per trial: each trial is its own torchrun
+        run_trial = functools.partial(run_command, [str(REPO_ROOT / "run.sh"), "--nproc", str(spec.nproc), config])
+    helper = [sys.executable, str(Path(__file__).resolve()), "--sweep", path, *overrides]
+    study = run_sweep(spec, run_trial, workers, helper, worker_index)
+    if worker_index is not None:  # a helper: the first worker writes the results
+        return 0
+    best = write_results(study, spec)
+    states = collections.Counter(t.state.name.lower() for t in trials_of(study))
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    if best is None:
+        return _fail(f"sweep {spec.name}: {counts}; no trial completed: see {spec.sweep_dir / 'results.csv'}", 1)
+    sys.stderr.write(
+        f"sweep {spec.name}: {counts}; best trial {best.number}, {spec.metric} {best.value:.4g}; "
+        f"results in {spec.sweep_dir} (best_config.json runs with ./run.sh)\n"
+    )
+    return 0
+
+
+def _run_trial(config: str, overrides: list[str], run_dir: Path, after_validation: Callable | None) -> None:
+    run(config, overrides, after_validation)
+
+
+def report_main(argv: list[str]) -> int:
+    """``python main.py report RUN_DIR [RUN_DIR ...] [--out DIR]``: curves.png and report.md."""
+    from utils.report import write_report
+
+    parser = argparse.ArgumentParser(prog="main.py report", description="Plots and a table of finished runs.")
+    parser.add_argument("runs", nargs="+", help="run directories, or a sweep's directory (all of its trials)")
+    parser.add_argument("--out", help="output folder (default: report/ in the run's folder, or in their parent)")
+    args = parser.parse_args(argv)
+    dirs = [Path(r) for r in args.runs]
+    out = Path(args.out) if args.out else (dirs[0] if len(dirs) == 1 else Path(os.path.commonpath(dirs))) / "report"
+    try:
+        text = write_report(dirs, out)
+    except UserError as e:
+        return _fail(f"error: {one_line(str(e))}", 2)
+    sys.stdout.write(text)
+    sys.stderr.write(f"report written to {out}\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:])
     parser = argparse.ArgumentParser(description="Train or test the agent a JSON config names.")
-    parser.add_argument("config", help="path to a JSON config, e.g. configs/mnist_exp_0.json")
+    parser.add_argument("config", nargs="?", help="path to a JSON config, e.g. configs/mnist_exp_0.json")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_epoch=3 optimizer.args.lr=0.05")
     parser.add_argument("--keys", action="store_true", help="list the config's keys, values and meanings, then exit")
     parser.add_argument(
-        "--nproc", type=int, default=1, metavar="N", help="train in N processes under torchrun (DDP); default 1"
+        "--nproc", type=int, metavar="N", help="train in N processes under torchrun (DDP); with --sweep: per trial"
     )
+    parser.add_argument("--sweep", metavar="FILE", help="run a sweep's trials (key=value: sweep or config keys)")
+    parser.add_argument("--workers", type=int, default=1, help="with --sweep: worker processes on this machine")
+    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # a --workers helper's number
     args = parser.parse_intermixed_args(argv)
+    overrides = ([args.config] if args.config else []) + args.overrides
     try:
+        if args.sweep:
+            if args.workers < 1:
+                raise UserError(f"--workers: expected a positive integer, got {args.workers}")
+            extra = [f"nproc={args.nproc}"] if args.nproc else []
+            return sweep(args.sweep, overrides + extra, args.workers, args.worker_index)
+        if args.config is None:
+            parser.error("the following arguments are required: config (or --sweep FILE)")
+        if args.workers != 1:
+            parser.error("--workers goes with --sweep")
         if args.keys:
             sys.stdout.write(describe_keys(args.config, args.overrides) + "\n")
             return 0
-        if args.nproc < 1:
-            raise UserError(f"--nproc: expected a positive integer, got {args.nproc}")
-        if args.nproc > 1:
+        nproc = 1 if args.nproc is None else args.nproc
+        if nproc < 1:
+            raise UserError(f"--nproc: expected a positive integer, got {nproc}")
+        if nproc > 1:
             load_config(args.config, args.overrides)  # a config mistake is one line here, not one per process
-            return distributed.launch(args.nproc, [__file__, args.config, *args.overrides])
+            return distributed.launch(nproc, [__file__, args.config, *args.overrides])
         run(args.config, args.overrides)
     except UserError as e:
         return _fail(f"error: {one_line(str(e))}", 2)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # ./run.sh [--nproc N] CONFIG [key=value ...]
+#        ./run.sh [--nproc N] --sweep SWEEP.json [key=value ...] [--workers K]
 # The same as python main.py ...; with --nproc N > 1, main.py checks the config once, then starts
-# N processes under torchrun (torch.distributed.run --standalone).
+# N processes under torchrun (torch.distributed.run --standalone). A sweep runs in main.py, which
+# starts each trial (with N processes, through this script again).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 exec "${PYTHON:-python3}" "$here/main.py" "$@"

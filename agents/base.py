@@ -17,7 +17,7 @@ import contextlib
 import math
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,8 @@ class BaseAgent:
         self.status = "started"
         self._progress_at_start: tuple[int, int] | None = None  # (epoch, global_step) when training began here
         self.stop_training = False  # an agent sets it to end training early (e.g. DQN solved)
+        # Called with (epoch, metrics) after each validation's checkpoint; True stops training (a sweep's pruner).
+        self.after_validation: Callable[[int, dict[str, float]], bool] | None = None
         self._wall_before = 0.0
         self._started = time.time()
         self._stop_signal: int | None = None
@@ -313,6 +315,8 @@ class BaseAgent:
             self._check_early_stop(metrics)
             self._check_finite_weights()
             self.save_checkpoint(self._update_best(metrics))
+            if metrics and self.after_validation is not None and self.after_validation(self.epoch, metrics):
+                self.stop_training = True
         if self.profiler is not None:
             self.profiler.close()
         if self.status == "started":
@@ -486,6 +490,7 @@ class BaseAgent:
         try:
             if recorder is not None and self.config.mode == "train" and self._has_news():
                 recorder.write_json("summary.json", self.summary())
+                recorder.curves()
         finally:
             if getattr(self, "profiler", None) is not None:
                 self.profiler.close()  # an interrupted run writes what it recorded

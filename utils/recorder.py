@@ -219,6 +219,17 @@ class Recorder:
         out.writerows(rows)
         write_text_atomic(self.run_dir / "metrics.csv", buf.getvalue())
 
+    def curves(self) -> None:
+        """out/curves.png: every metrics.csv column against epoch and step; a failure is a warning, not a failed run."""
+        if not self.enabled:
+            return
+        try:
+            from utils.report import write_run_curves
+
+            write_run_curves(self.run_dir)
+        except Exception as e:  # noqa: BLE001 (a plot must never cost a finished run: matplotlib missing, a font...)
+            self.warning(f"out/curves.png not written: {type(e).__name__}: {e}")
+
     def write_json(self, name: str, data: dict) -> None:
         if not self.enabled:
             return

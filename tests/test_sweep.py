@@ -1,0 +1,195 @@
+"""Sweeps: files checked like configs, trials as ordinary runs, failures and pruning recorded, results to read."""
+
+import csv
+import json
+
+import pytest
+
+import main
+from tests.conftest import CONFIGS, train
+
+MNIST = str(CONFIGS / "mnist_exp_0.json")
+# Tiny trials: a few batches of random MNIST, one thread (the float sums then repeat exactly).
+TINY = {
+    "data_mode": "random",
+    "random_size": 96,
+    "valid_size": 64,
+    "batch_size": 32,
+    "max_epoch": 2,
+    "torch_threads": 1,
+    "scheduler": None,
+}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def sweep_file(tmp_path, exps, **keys) -> str:
+    """A sweep file over the MNIST config writing under ``exps``; ``keys`` replace or add top-level keys."""
+    sweep = {
+        "name": "s",
+        "config": MNIST,
+        "overrides": {**TINY, "experiments_dir": str(exps)},
+        "parameters": {"optimizer.args.lr": [0.5, 1.0]},
+        "method": "grid",
+    }
+    sweep.update(keys)
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(sweep))
+    return str(path)
+
+
+def rows(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ({"paramters": {}}, "unknown key 'paramters' (did you mean 'parameters'?)"),
+        (
+            {"method": "gird"},
+            "key 'method': expected one of 'grid', 'random', 'tpe', got 'gird' (did you mean 'grid'?)",
+        ),
+        ({"parameters": {"batch_sise": [16]}}, "parameters.batch_sise = 16: "),
+        ({"parameters": {"batch_sise": [16]}}, "unknown key 'batch_sise' (did you mean 'batch_size'?)"),
+        ({"parameters": {"optimizer.args.lrr": [0.1]}}, "unknown key 'optimizer.args.lrr' (did you mean 'lr'?)"),
+        ({"parameters": {"batch_size": [16, 0]}}, "parameters.batch_size = 0: "),
+        ({"parameters": {"optimizer.args.lr": {"log_unifrom": [1e-3, 1]}}}, "(did you mean 'log_uniform'?)"),
+        ({"parameters": {"optimizer.args.lr": {"log_uniform": [0, 1]}}}, "log_uniform needs low > 0"),
+        ({"parameters": {"optimizer.args.lr": {"uniform": [1, 0.1]}}}, "two numbers with low < high"),
+        ({"parameters": {"batch_size": {"int": [16.5, 32]}}}, "int expects [low, high], two integers"),
+        ({"parameters": {"batch_size": []}}, "expected a non-empty list of choices"),
+        ({"parameters": {}}, "key 'parameters': expected at least one key"),
+        ({"parameters": {"optimizer.args.lr": {"uniform": [0.1, 1]}}}, "method grid needs a list of values"),
+        ({"parameters": {"exp_name": ["a", "b"]}}, "key 'parameters.exp_name': set by the sweep"),
+        ({"parameters": {"monitor": ["max valid/accuracy"]}}, "the objective cannot change"),
+        ({"method": "tpe"}, "missing required key 'trials' (needed by method tpe)"),
+        ({"trials": 3}, "the grid has 2 combinations, got trials=3"),
+        ({"pruner": "MedianPrunr"}, "unknown pruner 'MedianPrunr' (did you mean 'MedianPruner'?)"),
+        ({"pruner": {"type": "MedianPruner", "args": {"n_startup": 1}}}, "MedianPruner rejected"),
+        ({"storage": "localhost:5432"}, "key 'storage': expected a database URL"),
+        ({"config": "configs/nope.json"}, "nope.json: config file not found"),
+    ],
+)
+def test_sweep_file_mistakes_exit_2_with_one_line_before_any_trial(tmp_path, exps, capsys, keys, expected):
+    path = sweep_file(tmp_path, exps, **keys)
+    code = main.main(["--sweep", path])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert expected in err
+    assert err.startswith(f"error: {path}") and err.count("\n") == 1
+    assert not any(exps.iterdir()), "nothing may be created before the sweep file is good"
+
+
+def test_command_line_keys_go_to_the_sweep_or_the_base_config(tmp_path, exps, capsys):
+    path = sweep_file(tmp_path, exps)
+    assert main.main(["--sweep", path, "method=gird"]) == 2
+    assert "key 'method'" in capsys.readouterr().err
+    assert main.main(["--sweep", path, "max_epohc=2"]) == 2
+    assert "unknown key 'max_epohc' (did you mean 'max_epoch'?)" in capsys.readouterr().err
+
+
+def test_grid_sweep_runs_every_trial_as_a_run_records_a_failure_and_writes_results(tmp_path, exps, capsys):
+    # lr=1e30 makes the loss non-finite: that trial fails with its message and the sweep goes on.
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5, 1e30], "batch_size": [16, 32]})
+    assert main.main(["--sweep", path, "trials=3"]) == 0
+    assert "best trial" in capsys.readouterr().err
+    sweep_dir = exps / "s"
+    results = rows(sweep_dir / "results.csv")
+    assert [r["number"] for r in results] == ["0", "1", "2"]
+    assert [(r["optimizer.args.lr"], r["batch_size"]) for r in results] == [
+        ("0.5", "16"),
+        ("0.5", "32"),
+        ("1e+30", "16"),
+    ]
+    assert [r["state"] for r in results] == ["complete", "complete", "fail"]
+    assert "loss is nan" in results[2]["error"] or "loss is inf" in results[2]["error"]
+    for r in results[:2]:
+        run = sweep_dir / f"trial_000{r['number']}"
+        summary = json.loads((run / "summary.json").read_text())
+        assert float(r["objective"]) == summary["best"]["value"]
+        assert int(r["epochs"]) == summary["epochs"] == 2
+        config = json.loads((run / "config.json").read_text())
+        assert (config["optimizer"]["args"]["lr"], config["batch_size"]) == (0.5, int(r["batch_size"]))
+        assert (run / "checkpoints" / "last.pth").exists()
+        assert (run / "out" / "curves.png").read_bytes().startswith(PNG)
+    for plot in ("objective.png", "parameters.png", "best_curves.png"):
+        assert (sweep_dir / plot).read_bytes().startswith(PNG)
+    best = max(results[:2], key=lambda r: float(r["objective"]))
+    best_config = sweep_dir / "best_config.json"
+    config, _ = main.load_config(str(best_config))
+    assert config.batch_size == int(best["batch_size"]) and config.optimizer.args.lr == 0.5
+    assert config.exp_name == "s_best" and config.max_epoch == 2
+    # Run again: the study has its trials, nothing is re-run.
+    before = (sweep_dir / "trial_0000" / "logs" / "run.log").read_text()
+    assert main.main(["--sweep", path, "trials=3"]) == 0
+    assert (sweep_dir / "trial_0000" / "logs" / "run.log").read_text() == before
+    assert len(rows(sweep_dir / "results.csv")) == 3
+    # A sweep's folder stands for its trials in a report.
+    assert main.main(["report", str(sweep_dir)]) == 0
+    table = (sweep_dir / "report" / "report.md").read_text()
+    assert "| | trial_0000 | trial_0001 | trial_0002 |" in table and "| config batch_size | 16 | 32 | 16 |" in table
+
+
+def test_a_pruner_stops_a_poor_trial_early_and_records_it_as_pruned(tmp_path, exps):
+    # Trial 0 learns; trial 1 (lr 0) cannot, so its first validation is worse than trial 0's at that
+    # epoch: the median pruner (one finished trial suffices) stops it after one epoch of three.
+    pruner = {"type": "MedianPruner", "args": {"n_startup_trials": 1, "n_warmup_steps": 0}}
+    path = sweep_file(
+        tmp_path,
+        exps,
+        parameters={"optimizer.args.lr": [0.5, 0.0]},
+        pruner=pruner,
+        overrides={
+            **TINY,
+            "max_epoch": 3,
+            "experiments_dir": str(exps),
+            "optimizer": {"type": "SGD", "args": {"lr": 0.1}},
+            "random_size": 512,
+        },
+    )
+    assert main.main(["--sweep", path]) == 0
+    results = rows(exps / "s" / "results.csv")
+    assert [r["state"] for r in results] == ["complete", "pruned"]
+    assert [r["epochs"] for r in results] == ["3", "1"]
+
+
+def test_report_plots_runs_overlaid_and_tabulates_their_summaries(exps, capsys):
+    for lr in ("0.5", "1.0"):
+        train(
+            MNIST,
+            exps,
+            f"exp_name=lr{lr}",
+            f"optimizer.args.lr={lr}",
+            *(f"{k}={json.dumps(v)}" for k, v in TINY.items()),
+        )
+    code = main.main(["report", str(exps / "lr0.5"), str(exps / "lr1.0")])
+    out = capsys.readouterr().out
+    assert code == 0
+    report = exps / "report"
+    assert (report / "curves.png").read_bytes().startswith(PNG)
+    assert out == (report / "report.md").read_text()
+    assert "| | lr0.5 | lr1.0 |" in out
+    assert "| config optimizer.args.lr | 0.5 | 1 |" in out
+    assert "| epochs | 2 | 2 |" in out
+    assert "- **lr0.5**: lr0.5 lr=0.5" in out
+
+
+def test_a_failing_plot_does_not_fail_the_run(exps, monkeypatch):
+    import utils.report
+
+    def broken(run_dir):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(utils.report, "write_run_curves", broken)
+    train(MNIST, exps, "exp_name=t", *(f"{k}={json.dumps(v)}" for k, v in TINY.items()))
+    assert json.loads((exps / "t" / "summary.json").read_text())["status"] == "finished"
+    assert "out/curves.png not written: RuntimeError: no fonts" in (exps / "t" / "logs" / "run.log").read_text()
+
+
+def test_an_unreachable_database_is_one_line_without_its_password(tmp_path, exps, capsys):
+    path = sweep_file(tmp_path, exps, storage="postgresql://me:secret@127.0.0.1:1/db")
+    assert main.main(["--sweep", path]) == 2
+    err = capsys.readouterr().err
+    assert "key 'storage': cannot open postgresql://me:***@127.0.0.1:1/db: " in err and "secret" not in err
+    assert err.count("\n") == 1

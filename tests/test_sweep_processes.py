@@ -1,0 +1,138 @@
+"""Sweeps across processes: a SIGKILL mid-trial, workers sharing a study (a journal file, a real PostgreSQL
+server), and trials that are themselves several processes."""
+
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+import main
+import utils.sweep_subprocess
+from tests.conftest import REPO
+from tests.test_sweep import TINY, rows, sweep_file
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def sweep_command(path: str, *args: str) -> list[str]:
+    return [sys.executable, "main.py", "--sweep", path, *args]
+
+
+def trials_in(study_dir: Path) -> set[int]:
+    return {int(p.name.split("_")[1]) for p in study_dir.glob("trial_*")}
+
+
+def test_sigkill_mid_trial_then_the_same_command_resumes_it_and_ends_with_every_trial(tmp_path, exps):
+    overrides = {**TINY, "experiments_dir": str(exps), "max_epoch": 3, "random_size": 320}
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.3, 0.5, 1.0]}, overrides=overrides)
+    sweep_dir = exps / "s"
+    # run.sh passes a sweep to main.py (exec: the pid is python's).
+    first = subprocess.Popen([str(REPO / "run.sh"), "--sweep", path], cwd=REPO, env=ENV, stderr=subprocess.DEVNULL)
+    checkpoint = sweep_dir / "trial_0001" / "checkpoints" / "last.pth"
+    deadline = time.time() + 180
+    while not checkpoint.exists() and time.time() < deadline and first.poll() is None:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert checkpoint.exists(), "trial 1 never saved a checkpoint"
+    assert not (sweep_dir / "trial_0001" / "summary.json").exists(), "the kill must land in trial 1"
+    first_log = (sweep_dir / "trial_0000" / "logs" / "run.log").read_text()
+
+    again = subprocess.run(
+        sweep_command(path, "--workers", "2"), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr
+    assert "taking it up" in again.stderr
+    results = rows(sweep_dir / "results.csv")
+    assert [(r["number"], r["state"], r["epochs"]) for r in results] == [(str(n), "complete", "3") for n in range(3)]
+    assert (sweep_dir / "trial_0000" / "logs" / "run.log").read_text() == first_log, "a finished trial ran again"
+    assert "resumed from" in (sweep_dir / "trial_0001" / "logs" / "run.log").read_text()
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(sweep_dir / "study.journal"))
+    )
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server on a free local port, run by an unprivileged user (initdb refuses root)."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
+    assert bins[-1], "PostgreSQL's server programs not found: apt-get install postgresql (.ci/run installs it)"
+    bindir = Path(bins[-1]).parent
+    home = Path(tempfile.mkdtemp(prefix="sweep_pg_"))
+    as_user = []
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        os.chown(home, nobody.pw_uid, nobody.pw_gid)
+        as_user = ["runuser", "-u", "nobody", "--"]
+    port = _free_port()
+
+    def pg(*args: str) -> None:
+        subprocess.run([*as_user, *args], cwd=home, check=True, capture_output=True, timeout=120)
+
+    try:
+        pg(str(bindir / "initdb"), "-D", str(home / "db"), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1"
+        pg(str(bindir / "pg_ctl"), "-D", str(home / "db"), "-l", str(home / "log"), "-w", "-o", options, "start")
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        if (home / "db" / "postmaster.pid").exists():
+            pg(str(bindir / "pg_ctl"), "-D", str(home / "db"), "-m", "immediate", "stop")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_two_workers_on_a_postgresql_study_run_exactly_the_requested_trials(tmp_path, exps, postgres_url):
+    # Two "machines": the same command twice, each with experiments of its own, one database.
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": {"log_uniform": [0.1, 1.0]}}, method="random")
+    machines = [tmp_path / "machine_a", tmp_path / "machine_b"]
+    procs = [
+        subprocess.Popen(
+            sweep_command(path, "trials=4", "max_epoch=1", f"storage={postgres_url}", f"experiments_dir={m}"),
+            cwd=REPO,
+            env=ENV,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for m in machines
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    study = optuna.load_study(study_name="s", storage=postgres_url)
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    ran = [trials_in(m / "s") for m in machines]
+    assert ran[0] | ran[1] == {0, 1, 2, 3} and not ran[0] & ran[1], ran
+    for m in machines:  # each machine's results cover the whole study
+        assert [r["number"] for r in rows(m / "s" / "results.csv")] == ["0", "1", "2", "3"]
+
+
+@pytest.mark.slow
+def test_a_trial_of_two_processes_runs_under_torchrun_and_is_pruned_by_a_signal(tmp_path, exps, capsys, monkeypatch):
+    # No accuracy reaches 1.01: the threshold pruner stops the trial at its first report, through SIGTERM.
+    monkeypatch.setattr(utils.sweep_subprocess, "POLL_SECONDS", 0.05)
+    pruner = {"type": "ThresholdPruner", "args": {"lower": 1.01}}
+    overrides = {**TINY, "experiments_dir": str(exps), "max_epoch": 30, "max_train_batches": 1}
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5]}, pruner=pruner, overrides=overrides)
+    assert main.main(["--sweep", path, "--nproc", "2"]) == 1  # no trial completed
+    assert "1 pruned; no trial completed" in capsys.readouterr().err
+    (result,) = rows(exps / "s" / "results.csv")
+    assert result["state"] == "pruned" and 1 <= int(result["epochs"]) < 30
+    summary = json.loads((exps / "s" / "trial_0000" / "summary.json").read_text())
+    assert summary["world_size"] == 2

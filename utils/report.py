@@ -1,0 +1,187 @@
+"""Plots and a side-by-side table of runs, from the files every run writes (metrics.csv, config.json, summary.json).
+
+``python main.py report RUN_DIR [RUN_DIR ...]`` writes them; every run draws its own ``out/curves.png``
+at its end. Matplotlib draws through its Agg canvas (``matplotlib.figure.Figure``): no display, no
+pyplot state shared with the user's code.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from utils.errors import UserError
+from utils.recorder import write_bytes_atomic
+
+AXES = ("epoch", "step")
+# Config keys that differ between any two runs without saying anything about them.
+NOT_IN_LEGENDS = ("exp_name", "experiments_dir", "description")
+
+
+@dataclass
+class RunFiles:
+    """What one run directory holds for a report."""
+
+    path: Path
+    name: str
+    config: dict[str, Any]  # flattened: {"optimizer.args.lr": 0.1, ...}
+    rows: list[dict[str, float]]  # metrics.csv, numbers only
+    summary: dict
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path}: not a JSON file") from None
+    return data if isinstance(data, dict) else {}
+
+
+def read_run(path: Path) -> RunFiles:
+    rows = []
+    if (path / "metrics.csv").exists():
+        with open(path / "metrics.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                rows.append({k: v for k, v in ((k, _number(v)) for k, v in row.items() if k) if v is not None})
+    return RunFiles(path, path.name, flatten(_read_json(path / "config.json")), rows, _read_json(path / "summary.json"))
+
+
+def is_run(path: Path) -> bool:
+    return (path / "metrics.csv").exists() or (path / "summary.json").exists()
+
+
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """The run directories among ``paths``; a directory of runs (a sweep's) stands for all of them."""
+    found = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise UserError(f"{p}: not a directory (expected a run directory such as experiments/mnist_exp_0)")
+        inside = [] if is_run(p) else sorted(c for c in p.iterdir() if c.is_dir() and is_run(c))
+        if not is_run(p) and not inside:
+            raise UserError(f"{p}: holds no metrics.csv or summary.json, nor run directories that do")
+        found.extend([p] if is_run(p) else inside)
+    return found
+
+
+def differing_keys(runs: list[RunFiles]) -> list[str]:
+    """Config keys whose values are not the same in every run."""
+    keys = sorted({k for r in runs for k in r.config} - set(NOT_IN_LEGENDS))
+    return [k for k in keys if len({json.dumps(r.config.get(k)) for r in runs}) > 1]
+
+
+def labels(runs: list[RunFiles]) -> list[str]:
+    """Each run's name and the config values in which the runs differ (``lr=0.01`` for ``optimizer.args.lr``)."""
+    keys = differing_keys(runs)
+    last = [k.split(".")[-1] for k in keys]
+    short = dict(zip(keys, [s if last.count(s) == 1 else k for k, s in zip(keys, last, strict=True)], strict=True))
+    return [" ".join([r.name, *(f"{short[k]}={fmt(r.config.get(k))}" for k in keys)]) for r in runs]
+
+
+def fmt(value: Any) -> str:
+    """A config value or figure for a legend or a table cell (floats to 4 significant digits)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def metric_names(runs: list[RunFiles]) -> list[str]:
+    return list(dict.fromkeys(k for r in runs for row in r.rows for k in row if k not in AXES))
+
+
+def _colours(n: int) -> list:
+    """One colour per run, all different: matplotlib's qualitative tables, then evenly spaced viridis."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    return [colormaps["viridis"](i / (n - 1)) for i in range(n)]
+
+
+def plot_curves(runs: list[RunFiles], names: list[str], path: Path, metrics: list[str] | None = None) -> None:
+    """One row of plots per metric, against epoch (left) and step (right), one colour per run."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    metrics = metrics or metric_names(runs)
+    colours = _colours(len(runs))
+    fig = Figure(figsize=(10, 2.6 * max(1, len(metrics))), layout="constrained")
+    axes = fig.subplots(max(1, len(metrics)), 2, squeeze=False)
+    for row, metric in enumerate(metrics):
+        for col, x in enumerate(AXES):
+            ax = axes[row][col]
+            for i, (run, name) in enumerate(zip(runs, names, strict=True)):
+                points = [(r[x], r[metric]) for r in run.rows if x in r and metric in r and math.isfinite(r[metric])]
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    ax.plot(xs, ys, color=colours[i], marker="o" if len(xs) <= 30 else None, ms=3, label=name)
+            ax.set_xlabel(x)
+            ax.set_ylabel(metric)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+    if metrics:
+        axes[0][1].legend(fontsize="small", loc="best")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def summary_table(runs: list[RunFiles], names: list[str]) -> str:
+    """A markdown table: one column per run, one row per summary.json figure (and differing config value)."""
+    differ = differing_keys(runs)
+    summaries = [flatten(r.summary) for r in runs]
+    figures = [k for k in dict.fromkeys(k for s in summaries for k in s) if k not in ("agent", "exp_name")]
+    header = "| | " + " | ".join(r.name for r in runs) + " |"
+    lines = [header, "|---" * (len(runs) + 1) + "|"]
+    for key in differ:
+        lines.append(f"| config {key} | " + " | ".join(fmt(r.config.get(key)) for r in runs) + " |")
+    for key in figures:
+        cells = [fmt(s[key]) if key in s else "" for s in summaries]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    legend = [f"- **{r.name}**: {name}" for r, name in zip(runs, names, strict=True) if name != r.name]
+    return "\n".join(lines + ([""] + legend if legend else [])) + "\n"
+
+
+def write_report(paths: list[str | Path], out: Path) -> str:
+    """curves.png and report.md in ``out`` for the runs under ``paths``; returns the markdown."""
+    runs = [read_run(p) for p in find_runs(paths)]
+    names = labels(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_curves(runs, names, out / "curves.png")
+    text = f"# Report\n\n![curves](curves.png)\n\n{summary_table(runs, names)}"
+    (out / "report.md").write_text(text)
+    return text
+
+
+def write_run_curves(run_dir: Path) -> None:
+    """out/curves.png of one run: every metric of its metrics.csv against epoch and step."""
+    run = read_run(run_dir)
+    if run.rows:
+        plot_curves([run], [run.name], run_dir / "out" / "curves.png")

@@ -1,0 +1,335 @@
+"""Running a sweep: an Optuna study whose trials are ordinary runs under experiments/<sweep name>/trial_NNNN.
+
+Workers (processes on this machine, or on several machines sharing a database) each loop: take up a
+trial whose worker died, else ask the study for a new one while fewer than ``trials`` exist, run it
+to its end, tell the study. Trial numbers are unique across workers, so ``trials`` is exact and a grid
+point is never run twice. A worker holds a lock file while it lives: a RUNNING trial whose worker's
+lock is free was cut short (SIGKILL, power loss) and is resumed from its checkpoint by the next
+worker started on the same machine, where the checkpoint is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy.exc
+from optuna.trial import TrialState
+
+from utils.errors import RunInterrupted, TrainingStopped, UserError
+from utils.seeding import derive_seed
+from utils.sweep_spec import Sweep
+
+# run_trial(overrides, run_dir, after_validation): one trial's run to its end; raises UserError or
+# TrainingStopped when it fails, RunInterrupted when stopped by a signal. after_validation(epoch, metrics)
+# is BaseAgent's hook; it returns True to stop training (pruned).
+RunTrial = Callable[[list[str], Path, Callable[[int, dict[str, float]], bool] | None], None]
+
+LOG = logging.getLogger("ppt.sweep")
+
+
+class _GridByNumber(optuna.samplers.BaseSampler):
+    """method=grid: trial N takes combination N (trial numbers are unique across workers and machines)."""
+
+    def __init__(self, grid: list[dict]) -> None:
+        self.grid = grid
+
+    def infer_relative_search_space(self, study, trial) -> dict:
+        return {}
+
+    def sample_relative(self, study, trial, search_space) -> dict:
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution) -> Any:
+        return self.grid[trial.number][param_name]
+
+
+class Worker:
+    """This process as a sweep worker: its id (host:lock file) in its trials, and that lock, held while it lives."""
+
+    def __init__(self, sweep_dir: Path) -> None:
+        self.host = socket.gethostname()
+        folder = sweep_dir / ".workers"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = (folder / f"{self.host}.{os.getpid()}.lock").resolve()
+        self.id = f"{self.host}:{self.path}"  # host, then where its lock is (any experiments_dir on that host)
+        self._file = open(self.path, "w")  # noqa: SIM115 (held for the worker's life)
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+
+    def is_dead(self, worker_id: str) -> bool:
+        """Whether the worker ``worker_id`` of this machine has ended (another machine's: never known here)."""
+        host, _, lock = worker_id.partition(":")
+        if host != self.host:
+            return False
+        path = Path(lock)
+        try:
+            f = open(path)  # noqa: SIM115
+        except FileNotFoundError:
+            return True
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            path.unlink(missing_ok=True)
+            return True
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self._file.close()
+
+
+@contextlib.contextmanager
+def _machine_lock(sweep_dir: Path) -> Iterator[None]:
+    """Serialises taking trials among this machine's workers (no two take up the same orphan)."""
+    with open(sweep_dir / ".take.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def open_study(sweep: Sweep, worker_index: int = 0) -> optuna.Study:
+    """Create the study, or join it when another worker (or an earlier run of the sweep) made it."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if sweep.method == "grid":
+        sampler = _GridByNumber(sweep.grid)
+    else:
+        seed = None if sweep.sampler_seed is None else derive_seed(sweep.sampler_seed, "sweep worker", worker_index)
+        random = sweep.method == "random"
+        sampler = optuna.samplers.RandomSampler(seed) if random else optuna.samplers.TPESampler(seed=seed)
+    pruner = getattr(optuna.pruners, sweep.pruner["type"])(**sweep.pruner["args"]) if sweep.pruner else None
+    for attempt in range(5):  # workers starting together race to create a database's tables
+        try:
+            study = optuna.create_study(
+                storage=_storage(sweep),
+                sampler=sampler,
+                pruner=pruner or optuna.pruners.NopPruner(),
+                study_name=sweep.name,
+                direction=sweep.direction,
+                load_if_exists=True,
+            )
+            break
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 (a database error that the next attempt may not meet)
+            if sweep.storage is None:
+                raise
+            if attempt == 4 or isinstance(e, sqlalchemy.exc.OperationalError):  # unreachable, bad password
+                message = f"cannot open {sweep.shown_storage}: {_first_line(e)}"
+                raise UserError(f"{sweep.path}: key 'storage': {message}") from None
+            time.sleep(0.5 * (attempt + 1))
+    if study.direction.name.lower() != sweep.direction:
+        raise UserError(
+            f"{sweep.path}: study '{sweep.name}' exists and was made to {study.direction.name.lower()}, "
+            f"but monitor is '{sweep.monitor}'; use another sweep name"
+        )
+    return study
+
+
+def _storage(sweep: Sweep) -> Any:
+    if sweep.storage is None:
+        backend = optuna.storages.journal.JournalFileBackend(str(sweep.sweep_dir / "study.journal"))
+        return optuna.storages.JournalStorage(backend)
+    try:
+        return optuna.storages.RDBStorage(sweep.storage, engine_kwargs={"pool_pre_ping": True})
+    except ImportError:
+        scheme = sweep.storage.split("://")[0]
+        raise UserError(
+            f"{sweep.path}: key 'storage': no database driver for {scheme}:// installed; "
+            "for postgresql://: pip install 'psycopg[binary]'"
+        ) from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def _adopt(study: optuna.Study, worker: Worker, local: bool) -> optuna.trial.Trial | None:
+    """A RUNNING trial whose worker died on this machine, now this worker's."""
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = frozen.user_attrs.get("worker")
+        # No owner: cut short between ask and naming its worker; with a journal file every ask is on this
+        # machine, under the machine lock we hold, so no live worker is half-way through it.
+        if (owner and worker.is_dead(owner)) or (not owner and local):
+            trial = optuna.trial.Trial(study, frozen._trial_id)  # Optuna's way to continue a trial elsewhere
+            trial.set_user_attr("worker", worker.id)
+            LOG.info(f"trial {frozen.number}: its worker {owner or '?'} is gone; taking it up")
+            return trial
+    return None
+
+
+def _ask(study: optuna.Study, sweep: Sweep, worker: Worker) -> optuna.trial.Trial | None:
+    """A new trial while the study has fewer than ``sweep.trials``."""
+    if len(study.get_trials(deepcopy=False)) >= sweep.trials:
+        return None
+    trial = study.ask()
+    if trial.number >= sweep.trials:  # another machine asked at the same moment and got the last one
+        trial.set_user_attr("surplus", True)
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    trial.set_user_attr("worker", worker.id)
+    return trial
+
+
+def trial_name(number: int) -> str:
+    return f"trial_{number:04d}"
+
+
+def _run(study: optuna.Study, sweep: Sweep, trial: optuna.trial.Trial, run_trial: RunTrial) -> None:
+    """Run one trial to its end and tell the study: complete, pruned, or failed with its message."""
+    values = {space.key: space.suggest(trial) for space in sweep.spaces}  # an adopted trial keeps its values
+    name = trial_name(trial.number)
+    run_dir = sweep.sweep_dir / name
+    overrides = [
+        *sweep.overrides,
+        *(space.override(values[space.key]) for space in sweep.spaces),
+        f"experiments_dir={sweep.sweep_dir}",
+        f"exp_name={name}",
+    ]
+    described = ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+    LOG.info(f"trial {trial.number} ({described}): {run_dir}")
+    pruned = False
+
+    def after_validation(epoch: int, metrics: dict[str, float]) -> bool:
+        nonlocal pruned
+        value = metrics.get(sweep.metric)
+        if value is None or not math.isfinite(value):
+            return False
+        with warnings.catch_warnings():  # a resumed trial reports its earlier epochs again: Optuna keeps the first
+            warnings.simplefilter("ignore")
+            trial.report(value, epoch)
+        pruned = trial.should_prune()
+        return pruned
+
+    error = None
+    try:
+        run_trial(overrides, run_dir, after_validation if sweep.pruner else None)
+    except (UserError, TrainingStopped) as e:
+        error = str(e)
+    except (RunInterrupted, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 (a bug in this trial's code: it fails, the sweep goes on)
+        LOG.error(traceback.format_exc())
+        error = f"{type(e).__name__}: {e}"
+    summary = _read_json(run_dir / "summary.json")
+    trial.set_user_attr("epochs", summary.get("epochs"))
+    trial.set_user_attr("wall_seconds", summary.get("wall_seconds"))
+    value = (summary.get("best") or {}).get("value")
+    if error is not None:
+        _fail(study, trial, error)
+    elif pruned:
+        study.tell(trial, state=TrialState.PRUNED)
+        LOG.info(f"trial {trial.number}: pruned after epoch {summary.get('epochs')}")
+    elif value is None:
+        _fail(study, trial, f"no finite value of {sweep.metric} in {run_dir / 'summary.json'}")
+    else:
+        study.tell(trial, value)
+        LOG.info(f"trial {trial.number}: {sweep.metric} {value:.4g}")
+
+
+def _fail(study: optuna.Study, trial: optuna.trial.Trial, message: str) -> None:
+    trial.set_user_attr("error", message)
+    study.tell(trial, state=TrialState.FAIL)
+    LOG.warning(f"trial {trial.number} failed: {message}")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def work(study: optuna.Study, sweep: Sweep, run_trial: RunTrial) -> None:
+    """This worker's loop: take a trial, run it, until the study has all of its trials."""
+    worker = Worker(sweep.sweep_dir)
+    try:
+        while True:
+            with _machine_lock(sweep.sweep_dir):
+                trial = _adopt(study, worker, local=sweep.storage is None) or _ask(study, sweep, worker)
+            if trial is None:
+                return
+            _run(study, sweep, trial, run_trial)
+    finally:
+        worker.close()
+
+
+def _setup_log(sweep_dir: Path) -> None:
+    if LOG.handlers:
+        return
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
+    fmt = logging.Formatter("%(asctime)s sweep %(message)s", "%Y-%m-%d %H:%M:%S")
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(sweep_dir / "sweep.log")):
+        handler.setFormatter(fmt)
+        LOG.addHandler(handler)
+
+
+def _close_log() -> None:
+    for handler in list(LOG.handlers):
+        handler.close()
+        LOG.removeHandler(handler)
+
+
+def _write_sweep_file(sweep_dir: Path, resolved: dict) -> None:
+    """sweep.json: the checked sweep; an earlier, different one is kept as sweep.N.json."""
+    path = sweep_dir / "sweep.json"
+    text = json.dumps(resolved, indent=2) + "\n"
+    if path.exists() and path.read_text() != text:
+        n = 1
+        while (sweep_dir / f"sweep.{n}.json").exists():
+            n += 1
+        os.replace(path, sweep_dir / f"sweep.{n}.json")
+    path.write_text(text)
+
+
+def run_sweep(
+    sweep: Sweep,
+    run_trial: RunTrial,
+    workers: int = 1,
+    helper_command: list[str] | None = None,
+    helper_index: int | None = None,
+) -> optuna.Study:
+    """Run the sweep here with ``workers`` processes (this one and ``workers - 1`` helper_command's)."""
+    sweep_dir = sweep.sweep_dir
+    if (sweep_dir / "config.json").exists():
+        raise UserError(f"{sweep.path}: key 'name': {sweep_dir} is a run's directory; choose another sweep name")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    _setup_log(sweep_dir)
+    try:
+        if helper_index is None:
+            _write_sweep_file(sweep_dir, sweep.resolved())
+        study = open_study(sweep, helper_index or 0)
+        helpers = [
+            subprocess.Popen([*helper_command, "--worker-index", str(i)], start_new_session=True)
+            for i in range(1, workers)
+        ]
+        try:
+            work(study, sweep, run_trial)
+        except BaseException:
+            for proc in helpers:  # they run in sessions of their own: pass the stop on
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            raise
+        finally:
+            for i, proc in enumerate(helpers, start=1):
+                if proc.wait():
+                    LOG.warning(f"worker {i} (pid {proc.pid}) exited with code {proc.returncode}")
+        return study
+    finally:
+        _close_log()

@@ -1,0 +1,298 @@
+"""Sweep files: a base config, fixed overrides and a search space over its keys, checked before any trial runs.
+
+A sweep file is JSON like a config (keys in ``SWEEP_SCHEMA``). Every override and every value a
+parameter can take is applied to the base config and validated against its agent's schema, so a
+misspelled key or a bad value is one line naming the sweep file and the key, before any trial.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from utils.config import (
+    REQUIRED,
+    Key,
+    apply_overrides,
+    did_you_mean,
+    parse_override,
+    plain_name,
+    read_json,
+    repo_path,
+    validate,
+)
+from utils.errors import UserError
+
+METHODS = ("grid", "random", "tpe")
+SPACE_KINDS = ("log_uniform", "uniform", "int", "choice")
+# Keys a trial's run gets from the sweep itself: a sweep file may not set them.
+OWNED_KEYS = ("exp_name", "mode", "resume")
+
+
+def _storage_check(value: str, where: str, source: str) -> None:
+    if "://" not in value:
+        raise UserError(
+            f"{source}: key '{where}': expected a database URL such as "
+            f"postgresql://user:password@host:5432/db (null: a journal file in the sweep folder), got {value!r}"
+        )
+
+
+SWEEP_SCHEMA: dict[str, Key] = {
+    "name": Key(REQUIRED, str, "the study's name and its folder under the config's experiments_dir", check=plain_name),
+    "config": Key(REQUIRED, str, "the base config every trial runs (relative to the repository)"),
+    "overrides": Key({}, dict, 'fixed key: value pairs applied to every trial, e.g. {"max_epoch": 3}'),
+    "parameters": Key(
+        REQUIRED,
+        dict,
+        'key: space; a space is a list of values, {"choice": [...]}, {"log_uniform": [low, high]}, '
+        '{"uniform": [low, high]} or {"int": [low, high]}',
+    ),
+    "method": Key("tpe", str, "grid (every combination), random or tpe (Optuna's default sampler)", choices=METHODS),
+    "trials": Key(None, int, "number of trials (grid: all combinations when null)", min=1, nullable=True),
+    "pruner": Key(
+        None,
+        (str, dict),
+        'an optuna.pruners class, "MedianPruner" or {"type": "MedianPruner", "args": {...}}; null: no pruning',
+        nullable=True,
+    ),
+    "storage": Key(
+        None,
+        str,
+        "database URL shared by workers on several machines (postgresql://...); null: a journal file",
+        nullable=True,
+        check=_storage_check,
+    ),
+    "sampler_seed": Key(
+        None, int, "seed of the sampler (one worker: the same trials each time)", min=0, max=2**31 - 1, nullable=True
+    ),
+    "nproc": Key(1, int, "processes per trial (torchrun through run.sh when > 1)", min=1, max=1024),
+}
+
+
+@dataclass
+class Space:
+    """The values one config key takes in a sweep."""
+
+    key: str
+    kind: str  # one of SPACE_KINDS
+    values: list  # the choices, or [low, high]
+
+    @property
+    def encoded(self) -> bool:
+        """Whether choices are stored in Optuna as JSON text (it keeps only None, bool, int, float, str)."""
+        return self.kind == "choice" and any(isinstance(v, (list, dict)) for v in self.values)
+
+    def grid(self) -> list:
+        """Every value, for method=grid."""
+        if self.kind == "choice":
+            return list(self.values)
+        if self.kind == "int":
+            return list(range(self.values[0], self.values[1] + 1))
+        raise UserError(f"{self.kind} has no grid")
+
+    def suggest(self, trial: Any) -> Any:
+        """Draw this key's value for an Optuna trial; returns the config value."""
+        if self.kind == "choice":
+            options = [json.dumps(v) for v in self.values] if self.encoded else list(self.values)
+            return self.decode(trial.suggest_categorical(self.key, options))
+        low, high = self.values
+        if self.kind == "int":
+            return trial.suggest_int(self.key, low, high)
+        return trial.suggest_float(self.key, low, high, log=self.kind == "log_uniform")
+
+    def decode(self, value: Any) -> Any:
+        """The config value of what Optuna stored."""
+        return json.loads(value) if self.encoded else value
+
+    def override(self, value: Any) -> str:
+        return f"{self.key}={json.dumps(value)}"
+
+
+@dataclass
+class Sweep:
+    """A checked sweep file."""
+
+    path: str
+    name: str
+    config: str  # the base config's path
+    overrides: list[str]  # key=value, fixed for every trial
+    spaces: list[Space]
+    method: str
+    trials: int
+    pruner: dict | None
+    storage: str | None
+    sampler_seed: int | None
+    nproc: int
+    monitor: str  # e.g. "max valid/accuracy"
+    sweep_dir: Path
+    grid: list[dict] = field(default_factory=list)  # method=grid: the combinations in trial order (Optuna's values)
+
+    def resolved(self) -> dict:
+        """The checked sweep as JSON (a password in the storage URL left out)."""
+        return {
+            "name": self.name,
+            "config": self.config,
+            "overrides": {".".join(parts): value for parts, value in map(parse_override, self.overrides)},
+            "parameters": {s.key: {s.kind: s.values} for s in self.spaces},
+            "method": self.method,
+            "trials": self.trials,
+            "pruner": self.pruner,
+            "storage": self.shown_storage,
+            "sampler_seed": self.sampler_seed,
+            "nproc": self.nproc,
+            "monitor": self.monitor,
+        }
+
+    @property
+    def shown_storage(self) -> str | None:
+        """The storage URL without its password, for logs and files."""
+        return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.storage) if self.storage else None
+
+    @property
+    def direction(self) -> str:
+        return "maximize" if self.monitor.split()[0] == "max" else "minimize"
+
+    @property
+    def metric(self) -> str:
+        return self.monitor.split()[1]
+
+
+def _parse_space(key: str, value: Any, source: str) -> Space:
+    where = f"{source}: key 'parameters.{key}'"
+    if isinstance(value, list):
+        value = {"choice": value}
+    if not isinstance(value, dict) or len(value) != 1:
+        raise UserError(
+            f"{where}: expected a list of values or one of "
+            + ", ".join(f'{{"{k}": [...]}}' for k in SPACE_KINDS)
+            + f", got {json.dumps(value)}"
+        )
+    ((kind, bounds),) = value.items()
+    if kind not in SPACE_KINDS:
+        raise UserError(
+            f"{where}: unknown space '{kind}'{did_you_mean(kind, SPACE_KINDS)}; known: {', '.join(SPACE_KINDS)}"
+        )
+    if kind == "choice":
+        if not isinstance(bounds, list) or not bounds:
+            raise UserError(f"{where}: expected a non-empty list of choices, got {json.dumps(bounds)}")
+        return Space(key, kind, bounds)
+    number = int if kind == "int" else (int, float)
+    ok = isinstance(bounds, list) and len(bounds) == 2
+    ok = ok and all(isinstance(b, number) and not isinstance(b, bool) for b in bounds) and bounds[0] < bounds[1]
+    if not ok:
+        what = "integers" if kind == "int" else "numbers"
+        raise UserError(f"{where}: {kind} expects [low, high], two {what} with low < high, got {json.dumps(bounds)}")
+    if kind == "log_uniform" and bounds[0] <= 0:
+        raise UserError(f"{where}: log_uniform needs low > 0, got {json.dumps(bounds)}")
+    return Space(key, kind, bounds)
+
+
+def _owned(key: str, where: str, source: str) -> None:
+    if key.split(".")[0] in OWNED_KEYS:
+        raise UserError(f"{source}: key '{where}.{key}': set by the sweep for each trial; remove it")
+
+
+def _pruner(value: str | dict | None, source: str) -> dict | None:
+    """{"type", "args"} of an optuna.pruners class, checked by building it once."""
+    if value is None:
+        return None
+    import optuna
+
+    spec = {"type": value, "args": {}} if isinstance(value, str) else value
+    schema = {"type": Key(REQUIRED, str, "pruner class"), "args": Key({}, dict, "its arguments")}
+    spec = validate(spec, schema, source, prefix="pruner.")
+    names = [n for n in dir(optuna.pruners) if n.endswith("Pruner") and n != "BasePruner"]
+    if spec["type"] not in names:
+        hint = did_you_mean(spec["type"], names)
+        raise UserError(f"{source}: key 'pruner': unknown pruner '{spec['type']}'{hint}; known: {', '.join(names)}")
+    try:
+        getattr(optuna.pruners, spec["type"])(**spec["args"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{source}: key 'pruner.args': {spec['type']} rejected {spec['args']}: {e}") from None
+    return spec
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """Command-line key=value: (those naming sweep-file keys, those for the base config)."""
+    mine, theirs = [], []
+    for text in overrides:
+        parts, _ = parse_override(text)
+        (mine if parts[0] in SWEEP_SCHEMA else theirs).append(text)
+    return mine, theirs
+
+
+def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, list[str]], Any]) -> Sweep:
+    """Read and check a sweep file with command-line overrides.
+
+    ``check_config(config_path, overrides)`` loads and validates the base config (main.load_config),
+    returning the config; every value a trial can get goes through it once here.
+    """
+    mine, theirs = split_overrides(overrides)
+    raw = apply_overrides(read_json(path), mine)
+    sweep = validate(raw, SWEEP_SCHEMA, path)
+    fixed = {**sweep["overrides"]}
+    for text in theirs:  # key=value on the command line for the base config joins the fixed overrides
+        parts, value = parse_override(text)
+        fixed[".".join(parts)] = value
+    for key in fixed:
+        _owned(key, "overrides", path)
+    base = [f"{k}={json.dumps(v)}" for k, v in fixed.items()]
+    if not sweep["parameters"]:
+        raise UserError(f"{path}: key 'parameters': expected at least one key to sweep")
+    spaces = [_parse_space(k, v, path) for k, v in sweep["parameters"].items()]
+
+    def check(extra: list[str], where: str) -> Any:
+        try:
+            return check_config(str(repo_path(sweep["config"])), [*base, *extra])
+        except UserError as e:
+            raise UserError(f"{path}: {where}: {e}") from None
+
+    config = check([], "overrides")
+    for space in spaces:
+        _owned(space.key, "parameters", path)
+        if space.key.split(".")[0] == "monitor":
+            raise UserError(f"{path}: key 'parameters.monitor': the objective cannot change between trials")
+        for value in space.values:  # every choice, or both ends of a range
+            check([space.override(value)], f"parameters.{space.key} = {json.dumps(value)}")
+
+    trials, grid = sweep["trials"], []
+    if sweep["method"] == "grid":
+        for space in spaces:
+            if space.kind not in ("choice", "int"):
+                raise UserError(
+                    f"{path}: key 'parameters.{space.key}': method grid needs a list of values, a choice or an "
+                    f"int range, got {space.kind}"
+                )
+        encoded = [[json.dumps(v) if s.encoded else v for v in s.grid()] for s in spaces]
+        grid = [dict(zip([s.key for s in spaces], combo, strict=True)) for combo in itertools.product(*encoded)]
+        if sweep["sampler_seed"] is not None:
+            random.Random(sweep["sampler_seed"]).shuffle(grid)
+        if trials is not None and trials > len(grid):
+            raise UserError(f"{path}: key 'trials': the grid has {len(grid)} combinations, got trials={trials}")
+        trials = trials or len(grid)
+        grid = grid[:trials]
+    elif trials is None:
+        raise UserError(f"{path}: missing required key 'trials' (needed by method {sweep['method']})")
+
+    return Sweep(
+        path=path,
+        name=sweep["name"],
+        config=sweep["config"],
+        overrides=base,
+        spaces=spaces,
+        method=sweep["method"],
+        trials=trials,
+        pruner=_pruner(sweep["pruner"], path),
+        storage=sweep["storage"],
+        sampler_seed=sweep["sampler_seed"],
+        nproc=sweep["nproc"],
+        monitor=config["monitor"],
+        sweep_dir=repo_path(config["experiments_dir"]) / sweep["name"],
+        grid=grid,
+    )

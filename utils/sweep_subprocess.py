@@ -1,0 +1,93 @@
+"""A sweep trial as its own command (``run.sh --nproc N ...``), for trials that need several processes.
+
+The trial reports nothing back: this side reads the metrics.csv rows the run writes, hands each to the
+pruning hook, and on a prune sends SIGTERM, which saves a checkpoint and ends the run (exit 130).
+"""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from utils.errors import RunInterrupted, TrainingStopped, UserError
+
+POLL_SECONDS = 0.5
+
+
+def _echo(stream: IO[str], last: list[str], quiet: threading.Event) -> None:
+    """Pass the trial's stderr through (until ``quiet``), keeping its last non-empty line (a failure's message)."""
+    for line in stream:
+        if not quiet.is_set():
+            sys.stderr.write(line)
+        if line.strip():
+            last[:] = [line.strip()]
+
+
+def _rows(path: Path) -> list[dict[str, float]]:
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
+    out = []
+    for row in rows:
+        numbers = {}
+        for key, text in row.items():
+            try:
+                numbers[key] = float(text)
+            except (TypeError, ValueError):
+                continue
+        out.append(numbers)
+    return out
+
+
+def run_command(
+    command: list[str],
+    overrides: list[str],
+    run_dir: Path,
+    after_validation: Callable[[int, dict[str, float]], bool] | None,
+) -> None:
+    """Run ``command + overrides`` to its end; failures raise as they would in-process (UserError, ...)."""
+    proc = subprocess.Popen([*command, *overrides], stderr=subprocess.PIPE, text=True, errors="replace")
+    last: list[str] = []
+    quiet = threading.Event()  # set once pruned: torchrun's report of the SIGTERM we sent is no news
+    reader = threading.Thread(target=_echo, args=(proc.stderr, last, quiet), daemon=True)
+    reader.start()
+    handled: set[int] = set()
+    pruned = False
+    try:
+        while proc.poll() is None:
+            time.sleep(POLL_SECONDS)
+            if after_validation is None or pruned:
+                continue
+            for row in _rows(run_dir / "metrics.csv"):
+                epoch = int(row.get("epoch", 0))
+                if epoch in handled:
+                    continue
+                handled.add(epoch)
+                metrics = {k: v for k, v in row.items() if k not in ("epoch", "step")}
+                if after_validation(epoch, metrics):
+                    pruned = True
+                    quiet.set()
+                    proc.send_signal(signal.SIGTERM)
+                    break
+    except BaseException:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        raise
+    reader.join()
+    if proc.returncode == 0 or pruned:
+        return
+    message = last[0] if last else f"{command[0]} exited with code {proc.returncode}"
+    if proc.returncode == 2:
+        raise UserError(message.removeprefix("error: "))
+    if proc.returncode == 130:
+        raise RunInterrupted(message)
+    raise TrainingStopped(message.removeprefix("error: "))
