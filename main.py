@@ -1,6 +1,8 @@
 """Command line: ``python main.py CONFIG [key=value ...]`` (``./run.sh`` does the same).
 
 Loads and validates the config, looks up the agent by name, runs it and finalizes it.
+Other commands (``python main.py COMMAND --help``): ``new NAME`` makes a model from the template
+agent, ``new-project DIR`` copies the template, ``keys`` prints the config reference.
 Exit codes: 0 success, 2 a user mistake (one line, no traceback), 1 anything else,
 130 stopped by Ctrl-C/SIGTERM after saving a checkpoint.
 """
@@ -10,12 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 
 from easydict import EasyDict
 
-from agents import get_agent_class
+from agents import config_schemas, get_agent_class
 from utils.config import apply_overrides, read_json, to_easydict, validate
+from utils.config_reference import keys_command
 from utils.errors import RunInterrupted, TrainingStopped, UserError
+from utils.scaffold import new_command, new_project_command
 
 
 def load_config(path: str, overrides: list[str] = ()) -> tuple[EasyDict, type]:
@@ -69,13 +74,27 @@ def describe_keys(path: str, overrides: list[str] = ()) -> str:
     return "\n".join(lines)
 
 
+# python main.py COMMAND ...: each takes the rest of the arguments and returns an exit code.
+COMMANDS = {
+    "new": new_command,
+    "new-project": partial(new_project_command, config_schemas),
+    "keys": partial(keys_command, config_schemas),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train or test the agent a JSON config names.")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(
+        description="Train or test the agent a JSON config names. "
+        f"Other commands: {', '.join(COMMANDS)} (python main.py COMMAND --help)."
+    )
     parser.add_argument("config", help="path to a JSON config, e.g. configs/mnist_exp_0.json")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_epoch=3 optimizer.args.lr=0.05")
     parser.add_argument("--keys", action="store_true", help="list the config's keys, values and meanings, then exit")
-    args = parser.parse_intermixed_args(argv)
     try:
+        if argv and argv[0] in COMMANDS:
+            return COMMANDS[argv[0]](argv[1:])
+        args = parser.parse_intermixed_args(argv)
         if args.keys:
             sys.stdout.write(describe_keys(args.config, args.overrides) + "\n")
             return 0
