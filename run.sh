@@ -12,6 +12,10 @@ if ! [[ "$nproc" =~ ^[1-9][0-9]*$ ]]; then
   echo "error: --nproc: expected a positive integer, got '$nproc'" >&2
   exit 2
 fi
+# The interpreter: $PYTHON when set, else the project's .venv (the README's install makes it), else python3.
+if [[ -z "${PYTHON:-}" && -x "$here/.venv/bin/python" ]]; then
+  PYTHON="$here/.venv/bin/python"
+fi
 PYTHON="${PYTHON:-python3}"
 if [[ "$nproc" == 1 ]]; then
   exec "$PYTHON" "$here/main.py" "$@"

@@ -19,7 +19,7 @@ def test_learns_its_random_images(exps):
 
 
 def write_class_folders(data: Path, classes: tuple[str, ...] = ("a", "b", "c"), per_class: int = 4) -> None:
-    """Tiny PNGs in data/example/{train,valid,test}/<class>/: class k is bright in colour channel k."""
+    """Tiny PNGs in data/example/<split>/<class>/, class k bright in colour channel k."""
     for split in ("train", "valid", "test"):
         for k, name in enumerate(classes):
             folder = data / "example" / split / name

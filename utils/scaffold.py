@@ -120,7 +120,7 @@ NOT_COPIED_AT_TOP = {"data", "experiments"}
 TEMPLATE = {
     "agents/example.py": (
         "agents/{name}.py",
-        "{Model}Agent: trains the {Model} network on {Model}DataLoader's images.",
+        "{Model}Agent: trains {Model} on {Model}DataLoader's images.",
     ),
     "graphs/models/example.py": (
         "graphs/models/{name}.py",
@@ -128,7 +128,7 @@ TEMPLATE = {
     ),
     "datasets/example.py": (
         "datasets/{name}.py",
-        "{Model}DataLoader: your images in data/{name}/<split>/<class>/, or synthetic ones.",
+        "{Model}DataLoader: your images (data/{name}/) or synthetic ones.",
     ),
     "configs/example_exp_0.json": (
         "configs/{name}_exp_0.json",
