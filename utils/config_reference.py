@@ -47,10 +47,14 @@ def _meaning(spec: Key) -> str:
     if spec.choices is not None:
         parts.append("one of " + ", ".join(f"`{json.dumps(c)}`" for c in spec.choices))
     if spec.min is not None or spec.max is not None:
-        low = "" if spec.min is None else f"{spec.min:g} ≤ "
-        high = "" if spec.max is None else f" ≤ {spec.max:g}"
+        low = "" if spec.min is None else f"{_number(spec.min)} ≤ "
+        high = "" if spec.max is None else f" ≤ {_number(spec.max)}"
         parts.append(f"{low}value{high}")
     return "; ".join(p for p in parts if p).replace("|", "\\|")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _rows(schema: dict[str, Key], prefix: str = "") -> list[str]:
@@ -69,7 +73,8 @@ def _table(schema: dict[str, Key]) -> str:
 def render(schemas: dict[str, dict[str, Key]]) -> str:
     """The reference page: the first schema's keys (BaseAgent's, common to all), then each agent's own."""
     (base_name, base), *agents = schemas.items()
-    parts = [INTRO, f"## Keys every agent reads ({base_name})\n\n{_table(base)}\n"]
+    common = f"## Common keys ({base_name})\n\nEvery agent reads these, except those it names below.\n\n"
+    parts = [INTRO, f"{common}{_table(base)}\n"]
     for name, schema in agents:
         own = {k: spec for k, spec in schema.items() if base.get(k) is not spec}
         dropped = [k for k in base if k not in schema]
