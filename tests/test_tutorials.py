@@ -16,6 +16,7 @@ What a block means to this test is written next to it in the tutorial:
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shlex
@@ -91,16 +92,6 @@ def check_not_run(text: str, root: Path, env: dict) -> None:
                 assert (root / word).exists(), (command, word)
 
 
-def add_to(path: Path, code: str) -> None:
-    """The tutorial's 'import it at the top and add these methods at the end of the class'."""
-    imports = [line for line in code.splitlines() if line.startswith(("from ", "import "))]
-    rest = "\n".join(line for line in code.splitlines() if line not in imports).strip("\n")
-    lines = path.read_text().splitlines()
-    last_import = max(i for i, line in enumerate(lines) if line.startswith(("from ", "import ")))
-    lines[last_import + 1 : last_import + 1] = imports
-    path.write_text("\n".join(lines) + "\n\n" + rest + "\n")
-
-
 @pytest.mark.parametrize("tutorial", [t.name for t in TUTORIALS])
 def test_every_command_of_the_tutorial_works(tutorial, tmp_path):
     markdown = (REPO / "tutorials" / tutorial).read_text()
@@ -108,37 +99,40 @@ def test_every_command_of_the_tutorial_works(tutorial, tmp_path):
     new_project(root)
     env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", PYTHONUNBUFFERED="1")
+    steps, expected = [], []  # what the runner does in order; per command: (error line, offline text)
     for marker, lang, text in blocks(markdown):
         if lang == "python":
             target = re.match(r"(?:the file|add to) (\S+)", marker or "")
             if target is None:
                 ast.parse(text)
             elif marker.startswith("add to"):
-                add_to(root / target[1], text)
+                steps.append({"add": target[1], "code": text})
             elif (root / target[1]).exists():
                 assert (root / target[1]).read_text() == text, f"{tutorial} quotes {target[1]} and it differs"
             else:
-                (root / target[1]).write_text(text)
-            continue
-        if lang != "bash":
-            continue
-        if marker and marker.startswith("not run:"):
+                steps.append({"write": target[1], "text": text})
+        elif lang == "bash" and marker and marker.startswith("not run:"):
             check_not_run(text, root, env)
-            continue
-        offline = marker[len("offline:") :].strip() if marker and marker.startswith("offline:") else None
-        for command, error in commands(text):
-            command, limits = with_limits(command)
-            assert limits is None or f"`{limits}`" in markdown, f"{tutorial} does not tell its reader to add {limits}"
-            result = subprocess.run(
-                ["bash", "-c", command], cwd=root, env=env, capture_output=True, text=True, timeout=300
-            )
-            where = f"{tutorial}: {command}\n{result.stderr[-2000:]}"
-            if error is not None:
-                assert result.returncode == 2 and error in result.stderr, where
-            elif offline is not None and result.returncode == 2:
-                assert offline in result.stderr, where
-            else:
-                assert result.returncode == 0, where
+        elif lang == "bash":
+            offline = marker[len("offline:") :].strip() if marker and marker.startswith("offline:") else None
+            for command, error in commands(text):
+                command, limits = with_limits(command)
+                assert limits is None or f"`{limits}`" in markdown, f"{tutorial} never says to add {limits}"
+                steps.append({"run": command})
+                expected.append((error, offline))
+    runner = [sys.executable, "tests/tutorial_runner.py"]
+    done = subprocess.run(
+        runner, cwd=root, env=env, input=json.dumps(steps), capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for result, (error, offline) in zip(json.loads(done.stdout), expected, strict=True):
+        where = f"{tutorial}: {result['command']}\n{result['stderr']}"
+        if error is not None:
+            assert result["code"] == 2 and error in result["stderr"], where
+        elif offline is not None and result["code"] == 2:
+            assert offline in result["stderr"], where
+        else:
+            assert result["code"] == 0, where
 
 
 def test_config_reference_is_current():
