@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Train or test the agent a JSON config names. "
         f"Other commands: {', '.join(COMMANDS)} (python main.py COMMAND --help)."
     )
-    parser.add_argument("config", help="path to a JSON config, e.g. configs/mnist_exp_0.json")
+    parser.add_argument("config", help="path to a JSON config, e.g. configs/example_exp_0.json")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_epoch=3 optimizer.args.lr=0.05")
     parser.add_argument("--keys", action="store_true", help="list the config's keys, values and meanings, then exit")
     try:
