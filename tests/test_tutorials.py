@@ -141,6 +141,12 @@ def test_config_reference_is_current():
     )
 
 
+def test_links_between_tutorials_resolve():
+    for tutorial in TUTORIALS:
+        for link in re.findall(r"\]\(([\w.]+\.md)\)", tutorial.read_text()):
+            assert (tutorial.parent / link).exists(), (tutorial.name, link)
+
+
 def test_readme_links_the_tutorials_in_order_and_ci_runs_its_test_command():
     readme = (REPO / "README.md").read_text()
     linked = re.findall(r"^\d\. \[[^]]+\]\(tutorials/([^)]+)\)", readme, re.M)
