@@ -283,7 +283,10 @@ def new_project(
         path.unlink()
     init_file = target / "agents" / "__init__.py"
     init_file.write_text(_unregister(init_file.read_text(), modules))
-    tutorials = {p.name: p.read_text().split("\n", 1)[0].lstrip("# ") for p in sorted(target.glob("tutorials/*.md"))}
+    tutorials = {  # file name -> its title, without the number: "3. Your own model" -> "Your own model"
+        p.name: re.sub(r"^#\s*\d+\.\s*", "", p.read_text().split("\n", 1)[0])
+        for p in sorted(target.glob("tutorials/*.md"))
+    }
     (target / "README.md").write_text(clean_readme((source / "README.md").read_text(), target.name, tutorials))
     if schemas is not None and (target / REFERENCE).exists():
         kept = {name: schema for name, schema in schemas().items() if name not in gone}
@@ -294,19 +297,20 @@ def clean_readme(readme: str, project: str, tutorials: dict[str, str]) -> str:
     """A new project's README: the template's introduction, two commands (training the template
     agent) and layout, and links to the tutorials it kept."""
     sections = {s.split("\n", 1)[0]: s for s in readme.split("\n## ")}
-    intro = readme.split("\n## ", 1)[0].split("\n\n", 1)[1].split("\n\n", 1)[0]
+    intro = readme.split("\n## ", 1)[0].split("\n\n", 1)[1].split("\n\n", 1)[0].strip()
     commands = re.findall(r"```bash\n.*?```\n", sections["Fresh machine: two commands"], flags=re.S)
     layout = re.search(r"```\n.*?```\n", sections["Layout: what goes where"], flags=re.S)
     train = re.sub(r"configs/\w+\.json", "configs/example_exp_0.json", commands[0])
     venv = re.search(
         r"^Both install into a virtual environment.*?\n\n", sections["Fresh machine: two commands"], re.S | re.M
     )
-    links = "\n".join(f"- [{title}](tutorials/{name})" for name, title in tutorials.items())
+    links = "\n".join(f"{i}. [{title}](tutorials/{name})" for i, (name, title) in enumerate(tutorials.items(), 1))
+    # The template's headings, so that a clean project's README can be cleaned again and tested the same way.
     return (
-        f"# {project}\n\n{intro}\n\n## Two commands\n\nTrain the template agent on synthetic images:\n\n{train}\n"
-        f"Run the tests:\n\n{commands[1]}\n{venv.group()}"
+        f"# {project}\n\n{intro}\n\n## Fresh machine: two commands\n\n"
+        f"Train the template agent on synthetic images:\n\n{train}\nRun the tests:\n\n{commands[1]}\n{venv.group()}"
         f"Add a model: `python main.py new NAME` (see the tutorials).\n\n"
-        f"## Layout\n\n{layout.group()}\n## Tutorials\n\n{links}\n"
+        f"## Layout: what goes where\n\n{layout.group()}\n## Tutorials\n\n{links}\n"
     )
 
 
