@@ -1,8 +1,10 @@
 """Command line: ``python main.py CONFIG [key=value ...]`` (``./run.sh`` does the same).
 
 Loads and validates the config, looks up the agent by name, runs it and finalizes it.
-``--sweep FILE [key=value ...] [--workers K]`` runs a sweep's trials (utils/sweep.py);
-``report RUN_DIR [RUN_DIR ...]`` plots runs and tabulates their summaries (utils/report.py).
+``--sweep FILE [key=value ...] [--workers K]`` runs a sweep's trials (utils/sweep.py). Other
+commands (``python main.py COMMAND --help``): ``new NAME`` makes a model from the template agent,
+``new-project DIR`` copies the template, ``keys`` prints the config reference, ``report RUN_DIR ...``
+plots runs and tabulates their summaries (utils/report.py).
 Exit codes: 0 success, 2 a user mistake (one line, no traceback), 1 anything else,
 130 stopped by Ctrl-C/SIGTERM after saving a checkpoint.
 """
@@ -16,14 +18,17 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from easydict import EasyDict
 
-from agents import get_agent_class
+from agents import config_schemas, get_agent_class
 from utils import distributed
 from utils.config import REPO_ROOT, apply_overrides, read_json, repo_path, to_easydict, validate
+from utils.config_reference import keys_command
 from utils.errors import RunInterrupted, TrainingStopped, UserError
+from utils.scaffold import new_command, new_project_command
 
 
 def load_config(path: str, overrides: list[str] = ()) -> tuple[EasyDict, type]:
@@ -132,12 +137,27 @@ def report_main(argv: list[str]) -> int:
     return 0
 
 
+# python main.py COMMAND ...: each takes the rest of the arguments and returns an exit code.
+COMMANDS = {
+    "new": new_command,
+    "new-project": partial(new_project_command, config_schemas),
+    "keys": partial(keys_command, config_schemas),
+    "report": report_main,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["report"]:
-        return report_main(argv[1:])
-    parser = argparse.ArgumentParser(description="Train or test the agent a JSON config names.")
-    parser.add_argument("config", nargs="?", help="path to a JSON config, e.g. configs/mnist_exp_0.json")
+    if argv and argv[0] in COMMANDS:
+        try:
+            return COMMANDS[argv[0]](argv[1:])
+        except UserError as e:
+            return _fail(f"error: {one_line(str(e))}", 2)
+    parser = argparse.ArgumentParser(
+        description="Train or test the agent a JSON config names. "
+        f"Other commands: {', '.join(COMMANDS)} (python main.py COMMAND --help)."
+    )
+    parser.add_argument("config", nargs="?", help="path to a JSON config, e.g. configs/example_exp_0.json")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_epoch=3 optimizer.args.lr=0.05")
     parser.add_argument("--keys", action="store_true", help="list the config's keys, values and meanings, then exit")
     parser.add_argument(

@@ -6,4 +6,8 @@
 # starts each trial (with N processes, through this script again).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+# The interpreter: $PYTHON when set, else the project's .venv (the README's install makes it), else python3.
+if [[ -z "${PYTHON:-}" && -x "$here/.venv/bin/python" ]]; then
+  PYTHON="$here/.venv/bin/python"
+fi
 exec "${PYTHON:-python3}" "$here/main.py" "$@"

@@ -29,3 +29,10 @@ def get_agent_class(name: str, source: str = "config") -> type:
             f"known: {', '.join(AGENTS)}"
         )
     return getattr(importlib.import_module(AGENTS[name]), name)
+
+
+def config_schemas() -> dict[str, dict]:
+    """BaseAgent's config_schema (the common keys), then every registered agent's (imports them all)."""
+    from agents.base import BaseAgent
+
+    return {"BaseAgent": BaseAgent.config_schema, **{name: get_agent_class(name).config_schema for name in AGENTS}}

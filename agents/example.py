@@ -1,12 +1,11 @@
-"""Template agent: copy this file to start your own (and register it in agents/__init__.py).
+"""Template agent: ``python main.py new NAME`` copies it, with its network, data, config and test.
 
 BaseAgent already trains, validates, checkpoints, resumes, logs and runs under torchrun.
 Build your pieces in __init__; override a method only where your training differs:
 - ``train_step(batch)``: one optimisation step (a GAN updates two models here);
 - ``make_metrics()`` / ``eval_step(batch, metrics)``: what validation measures;
 - ``extra_state()`` / ``load_extra_state(state)``: anything else a checkpoint must hold.
-Files your agent writes (images, samples) go under ``self.run_dir / "out"``, on rank 0 only
-(``utils.distributed.is_main()``).
+Images and files a run writes go through ``self.recorder`` (it writes on rank 0 only).
 """
 
 from torch import nn

@@ -16,8 +16,6 @@ from utils.config import Key
 from utils.data import TensorBatches, make_loader
 from utils.errors import UserError
 
-SPLITS = ("train", "valid")
-
 
 def _to_float(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images -> float in [0, 1], as the folder mode's transform gives them."""
@@ -29,45 +27,57 @@ class ExampleDataLoader:
         "image_size": Key(32, int, "images are resized to image_size x image_size", min=4, max=1024),
         "channels": Key(3, int, "image channels: 3 (RGB) or 1 (grey)", choices=(1, 3)),
         "num_classes": Key(4, int, "number of classes (folder mode: the number of class folders)", min=2, max=1000),
-        "random_size": Key(512, int, "data_mode=random: number of synthetic images", min=2, max=20_000),
+        "random_size": Key(640, int, "data_mode=random: number of synthetic images", min=3, max=20_000),
         "skip_bad_files": SKIP_BAD_FILES,
     }
 
     def __init__(self, config) -> None:
+        # mode=test reads only the test split; training reads train and valid.
+        splits = ("test",) if config.mode == "test" else ("train", "valid")
         if config.data_mode == "random":
-            # Images with a class pattern plus noise: a learnable signal, so a smoke run shows the loss falling.
-            shape = (config.channels, config.image_size, config.image_size)
-            images, labels = random_images(config.random_size, shape, config.num_classes, config.seed)
-            n_valid = max(1, len(images) // 5)
-            train = TensorBatches(images[n_valid:], labels[n_valid:], transform=_to_float)
-            valid = TensorBatches(images[:n_valid], labels[:n_valid], transform=_to_float)
+            data = self._random(config)
         elif config.data_mode == "folder":
-            train, valid = self._folders(config)
+            data = self._folders(config, splits)
         else:
-            raise UserError("config: key 'data_mode': the example data has nothing to download; use random or folder")
+            raise UserError("config: key 'data_mode': this dataset has nothing to download; use random or folder")
         kwargs = {"seed": config.seed, "num_workers": config.num_workers}
-        self.train_loader = make_loader(train, config.batch_size, train=True, **kwargs)
-        self.valid_loader = make_loader(valid, config.batch_size, train=False, **kwargs)
+        if "train" in splits:
+            self.train_loader = make_loader(data["train"], config.batch_size, train=True, **kwargs)
+            self.valid_loader = make_loader(data["valid"], config.batch_size, train=False, **kwargs)
+        else:
+            self.test_loader = make_loader(data["test"], config.batch_size, train=False, **kwargs)
 
     @staticmethod
-    def _folders(config) -> tuple[ImageFiles, ImageFiles]:
-        """data_root/example/{train,valid}/<class>/<image>: any image format PIL reads."""
+    def _random(config) -> dict[str, TensorBatches]:
+        """Images with a class pattern plus noise: a learnable signal, so a smoke run shows the loss falling."""
+        shape = (config.channels, config.image_size, config.image_size)
+        images, labels = random_images(config.random_size, shape, config.num_classes, config.seed)
+        n = max(1, len(images) // 5)  # a fifth each for valid and test
+        return {
+            "train": TensorBatches(images[2 * n :], labels[2 * n :], transform=_to_float),
+            "valid": TensorBatches(images[:n], labels[:n], transform=_to_float),
+            "test": TensorBatches(images[n : 2 * n], labels[n : 2 * n], transform=_to_float),
+        }
+
+    @staticmethod
+    def _folders(config, splits: tuple[str, ...]) -> dict[str, ImageFiles]:
+        """data_root/example/<split>/<class>/<image>: any image format PIL reads."""
         root = data_root(config) / "example"
-        how = f"Put your images in {root}/train/<class>/ and {root}/valid/<class>/, or use data_mode=random."
+        how = f"Put your images in {root}/<split>/<class>/ (splits: train, valid, test), or use data_mode=random."
         size, mode = config.image_size, "RGB" if config.channels == 3 else "L"
         transform = v2.Compose([v2.Resize((size, size)), v2.ToDtype(torch.float32, scale=True)])
-        datasets, class_names = [], {}
-        for split in SPLITS:
+        data, class_names = {}, {}
+        for split in splits:
             samples, class_names[split] = class_folders(root / split, how)
             if len(class_names[split]) != config.num_classes:
                 raise UserError(
                     f"{root / split}: {len(class_names[split])} class folders, the config's num_classes is "
                     f"{config.num_classes} (set num_classes={len(class_names[split])}?)"
                 )
-            datasets.append(ImageFiles(samples, mode, transform, skip_bad=config.skip_bad_files))
-        if class_names["train"] != class_names["valid"]:
-            raise UserError(
-                f"{root}: train and valid have different class folders "
-                f"({', '.join(class_names['train'])} vs {', '.join(class_names['valid'])})"
-            )
-        return datasets[0], datasets[1]
+            if class_names[split] != class_names[splits[0]]:
+                raise UserError(
+                    f"{root}: {splits[0]} and {split} have different class folders "
+                    f"({', '.join(class_names[splits[0]])} vs {', '.join(class_names[split])})"
+                )
+            data[split] = ImageFiles(samples, mode, transform, skip_bad=config.skip_bad_files)
+        return data

@@ -10,7 +10,7 @@ from tests.conftest import CONFIGS, REPO, cli
 from utils.config import apply_overrides, parse_override
 from utils.errors import UserError
 
-MNIST = str(CONFIGS / "mnist_exp_0.json")
+EXAMPLE = str(CONFIGS / "example_exp_0.json")
 
 
 def write(tmp_path, text: str | bytes):
@@ -41,7 +41,7 @@ def exit_of(argv, capsys) -> tuple[int, str]:
         (good(validate_every=0), [], "key 'validate_every': must be at least 1"),
         ('{"agent": "ExampleAgent"}', [], "missing required key 'exp_name'"),
         ('{"exp_name": "t"}', [], "missing required key 'agent'"),
-        (good(agent="MnistAgnt"), [], "unknown agent 'MnistAgnt' (did you mean 'MnistAgent'?)"),
+        (good(agent="ExampleAgnt"), [], "unknown agent 'ExampleAgnt' (did you mean 'ExampleAgent'?)"),
         (good(exp_name="../escape"), [], "key 'exp_name': expected a plain name"),
         (good(exp_name="/tmp/abs"), [], "key 'exp_name': expected a plain name"),
         (good(exp_name=""), [], "key 'exp_name': expected a plain name"),
@@ -84,21 +84,13 @@ def test_missing_config_file(capsys):
 
 
 def test_missing_data_names_path_and_way_out(tmp_path, capsys):
-    code, err = exit_of([MNIST, "data_mode=folder", f"data_root={tmp_path}", f"experiments_dir={tmp_path}"], capsys)
+    code, err = exit_of([EXAMPLE, "data_mode=folder", f"data_root={tmp_path}", f"experiments_dir={tmp_path}"], capsys)
     assert code == 2
-    assert str(tmp_path / "MNIST" / "raw") in err and "data_mode=random" in err
-
-
-def test_default_mnist_offline_exits_2_with_help(tmp_path):
-    """The README's first command on a machine without internet: exit 2, where to put files."""
-    result = cli(MNIST, f"data_root={tmp_path}/data", f"experiments_dir={tmp_path}")
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    assert "could not download MNIST" in result.stderr and "data_mode=random" in result.stderr
+    assert str(tmp_path / "example" / "train") in err and "data_mode=random" in err
 
 
 def test_subprocess_mistake_has_no_traceback():
-    result = cli(MNIST, "optimizer.args.momentum=fast")
+    result = cli(EXAMPLE, "optimizer.args.betas=fast")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
 
@@ -114,10 +106,10 @@ def test_parse_override_values():
 
 
 def test_overrides_reach_the_agent_config():
-    config, agent = main.load_config(MNIST, ["max_epoch=3", "optimizer.args.lr=0.05", "scheduler=null"])
-    assert agent.__name__ == "MnistAgent"
+    config, agent = main.load_config(EXAMPLE, ["max_epoch=3", "optimizer.args.lr=0.05", "scheduler=null"])
+    assert agent.__name__ == "ExampleAgent"
     assert config.max_epoch == 3 and config.optimizer.args.lr == 0.05 and config.scheduler is None
-    assert config.optimizer.type == "Adadelta"  # untouched siblings stay
+    assert config.optimizer.type == "Adam"  # untouched siblings stay
     assert config.num_workers == 0  # defaults filled in
 
 
@@ -135,11 +127,11 @@ def test_float_key_accepts_int_and_rejects_nan(tmp_path, capsys):
 
 
 def test_keys_lists_every_key_with_its_value_and_meaning(capsys):
-    assert main.main([MNIST, "--keys", "max_epoch=3"]) == 0
+    assert main.main([EXAMPLE, "--keys", "max_epoch=3"]) == 0
     out = capsys.readouterr().out
     assert "  max_epoch = 3  # train until this many epochs are done" in out
-    assert "  valid_size = 5000  # training images held out for validation" in out
-    assert '  optimizer = {"type": "Adadelta", "args": {"lr": 1.0}}' in out
+    assert "  hidden = 16  # channels of the first convolution" in out
+    assert '  optimizer = {"type": "Adam", "args": {"lr": 0.01}}' in out
 
 
 def test_data_mode_must_be_said_for_agents_with_data(tmp_path, capsys):

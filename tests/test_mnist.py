@@ -10,7 +10,7 @@ import torch
 import main
 from datasets.mnist import MnistDataLoader, read_idx
 from graphs.models.mnist import Mnist
-from tests.conftest import CONFIGS, train
+from tests.conftest import CONFIGS, cli, train
 from utils.errors import UserError
 
 MNIST = CONFIGS / "mnist_exp_0.json"
@@ -130,3 +130,11 @@ def test_random_mode_splits_share_their_classes(exps):
 
     summary = json.loads((exps / "rnd" / "summary.json").read_text())
     assert summary["final"]["valid/accuracy"] > 0.5 and summary["test/accuracy"] > 0.5  # chance is 0.1
+
+
+def test_default_mnist_offline_exits_2_with_help(tmp_path):
+    """The README's first command on a machine without internet: exit 2, where to put files."""
+    result = cli(str(MNIST), f"data_root={tmp_path}/data", f"experiments_dir={tmp_path}")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "could not download MNIST" in result.stderr and "data_mode=random" in result.stderr

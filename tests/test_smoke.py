@@ -63,10 +63,3 @@ def test_config_runs_on_random_data(config, exps):
     state = load(run / "checkpoints" / "last.pth")
     assert state["agent"] == agent and state["models"]
     assert list((run / "summaries").glob("events.out.tfevents.*"))
-
-
-def test_template_learns_its_random_images(exps):
-    """The template's first run (its config as shipped) must show learning, not just run."""
-    train(CONFIGS / "example_exp_0.json", exps, "exp_name=first")
-    summary = json.loads((exps / "first" / "summary.json").read_text())
-    assert summary["final"]["valid/accuracy"] >= 0.9, summary  # 4 classes: chance is 0.25

@@ -1,4 +1,4 @@
-"""Template network: replace it with your own model (one file per network, as here).
+"""Template network: a small CNN classifier. Replace the layers with your own and keep this table true.
 
 | layer | output |
 |---|---|

@@ -1,0 +1,41 @@
+"""Template agent's tests: it learns its random images, trains on class folders, evaluates the test split."""
+
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from tests.conftest import CONFIGS, load, train
+
+CONFIG = CONFIGS / "example_exp_0.json"
+
+
+def test_learns_its_random_images(exps):
+    """The config as shipped, for 3 of its epochs, must show learning (4 classes: chance is 0.25)."""
+    train(CONFIG, exps, "exp_name=random", "max_epoch=3")
+    summary = json.loads((exps / "random" / "summary.json").read_text())
+    assert summary["final"]["valid/accuracy"] >= 0.8, summary
+
+
+def write_class_folders(data: Path, classes: tuple[str, ...] = ("a", "b", "c"), per_class: int = 4) -> None:
+    """Tiny PNGs in data/example/<split>/<class>/, class k bright in colour channel k."""
+    for split in ("train", "valid", "test"):
+        for k, name in enumerate(classes):
+            folder = data / "example" / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 60, (12, 12, 3), dtype=torch.uint8)
+                pixels[..., k] += 180
+                Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
+
+
+def test_trains_on_class_folders_then_evaluates_the_test_split(exps, tmp_path):
+    write_class_folders(tmp_path / "data")
+    args = [f"data_root={tmp_path / 'data'}", "data_mode=folder", "num_classes=3", "exp_name=folders", "max_epoch=2"]
+    train(CONFIG, exps, *args)
+    assert load(exps / "folders" / "checkpoints" / "best.pth")["epoch"] >= 1
+    train(CONFIG, exps, *args, "mode=test")
+    summary = json.loads((exps / "folders" / "summary.json").read_text())
+    assert 0 <= summary["test/accuracy"] <= 1 and summary["tested_checkpoint"].endswith("best.pth")
+    assert summary["test/loss"] > 0

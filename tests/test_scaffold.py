@@ -1,0 +1,166 @@
+"""main.py new NAME and main.py new-project DIR [--without-examples], checked in copies of the template."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agents import config_schemas
+from tests.conftest import REPO
+from utils.config_reference import REFERENCE, render
+from utils.errors import UserError
+from utils.scaffold import EXAMPLES, class_prefix, new_model, new_project, registry_entries
+
+PACKAGES = {"agents", "datasets", "graphs", "utils", "tests", "main"}
+
+
+def run(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([*args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def unresolved_imports(root: Path) -> list[str]:
+    """Imports of project modules (and benchmark siblings) that no file under ``root`` provides."""
+    missing = []
+    for file in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                parts = name.split(".")
+                local = file.parent / f"{parts[0]}.py"
+                if parts[0] not in PACKAGES and not (file.parent.name == "benchmarks" and parts[0] == "common"):
+                    continue
+                base = root.joinpath(*parts) if not local.exists() else local.with_suffix("")
+                if not (base.with_suffix(".py").exists() or (base / "__init__.py").exists()):
+                    missing.append(f"{file.relative_to(root)}: import {name}")
+    return missing
+
+
+def test_new_project_without_examples_leaves_no_trace_and_its_tests_pass(tmp_path):
+    target = tmp_path / "clean"
+    new_project(target, without_examples=True, schemas=config_schemas)
+    removed = [p.relative_to(REPO) for ex in EXAMPLES.values() for g in ex.files + ex.uses for p in REPO.glob(g)]
+    assert not [p for p in removed if (target / p).exists()]  # (none here when this is itself a clean project)
+    assert registry_entries(target / "agents" / "__init__.py") == {"ExampleAgent": "agents.example"}
+    assert unresolved_imports(target) == []
+    # No remaining file names a removed file or module (the manifest itself excepted).
+    names = {str(p) for p in removed} | {".".join(p.with_suffix("").parts) for p in removed if p.suffix == ".py"}
+    names |= {f"import {p.stem}" for p in removed if p.parts[0] == "benchmarks"}  # benchmarks import siblings
+    suffixes = {".py", ".md", ".json", ".sh", ".toml", ".txt"}
+    texts = {f: f.read_text() for f in target.rglob("*") if f.suffix in suffixes and f.name != "scaffold.py"}
+    assert not {
+        str(f.relative_to(target)): [n for n in names if n in t] for f, t in texts.items() if any(n in t for n in names)
+    }
+    readme = (target / "README.md").read_text()
+    assert readme.startswith("# clean\n") and "./run.sh configs/example_exp_0.json" in readme
+    assert "](tutorials/03_your_own_model.md)" in readme
+    schemas = config_schemas()
+    expected = render({"BaseAgent": schemas["BaseAgent"], "ExampleAgent": schemas["ExampleAgent"]})
+    assert (target / REFERENCE).read_text() == expected
+    # In the new project: a model made there trains and its test passes, with the template's tests.
+    made = run(target, sys.executable, "main.py", "new", "my_net")
+    assert made.returncode == 0, made.stderr
+    tests = ["tests/test_my_net.py", "tests/test_config.py", "tests/test_registry.py"]
+    result = run(target, sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "passed" in result.stdout and "skipped" not in result.stdout
+
+
+@pytest.mark.parametrize("name", ["my_net", "a", "a_very_long_network_name_of_30"])
+def test_new_model_is_ruff_clean_named_and_registered(tmp_path, name):
+    target = tmp_path / "project"
+    new_project(target)
+    written = new_model(name, root=target)
+    model = class_prefix(name)
+    expected = ["agents", "graphs/models", "datasets", "configs", "tests"]
+    assert [str(p.relative_to(target).parent) for p in written[:5]] == expected
+    assert registry_entries(target / "agents" / "__init__.py")[f"{model}Agent"] == f"agents.{name}"
+    for path in written[:5]:
+        text = path.read_text()
+        assert "xample" not in text and "emplate" not in text, path
+        if path.suffix == ".py":
+            assert text.startswith(f'"""{model}'), text[:80]
+    config = json.loads(written[3].read_text())
+    assert config["exp_name"] == f"{name}_exp_0" and config["agent"] == f"{model}Agent"
+    assert config["description"].startswith(f"{model}Agent")
+    agent = (target / "agents" / f"{name}.py").read_text()
+    assert f"class {model}Agent(BaseAgent):" in agent and f"from graphs.models.{name} import {model}\n" in agent
+    assert f'data_root(config) / "{name}"' in (target / "datasets" / f"{name}.py").read_text()
+    python = [str(p) for p in written if p.suffix == ".py"]
+    lint, fmt = run(target, "ruff", "check", *python), run(target, "ruff", "format", "--check", *python)
+    assert lint.returncode == 0 and fmt.returncode == 0, lint.stdout + fmt.stdout
+
+
+def test_new_refuses_with_one_line_exit_2_and_writes_nothing(tmp_path):
+    target = tmp_path / "project"
+    new_project(target)
+    (target / "tests" / "test_taken.py").write_text("")
+    init = target / "agents" / "__init__.py"
+    init.write_text(
+        init.read_text().replace(
+            '"ExampleAgent": "agents.example",',
+            '"ExampleAgent": "agents.example",\n    "KnownAgent": "agents.elsewhere",',
+        )
+    )
+    before = snapshot(target)
+    cases = {
+        "My-Net": "not a model name",
+        "9net": "not a model name",
+        "my__net": "not a model name",
+        "class": "is a Python keyword",
+        "x" * 31: "at most 30",
+        "example": "'ExampleAgent' is already registered",
+        "known": "'KnownAgent' is already registered",
+        "taken": "tests/test_taken.py already exist",
+    }
+    for name, message in cases.items():
+        result = run(target, sys.executable, "main.py", "new", name)
+        assert result.returncode == 2 and message in result.stderr, (name, result.stderr)
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert snapshot(target) == before
+
+
+def test_new_help_says_what_it_makes():
+    result = run(REPO, sys.executable, "main.py", "new", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for made in ["agents/NAME.py", "graphs/models/NAME.py", "datasets/NAME.py", "configs/NAME_exp_0.json"]:
+        assert made in text
+    assert "tests/test_NAME.py" in text and "agents/__init__.py" in text and "MyNetAgent" in text
+
+
+def test_new_project_copies_no_outputs_caches_or_version_control(tmp_path):
+    source = tmp_path / "template"
+    for path in [
+        "main.py",
+        "agents/__init__.py",
+        ".git/HEAD",
+        ".venv/bin/python",
+        "data/MNIST/raw/x",
+        "experiments/run/checkpoints/last.pth",
+        "experiments/.keep",
+        "agents/__pycache__/base.cpython-311.pyc",
+        ".pytest_cache/v",
+        "tests/data/keep.txt",
+    ]:
+        (source / path).parent.mkdir(parents=True, exist_ok=True)
+        (source / path).write_text(path)
+    new_project(tmp_path / "copy", source=source)
+    copied = sorted(str(p.relative_to(tmp_path / "copy")) for p in (tmp_path / "copy").rglob("*") if p.is_file())
+    assert copied == ["agents/__init__.py", "experiments/.keep", "main.py", "tests/data/keep.txt"]
+    with pytest.raises(UserError, match="exists and is not an empty folder"):
+        new_project(tmp_path / "copy", source=source)
+    with pytest.raises(UserError, match="is inside the template"):
+        new_project(source / "sub", source=source)
