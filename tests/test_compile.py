@@ -56,9 +56,9 @@ def test_cxx_naming_a_missing_compiler_is_reported(monkeypatch):
 
     monkeypatch.delenv("TORCH_INDUCTOR_INSTALL_GXX", raising=False)
     # What CXX=no-such-c++ at startup sets; torch's own patch (pytest's monkeypatch would hide the key on undo).
-    with config.patch({"cpp.cxx": (None, "no-such-c++")}):
-        with pytest.raises(UserError, match=r"\(tried no-such-c\+\+; set CXX to one\); set compile=false$"):
-            compile_model(mlp(), "max-autotune", CPU)
+    missing = r"\(tried no-such-c\+\+; set CXX to one\); set compile=false$"
+    with config.patch({"cpp.cxx": (None, "no-such-c++")}), pytest.raises(UserError, match=missing):
+        compile_model(mlp(), "max-autotune", CPU)
 
 
 def test_cuda_without_triton_is_reported(monkeypatch):
