@@ -127,7 +127,8 @@ def report_main(argv: list[str]) -> int:
     parser.add_argument("--out", help="output folder (default: report/ in the run's folder, or in their parent)")
     args = parser.parse_args(argv)
     dirs = [Path(r) for r in args.runs]
-    out = Path(args.out) if args.out else (dirs[0] if len(dirs) == 1 else Path(os.path.commonpath(dirs))) / "report"
+    common = dirs[0] if len(dirs) == 1 else Path(os.path.commonpath([d.resolve() for d in dirs]))
+    out = Path(args.out) if args.out else common / "report"
     try:
         text = write_report(dirs, out)
     except UserError as e:

@@ -124,6 +124,9 @@ def test_new_refuses_with_one_line_exit_2_and_writes_nothing(tmp_path):
         "example": "'ExampleAgent' is already registered",
         "known": "'KnownAgent' is already registered",
         "taken": "tests/test_taken.py already exist",
+        "key": "the class Key, a name the template imports",  # would shadow utils.config.Key
+        "base_agent": "the class BaseAgent, a name the template imports",
+        "custom_layers": "graphs/models/custom_layers/ already exist",  # a package wins over a module
     }
     for name, message in cases.items():
         result = run(target, sys.executable, "main.py", "new", name)

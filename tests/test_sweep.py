@@ -87,6 +87,8 @@ def test_command_line_keys_go_to_the_sweep_or_the_base_config(tmp_path, exps, ca
     assert "key 'method'" in capsys.readouterr().err
     assert main.main(["--sweep", path, "max_epohc=2"]) == 2
     assert "unknown key 'max_epohc' (did you mean 'max_epoch'?)" in capsys.readouterr().err
+    assert main.main(["--sweep", path, "triales=3"]) == 2
+    assert "unknown key 'triales' (or the sweep key 'trials'?)" in capsys.readouterr().err
 
 
 def test_grid_sweep_runs_every_trial_as_a_run_records_a_failure_and_writes_results(tmp_path, exps, capsys):
@@ -192,4 +194,15 @@ def test_an_unreachable_database_is_one_line_without_its_password(tmp_path, exps
     assert main.main(["--sweep", path]) == 2
     err = capsys.readouterr().err
     assert "key 'storage': cannot open postgresql://me:***@127.0.0.1:1/db: " in err and "secret" not in err
+    assert err.count("\n") == 1
+
+
+def test_a_study_goes_on_only_with_the_parameters_it_was_made_with(tmp_path, exps, capsys):
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5]}, method="grid")
+    assert main.main(["--sweep", path, "trials=1"]) == 0
+    capsys.readouterr()
+    other = 'parameters={"optimizer.args.lr": {"log_uniform": [0.01, 1.0]}}'
+    assert main.main(["--sweep", path, other, "method=random", "trials=2"]) == 2  # Optuna cannot mix the two
+    err = capsys.readouterr().err
+    assert "key 'parameters': the study in" in err and "was made with another parameters" in err
     assert err.count("\n") == 1

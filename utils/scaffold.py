@@ -169,6 +169,17 @@ def registry_entries(init_file: Path) -> dict[str, str]:
     raise UserError(f"{init_file}: no AGENTS dict found (the agent registry)")
 
 
+def _imported_names(root: Path) -> set[str]:
+    """Every name the template's files import (a generated class must not take one of them)."""
+    names = set()
+    for source in TEMPLATE:
+        if source.endswith(".py") and (root / source).is_file():
+            for node in ast.walk(ast.parse((root / source).read_text())):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    names |= {alias.asname or alias.name.split(".")[0] for alias in node.names}
+    return names
+
+
 def _check_name(name: str) -> None:
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name.endswith("_") or "__" in name:
         raise UserError(
@@ -219,8 +230,14 @@ def new_model(name: str, root: Path = REPO_ROOT) -> list[Path]:
         raise UserError(f"new: the template agent's files are needed and missing: {', '.join(missing)}")
     targets = {source: root / target.format(name=name) for source, (target, _) in TEMPLATE.items()}
     existing = [str(path.relative_to(root)) for path in targets.values() if path.exists()]
+    existing += [f"{d}/{name}/" for d in ("agents", "graphs/models", "datasets") if (root / d / name).is_dir()]
     if existing:
         raise UserError(f"new: {', '.join(existing)} already exist(s); choose another name or remove them")
+    taken = _imported_names(root) & {model, f"{model}Agent", f"{model}DataLoader"}
+    if taken:  # the generated files import these names already: the new class would shadow one
+        raise UserError(
+            f"new: '{name}' makes the class {sorted(taken)[0]}, a name the template imports; choose another"
+        )
     texts = {
         source: _generate(source, (root / source).read_text(), name, header.format(name=name, Model=model))
         for source, (_, header) in TEMPLATE.items()

@@ -286,6 +286,19 @@ def _close_log() -> None:
         LOG.removeHandler(handler)
 
 
+def _check_same_space(sweep: Sweep, earlier: Path) -> None:
+    """An existing study goes on only with the parameters and method it was made with (Optuna cannot mix)."""
+    if not earlier.exists():
+        return
+    before, now = json.loads(earlier.read_text()), sweep.resolved()
+    for key in ("parameters", "method"):
+        if before.get(key) != now.get(key):
+            raise UserError(
+                f"{sweep.path}: key '{key}': the study in {sweep.sweep_dir} was made with another {key} "
+                f"({json.dumps(before.get(key))}); run it with that, or choose another sweep name"
+            )
+
+
 def _write_sweep_file(sweep_dir: Path, resolved: dict) -> None:
     """sweep.json: the checked sweep; an earlier, different one is kept as sweep.N.json."""
     path = sweep_dir / "sweep.json"
@@ -313,6 +326,7 @@ def run_sweep(
     _setup_log(sweep_dir)
     try:
         if helper_index is None:
+            _check_same_space(sweep, sweep_dir / "sweep.json")
             _write_sweep_file(sweep_dir, sweep.resolved())
         study = open_study(sweep, helper_index or 0)
         helpers = [

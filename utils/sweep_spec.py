@@ -251,7 +251,10 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
         try:
             return check_config(str(repo_path(sweep["config"])), [*base, *extra])
         except UserError as e:
-            raise UserError(f"{path}: {where}: {e}") from None
+            # A key=value that is neither the config's nor the sweep's: maybe a misspelt sweep key (triales=3).
+            typo = next((k for k in (parse_override(t)[0][0] for t in theirs) if f"unknown key '{k}'" in str(e)), None)
+            hint = did_you_mean(typo, list(SWEEP_SCHEMA)) if typo else ""
+            raise UserError(f"{path}: {where}: {e}{hint.replace('did you mean', 'or the sweep key')}") from None
 
     config = check([], "overrides")
     for space in spaces:

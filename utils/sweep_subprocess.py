@@ -22,11 +22,12 @@ POLL_SECONDS = 0.5
 
 
 def _echo(stream: IO[str], last: list[str], quiet: threading.Event) -> None:
-    """Pass the trial's stderr through (until ``quiet``), keeping its last non-empty line (a failure's message)."""
+    """Pass the trial's stderr through (until ``quiet``), keeping the failure's message: the last "error: "
+    line a process printed (torchrun's own log lines come after it), else the last non-empty line."""
     for line in stream:
         if not quiet.is_set():
             sys.stderr.write(line)
-        if line.strip():
+        if line.startswith("error: ") or (line.strip() and not (last and last[0].startswith("error: "))):
             last[:] = [line.strip()]
 
 
