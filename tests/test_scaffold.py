@@ -167,3 +167,17 @@ def test_new_project_copies_no_outputs_caches_or_version_control(tmp_path):
         new_project(tmp_path / "copy", source=source)
     with pytest.raises(UserError, match="is inside the template"):
         new_project(source / "sub", source=source)
+
+
+def test_new_project_of_a_git_checkout_copies_only_what_git_tracks(tmp_path):
+    source = tmp_path / "template"
+    for path in ["main.py", "agents/__init__.py", "compare/curves.png", ".coverage", "env/bin/python"]:
+        (source / path).parent.mkdir(parents=True, exist_ok=True)
+        (source / path).write_text(path)
+    git = ["git", "-C", str(source), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git[:3], "init", "-q"], check=True)
+    subprocess.run([*git, "add", "main.py", "agents/__init__.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "template"], check=True)
+    new_project(tmp_path / "copy", source=source)  # report folders, coverage, environments: not the template's
+    copied = sorted(str(p.relative_to(tmp_path / "copy")) for p in (tmp_path / "copy").rglob("*") if p.is_file())
+    assert copied == ["agents/__init__.py", "experiments/.keep", "main.py"]

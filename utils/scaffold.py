@@ -13,6 +13,7 @@ import json
 import keyword
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -269,13 +270,35 @@ def _unregister(text: str, modules: set[str]) -> str:
 
 
 def _copy_tree(source: Path, target: Path) -> None:
-    def ignore(folder: str, names: list[str]) -> set[str]:
-        skip = {n for n in names if n in NOT_COPIED or n.endswith((".pyc", ".egg-info"))}
-        return skip | (NOT_COPIED_AT_TOP & set(names) if Path(folder) == source else set())
+    """The template's own files: in a git checkout, the files git tracks (not run outputs, reports,
+    environments or caches of any name); elsewhere, all but the NOT_COPIED names."""
+    listed = _git_files(source)
+    if listed is None:
 
-    shutil.copytree(source, target, ignore=ignore, symlinks=True)
-    (target / "experiments").mkdir()
+        def ignore(folder: str, names: list[str]) -> set[str]:
+            skip = {n for n in names if n in NOT_COPIED or n.endswith((".pyc", ".egg-info"))}
+            return skip | (NOT_COPIED_AT_TOP & set(names) if Path(folder) == source else set())
+
+        shutil.copytree(source, target, ignore=ignore, symlinks=True)
+    else:
+        target.mkdir(parents=True, exist_ok=True)
+        for relative in listed:
+            parts = Path(relative).parts
+            if set(parts) & NOT_COPIED or parts[0] in NOT_COPIED_AT_TOP or not (source / relative).exists():
+                continue
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / relative, target / relative, follow_symlinks=False)
+    (target / "experiments").mkdir(exist_ok=True)
     (target / "experiments" / ".keep").touch()
+
+
+def _git_files(source: Path) -> list[str] | None:
+    """Files git tracks under ``source`` (a checkout's root), or None without git."""
+    if not (source / ".git").exists() or shutil.which("git") is None:
+        return None
+    command = ["git", "-C", str(source), "ls-files", "--cached", "-z"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    return [f for f in done.stdout.split("\0") if f] if done.returncode == 0 else None
 
 
 def example_paths(root: Path) -> list[Path]:
