@@ -333,14 +333,14 @@ class BaseAgent:
         # Losses add up on the device; the host reads them every log_every steps only, so that a GPU is never
         # made to wait for the CPU's NaN and Ctrl-C checks at every step.
         losses = LossSums(self.device)
-        due = False
+        ddp_models, due = [unwrap_compiled(m) for m in self.models.values()], False  # no_sync targets
         for batch in bar:
             accumulate = self.config.get("accumulate_grad_batches", 1)
             first = self._batches_at_skip  # groups count from the first batch trained in this epoch
             start = first + (self.batch_in_epoch - first) // accumulate * accumulate
             self._group, self._optimize_calls = (self.batch_in_epoch - start, min(accumulate, in_epoch - start)), {}
             sync = self._group[0] == self._group[1] - 1
-            with distributed.no_sync_unless(sync, [unwrap_compiled(m) for m in self.models.values()]):
+            with distributed.no_sync_unless(sync or self.world_size == 1, ddp_models):
                 logs = self.train_step(batch)
             self.global_step += 1
             self.batch_in_epoch += 1
@@ -566,8 +566,8 @@ class BaseAgent:
             self._interrupted()
 
     def _new_early_stopping(self) -> EarlyStopping | None:
-        patience, mode = self.config.get("early_stop_patience"), self.monitor_mode
-        return EarlyStopping(patience, self.config.get("early_stop_min_delta", 0.0), mode) if patience else None
+        patience, delta = self.config.get("early_stop_patience"), self.config.get("early_stop_min_delta", 0.0)
+        return EarlyStopping(patience, delta, self.monitor_mode) if patience else None
 
     def _check_finite_weights(self) -> None:
         """Stop before saving weights that a last step of the epoch made NaN or infinite (one host sync)."""

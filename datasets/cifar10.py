@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.common import data_root, missing, random_images
+from datasets.common import data_root, hold_out, missing, random_images
 from utils import distributed
 from utils.config import Key
 from utils.data import TensorBatches, make_loader
@@ -164,17 +164,7 @@ class Cifar10DataLoader:
                 with distributed.main_first():  # one download, not one per process
                     download(root)
             train, test = load_folder(root)
-        n_train = len(train[0]) - config.valid_size
-        if n_train < 1:
-            raise UserError(
-                f"config: key 'valid_size': {config.valid_size} leaves no training images "
-                f"(the training batches hold {len(train[0])})"
-            )
-        splits = {
-            "train": (train[0][:n_train], train[1][:n_train]),
-            "valid": (train[0][n_train:], train[1][n_train:]),
-            "test": test,
-        }
+        splits = hold_out(train, test, config.valid_size, "the training batches")
         loaders = {}
         for name, (images, labels) in splits.items():
             augment = name == "train" and config.augment

@@ -31,3 +31,18 @@ def random_images(n: int, shape: tuple[int, ...], num_classes: int, seed: int) -
     noise = torch.randn((n, *shape), generator=g) * 100
     images = (patterns[labels] + noise).clamp(0, 255).to(torch.uint8)
     return images, labels
+
+
+def hold_out(train: tuple[torch.Tensor, torch.Tensor], test: tuple, valid_size: int, what: str) -> dict[str, tuple]:
+    """Train, valid (the last ``valid_size`` training samples) and test splits of tensor pairs; ``what`` names
+    the training data in the error when nothing would be left to train on."""
+    n_train = len(train[0]) - valid_size
+    if n_train < 1:
+        raise UserError(
+            f"config: key 'valid_size': {valid_size} leaves no training images ({what} holds {len(train[0])})"
+        )
+    return {
+        "train": (train[0][:n_train], train[1][:n_train]),
+        "valid": (train[0][n_train:], train[1][n_train:]),
+        "test": test,
+    }

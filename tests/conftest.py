@@ -25,6 +25,15 @@ def exps(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: small models run faster so, and on a shared CPU much more steadily."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def train(config: str | Path, exps: Path, *overrides: str) -> None:
     """Run the agent of ``config`` in this process, writing under ``exps``."""
     main.run(str(config), [f"experiments_dir={exps}", *overrides])

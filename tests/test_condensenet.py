@@ -35,13 +35,7 @@ QUICK = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: small models run faster so, and on a shared machine much more steadily."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_stages_start_at_k_over_2_c_minus_1():

@@ -36,15 +36,6 @@ TINY = [
 ]
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread for the array work of a test: on a loaded machine, two spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----- networks -------------------------------------------------------------------------------------------
 
 
