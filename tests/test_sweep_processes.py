@@ -18,9 +18,12 @@ import optuna
 import pytest
 
 import main
+import utils.sweep
 import utils.sweep_subprocess
 from tests.conftest import REPO
 from tests.test_sweep import TINY, rows, sweep_file
+from utils.locks import holder
+from utils.recorder import LOCK_NAME
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
@@ -62,6 +65,81 @@ def test_sigkill_mid_trial_then_the_same_command_resumes_it_and_ends_with_every_
         optuna.storages.journal.JournalFileBackend(str(sweep_dir / "study.journal"))
     )
     assert len(optuna.load_study(study_name="s", storage=storage).trials) == 3
+
+
+def _wait_for(condition, seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while not condition() and time.time() < deadline:
+        time.sleep(0.1)
+    return condition()
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_stops_its_nproc_trials_and_helpers_and_the_same_command_resumes_them(tmp_path, exps):
+    # Two workers (this process and a helper), each running a trial of two processes under torchrun; the
+    # trials are long enough (~0.05 s an epoch) that both are under way when the sweep is killed.
+    overrides = {**TINY, "experiments_dir": str(exps), "max_epoch": 300, "max_train_batches": 1, "max_valid_batches": 1}
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.3, 0.5]}, overrides=overrides)
+    sweep_dir = exps / "s"
+    runs = [sweep_dir / "trial_0000", sweep_dir / "trial_0001"]
+    command = sweep_command(path, "--nproc", "2", "--workers", "2")
+    first = subprocess.Popen(command, cwd=REPO, env=ENV, stderr=subprocess.DEVNULL)
+    started = _wait_for(lambda: all((r / "checkpoints" / "last.pth").exists() for r in runs), 240)
+    ended = [r.name for r in runs if (r / "summary.json").exists()]
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert started, "the trials never saved a checkpoint"
+    assert not ended, "the kill must land in both trials"
+
+    # Nothing the sweep started runs on: the trials saved and stopped, the helper worker ended.
+    assert _wait_for(lambda: all(holder(r / LOCK_NAME) is None for r in runs), 90), (
+        "a trial's processes outlived the sweep"
+    )
+    workers = list((sweep_dir / ".workers").glob("*.lock"))
+    assert len(workers) >= 1 and _wait_for(lambda: all(holder(w) is None for w in workers), 30), (
+        "the helper outlived the sweep"
+    )
+    for run in runs:
+        status = json.loads((run / "summary.json").read_text())["status"]
+        assert status == "interrupted", f"{run.name} went on after the sweep was killed"
+
+    again = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    results = rows(sweep_dir / "results.csv")
+    assert [(r["number"], r["state"], r["epochs"]) for r in results] == [
+        ("0", "complete", "300"),
+        ("1", "complete", "300"),
+    ]
+    for run in runs:
+        assert "resumed from" in (run / "logs" / "run.log").read_text()
+
+
+HOLDER = """
+import fcntl, os, signal, sys, time
+f = open(sys.argv[1], "a+")
+fcntl.flock(f, fcntl.LOCK_EX)
+f.write(str(os.getpid())); f.flush()
+if sys.argv[2] == "ignore":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+else:
+    signal.signal(signal.SIGTERM, lambda *_: (time.sleep(0.5), sys.exit(7)))  # saves, then ends
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize(("on_sigterm", "code"), [("save", 7), ("ignore", -signal.SIGKILL)])
+def test_a_taken_up_trial_first_stops_the_process_that_still_holds_its_run(tmp_path, monkeypatch, on_sigterm, code):
+    # What a --nproc trial's processes do when no tie to the sweep stopped them: they hold the run's lock.
+    monkeypatch.setattr(utils.sweep, "STOP_GRACE_SECONDS", 1.0)
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path / LOCK_NAME), on_sigterm], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline() == "locked\n"
+    assert holder(tmp_path / LOCK_NAME) == str(process.pid)
+    utils.sweep._stop_earlier_process(tmp_path, 3)
+    assert holder(tmp_path / LOCK_NAME) is None
+    assert process.wait(timeout=10) == code
 
 
 def _free_port() -> int:

@@ -25,6 +25,7 @@ from utils.errors import UserError
 
 DATA_LOG = logging.getLogger("ppt.data")  # datasets log here; the main rank's Recorder writes it to the run log
 DATA_LOG.propagate = False  # printed once, by the Recorder (or Python's last-resort stderr handler without one)
+LOCK_NAME = ".lock"  # in the run directory, held by the run's main process, which writes its pid there
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -77,7 +78,7 @@ class Recorder:
         """Hold an exclusive lock on the run directory; a second run on it is a UserError."""
         if not self.enabled:
             return
-        path = self.run_dir / ".lock"
+        path = self.run_dir / LOCK_NAME
         self._lock_file = open(path, "a+")  # noqa: SIM115 (held open for the whole run)
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -264,7 +265,7 @@ class Recorder:
             handler.close()
             self.logger.removeHandler(handler)
             DATA_LOG.removeHandler(handler)
-        written = (p for p in self.run_dir.rglob("*") if p.is_file() and p.name != ".lock")
+        written = (p for p in self.run_dir.rglob("*") if p.is_file() and p.name != LOCK_NAME)
         if self._created and not any(p.stat().st_size for p in written):
             shutil.rmtree(self.run_dir)  # a run that failed before writing anything leaves no empty directory
         if self._lock_file is not None:  # released last: no other run starts in a directory being removed

@@ -5,7 +5,8 @@ trial whose worker died, else ask the study for a new one while fewer than ``tri
 to its end, tell the study. Trial numbers are unique across workers, so ``trials`` is exact and a grid
 point is never run twice. A worker holds a lock file while it lives: a RUNNING trial whose worker's
 lock is free was cut short (SIGKILL, power loss) and is resumed from its checkpoint by the next
-worker started on the same machine, where the checkpoint is.
+worker started on the same machine, where the checkpoint is, once what is left of its earlier process
+has saved and stopped.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import math
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 import traceback
@@ -32,8 +32,11 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from utils.errors import RunInterrupted, TrainingStopped, UserError
+from utils.locks import holder
+from utils.recorder import LOCK_NAME
 from utils.seeding import derive_seed
 from utils.sweep_spec import Sweep
+from utils.sweep_subprocess import popen_tied
 
 # run_trial(overrides, run_dir, after_validation): one trial's run to its end; raises UserError or
 # TrainingStopped when it fails, RunInterrupted when stopped by a signal. after_validation(epoch, metrics)
@@ -41,6 +44,7 @@ from utils.sweep_spec import Sweep
 RunTrial = Callable[[list[str], Path, Callable[[int, dict[str, float]], bool] | None], None]
 
 LOG = logging.getLogger("ppt.sweep")
+STOP_GRACE_SECONDS = 60.0  # for a taken-up trial's earlier process to save its checkpoint and end
 
 
 class _GridByNumber(optuna.samplers.BaseSampler):
@@ -76,18 +80,7 @@ class Worker:
         host, _, lock = worker_id.partition(":")
         if host != self.host:
             return False
-        path = Path(lock)
-        try:
-            f = open(path)  # noqa: SIM115
-        except FileNotFoundError:
-            return True
-        with f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            path.unlink(missing_ok=True)
-            return True
+        return holder(Path(lock), remove_if_free=True) is None
 
     def close(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -186,6 +179,34 @@ def _ask(study: optuna.Study, sweep: Sweep, worker: Worker) -> optuna.trial.Tria
     return trial
 
 
+def _stop_earlier_process(run_dir: Path, number: int) -> None:
+    """A taken-up trial's earlier process may still hold its run (a ``--nproc`` trial saving its checkpoint
+    after the sweep's SIGKILL, or running on where the sweep's children are not tied to it): nothing will
+    hear its result, so it is sent SIGTERM (it saves and stops), SIGKILL after ``STOP_GRACE_SECONDS``."""
+    pid = _run_holder(run_dir)
+    if pid is None:
+        return
+    LOG.info(f"trial {number}: its earlier process (pid {pid}) still holds {run_dir}; stopping it")
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    sent: dict[int, signal.Signals] = {}
+    while pid is not None:
+        stop = signal.SIGTERM if time.monotonic() < deadline else signal.SIGKILL
+        if pid and sent.get(pid) != stop:  # 0: the holder has not written its pid yet
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, stop)
+            sent[pid] = stop
+        if time.monotonic() > deadline + STOP_GRACE_SECONDS:
+            return  # the run's own lock check says who holds it
+        time.sleep(0.2)
+        pid = _run_holder(run_dir)
+
+
+def _run_holder(run_dir: Path) -> int | None:
+    """The pid of the process holding the run's lock (0 until it has written it), None when free."""
+    text = holder(run_dir / LOCK_NAME)
+    return None if text is None else int(text) if text.isdigit() else 0
+
+
 def trial_name(number: int) -> str:
     return f"trial_{number:04d}"
 
@@ -216,6 +237,7 @@ def _run(study: optuna.Study, sweep: Sweep, trial: optuna.trial.Trial, run_trial
         pruned = trial.should_prune()
         return pruned
 
+    _stop_earlier_process(run_dir, trial.number)
     error = None
     try:
         run_trial(overrides, run_dir, after_validation if sweep.pruner else None)
@@ -330,8 +352,7 @@ def run_sweep(
             _write_sweep_file(sweep_dir, sweep.resolved())
         study = open_study(sweep, helper_index or 0)
         helpers = [
-            subprocess.Popen([*helper_command, "--worker-index", str(i)], start_new_session=True)
-            for i in range(1, workers)
+            popen_tied([*helper_command, "--worker-index", str(i)], start_new_session=True) for i in range(1, workers)
         ]
         try:
             work(study, sweep, run_trial)

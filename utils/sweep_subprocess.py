@@ -1,12 +1,15 @@
-"""A sweep trial as its own command (``run.sh --nproc N ...``), for trials that need several processes.
+"""A sweep's child processes: trials as their own command (``run.sh --nproc N ...``) and helper workers.
 
 The trial reports nothing back: this side reads the metrics.csv rows the run writes, hands each to the
 pruning hook, and on a prune sends SIGTERM, which saves a checkpoint and ends the run (exit 130).
+Children are tied to the sweep: when it dies, even by SIGKILL, they get SIGTERM and stop the same way.
 """
 
 from __future__ import annotations
 
 import csv
+import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -14,11 +17,27 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 
 POLL_SECONDS = 0.5
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def popen_tied(args: list[str], **kwargs: Any) -> subprocess.Popen:
+    """``subprocess.Popen`` of a child sent SIGTERM when this process dies (Linux), so that no trial outlives
+    a killed sweep; elsewhere, a worker that takes up the trial stops what is left of it (utils/sweep.py)."""
+    parent = os.getpid()
+
+    def tie() -> None:  # in the child, before exec (the setting survives exec)
+        if _PRCTL is not None:
+            _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the tie was made
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return subprocess.Popen(args, preexec_fn=tie, **kwargs)  # preexec_fn: tie() only calls prctl and kill
 
 
 def _echo(stream: IO[str], last: list[str], quiet: threading.Event) -> None:
@@ -56,7 +75,7 @@ def run_command(
     after_validation: Callable[[int, dict[str, float]], bool] | None,
 ) -> None:
     """Run ``command + overrides`` to its end; failures raise as they would in-process (UserError, ...)."""
-    proc = subprocess.Popen([*command, *overrides], stderr=subprocess.PIPE, text=True, errors="replace")
+    proc = popen_tied([*command, *overrides], stderr=subprocess.PIPE, text=True, errors="replace")
     last: list[str] = []
     quiet = threading.Event()  # set once pruned: torchrun's report of the SIGTERM we sent is no news
     reader = threading.Thread(target=_echo, args=(proc.stderr, last, quiet), daemon=True)
