@@ -34,7 +34,10 @@ from utils.scaffold import new_project
 
 TUTORIALS = sorted((REPO / "tutorials").glob("[0-9][0-9]_*.md"))
 QUICK_DEFAULT = "max_train_batches=2 max_valid_batches=2"
-QUICK = {"dqn_exp_0.json": "total_steps=600 learning_starts=100 validate_every=300 eval_episodes=2 solve_episodes=2"}
+QUICK = {
+    "dqn_exp_0.json": "total_steps=600 learning_starts=100 validate_every=300 eval_episodes=2 solve_episodes=2",
+    "mnist_lr.json": f"max_epoch=1 {QUICK_DEFAULT}",  # a sweep: every trial one short epoch
+}
 BLOCK = re.compile(r"(?:^(<!--[^\n]*-->)\n)?^( *)```(\w*)\n(.*?)^\2```$", re.M | re.S)
 
 
@@ -71,7 +74,7 @@ def with_limits(command: str) -> tuple[str, str | None]:
     """A training command with the debug limits added (before any trailing comment), and the limits."""
     words = shlex.split(command.split("\n")[0], comments=True)
     runs = words[:1] == ["./run.sh"] or words[:2] in (["python", "main.py"], ["python3", "main.py"])
-    config = next((w for w in words if w.startswith("configs/") and w.endswith(".json")), None)
+    config = next((w for w in words if w.startswith(("configs/", "sweeps/")) and w.endswith(".json")), None)
     if not runs or config is None:
         return command, None
     limits = QUICK.get(Path(config).name, QUICK_DEFAULT)

@@ -247,9 +247,13 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
         raise UserError(f"{path}: key 'parameters': expected at least one key to sweep")
     spaces = [_parse_space(k, v, path) for k, v in sweep["parameters"].items()]
 
+    # The config as the sweep file names it when that is the same file from here (messages stay short).
+    given, in_repo = Path(sweep["config"]), repo_path(sweep["config"])
+    config_path = str(given if given.resolve() == in_repo.resolve() else in_repo)
+
     def check(extra: list[str], where: str) -> Any:
         try:
-            return check_config(str(repo_path(sweep["config"])), [*base, *extra])
+            return check_config(config_path, [*base, *extra])
         except UserError as e:
             # A key=value that is neither the config's nor the sweep's: maybe a misspelt sweep key (triales=3).
             typo = next((k for k in (parse_override(t)[0][0] for t in theirs) if f"unknown key '{k}'" in str(e)), None)
