@@ -177,6 +177,19 @@ def test_report_plots_runs_overlaid_and_tabulates_their_summaries(exps, capsys):
     assert "- **lr0.5**: lr0.5 lr=0.5" in out
 
 
+def test_report_tells_apart_runs_of_one_folder_name_and_takes_a_run_once(exps, capsys):
+    for sweep, epochs in (("a", 2), ("b", 3)):  # trial_0000 of two sweeps
+        run = exps / sweep / "trial_0000"
+        run.mkdir(parents=True)
+        (run / "metrics.csv").write_text("epoch,step,valid/loss\n" + "".join(f"{e},{e},0.5\n" for e in range(epochs)))
+        (run / "summary.json").write_text(json.dumps({"epochs": epochs}))
+    runs = [str(exps / "a" / "trial_0000"), str(exps / "b"), str(exps / "a" / ".." / "a" / "trial_0000")]
+    assert main.main(["report", *runs, "--out", str(exps / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "| | a/trial_0000 | b/trial_0000 |" in out
+    assert "| epochs | 2 | 3 |" in out
+
+
 def test_a_failing_plot_does_not_fail_the_run(exps, monkeypatch):
     import utils.report
 

@@ -84,8 +84,17 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
         inside = [] if is_run(p) else sorted(c for c in p.iterdir() if c.is_dir() and is_run(c))
         if not is_run(p) and not inside:
             raise UserError(f"{p}: holds no metrics.csv or summary.json, nor run directories that do")
-        found.extend([p] if is_run(p) else inside)
+        found.extend(run for run in ([p] if is_run(p) else inside) if run.resolve() not in map(Path.resolve, found))
     return found
+
+
+def name_apart(runs: list[RunFiles]) -> None:
+    """Runs of one folder name (trial_0000 of two sweeps) are named with as many parent folders as tell them apart."""
+    depth = 1
+    while len({r.path.resolve().parts[-depth:] for r in runs}) < len(runs):
+        depth += 1
+    for run in runs:
+        run.name = "/".join(run.path.resolve().parts[-depth:])
 
 
 def differing_keys(runs: list[RunFiles]) -> list[str]:
@@ -172,6 +181,7 @@ def summary_table(runs: list[RunFiles], names: list[str]) -> str:
 def write_report(paths: list[str | Path], out: Path) -> str:
     """curves.png and report.md in ``out`` for the runs under ``paths``; returns the markdown."""
     runs = [read_run(p) for p in find_runs(paths)]
+    name_apart(runs)
     names = labels(runs)
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(runs, names, out / "curves.png")
