@@ -3,7 +3,10 @@
 import csv
 import json
 
+import optuna
 import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 import main
 from tests.conftest import CONFIGS, train
@@ -208,6 +211,26 @@ def test_an_unreachable_database_is_one_line_without_its_password(tmp_path, exps
     err = capsys.readouterr().err
     assert "key 'storage': cannot open postgresql://me:***@127.0.0.1:1/db: " in err and "secret" not in err
     assert err.count("\n") == 1
+
+
+def test_a_grown_study_runs_the_grid_points_that_a_surplus_trial_sits_between(tmp_path, exps, capsys):
+    # Two machines asked at once for the last trial: one got it, the other's (number 2) was told FAIL as surplus.
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5, 0.7, 0.9]}, method="grid")
+    assert main.main(["--sweep", path, "trials=2"]) == 0
+    study = optuna.load_study(
+        study_name="s", storage=JournalStorage(JournalFileBackend(str(exps / "s" / "study.journal")))
+    )
+    surplus = study.ask()
+    surplus.set_user_attr("surplus", True)
+    study.tell(surplus, state=optuna.trial.TrialState.FAIL)
+    assert main.main(["--sweep", path, "trials=3"]) == 0  # the study grown by one trial
+    capsys.readouterr()
+    results = rows(exps / "s" / "results.csv")
+    assert [(r["number"], r["optimizer.args.lr"], r["state"]) for r in results] == [
+        ("0", "0.5", "complete"),
+        ("1", "0.7", "complete"),
+        ("3", "0.9", "complete"),
+    ]
 
 
 def test_a_study_goes_on_only_with_the_parameters_it_was_made_with(tmp_path, exps, capsys):

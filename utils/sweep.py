@@ -2,11 +2,11 @@
 
 Workers (processes on this machine, or on several machines sharing a database) each loop: take up a
 trial whose worker died, else ask the study for a new one while fewer than ``trials`` exist, run it
-to its end, tell the study. Trial numbers are unique across workers, so ``trials`` is exact and a grid
-point is never run twice. A worker holds a lock file while it lives: a RUNNING trial whose worker's
-lock is free was cut short (SIGKILL, power loss) and is resumed from its checkpoint by the next
-worker started on the same machine, where the checkpoint is, once what is left of its earlier process
-has saved and stopped.
+to its end, tell the study. Trial numbers are unique across workers and a trial's place among them
+(its slot) picks its grid point, so ``trials`` is exact and a grid point is never run twice. A worker
+holds a lock file while it lives: a RUNNING trial whose worker's lock is free was cut short (SIGKILL,
+power loss) and is resumed from its checkpoint by the next worker started on the same machine, where
+the checkpoint is, once what is left of its earlier process has saved and stopped.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ LOG = logging.getLogger("ppt.sweep")
 STOP_GRACE_SECONDS = 60.0  # for a taken-up trial's earlier process to save its checkpoint and end
 
 
-class _GridByNumber(optuna.samplers.BaseSampler):
-    """method=grid: trial N takes combination N (trial numbers are unique across workers and machines)."""
+class _GridBySlot(optuna.samplers.BaseSampler):
+    """method=grid: the trial in slot N takes combination N (slots are unique across workers and machines)."""
 
     def __init__(self, grid: list[dict]) -> None:
         self.grid = grid
@@ -60,7 +60,7 @@ class _GridByNumber(optuna.samplers.BaseSampler):
         return {}
 
     def sample_independent(self, study, trial, param_name, param_distribution) -> Any:
-        return self.grid[trial.number][param_name]
+        return self.grid[_slot(study, trial.number)][param_name]
 
 
 class Worker:
@@ -99,7 +99,7 @@ def open_study(sweep: Sweep, worker_index: int = 0) -> optuna.Study:
     """Create the study, or join it when another worker (or an earlier run of the sweep) made it."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if sweep.method == "grid":
-        sampler = _GridByNumber(sweep.grid)
+        sampler = _GridBySlot(sweep.grid)
     else:
         seed = None if sweep.sampler_seed is None else derive_seed(sweep.sampler_seed, "sweep worker", worker_index)
         random = sweep.method == "random"
@@ -166,12 +166,23 @@ def _adopt(study: optuna.Study, worker: Worker, local: bool) -> optuna.trial.Tri
     return None
 
 
+def trials_of(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The sweep's trials (not those a race between machines asked for beyond ``trials``)."""
+    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+
+
+def _slot(study: optuna.Study, number: int) -> int:
+    """Trial ``number``'s place among the sweep's trials: how many have smaller numbers (surplus ones, which a
+    study grown with more ``trials`` keeps between them, left out)."""
+    return sum(t.number < number for t in trials_of(study))
+
+
 def _ask(study: optuna.Study, sweep: Sweep, worker: Worker) -> optuna.trial.Trial | None:
     """A new trial while the study has fewer than ``sweep.trials``."""
-    if len(study.get_trials(deepcopy=False)) >= sweep.trials:
+    if len(trials_of(study)) >= sweep.trials:
         return None
     trial = study.ask()
-    if trial.number >= sweep.trials:  # another machine asked at the same moment and got the last one
+    if _slot(study, trial.number) >= sweep.trials:  # another machine asked at the same moment and got the last one
         trial.set_user_attr("surplus", True)
         study.tell(trial, state=TrialState.FAIL)
         return None

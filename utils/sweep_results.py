@@ -15,13 +15,8 @@ from optuna.trial import FrozenTrial, TrialState
 from utils import report
 from utils.config import apply_overrides, read_json, repo_path
 from utils.recorder import write_bytes_atomic, write_text_atomic
-from utils.sweep import trial_name
+from utils.sweep import trial_name, trials_of
 from utils.sweep_spec import Sweep
-
-
-def trials_of(study: optuna.Study) -> list[FrozenTrial]:
-    """The sweep's trials (not those a race between machines asked for beyond ``trials``)."""
-    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
 
 
 def write_results(study: optuna.Study, sweep: Sweep) -> FrozenTrial | None:
