@@ -1,5 +1,6 @@
 """BaseAgent switches: mixed precision, gradient clipping, periodic checkpoints, determinism."""
 
+import numpy
 import pytest
 import torch
 
@@ -84,3 +85,18 @@ def test_plateau_scheduler_gets_the_monitored_metric(exps):
     )
     state = load(exps / "plateau" / "checkpoints" / "last.pth")
     assert state["schedulers"]["scheduler"]["best"] == pytest.approx(state["best"])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_recorder_png_keeps_every_pixel_of_grey_and_colour_images(tmp_path, channels):
+    from PIL import Image
+
+    from utils.recorder import Recorder
+
+    image = torch.randint(0, 256, (channels, 5, 7), dtype=torch.uint8)
+    recorder = Recorder(tmp_path / "run", enabled=True)
+    recorder.png("sub/picture.png", image)
+    recorder.close()
+    with Image.open(tmp_path / "run" / "out" / "sub" / "picture.png") as png:
+        read = torch.from_numpy(numpy.array(png))
+    assert torch.equal(read.reshape(5, 7, channels).permute(2, 0, 1), image)

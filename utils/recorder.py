@@ -147,11 +147,14 @@ class Recorder:
         """A uint8 (C, H, W) image as ``out/<file>`` (a PNG; folders in ``file`` are made), not to TensorBoard."""
         if not self.enabled:
             return
-        from torchvision.io import encode_png
+        from PIL import Image  # torchvision's encode_png is deprecated since 0.29
 
+        pixels = image.detach().cpu().permute(1, 2, 0).numpy()
+        buf = io.BytesIO()
+        Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(buf, format="PNG")
         path = self.run_dir / "out" / file
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(path, encode_png(image.detach().cpu()).numpy().tobytes())
+        write_bytes_atomic(path, buf.getvalue())
 
     def gif(self, file: str, frames: list[str], seconds_per_frame: float = 0.5) -> None:
         """An animated GIF ``out/<file>`` of the PNGs ``out/<frame>`` that exist, in the order given (looping)."""
