@@ -174,6 +174,13 @@ class ERFNetAgent(BaseAgent):
     def predict(self) -> None:
         """A colourised mask and an overlay per input image, in out/predict/<name>_{mask,overlay}.png."""
         files = self._predict_files()
+        out = self.run_dir / "out" / "predict"
+        taken = [p for f in files for p in (out / f"{f.stem}_mask.png", out / f"{f.stem}_overlay.png") if p.exists()]
+        if taken:
+            raise UserError(
+                f"{taken[0]}: written by an earlier mode=predict ({len(taken)} file(s) would be replaced); "
+                "move or delete them first (nothing is overwritten)"
+            )
         path = self._load_test_checkpoint()
         model = self.unwrap(self.model).eval()
         images = ImageFiles([(f, 0) for f in files], mode="RGB")
@@ -190,8 +197,7 @@ class ERFNetAgent(BaseAgent):
             self.recorder.png(f"predict/{file.stem}_overlay.png", overlay(image, prediction))
         self.status = "predicted"
         self.recorder.info(
-            f"predict: {len(files)} image(s) from {self.config.predict_input} with {path}; "
-            f"masks and overlays in {self.run_dir / 'out' / 'predict'}"
+            f"predict: {len(files)} image(s) from {self.config.predict_input} with {path}; masks and overlays in {out}"
         )
 
     def _predict_files(self) -> list[Path]:

@@ -305,6 +305,13 @@ def test_pictures_test_mode_predict_and_encoder_checkpoint(tmp_path, exps):
     assert mask.size == (45, 29) and mask.mode == "RGB"
     with pytest.raises(UserError, match="'predict_input': mode=predict needs an image file or a folder"):
         train(ERFNET, exps, "exp_name=run", "mode=predict", *TINY)
+    before = (run / "out" / "predict" / "room_mask.png").read_bytes()
+    with pytest.raises(UserError, match=r"room_mask.png: written by an earlier mode=predict \(2 file"):
+        train(ERFNET, exps, "exp_name=run", "mode=predict", f"predict_input={photos / 'room.png'}", *TINY)
+    assert (run / "out" / "predict" / "room_mask.png").read_bytes() == before
+    Image.fromarray(np.full((8, 8, 3), 9, dtype=np.uint8)).save(photos / "yard.png")
+    train(ERFNET, exps, "exp_name=run", "mode=predict", f"predict_input={photos / 'yard.png'}", *TINY)  # a new one
+    assert (run / "out" / "predict" / "yard_overlay.png").exists()
 
     weights = load(run / "checkpoints" / "last.pth")["models"]["model"]
     agent = ERFNetAgent(
