@@ -6,7 +6,7 @@
 
 Writes OUT_DIR/rank<r>.pt with the rank's final model state (parameters and buffers), whether it
 holds SyncBatchNorm layers, and its (all-reduced) validation metrics, which only a test can see:
-the agent itself writes from rank 0 alone. CONFIG may name ``BatchNormAgent``, defined here.
+the agent itself writes from rank 0 alone. CONFIG may name ``BatchNormAgent`` or ``CountingAgent``, defined here.
 """
 
 import os
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -41,7 +42,21 @@ class BatchNormAgent(ExampleAgent):
         self.optimizer = self.make_optimizer(self.model.parameters())
 
 
-AGENTS["BatchNormAgent"] = "tests.ddp_worker"
+class CountingAgent(ExampleAgent):
+    """The template agent counting its gradient all-reduces (calls of a DDP communication hook)."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.allreduces = 0
+        if isinstance(self.model, nn.parallel.DistributedDataParallel):
+            self.model.register_comm_hook(None, self._count)
+
+    def _count(self, state, bucket):
+        self.allreduces += 1
+        return allreduce_hook(state, bucket)
+
+
+AGENTS["BatchNormAgent"] = AGENTS["CountingAgent"] = "tests.ddp_worker"
 
 
 def run(out: Path, config_path: str, overrides: list[str]) -> None:
@@ -59,6 +74,8 @@ def run(out: Path, config_path: str, overrides: list[str]) -> None:
                 "metrics": metrics,
                 "world_size": agent.world_size,
                 "global_step": agent.global_step,
+                "optimizer_steps": agent.optimizer_steps,
+                "allreduces": getattr(agent, "allreduces", None),
                 "sync_bn": any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()),
             },
             out / f"rank{agent.rank}.pt",

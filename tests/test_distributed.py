@@ -115,6 +115,30 @@ def test_two_processes_equal_one_with_twice_the_batch(tmp_path, exps):
     assert metrics["valid/loss"] == pytest.approx(r0["metrics"]["valid/loss"], rel=1e-6)
 
 
+def test_accumulation_all_reduces_once_per_group_and_equals_one_process_with_the_whole_batch(tmp_path, exps):
+    # 2 ranks x batch 8 x 2 accumulated batches = 32 samples an update, as 1 process with batch 32.
+    common = ["data_mode=random", "random_size=640", "max_epoch=1", "optimizer.type=SGD", "optimizer.args.lr=0.01"]
+    common += ["hidden=16"]
+    torchrun(
+        "tests/ddp_worker.py",
+        str(tmp_path),
+        str(EXAMPLE),
+        f"experiments_dir={exps}",
+        "exp_name=acc",
+        "agent=CountingAgent",
+        "batch_size=8",
+        "accumulate_grad_batches=2",
+        *common,
+    )
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    assert r0["global_step"] == 2 * r0["optimizer_steps"] == 24  # 384 training samples: 24 batches of 8 per rank
+    assert r0["allreduces"] == r0["optimizer_steps"]  # no_sync on the first batch of each group
+    train(EXAMPLE, exps, "exp_name=one", "batch_size=32", *common)
+    single = load(exps / "one" / "checkpoints" / "last.pth")["models"]["model"]
+    for k, v in single.items():
+        torch.testing.assert_close(r0["state"][k], v, rtol=1e-4, atol=1e-5)
+
+
 def bn_config(tmp_path, exps):
     config = tmp_path / "bn.json"
     config.write_text(
