@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -69,6 +70,15 @@ def run(path: str, overrides: list[str] = (), after_validation: Callable | None 
 def one_line(text: str) -> str:
     """The message with control characters (newlines included) escaped, so it stays one line."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _saved_after_signal(config: dict, since: float) -> bool:
+    """Whether the run's processes stopped by saving (summary.json marked interrupted after ``since``)."""
+    summary = repo_path(config["experiments_dir"]) / config["exp_name"] / "summary.json"
+    try:
+        return summary.stat().st_mtime >= since and json.loads(summary.read_text())["status"] == "interrupted"
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return False
 
 
 def _fail(message: str, code: int) -> int:
@@ -186,8 +196,17 @@ def main(argv: list[str] | None = None) -> int:
         if nproc < 1:
             raise UserError(f"--nproc: expected a positive integer, got {nproc}")
         if nproc > 1:
-            load_config(args.config, args.overrides)  # a config mistake is one line here, not one per process
-            return distributed.launch(nproc, [__file__, args.config, *args.overrides])
+            config, _ = load_config(args.config, args.overrides)  # a mistake is one line here, not one per process
+            started = time.time() - 1  # file times may be rounded down to the second
+            code = distributed.launch(nproc, [__file__, args.config, *args.overrides])
+            if code == 130 and not _saved_after_signal(config, started):
+                return _fail(
+                    "error: stopped by a signal, but torchrun ended the processes before they saved a checkpoint "
+                    f"(they save within log_every steps; its wait is TORCH_ELASTIC_SHUTDOWN_TIMEOUT="
+                    f"{os.environ.get('TORCH_ELASTIC_SHUTDOWN_TIMEOUT')} s): the run resumes from its last checkpoint",
+                    1,
+                )
+            return code
         run(args.config, args.overrides)
     except UserError as e:
         return _fail(f"error: {one_line(str(e))}", 2)

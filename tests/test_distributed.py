@@ -256,3 +256,28 @@ def test_signal_under_run_sh_nproc_saves_exits_130_and_resumes_in_one_process(ex
     assert 0 < done < 1250 and samples == done * 16 * 2
     train(MNIST, exps, *args[1:])  # one process now: the rest of the epoch's order, in batches of 16
     assert load(exps / "sig" / "checkpoints" / "last.pth")["global_step"] == done + -(-(40000 - samples) // 16)
+
+
+def test_a_signal_whose_save_torchrun_cuts_short_is_an_error_not_exit_130(exps):
+    import signal
+    import time
+
+    # torchrun kills the workers at once (no wait): they cannot save, and the launcher must not say they did.
+    args = [str(MNIST), f"experiments_dir={exps}", "exp_name=cut", "data_mode=random", "random_size=40000"]
+    env = {**ENV, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", "--nproc", "2", *args, "batch_size=16", "torch_threads=1", "log_every=100000"],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log = exps / "cut" / "logs" / "run.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and "run directory" in log.read_text()):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-3000:]
+    assert "torchrun ended the processes before they saved a checkpoint" in err
+    assert not (exps / "cut" / "checkpoints" / "last.pth").exists()

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+SHUTDOWN_SECONDS = 120  # torchrun's wait for the workers to save after a signal, unless the environment sets one
+
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -112,6 +114,8 @@ def launch(nproc: int, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
+    # How long torchrun waits for the workers to save after a signal before it kills them (its default: 30 s).
+    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_SECONDS))
     try:
         torchrun(["--standalone", "--nproc_per_node", str(nproc), *argv])
     except SignalException:
