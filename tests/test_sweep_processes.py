@@ -24,6 +24,7 @@ from tests.conftest import REPO
 from tests.test_sweep import TINY, rows, sweep_file
 from utils.locks import holder
 from utils.recorder import LOCK_NAME
+from utils.sweep_spec import load_sweep
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
@@ -199,6 +200,38 @@ def test_two_workers_on_a_postgresql_study_run_exactly_the_requested_trials(tmp_
     assert ran[0] | ran[1] == {0, 1, 2, 3} and not ran[0] & ran[1], ran
     for m in machines:  # each machine's results cover the whole study
         assert [r["number"] for r in rows(m / "s" / "results.csv")] == ["0", "1", "2", "3"]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage", "ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_silent_machines_trial_is_run_again_and_a_live_one_is_not(tmp_path, exps, postgres_url, monkeypatch):
+    monkeypatch.setattr(utils.sweep, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(utils.sweep, "STALE_SECONDS", 2)
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5, 0.7]}, method="grid")
+    args = [f"storage={postgres_url}", "max_epoch=1"]
+    # Another machine took trial 0 (the first grid point), started it, and was never heard of again.
+    spec = load_sweep(path, args, lambda config, more: main.load_config(config, more)[0])
+    study = utils.sweep.open_study(spec)
+    gone = study.ask()
+    gone.set_user_attr("worker", "elsewhere:/gone.lock")
+    assert [space.suggest(gone) for space in spec.spaces] == [0.5]
+    with utils.sweep._heartbeat(study, gone):
+        pass
+    time.sleep(3)
+    assert main.main(["--sweep", path, *args]) == 0
+    results = rows(exps / "s" / "results.csv")
+    assert [(r["number"], r["optimizer.args.lr"], r["state"]) for r in results] == [
+        ("0", "0.5", "fail"),
+        ("1", "0.5", "complete"),
+        ("2", "0.7", "complete"),
+    ]
+    assert results[0]["error"] == "no heartbeat from its machine; run again as trial 1"
+
+    # A trial that runs longer than STALE_SECONDS beats all along: never given up.
+    alive = study.ask()
+    with utils.sweep._heartbeat(study, alive):
+        time.sleep(3)
+        optuna.storages.fail_stale_trials(study)
+    assert study.get_trials()[alive.number].state == optuna.trial.TrialState.RUNNING
 
 
 @pytest.mark.slow

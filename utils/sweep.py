@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -45,6 +46,10 @@ RunTrial = Callable[[list[str], Path, Callable[[int, dict[str, float]], bool] | 
 
 LOG = logging.getLogger("ppt.sweep")
 STOP_GRACE_SECONDS = 60.0  # for a taken-up trial's earlier process to save its checkpoint and end
+# A database study hears from each running trial every HEARTBEAT_SECONDS; one silent for STALE_SECONDS (its
+# machine gone) is failed and queued again, for the next worker on any machine (Optuna's heartbeat).
+HEARTBEAT_SECONDS = 60
+STALE_SECONDS = 600
 
 
 class _GridBySlot(optuna.samplers.BaseSampler):
@@ -138,7 +143,15 @@ def _storage(sweep: Sweep) -> Any:
         backend = optuna.storages.journal.JournalFileBackend(str(sweep.sweep_dir / "study.journal"))
         return optuna.storages.JournalStorage(backend)
     try:
-        return optuna.storages.RDBStorage(sweep.storage, engine_kwargs={"pool_pre_ping": True})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat's, at every start
+            return optuna.storages.RDBStorage(
+                sweep.storage,
+                engine_kwargs={"pool_pre_ping": True},
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=STALE_SECONDS,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+            )
     except ImportError:
         scheme = sweep.storage.split("://")[0]
         raise UserError(
@@ -171,18 +184,32 @@ def trials_of(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
 
 
+def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count toward ``trials``: not those given up for a silent machine and queued again."""
+    trials = trials_of(study)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return [t for t in trials if t.number not in retried]
+
+
 def _slot(study: optuna.Study, number: int) -> int:
-    """Trial ``number``'s place among the sweep's trials: how many have smaller numbers (surplus ones, which a
-    study grown with more ``trials`` keeps between them, left out)."""
-    return sum(t.number < number for t in trials_of(study))
+    """Trial ``number``'s place among the counted trials: how many have smaller numbers (surplus and retried
+    ones, which a study keeps between them, left out)."""
+    return sum(t.number < number for t in counted(study))
 
 
 def _ask(study: optuna.Study, sweep: Sweep, worker: Worker) -> optuna.trial.Trial | None:
-    """A new trial while the study has fewer than ``sweep.trials``."""
-    if len(trials_of(study)) >= sweep.trials:
+    """A trial queued again (its machine went silent), else a new one while fewer than ``sweep.trials`` count."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a database study's silent trials: failed, queued again
+    trials = counted(study)
+    if len(trials) >= sweep.trials and not any(t.state == TrialState.WAITING for t in trials):
         return None
-    trial = study.ask()
-    if _slot(study, trial.number) >= sweep.trials:  # another machine asked at the same moment and got the last one
+    with warnings.catch_warnings():  # "heartbeat ... supposed to be used with Study.optimize": it is, by _heartbeat
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        trial = study.ask()  # a queued trial first
+    retry = "failed_trial" in study._storage.get_trial(trial._trial_id).system_attrs
+    if not retry and _slot(study, trial.number) >= sweep.trials:  # another machine asked at once and got the last
         trial.set_user_attr("surplus", True)
         study.tell(trial, state=TrialState.FAIL)
         return None
@@ -244,14 +271,18 @@ def _run(study: optuna.Study, sweep: Sweep, trial: optuna.trial.Trial, run_trial
             return False
         with warnings.catch_warnings():  # a resumed trial reports its earlier epochs again: Optuna keeps the first
             warnings.simplefilter("ignore")
-            trial.report(value, epoch)
+            try:
+                trial.report(value, epoch)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return True  # given up by the study (see below): nobody waits for the rest
         pruned = trial.should_prune()
         return pruned
 
     _stop_earlier_process(run_dir, trial.number)
     error = None
     try:
-        run_trial(overrides, run_dir, after_validation if sweep.pruner else None)
+        with _heartbeat(study, trial):
+            run_trial(overrides, run_dir, after_validation if sweep.pruner else None)
     except (UserError, TrainingStopped) as e:
         error = str(e)
     except (RunInterrupted, KeyboardInterrupt):
@@ -259,6 +290,19 @@ def _run(study: optuna.Study, sweep: Sweep, trial: optuna.trial.Trial, run_trial
     except Exception as e:  # noqa: BLE001 (a bug in this trial's code: it fails, the sweep goes on)
         LOG.error(traceback.format_exc())
         error = f"{type(e).__name__}: {e}"
+    try:
+        _tell(study, sweep, trial, run_dir, error, pruned)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        LOG.warning(
+            f"trial {trial.number}: the study gave it up (no heartbeat for {STALE_SECONDS} s: the database was "
+            f"out of reach) and queued it again; its result stays in {run_dir} only"
+        )
+
+
+def _tell(
+    study: optuna.Study, sweep: Sweep, trial: optuna.trial.Trial, run_dir: Path, error: str | None, pruned: bool
+) -> None:
+    """The trial's result to the study: failed with ``error``, pruned, or the best value in its summary.json."""
     summary = _read_json(run_dir / "summary.json")
     trial.set_user_attr("epochs", summary.get("epochs"))
     trial.set_user_attr("wall_seconds", summary.get("wall_seconds"))
@@ -273,6 +317,33 @@ def _run(study: optuna.Study, sweep: Sweep, trial: optuna.trial.Trial, run_trial
     else:
         study.tell(trial, value)
         LOG.info(f"trial {trial.number}: {sweep.metric} {value:.4g}")
+
+
+@contextlib.contextmanager
+def _heartbeat(study: optuna.Study, trial: optuna.trial.Trial) -> Iterator[None]:
+    """While a trial of a database study runs, its heartbeat every HEARTBEAT_SECONDS (see STALE_SECONDS)."""
+    storage = study._storage  # a database's, behind Optuna's cache; a journal file's has no heartbeat
+    if not hasattr(storage, "record_heartbeat") or not storage.get_heartbeat_interval():
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial._trial_id)
+            except Exception as e:  # noqa: BLE001 (the database out of reach a while: the next beat may get through)
+                LOG.warning(f"trial {trial.number}: heartbeat not recorded: {_first_line(e)}")
+            if stop.wait(HEARTBEAT_SECONDS):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat of trial {trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _fail(study: optuna.Study, trial: optuna.trial.Trial, message: str) -> None:

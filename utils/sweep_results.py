@@ -52,8 +52,13 @@ def _write_csv(trials: list[FrozenTrial], sweep: Sweep) -> None:
     buf = io.StringIO()
     out = csv.DictWriter(buf, fieldnames=columns)
     out.writeheader()
+    retried_as = {t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")}
     for t in trials:
         values = _values(t, sweep)
+        error = t.user_attrs.get("error")
+        if t.state == TrialState.FAIL and error is None:  # failed by the study, not by a worker: no heartbeat
+            again = retried_as.get(t.number)
+            error = "no heartbeat from its machine" + ("" if again is None else f"; run again as trial {again}")
         out.writerow(
             {
                 "number": t.number,
@@ -63,7 +68,7 @@ def _write_csv(trials: list[FrozenTrial], sweep: Sweep) -> None:
                 "epochs": t.user_attrs.get("epochs"),
                 "wall_seconds": t.user_attrs.get("wall_seconds"),
                 "run_dir": sweep.sweep_dir / trial_name(t.number),
-                "error": t.user_attrs.get("error"),
+                "error": error,
             }
         )
     write_text_atomic(sweep.sweep_dir / "results.csv", buf.getvalue())
