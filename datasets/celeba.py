@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from datasets.common import data_root
@@ -122,7 +122,7 @@ class CelebADataLoader:
         return ImageFiles(samples, mode, transform, skip_bad=config.skip_bad_files)
 
     @staticmethod
-    def split(dataset: Dataset, valid_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    def split(dataset: ImageFiles | TensorBatches, valid_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
         """(train, held-out): a random ``valid_fraction`` of the samples (at least one), fixed by ``seed``."""
         n = len(dataset)
         n_valid = max(1, round(valid_fraction * n))
@@ -136,4 +136,4 @@ class CelebADataLoader:
         if isinstance(dataset, TensorBatches):  # stays batched: a few gathers per batch
             images = dataset.tensors[0]
             return TensorBatches(images[train]), TensorBatches(images[valid])
-        return Subset(dataset, train), Subset(dataset, valid)
+        return dataset.subset(train), dataset.subset(valid)

@@ -15,6 +15,7 @@ the next readable one, so batches keep their size and a resumed run sees the sam
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -163,6 +164,12 @@ class ImageFiles(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def subset(self, indices: list[int]) -> ImageFiles:
+        """These samples only (a split): a sample skipped at decode time is then replaced from the same split."""
+        part = copy.copy(self)
+        part.samples = [self.samples[i] for i in indices]
+        return part
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor | int]:
         for offset in range(len(self.samples)):

@@ -190,3 +190,14 @@ def test_bad_pairs_are_skipped_and_counted_when_asked(tmp_path, caplog):
     assert len(data) == 1
     assert "skipped 2 of 3 samples" in caplog.text
     assert "none.png does not exist" in caplog.text and "b_mask.png: mask is 4x3" in caplog.text
+
+
+def test_a_split_replaces_a_sample_it_cannot_decode_from_itself(tmp_path):
+    # Files 0..3; the held-out split is {1, 3} and 1 fails only when decoded: 3 stands in, never 2 (a training one).
+    files = [save(tmp_path / f"{i}.png", 40 * (i + 1), i, size=(8, 8)) for i in range(4)]
+    cut_jpeg(files[1].with_suffix(".jpg"))
+    files[1] = files[1].with_suffix(".jpg")
+    data = ImageFiles([(f, i) for i, f in enumerate(files)], skip_bad=True)
+    held_out = data.subset([1, 3])
+    assert [held_out[i][1] for i in range(2)] == [3, 3]
+    assert [data.subset([0, 2])[i][1] for i in range(2)] == [0, 2]
