@@ -72,6 +72,7 @@ IGNORE = 255  # VOC's object borders and "difficult" regions; our padding
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's, as for a pretrained encoder
 STRIDE = 8  # ERFNet halves the resolution three times: sizes must be multiples of 8
 TREE = Path("VOCdevkit") / "VOC2012"
+MASKS = "SegmentationClass"  # VOC's palette PNGs; SBD's augmented set ships grey ones (SegmentationClassAug)
 HOW = (
     "Unpack VOCtrainval_11-May-2012.tar (host.robots.ox.ac.uk/pascal/VOC/voc2012/) into data_root so that "
     "VOCdevkit/VOC2012/ holds JPEGImages, SegmentationClass and ImageSets/Segmentation, or use "
@@ -166,9 +167,9 @@ def read_list(tree: Path, split: str) -> list[str]:
     return ids
 
 
-def voc_pairs(tree: Path, split: str) -> list[tuple[Path, Path]]:
-    """(JPEGImages/<id>.jpg, SegmentationClass/<id>.png) for each id of the split's list."""
-    return [(tree / "JPEGImages" / f"{i}.jpg", tree / "SegmentationClass" / f"{i}.png") for i in read_list(tree, split)]
+def voc_pairs(tree: Path, split: str, masks: str = MASKS) -> list[tuple[Path, Path]]:
+    """(JPEGImages/<id>.jpg, <masks>/<id>.png) for each id of the split's list."""
+    return [(tree / "JPEGImages" / f"{i}.jpg", tree / masks / f"{i}.png") for i in read_list(tree, split)]
 
 
 def download(root: Path) -> None:
@@ -245,6 +246,9 @@ class VocDataLoader:
         "scale_min": Key(0.5, float, "training: scale images by a random factor in [scale_min, scale_max]", min=0.05),
         "scale_max": Key(2.0, float, "see scale_min", min=0.05, max=20.0),
         "train_split": Key("train", str, "folder/download: list ImageSets/Segmentation/<name>.txt to train on"),
+        "train_masks": Key(
+            MASKS, str, "folder of the training split's masks in VOC2012/ (SBD's trainaug: SegmentationClassAug)"
+        ),
         "valid_split": Key("val", str, "folder/download: list to validate (and test) on"),
         "random_size": Key(64, int, "data_mode=random: synthetic training images", min=1, max=100_000),
         "random_image_size": Key(96, int, "data_mode=random: image height and width (up to)", min=8, max=4096),
@@ -271,7 +275,7 @@ class VocDataLoader:
             if not tree.is_dir():
                 raise missing(tree, "Pascal VOC 2012 folder", HOW)
             kwargs = {"mode": "RGB", "skip_bad": config.skip_bad_files, "num_classes": config.num_classes}
-            train = ImageFiles(voc_pairs(tree, config.train_split), transform=train_tf, **kwargs)
+            train = ImageFiles(voc_pairs(tree, config.train_split, config.train_masks), transform=train_tf, **kwargs)
             valid = ImageFiles(voc_pairs(tree, config.valid_split), transform=normalise(), **kwargs)
         common = {"seed": config.seed, "num_workers": config.num_workers}
         self.train_loader = make_loader(train, config.batch_size, train=True, **common)
@@ -311,17 +315,19 @@ def _read_mask(path: Path, num_classes: int) -> torch.Tensor:
     return mask
 
 
-def cache_path(root: Path, split: str) -> Path:
-    return root / f"voc_class_weights_{split}.json"
+def cache_path(root: Path, split: str, masks: str = MASKS) -> Path:
+    return root / f"voc_class_weights_{split}{'' if masks == MASKS else '_' + masks}.json"
 
 
-def folder_class_weights(root: Path, num_classes: int, split: str = "train", force: bool = False) -> list[float]:
-    """ENet class weights over the masks of ``split``, cached in ``root`` (recomputed when the list changes)."""
+def folder_class_weights(
+    root: Path, num_classes: int, split: str = "train", force: bool = False, masks: str = MASKS
+) -> list[float]:
+    """ENet class weights over the ``masks`` of ``split``, cached in ``root`` (recomputed when the list changes)."""
     tree = root / TREE
     list_file = tree / "ImageSets" / "Segmentation" / f"{split}.txt"
     ids = read_list(tree, split)
     digest = hashlib.sha256(list_file.read_bytes()).hexdigest()
-    cache = cache_path(root, split)
+    cache = cache_path(root, split, masks)
     if cache.is_file() and not force:
         try:
             cached = json.loads(cache.read_text())
@@ -330,11 +336,12 @@ def folder_class_weights(root: Path, num_classes: int, split: str = "train", for
         except (ValueError, KeyError, TypeError):
             log.warning(f"{cache}: unreadable class-weight cache; computing the weights again")
     log.warning(f"computing class weights over {len(ids)} masks of {list_file} (once; cached in {cache})")
-    counts = count_pixels((_read_mask(tree / "SegmentationClass" / f"{i}.png", num_classes) for i in ids), num_classes)
+    counts = count_pixels((_read_mask(tree / masks / f"{i}.png", num_classes) for i in ids), num_classes)
     weights = weights_from_counts(counts)
     record = {
         "recipe": "ENet: 1 / ln(1.02 + pixel frequency of the class), 255 not counted",
         "split": split,
+        "masks": masks,
         "list_sha256": digest,
         "num_masks": len(ids),
         "classes": class_names(num_classes),
@@ -355,7 +362,7 @@ def class_weights(config) -> list[float]:
     if config.data_mode == "download":
         with distributed.main_first():  # one download, not one per process
             download(root)
-    return folder_class_weights(root, config.num_classes, config.train_split)
+    return folder_class_weights(root, config.num_classes, config.train_split, masks=config.train_masks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,18 +371,19 @@ def main(argv: list[str] | None = None) -> int:
     cw = sub.add_parser("class-weights", help="compute (or show the cached) ENet class weights of a split's masks")
     cw.add_argument("--data-root", default="data", help="folder holding VOCdevkit/VOC2012 (default: data)")
     cw.add_argument("--split", default="train", help="ImageSets/Segmentation/<split>.txt (default: train)")
+    cw.add_argument("--masks", default=MASKS, help=f"the masks' folder in VOC2012/ (default: {MASKS})")
     cw.add_argument("--num-classes", type=int, default=len(CLASSES))
     cw.add_argument("--force", action="store_true", help="recompute even when cached")
     args = parser.parse_args(argv)
     root = repo_path(args.data_root)
     try:
-        weights = folder_class_weights(root, args.num_classes, args.split, force=args.force)
+        weights = folder_class_weights(root, args.num_classes, args.split, force=args.force, masks=args.masks)
     except UserError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
     for name, w in zip(class_names(args.num_classes), weights, strict=True):
         sys.stdout.write(f"{name:<12} {w:8.4f}\n")
-    sys.stdout.write(f"cached in {cache_path(root, args.split)}\n")
+    sys.stdout.write(f"cached in {cache_path(root, args.split, args.masks)}\n")
     return 0
 
 

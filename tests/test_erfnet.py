@@ -207,6 +207,25 @@ def test_folder_mode_reads_the_voc_tree(tmp_path):
     assert data.test_loader is data.valid_loader  # mode=test evaluates val: VOC's test masks are not public
 
 
+def test_sbd_trainaug_reads_its_grey_masks_from_their_own_folder(tmp_path, capsys):
+    # SBD's augmented set: another list and grey PNG masks in SegmentationClassAug/; val stays VOC's.
+    tree = voc_tree(tmp_path)["tree"]
+    (tree / "SegmentationClassAug").mkdir()
+    for name, size in (("2007_train00", (45, 37)), ("2007_train01", (40, 32))):  # (height, width) of the JPEGs
+        grey = Image.fromarray(np.full(size, 7, dtype=np.uint8), mode="L")
+        grey.save(tree / "SegmentationClassAug" / f"{name}.png")
+    (tree / "ImageSets" / "Segmentation" / "trainaug.txt").write_text("2007_train00\n2007_train01\n")
+    aug = ["data_mode=folder", f"data_root={tmp_path}", "crop_size=32", "batch_size=2", "num_workers=0"]
+    data = VocDataLoader(config(*aug, "train_split=trainaug", "train_masks=SegmentationClassAug", "scale_min=1.0"))
+    _, y = next(iter(data.train_loader))
+    assert set(y.unique().tolist()) <= {7, IGNORE} and (y == 7).any()
+    assert data.valid_loader.dataset.dataset.samples[0][1].parent.name == "SegmentationClass"
+    args = ["class-weights", "--data-root", str(tmp_path), "--split", "trainaug", "--masks", "SegmentationClassAug"]
+    assert voc.main(args) == 0
+    cache = json.loads((tmp_path / "voc_class_weights_trainaug_SegmentationClassAug.json").read_text())
+    assert [i for i, n in enumerate(cache["pixel_counts"]) if n] == [7]
+
+
 def test_folder_mode_names_what_is_missing_or_wrong(tmp_path):
     with pytest.raises(UserError, match=r"VOCdevkit/VOC2012: Pascal VOC 2012 folder not found.*data_mode=random"):
         VocDataLoader(config("data_mode=folder", f"data_root={tmp_path}"))
