@@ -16,6 +16,7 @@ import collections
 import functools
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from easydict import EasyDict
 
 from agents import config_schemas, get_agent_class
 from utils import distributed
-from utils.config import REPO_ROOT, apply_overrides, read_json, repo_path, to_easydict, validate
+from utils.config import apply_overrides, read_json, repo_path, to_easydict, validate
 from utils.config_reference import keys_command
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 from utils.scaffold import new_command, new_project_command
@@ -72,6 +73,10 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _saved_after_signal(config: dict, since: float) -> bool:
     """Whether the run's processes stopped by saving (summary.json marked interrupted after ``since``)."""
     summary = repo_path(config["experiments_dir"]) / config["exp_name"] / "summary.json"
@@ -97,8 +102,10 @@ def describe_keys(path: str, overrides: list[str] = ()) -> str:
 
 def sweep(path: str, overrides: list[str], workers: int = 1, worker_index: int | None = None) -> int:
     """Run the sweep file's trials (this process and ``workers - 1`` more); 1 when no trial completed."""
-    from utils.sweep import run_sweep
-    from utils.sweep_results import trials_of, write_results
+    from optuna.trial import TrialState
+
+    from utils.sweep import counted, run_sweep, trials_of
+    from utils.sweep_results import write_results
     from utils.sweep_spec import load_sweep
     from utils.sweep_subprocess import run_command
 
@@ -107,14 +114,22 @@ def sweep(path: str, overrides: list[str], workers: int = 1, worker_index: int |
     if spec.nproc == 1:
         run_trial = functools.partial(_run_trial, config)
     else:  # several processes per trial: each trial is its own torchrun
-        run_trial = functools.partial(run_command, [str(REPO_ROOT / "run.sh"), "--nproc", str(spec.nproc), config])
+        command = [sys.executable, str(Path(__file__).resolve()), "--nproc", str(spec.nproc), config]
+        run_trial = functools.partial(run_command, command)
     helper = [sys.executable, str(Path(__file__).resolve()), "--sweep", path, *overrides]
-    study = run_sweep(spec, run_trial, workers, helper, worker_index)
+    # SIGTERM stops a sweep as Ctrl-C does: the trial running saves (its own process, or the agent's handler).
+    before = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        study = run_sweep(spec, run_trial, workers, helper, worker_index)
+    finally:
+        signal.signal(signal.SIGTERM, before)
     if worker_index is not None:  # a helper: the first worker writes the results
         return 0
     best = write_results(study, spec)
     states = collections.Counter(t.state.name.lower() for t in trials_of(study))
     counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    if any(t.state == TrialState.FAIL for t in counted(study)):
+        counts += " (failed trials are not run again unless retry_failed=true)"
     if best is None:
         return _fail(f"sweep {spec.name}: {counts}; no trial completed: see {spec.sweep_dir / 'results.csv'}", 1)
     sys.stderr.write(

@@ -35,6 +35,8 @@ def sweep_file(tmp_path, exps, **keys) -> str:
         "method": "grid",
     }
     sweep.update(keys)
+    swept = sweep["parameters"] if isinstance(sweep["parameters"], dict) else {}
+    sweep["overrides"] = {k: v for k, v in sweep["overrides"].items() if k not in swept}  # a parameter sets them
     path = tmp_path / "sweep.json"
     path.write_text(json.dumps(sweep))
     return str(path)

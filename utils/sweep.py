@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,7 +35,7 @@ from optuna.trial import TrialState
 
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 from utils.locks import holder
-from utils.recorder import LOCK_NAME
+from utils.recorder import LOCK_NAME, write_text_atomic
 from utils.seeding import derive_seed
 from utils.sweep_spec import Sweep
 from utils.sweep_subprocess import popen_tied
@@ -50,6 +51,7 @@ STOP_GRACE_SECONDS = 60.0  # for a taken-up trial's earlier process to save its 
 # machine gone) is failed and queued again, for the next worker on any machine (Optuna's heartbeat).
 HEARTBEAT_SECONDS = 60
 STALE_SECONDS = 600
+WAIT_SECONDS = 1.0  # between looks at a trial another worker of this machine still runs
 
 
 class _GridBySlot(optuna.samplers.BaseSampler):
@@ -75,15 +77,17 @@ class Worker:
         self.host = socket.gethostname()
         folder = sweep_dir / ".workers"
         folder.mkdir(parents=True, exist_ok=True)
-        self.path = (folder / f"{self.host}.{os.getpid()}.lock").resolve()
+        # The pid alone could come back (a container's entrypoint is pid 1 again): a dead worker's name too.
+        self.path = (folder / f"{self.host}.{os.getpid()}.{uuid.uuid4().hex[:8]}.lock").resolve()
         self.id = f"{self.host}:{self.path}"  # host, then where its lock is (any experiments_dir on that host)
         self._file = open(self.path, "w")  # noqa: SIM115 (held for the worker's life)
         fcntl.flock(self._file, fcntl.LOCK_EX)
 
-    def is_dead(self, worker_id: str) -> bool:
-        """Whether the worker ``worker_id`` of this machine has ended (another machine's: never known here)."""
+    def is_dead(self, worker_id: str, local: bool) -> bool:
+        """Whether the worker ``worker_id`` has ended: known for this machine's workers, and with a journal file
+        (one folder for all) for those of an earlier host name whose lock is here (a container started again)."""
         host, _, lock = worker_id.partition(":")
-        if host != self.host:
+        if host != self.host and not (local and Path(lock).exists()):
             return False
         return holder(Path(lock), remove_if_free=True) is None
 
@@ -103,12 +107,7 @@ def _machine_lock(sweep_dir: Path) -> Iterator[None]:
 def open_study(sweep: Sweep, worker_index: int = 0) -> optuna.Study:
     """Create the study, or join it when another worker (or an earlier run of the sweep) made it."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if sweep.method == "grid":
-        sampler = _GridBySlot(sweep.grid)
-    else:
-        seed = None if sweep.sampler_seed is None else derive_seed(sweep.sampler_seed, "sweep worker", worker_index)
-        random = sweep.method == "random"
-        sampler = optuna.samplers.RandomSampler(seed) if random else optuna.samplers.TPESampler(seed=seed)
+    sampler = _GridBySlot(sweep.grid) if sweep.method == "grid" else _sampler(sweep, worker_index, 0)
     pruner = getattr(optuna.pruners, sweep.pruner["type"])(**sweep.pruner["args"]) if sweep.pruner else None
     for attempt in range(5):  # workers starting together race to create a database's tables
         try:
@@ -135,7 +134,18 @@ def open_study(sweep: Sweep, worker_index: int = 0) -> optuna.Study:
             f"{sweep.path}: study '{sweep.name}' exists and was made to {study.direction.name.lower()}, "
             f"but monitor is '{sweep.monitor}'; use another sweep name"
         )
+    if sweep.method != "grid" and sweep.sampler_seed is not None:  # a study that goes on draws new values
+        study.sampler = _sampler(sweep, worker_index, len(study.get_trials(deepcopy=False)))
     return study
+
+
+def _sampler(sweep: Sweep, worker_index: int, trials_before: int) -> optuna.samplers.BaseSampler:
+    """method random or tpe; with sampler_seed, seeded by this worker and how many trials the study had."""
+    seed = sweep.sampler_seed
+    if seed is not None:
+        more = (trials_before,) if trials_before else ()  # a new study: the draws of sampler_seed alone
+        seed = derive_seed(seed, "sweep worker", worker_index, *more)
+    return optuna.samplers.RandomSampler(seed) if sweep.method == "random" else optuna.samplers.TPESampler(seed=seed)
 
 
 def _storage(sweep: Sweep) -> Any:
@@ -171,7 +181,7 @@ def _adopt(study: optuna.Study, worker: Worker, local: bool) -> optuna.trial.Tri
         owner = frozen.user_attrs.get("worker")
         # No owner: cut short between ask and naming its worker; with a journal file every ask is on this
         # machine, under the machine lock we hold, so no live worker is half-way through it.
-        if (owner and worker.is_dead(owner)) or (not owner and local):
+        if (owner and worker.is_dead(owner, local)) or (not owner and local):
             trial = optuna.trial.Trial(study, frozen._trial_id)  # Optuna's way to continue a trial elsewhere
             trial.set_user_attr("worker", worker.id)
             LOG.info(f"trial {frozen.number}: its worker {owner or '?'} is gone; taking it up")
@@ -214,7 +224,18 @@ def _ask(study: optuna.Study, sweep: Sweep, worker: Worker) -> optuna.trial.Tria
         study.tell(trial, state=TrialState.FAIL)
         return None
     trial.set_user_attr("worker", worker.id)
+    if storage := _heartbeat_storage(study):  # a first beat: should this worker die now, the trial goes stale
+        storage.record_heartbeat(trial._trial_id)
     return trial
+
+
+def _running_here(study: optuna.Study, worker: Worker, local: bool) -> bool:
+    """Whether another live worker of this machine still runs a trial (one killed may yet be saving)."""
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = frozen.user_attrs.get("worker")
+        if owner and owner != worker.id and owner.partition(":")[0] == worker.host and not worker.is_dead(owner, local):
+            return True
+    return False
 
 
 def _stop_earlier_process(run_dir: Path, number: int) -> None:
@@ -319,11 +340,17 @@ def _tell(
         LOG.info(f"trial {trial.number}: {sweep.metric} {value:.4g}")
 
 
+def _heartbeat_storage(study: optuna.Study) -> Any:
+    """The study's storage when it keeps heartbeats (a database's, behind Optuna's cache), else None."""
+    storage = study._storage
+    return storage if hasattr(storage, "record_heartbeat") and storage.get_heartbeat_interval() else None
+
+
 @contextlib.contextmanager
 def _heartbeat(study: optuna.Study, trial: optuna.trial.Trial) -> Iterator[None]:
     """While a trial of a database study runs, its heartbeat every HEARTBEAT_SECONDS (see STALE_SECONDS)."""
-    storage = study._storage  # a database's, behind Optuna's cache; a journal file's has no heartbeat
-    if not hasattr(storage, "record_heartbeat") or not storage.get_heartbeat_interval():
+    storage = _heartbeat_storage(study)
+    if storage is None:
         yield
         return
     stop = threading.Event()
@@ -360,15 +387,20 @@ def _read_json(path: Path) -> dict:
 
 
 def work(study: optuna.Study, sweep: Sweep, run_trial: RunTrial) -> None:
-    """This worker's loop: take a trial, run it, until the study has all of its trials."""
+    """This worker's loop: take a trial, run it, until the study has all of its trials and none is running
+    on this machine (a worker killed a moment ago may still be saving the trial that it leaves to take up)."""
     worker = Worker(sweep.sweep_dir)
+    local = sweep.storage is None
     try:
         while True:
             with _machine_lock(sweep.sweep_dir):
-                trial = _adopt(study, worker, local=sweep.storage is None) or _ask(study, sweep, worker)
-            if trial is None:
+                trial = _adopt(study, worker, local) or _ask(study, sweep, worker)
+            if trial is not None:
+                _run(study, sweep, trial, run_trial)
+            elif _running_here(study, worker, local):
+                time.sleep(WAIT_SECONDS)
+            else:
                 return
-            _run(study, sweep, trial, run_trial)
     finally:
         worker.close()
 
@@ -390,17 +422,51 @@ def _close_log() -> None:
         LOG.removeHandler(handler)
 
 
-def _check_same_space(sweep: Sweep, earlier: Path) -> None:
-    """An existing study goes on only with the parameters and method it was made with (Optuna cannot mix)."""
-    if not earlier.exists():
-        return
-    before, now = json.loads(earlier.read_text()), sweep.resolved()
-    for key in ("parameters", "method"):
-        if before.get(key) != now.get(key):
+def _claim(study: optuna.Study, sweep: Sweep) -> None:
+    """The study goes on only with the space it was made with (Optuna cannot mix two), on every machine; and
+    this folder's trial directories are never taken for those of another study (another storage, a study
+    file deleted): the folder's ``.study`` names the study it belongs to."""
+    space = {"parameters": sweep.resolved()["parameters"], "method": sweep.method}
+    if sweep.method == "grid":
+        space["sampler_seed"] = sweep.sampler_seed  # the order of the grid's points
+    made = study.user_attrs.get("sweep")
+    if made is None:
+        study.set_user_attr("sweep", {"id": uuid.uuid4().hex, **space})
+        made = study.user_attrs["sweep"]
+    where = sweep.shown_storage or sweep.sweep_dir
+    for key, value in space.items():
+        if made.get(key) != value:
             raise UserError(
-                f"{sweep.path}: key '{key}': the study in {sweep.sweep_dir} was made with another {key} "
-                f"({json.dumps(before.get(key))}); run it with that, or choose another sweep name"
+                f"{sweep.path}: key '{key}': the study in {where} was made with another {key} "
+                f"({json.dumps(made.get(key))}); run it with that, or choose another sweep name"
             )
+    mark = sweep.sweep_dir / ".study"
+    ours = mark.read_text().strip() == made["id"] if mark.exists() else not _trial_dirs(sweep.sweep_dir)
+    if not ours and not (not mark.exists() and study.get_trials(deepcopy=False)):
+        raise UserError(
+            f"{sweep.path}: key 'name': {sweep.sweep_dir} holds the trials of another study than the one in "
+            f"{where} (another storage, or its study file removed); choose another sweep name, or move the folder"
+        )
+    write_text_atomic(mark, made["id"] + "\n")
+
+
+def _queue_failed(study: optuna.Study) -> None:
+    """retry_failed: each failed trial queued again with its values (as Optuna queues a silent machine's)."""
+    for frozen in counted(study):
+        if frozen.state == TrialState.FAIL:
+            history = [*frozen.system_attrs.get("retry_history", []), frozen.number]
+            again = optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                params=frozen.params,
+                distributions=frozen.distributions,
+                system_attrs={"failed_trial": history[0], "retry_history": history},
+            )
+            study.add_trial(again)
+            LOG.info(f"trial {frozen.number} failed ({frozen.user_attrs.get('error')}); queued to run again")
+
+
+def _trial_dirs(sweep_dir: Path) -> list[Path]:
+    return [p for p in sweep_dir.glob("trial_*") if p.is_dir()]
 
 
 def _write_sweep_file(sweep_dir: Path, resolved: dict) -> None:
@@ -429,10 +495,13 @@ def run_sweep(
     sweep_dir.mkdir(parents=True, exist_ok=True)
     _setup_log(sweep_dir)
     try:
-        if helper_index is None:
-            _check_same_space(sweep, sweep_dir / "sweep.json")
-            _write_sweep_file(sweep_dir, sweep.resolved())
         study = open_study(sweep, helper_index or 0)
+        if helper_index is None:
+            _claim(study, sweep)
+            _write_sweep_file(sweep_dir, sweep.resolved())
+            if sweep.retry_failed:
+                with _machine_lock(sweep_dir):
+                    _queue_failed(study)
         helpers = [
             popen_tied([*helper_command, "--worker-index", str(i)], start_new_session=True) for i in range(1, workers)
         ]

@@ -57,8 +57,9 @@ def _write_csv(trials: list[FrozenTrial], sweep: Sweep) -> None:
         values = _values(t, sweep)
         error = t.user_attrs.get("error")
         if t.state == TrialState.FAIL and error is None:  # failed by the study, not by a worker: no heartbeat
-            again = retried_as.get(t.number)
-            error = "no heartbeat from its machine" + ("" if again is None else f"; run again as trial {again}")
+            error = "no heartbeat from its machine"
+        if t.number in retried_as:
+            error = f"{error}; run again as trial {retried_as[t.number]}"
         out.writerow(
             {
                 "number": t.number,
@@ -122,7 +123,8 @@ def _plot_objective(trials: list[FrozenTrial], sweep: Sweep, path: Path) -> None
     ax.set_ylabel(sweep.metric)
     ax.set_title(f"{sweep.name}: {sweep.direction} {sweep.metric}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    if scored:  # (no trial scored yet: nothing to name)
+        ax.legend(fontsize="small")
     _save(fig, path)
 
 

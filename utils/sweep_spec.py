@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 import re
 from collections.abc import Callable
@@ -33,6 +34,7 @@ METHODS = ("grid", "random", "tpe")
 SPACE_KINDS = ("log_uniform", "uniform", "int", "choice")
 # Keys a trial's run gets from the sweep itself: a sweep file may not set them.
 OWNED_KEYS = ("exp_name", "mode", "resume")
+MAX_GRID = 100_000  # combinations of a grid (a grid is built whole before the first trial)
 
 
 def _storage_check(value: str, where: str, source: str) -> None:
@@ -71,7 +73,8 @@ SWEEP_SCHEMA: dict[str, Key] = {
     "sampler_seed": Key(
         None, int, "seed of the sampler (one worker: the same trials each time)", min=0, max=2**31 - 1, nullable=True
     ),
-    "nproc": Key(1, int, "processes per trial (torchrun through run.sh when > 1)", min=1, max=1024),
+    "nproc": Key(1, int, "processes per trial (under torchrun when > 1)", min=1, max=1024),
+    "retry_failed": Key(False, bool, "true: the trials that failed run again (once a command), with their values"),
 }
 
 
@@ -129,6 +132,7 @@ class Sweep:
     storage: str | None
     sampler_seed: int | None
     nproc: int
+    retry_failed: bool
     monitor: str  # e.g. "max valid/accuracy"
     sweep_dir: Path
     grid: list[dict] = field(default_factory=list)  # method=grid: the combinations in trial order (Optuna's values)
@@ -146,6 +150,7 @@ class Sweep:
             "storage": self.shown_storage,
             "sampler_seed": self.sampler_seed,
             "nproc": self.nproc,
+            "retry_failed": self.retry_failed,
             "monitor": self.monitor,
         }
 
@@ -191,6 +196,18 @@ def _parse_space(key: str, value: Any, source: str) -> Space:
     if kind == "log_uniform" and bounds[0] <= 0:
         raise UserError(f"{where}: log_uniform needs low > 0, got {json.dumps(bounds)}")
     return Space(key, kind, bounds)
+
+
+def _check_overlaps(spaces: list[Space], fixed: list[str], source: str) -> None:
+    """A parameter sets all of its key: another parameter or a fixed override inside it would be lost."""
+    keys = [s.key for s in spaces]
+    for key in keys:
+        inside = [k for k in fixed if k == key] + [k for k in [*keys, *fixed] if k.startswith(f"{key}.")]
+        if inside:
+            raise UserError(
+                f"{source}: key 'parameters.{key}': sets all of '{key}', so '{inside[0]}' (a parameter or a fixed "
+                "override) would be lost in every trial; keep one of the two"
+            )
 
 
 def _owned(key: str, where: str, source: str) -> None:
@@ -246,6 +263,7 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
     if not sweep["parameters"]:
         raise UserError(f"{path}: key 'parameters': expected at least one key to sweep")
     spaces = [_parse_space(k, v, path) for k, v in sweep["parameters"].items()]
+    _check_overlaps(spaces, list(fixed), path)
 
     # The config as the sweep file names it when that is the same file from here (messages stay short).
     given, in_repo = Path(sweep["config"]), repo_path(sweep["config"])
@@ -276,6 +294,12 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
                     f"{path}: key 'parameters.{space.key}': method grid needs a list of values, a choice or an "
                     f"int range, got {space.kind}"
                 )
+        size = math.prod(len(s.values) if s.kind == "choice" else s.values[1] - s.values[0] + 1 for s in spaces)
+        if size > MAX_GRID:
+            raise UserError(
+                f"{path}: key 'parameters': a grid of {size:,} combinations (at most {MAX_GRID:,}); "
+                "sample it with method random or tpe and a number of trials"
+            )
         encoded = [[json.dumps(v) if s.encoded else v for v in s.grid()] for s in spaces]
         grid = [dict(zip([s.key for s in spaces], combo, strict=True)) for combo in itertools.product(*encoded)]
         if sweep["sampler_seed"] is not None:
@@ -299,6 +323,7 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
         storage=sweep["storage"],
         sampler_seed=sweep["sampler_seed"],
         nproc=sweep["nproc"],
+        retry_failed=sweep["retry_failed"],
         monitor=config["monitor"],
         sweep_dir=repo_path(config["experiments_dir"]) / sweep["name"],
         grid=grid,

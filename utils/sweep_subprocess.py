@@ -1,4 +1,4 @@
-"""A sweep's child processes: trials as their own command (``run.sh --nproc N ...``) and helper workers.
+"""A sweep's child processes: trials as their own command (``main.py --nproc N ...``) and helper workers.
 
 The trial reports nothing back: this side reads the metrics.csv rows the run writes, hands each to the
 pruning hook, and on a prune sends SIGTERM, which saves a checkpoint and ends the run (exit 130).

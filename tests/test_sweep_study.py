@@ -1,0 +1,165 @@
+"""Sweeps: a study and its folder belong together; failed, grown and waiting trials; mistakes in a sweep's keys."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import main
+import utils.sweep
+import utils.sweep_subprocess
+from tests.conftest import REPO
+from tests.test_sweep import TINY, rows, sweep_file
+from utils.sweep_spec import load_sweep
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_a_new_study_never_takes_the_trial_folders_of_another(tmp_path, exps, capsys):
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5]})
+    assert main.main(["--sweep", path, "max_epoch=1"]) == 0
+    (exps / "s" / "study.journal").unlink()  # a new study, the old one's trial_0000/ still there
+    assert main.main(["--sweep", path, "max_epoch=1"]) == 2
+    storage = f"storage=sqlite:///{tmp_path / 'other.db'}"  # another storage, the same folder
+    assert main.main(["--sweep", path, "max_epoch=1", storage]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) >= 2 and all("holds the trials of another study" in line for line in err[-2:])
+    assert "choose another sweep name, or move the folder" in err[-1]
+
+
+def test_nproc_trials_run_with_the_python_of_the_sweep(tmp_path, exps, monkeypatch, capsys):
+    commands = []
+
+    def run_command(command, overrides, run_dir, after_validation):
+        commands.append(command)
+        raise main.UserError("not run here")
+
+    monkeypatch.setattr(utils.sweep_subprocess, "run_command", run_command)
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5]})
+    assert main.main(["--sweep", path, "--nproc", "2"]) == 1
+    assert commands[0][:4] == [sys.executable, str(REPO / "main.py"), "--nproc", "2"]
+
+
+def test_failed_trials_run_again_only_with_retry_failed(tmp_path, exps, capsys):
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5, 0.7]})
+    missing = ["data_mode=folder", f"data_root={tmp_path / 'nowhere'}", "max_epoch=1"]
+    assert main.main(["--sweep", path, *missing]) == 1  # no data: both trials fail
+    assert main.main(["--sweep", path, "max_epoch=1"]) == 1  # the data fixed: still failed, nothing runs
+    assert "2 fail (failed trials are not run again unless retry_failed=true)" in capsys.readouterr().err
+    assert main.main(["--sweep", path, "max_epoch=1", "retry_failed=true"]) == 0
+    results = rows(exps / "s" / "results.csv")
+    assert [(r["number"], r["optimizer.args.lr"], r["state"]) for r in results] == [
+        ("0", "0.5", "fail"),
+        ("1", "0.7", "fail"),
+        ("2", "0.5", "complete"),
+        ("3", "0.7", "complete"),
+    ]
+    assert results[0]["error"].endswith("; run again as trial 2") and "nowhere" in results[0]["error"]
+    assert results[2]["error"] == ""
+    assert main.main(["--sweep", path, "max_epoch=1", "retry_failed=true"]) == 0  # nothing failed: nothing runs
+    assert len(rows(exps / "s" / "results.csv")) == 4
+
+
+def test_a_seeded_study_that_grows_draws_new_values(tmp_path, exps):
+    space = {"optimizer.args.lr": {"log_uniform": [0.01, 1.0]}, "batch_size": [16, 32, 64]}
+    path = sweep_file(tmp_path, exps, parameters=space, method="random", sampler_seed=7)
+    assert main.main(["--sweep", path, "trials=2", "max_epoch=1"]) == 0
+    assert main.main(["--sweep", path, "trials=4", "max_epoch=1"]) == 0
+    lrs = [r["optimizer.args.lr"] for r in rows(exps / "s" / "results.csv")]
+    assert len(set(lrs)) == 4, lrs
+
+
+def test_a_grid_goes_on_only_in_the_order_it_was_made_with(tmp_path, exps, capsys):
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.1, 0.2, 0.3]}, sampler_seed=1)
+    assert main.main(["--sweep", path, "trials=1", "max_epoch=1"]) == 0
+    assert main.main(["--sweep", path, "sampler_seed=2", "max_epoch=1"]) == 2
+    assert "key 'sampler_seed': the study in" in capsys.readouterr().err
+
+
+def test_a_worker_of_a_reused_pid_or_another_host_name_is_known_dead(tmp_path):
+    first = utils.sweep.Worker(tmp_path)
+    first._file.close()  # killed: its lock is free, its file stays
+    again = utils.sweep.Worker(tmp_path)  # the same pid (a container's entrypoint started again)
+    assert again.id != first.id and again.is_dead(first.id, local=True)
+    gone = utils.sweep.Worker(tmp_path)
+    gone._file.close()
+    renamed = f"another-host:{gone.path}"  # an earlier container's host name, its lock in this folder
+    assert again.is_dead(renamed, local=True) and not again.is_dead(renamed, local=False)
+    assert not again.is_dead(f"another-host:{tmp_path / 'elsewhere.lock'}", local=True)  # not known here
+
+
+HOLDER = """
+import fcntl, sys, time
+f = open(sys.argv[1], "w")
+fcntl.flock(f, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_trial_that_a_worker_of_this_machine_still_runs_is_waited_for_then_taken_up(tmp_path, exps, monkeypatch):
+    # A worker killed a moment ago, still saving: it holds its lock a while, its trial 0 stays RUNNING.
+    monkeypatch.setattr(utils.sweep, "WAIT_SECONDS", 0.2)
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5]})
+    spec = load_sweep(path, ["max_epoch=1"], lambda config, more: main.load_config(config, more)[0])
+    spec.sweep_dir.mkdir(parents=True)
+    study = utils.sweep.open_study(spec)
+    lock = spec.sweep_dir / ".workers" / "saving.lock"
+    lock.parent.mkdir()
+    saving = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock), "2"], stdout=subprocess.PIPE, text=True)
+    assert saving.stdout.readline() == "locked\n"
+    trial = study.ask()
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{lock}")
+    started = time.time()
+    assert main.main(["--sweep", path, "max_epoch=1"]) == 0
+    assert saving.poll() is not None and time.time() - started > 1.0
+    assert [(r["number"], r["state"]) for r in rows(exps / "s" / "results.csv")] == [("0", "complete")]
+
+
+@pytest.mark.parametrize(
+    ("parameters", "overrides", "message"),
+    [
+        (
+            {"optimizer": [{"type": "SGD", "args": {"lr": 0.1}}], "optimizer.args.lr": [0.5]},
+            [],
+            "key 'parameters.optimizer': sets all of 'optimizer', so 'optimizer.args.lr'",
+        ),
+        ({"optimizer.args.lr": [0.5]}, ["optimizer.args.lr=0.1"], "so 'optimizer.args.lr' (a parameter or a fixed"),
+        ({"max_epoch": {"int": [1, 400]}, "batch_size": {"int": [1, 400]}}, [], "a grid of 160,000 combinations"),
+    ],
+)
+def test_parameters_that_would_lose_a_value_or_a_grid_too_big_are_one_line(
+    tmp_path, exps, capsys, parameters, overrides, message
+):
+    path = sweep_file(tmp_path, exps, parameters=parameters)
+    assert main.main(["--sweep", path, *overrides]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (exps / "s").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_sweep_of_nproc_trials_waits_for_the_trial_to_save_then_exits_130(tmp_path, exps):
+    overrides = {**TINY, "experiments_dir": str(exps), "max_epoch": 300, "max_train_batches": 1, "max_valid_batches": 1}
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5]}, overrides=overrides)
+    sweep = subprocess.Popen(
+        [sys.executable, "main.py", "--sweep", path, "--nproc", "2"],
+        cwd=REPO,
+        env=ENV,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run = exps / "s" / "trial_0000"
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "last.pth").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    sweep.send_signal(signal.SIGTERM)
+    _, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, err[-2000:]
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"  # saved before the exit
+    assert utils.sweep._run_holder(run) is None  # nothing of the trial runs on
