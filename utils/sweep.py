@@ -218,14 +218,14 @@ def _ask(study: optuna.Study, sweep: Sweep, worker: Worker) -> optuna.trial.Tria
     with warnings.catch_warnings():  # "heartbeat ... supposed to be used with Study.optimize": it is, by _heartbeat
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         trial = study.ask()  # a queued trial first
+    if storage := _heartbeat_storage(study):  # a first beat: should this worker die now, the trial goes stale
+        storage.record_heartbeat(trial._trial_id)
     retry = "failed_trial" in study._storage.get_trial(trial._trial_id).system_attrs
     if not retry and _slot(study, trial.number) >= sweep.trials:  # another machine asked at once and got the last
         trial.set_user_attr("surplus", True)
         study.tell(trial, state=TrialState.FAIL)
         return None
     trial.set_user_attr("worker", worker.id)
-    if storage := _heartbeat_storage(study):  # a first beat: should this worker die now, the trial goes stale
-        storage.record_heartbeat(trial._trial_id)
     return trial
 
 
