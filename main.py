@@ -102,9 +102,7 @@ def describe_keys(path: str, overrides: list[str] = ()) -> str:
 
 def sweep(path: str, overrides: list[str], workers: int = 1, worker_index: int | None = None) -> int:
     """Run the sweep file's trials (this process and ``workers - 1`` more); 1 when no trial completed."""
-    from optuna.trial import TrialState
-
-    from utils.sweep import counted, run_sweep, trials_of
+    from utils.sweep import counted, run_sweep
     from utils.sweep_results import write_results
     from utils.sweep_spec import load_sweep
     from utils.sweep_subprocess import run_command
@@ -126,9 +124,9 @@ def sweep(path: str, overrides: list[str], workers: int = 1, worker_index: int |
     if worker_index is not None:  # a helper: the first worker writes the results
         return 0
     best = write_results(study, spec)
-    states = collections.Counter(t.state.name.lower() for t in trials_of(study))
+    states = collections.Counter(t.state.name.lower() for t in counted(study))  # tries run again left out
     counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
-    if any(t.state == TrialState.FAIL for t in counted(study)):
+    if states["fail"] and not spec.retry_failed:
         counts += " (failed trials are not run again unless retry_failed=true)"
     if best is None:
         return _fail(f"sweep {spec.name}: {counts}; no trial completed: see {spec.sweep_dir / 'results.csv'}", 1)

@@ -8,7 +8,9 @@ import subprocess
 import sys
 import time
 
+import optuna
 import pytest
+from optuna.storages.journal import JournalFileBackend
 
 import main
 import utils.sweep
@@ -52,6 +54,7 @@ def test_failed_trials_run_again_only_with_retry_failed(tmp_path, exps, capsys):
     assert main.main(["--sweep", path, "max_epoch=1"]) == 1  # the data fixed: still failed, nothing runs
     assert "2 fail (failed trials are not run again unless retry_failed=true)" in capsys.readouterr().err
     assert main.main(["--sweep", path, "max_epoch=1", "retry_failed=true"]) == 0
+    assert "sweep s: 2 complete; best trial" in capsys.readouterr().err  # the failed tries run again: not counted
     results = rows(exps / "s" / "results.csv")
     assert [(r["number"], r["optimizer.args.lr"], r["state"]) for r in results] == [
         ("0", "0.5", "fail"),
@@ -81,16 +84,91 @@ def test_a_grid_goes_on_only_in_the_order_it_was_made_with(tmp_path, exps, capsy
     assert "key 'sampler_seed': the study in" in capsys.readouterr().err
 
 
+def test_a_grid_goes_on_only_with_its_parameters_in_the_same_order(tmp_path, exps, capsys):
+    space = {"optimizer.args.lr": [0.1, 0.2], "batch_size": [16, 32]}
+    path = sweep_file(tmp_path, exps, parameters=space)
+    assert main.main(["--sweep", path, "trials=2", "max_epoch=1"]) == 0
+    reordered = sweep_file(tmp_path, exps, parameters=dict(reversed(space.items())))
+    assert main.main(["--sweep", reordered, "max_epoch=1"]) == 2  # slot N would be another combination
+    assert "key 'parameters': the study in" in capsys.readouterr().err
+
+
+def test_a_study_made_before_studies_kept_their_space_is_checked_against_its_sweep_json(tmp_path, exps, capsys):
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.1, 0.2, 0.3]})
+    assert main.main(["--sweep", path, "trials=1", "max_epoch=1"]) == 0
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(exps / "s" / "study.journal")))
+    optuna.load_study(study_name="s", storage=storage).set_user_attr("space", None)  # as an older study
+    (tmp_path / "other").mkdir()
+    reversed_grid = sweep_file(tmp_path / "other", exps, parameters={"optimizer.args.lr": [0.3, 0.2, 0.1]})
+    assert main.main(["--sweep", reversed_grid, "max_epoch=1"]) == 2
+    assert "was made with another parameters" in capsys.readouterr().err
+    assert main.main(["--sweep", path, "trials=2", "max_epoch=1"]) == 0
+
+
+def test_machines_of_one_study_mark_their_folders_alike_and_a_retry_queued_twice_runs_once(tmp_path, capsys):
+    storage = f"storage=sqlite:///{tmp_path / 'study.db'}"
+    a, b = tmp_path / "a", tmp_path / "b"
+    path = sweep_file(tmp_path, a, parameters={"optimizer.args.lr": [0.5, 0.7]})
+    missing = ["data_mode=folder", f"data_root={tmp_path / 'nowhere'}", "max_epoch=1"]
+    assert main.main(["--sweep", path, storage, *missing, f"experiments_dir={a}"]) == 1  # both trials fail
+    study = optuna.load_study(study_name="s", storage=storage.removeprefix("storage="))
+    # Two machines given retry_failed=true at the same moment: each queues what it read before the other queued.
+    read = utils.sweep.counted(study)
+    with pytest.MonkeyPatch.context() as same_moment:
+        same_moment.setattr(utils.sweep, "counted", lambda study: read)
+        utils.sweep._queue_failed(study)
+        utils.sweep._queue_failed(study)
+    assert main.main(["--sweep", path, storage, "max_epoch=1", f"experiments_dir={b}"]) == 0
+    assert (a / "s" / ".study").read_text() == (b / "s" / ".study").read_text()
+    results = rows(b / "s" / "results.csv")
+    assert [(r["number"], r["optimizer.args.lr"], r["state"]) for r in results] == [
+        ("0", "0.5", "fail"),
+        ("1", "0.7", "fail"),
+        ("2", "0.5", "complete"),
+        ("3", "0.7", "complete"),
+    ]
+    assert "sweep s: 2 complete; best trial" in capsys.readouterr().err
+    assert main.main(["--sweep", path, storage, "max_epoch=1", f"experiments_dir={a}"]) == 0  # its folder still its
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage", "ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_silent_trial_without_values_is_run_again_at_its_own_grid_point(tmp_path, exps, monkeypatch):
+    monkeypatch.setattr(utils.sweep, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(utils.sweep, "STALE_SECONDS", 2)
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.1, 0.2, 0.3]})
+    args = [f"storage=sqlite:///{tmp_path / 'study.db'}", "max_epoch=1"]
+    # Another machine's worker asked for trial 0 and died before drawing its values.
+    spec = load_sweep(path, [*args, "trials=1"], lambda config, more: main.load_config(config, more)[0])
+    spec.sweep_dir.mkdir(parents=True)
+    study = utils.sweep.open_study(spec)
+    elsewhere = utils.sweep.Worker(tmp_path)
+    elsewhere.id = "another-machine:/its/lock"
+    assert utils.sweep._ask(study, spec, elsewhere).number == 0
+    assert main.main(["--sweep", path, *args, "trials=2"]) == 0  # trial 1 runs; trial 0 is not yet silent
+    time.sleep(3)
+    assert main.main(["--sweep", path, *args, "trials=3"]) == 0
+    results = rows(exps / "s" / "results.csv")
+    assert [(r["number"], r["optimizer.args.lr"], r["state"]) for r in results] == [
+        ("0", "", "fail"),
+        ("1", "0.2", "complete"),
+        ("2", "0.1", "complete"),
+        ("3", "0.3", "complete"),
+    ]
+
+
 def test_a_worker_of_a_reused_pid_or_another_host_name_is_known_dead(tmp_path):
     first = utils.sweep.Worker(tmp_path)
-    first._file.close()  # killed: its lock is free, its file stays
+    first.close(done=False)  # stopped mid-trial (or killed): its lock is free, its file stays
     again = utils.sweep.Worker(tmp_path)  # the same pid (a container's entrypoint started again)
     assert again.id != first.id and again.is_dead(first.id, local=True)
     gone = utils.sweep.Worker(tmp_path)
-    gone._file.close()
+    gone.close(done=False)
     renamed = f"another-host:{gone.path}"  # an earlier container's host name, its lock in this folder
     assert again.is_dead(renamed, local=True) and not again.is_dead(renamed, local=False)
     assert not again.is_dead(f"another-host:{tmp_path / 'elsewhere.lock'}", local=True)  # not known here
+    # A database's worker of this host name whose lock is not here: another container, maybe alive.
+    missing = f"{again.host}:{tmp_path / 'other-container.lock'}"
+    assert again.is_dead(missing, local=True) and not again.is_dead(missing, local=False)
 
 
 HOLDER = """

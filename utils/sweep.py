@@ -84,15 +84,20 @@ class Worker:
         fcntl.flock(self._file, fcntl.LOCK_EX)
 
     def is_dead(self, worker_id: str, local: bool) -> bool:
-        """Whether the worker ``worker_id`` has ended: known for this machine's workers, and with a journal file
-        (one folder for all) for those of an earlier host name whose lock is here (a container started again)."""
+        """Whether the worker ``worker_id`` has ended, as far as this machine knows: its lock file is free or,
+        with a journal file (whose workers all keep their locks in its folder), gone. A database's worker
+        whose lock is not found may live elsewhere (another container of the same host name): not known."""
         host, _, lock = worker_id.partition(":")
-        if host != self.host and not (local and Path(lock).exists()):
+        if not Path(lock).exists():
+            return local and host == self.host
+        if host != self.host and not local:
             return False
-        return holder(Path(lock), remove_if_free=True) is None
+        return holder(Path(lock)) is None
 
-    def close(self) -> None:
-        self.path.unlink(missing_ok=True)
+    def close(self, done: bool) -> None:
+        """Release the lock; its file stays after a worker stopped mid-trial (``done`` false), to tell it is dead."""
+        if done:
+            self.path.unlink(missing_ok=True)
         self._file.close()
 
 
@@ -184,6 +189,9 @@ def _adopt(study: optuna.Study, worker: Worker, local: bool) -> optuna.trial.Tri
         if (owner and worker.is_dead(owner, local)) or (not owner and local):
             trial = optuna.trial.Trial(study, frozen._trial_id)  # Optuna's way to continue a trial elsewhere
             trial.set_user_attr("worker", worker.id)
+            _beat(study, trial)  # before another machine takes it for a silent one
+            if owner:
+                holder(Path(owner.partition(":")[2]), remove_if_free=True)  # the dead worker's lock file
             LOG.info(f"trial {frozen.number}: its worker {owner or '?'} is gone; taking it up")
             return trial
     return None
@@ -202,9 +210,12 @@ def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def _slot(study: optuna.Study, number: int) -> int:
-    """Trial ``number``'s place among the counted trials: how many have smaller numbers (surplus and retried
-    ones, which a study keeps between them, left out)."""
-    return sum(t.number < number for t in counted(study))
+    """Trial ``number``'s place (a grid's point): how many first tries of a trial have smaller numbers (surplus
+    trials, which a study keeps between them, left out); a trial run again keeps its first try's place."""
+    trials = {t.number: t for t in trials_of(study)}
+    if number in trials:
+        number = trials[number].system_attrs.get("failed_trial", number)
+    return sum(n < number and "failed_trial" not in t.system_attrs for n, t in trials.items())
 
 
 def _ask(study: optuna.Study, sweep: Sweep, worker: Worker) -> optuna.trial.Trial | None:
@@ -215,18 +226,35 @@ def _ask(study: optuna.Study, sweep: Sweep, worker: Worker) -> optuna.trial.Tria
     trials = counted(study)
     if len(trials) >= sweep.trials and not any(t.state == TrialState.WAITING for t in trials):
         return None
-    with warnings.catch_warnings():  # "heartbeat ... supposed to be used with Study.optimize": it is, by _heartbeat
+    with warnings.catch_warnings():  # "heartbeat ... supposed to be used with Study.optimize": it is (_heartbeat)
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         trial = study.ask()  # a queued trial first
-    if storage := _heartbeat_storage(study):  # a first beat: should this worker die now, the trial goes stale
-        storage.record_heartbeat(trial._trial_id)
-    retry = "failed_trial" in study._storage.get_trial(trial._trial_id).system_attrs
-    if not retry and _slot(study, trial.number) >= sweep.trials:  # another machine asked at once and got the last
-        trial.set_user_attr("surplus", True)
-        study.tell(trial, state=TrialState.FAIL)
-        return None
-    trial.set_user_attr("worker", worker.id)
-    return trial
+    _beat(study, trial)  # the first: should this worker die now, the trial goes stale
+    history = study._storage.get_trial(trial._trial_id).system_attrs.get("retry_history")
+    # Surplus: another machine asked at the same moment and got the last place, or queued the same retry.
+    surplus = _queued_twice(study, trial.number) if history else _slot(study, trial.number) >= sweep.trials
+    if not surplus:
+        trial.set_user_attr("worker", worker.id)
+        return trial
+    trial.set_user_attr("surplus", True)
+    study.tell(trial, state=TrialState.FAIL)
+    return _ask(study, sweep, worker) if history else None
+
+
+def _queued_twice(study: optuna.Study, number: int) -> bool:
+    """Whether a trial with a smaller number runs the same failed trial again (two machines queued it)."""
+    trials = trials_of(study)
+    again = next(t.system_attrs["retry_history"][-1] for t in trials if t.number == number)
+    return any(t.number < number and t.system_attrs.get("retry_history", [None])[-1] == again for t in trials)
+
+
+def _beat(study: optuna.Study, trial: optuna.trial.Trial) -> None:
+    """One heartbeat of ``trial`` (database studies); a database out of reach a moment is only a warning."""
+    if storage := _heartbeat_storage(study):
+        try:
+            storage.record_heartbeat(trial._trial_id)
+        except Exception as e:  # noqa: BLE001 (the next beat may get through)
+            LOG.warning(f"trial {trial.number}: heartbeat not recorded: {_first_line(e)}")
 
 
 def _running_here(study: optuna.Study, worker: Worker, local: bool) -> bool:
@@ -272,7 +300,12 @@ def trial_name(number: int) -> str:
 
 def _run(study: optuna.Study, sweep: Sweep, trial: optuna.trial.Trial, run_trial: RunTrial) -> None:
     """Run one trial to its end and tell the study: complete, pruned, or failed with its message."""
-    values = {space.key: space.suggest(trial) for space in sweep.spaces}  # an adopted trial keeps its values
+    _mark(study, sweep.sweep_dir)
+    try:
+        values = {space.key: space.suggest(trial) for space in sweep.spaces}  # a trial taken up keeps its values
+    except ValueError as e:  # values stored under another space (a study changed by hand): this trial cannot run
+        _fail(study, trial, f"its values do not fit the sweep's parameters: {e}")
+        return
     name = trial_name(trial.number)
     run_dir = sweep.sweep_dir / name
     overrides = [
@@ -357,10 +390,7 @@ def _heartbeat(study: optuna.Study, trial: optuna.trial.Trial) -> Iterator[None]
 
     def beat() -> None:
         while True:
-            try:
-                storage.record_heartbeat(trial._trial_id)
-            except Exception as e:  # noqa: BLE001 (the database out of reach a while: the next beat may get through)
-                LOG.warning(f"trial {trial.number}: heartbeat not recorded: {_first_line(e)}")
+            _beat(study, trial)
             if stop.wait(HEARTBEAT_SECONDS):
                 return
 
@@ -391,6 +421,7 @@ def work(study: optuna.Study, sweep: Sweep, run_trial: RunTrial) -> None:
     on this machine (a worker killed a moment ago may still be saving the trial that it leaves to take up)."""
     worker = Worker(sweep.sweep_dir)
     local = sweep.storage is None
+    done = False
     try:
         while True:
             with _machine_lock(sweep.sweep_dir):
@@ -400,9 +431,10 @@ def work(study: optuna.Study, sweep: Sweep, run_trial: RunTrial) -> None:
             elif _running_here(study, worker, local):
                 time.sleep(WAIT_SECONDS)
             else:
+                done = True
                 return
     finally:
-        worker.close()
+        worker.close(done)
 
 
 def _setup_log(sweep_dir: Path) -> None:
@@ -425,29 +457,45 @@ def _close_log() -> None:
 def _claim(study: optuna.Study, sweep: Sweep) -> None:
     """The study goes on only with the space it was made with (Optuna cannot mix two), on every machine; and
     this folder's trial directories are never taken for those of another study (another storage, a study
-    file deleted): the folder's ``.study`` names the study it belongs to."""
+    file deleted): the folder's ``.study`` names the study it belongs to (its first trial's start)."""
     space = {"parameters": sweep.resolved()["parameters"], "method": sweep.method}
     if sweep.method == "grid":
         space["sampler_seed"] = sweep.sampler_seed  # the order of the grid's points
-    made = study.user_attrs.get("sweep")
-    if made is None:
-        study.set_user_attr("sweep", {"id": uuid.uuid4().hex, **space})
-        made = study.user_attrs["sweep"]
+    made = study.user_attrs.get("space")
+    if made is None:  # a new study; or one made before studies kept their space: its folder's sweep.json has it
+        earlier = _read_json(sweep.sweep_dir / "sweep.json") if study.get_trials(deepcopy=False) else {}
+        made = {key: earlier.get(key, value) for key, value in space.items()}
     where = sweep.shown_storage or sweep.sweep_dir
     for key, value in space.items():
-        if made.get(key) != value:
+        if json.dumps(made.get(key)) != json.dumps(value):  # the parameters' order too: a grid's combinations
             raise UserError(
                 f"{sweep.path}: key '{key}': the study in {where} was made with another {key} "
                 f"({json.dumps(made.get(key))}); run it with that, or choose another sweep name"
             )
-    mark = sweep.sweep_dir / ".study"
-    ours = mark.read_text().strip() == made["id"] if mark.exists() else not _trial_dirs(sweep.sweep_dir)
-    if not ours and not (not mark.exists() and study.get_trials(deepcopy=False)):
-        raise UserError(
-            f"{sweep.path}: key 'name': {sweep.sweep_dir} holds the trials of another study than the one in "
-            f"{where} (another storage, or its study file removed); choose another sweep name, or move the folder"
-        )
-    write_text_atomic(mark, made["id"] + "\n")
+    study.set_user_attr("space", space)
+    mark, first = sweep.sweep_dir / ".study", _first_trial(study)
+    if mark.exists() or first is None:
+        ours = mark.read_text().strip() == first if mark.exists() else not _trial_dirs(sweep.sweep_dir)
+        if not ours:
+            raise UserError(
+                f"{sweep.path}: key 'name': {sweep.sweep_dir} holds the trials of another study than the one in "
+                f"{where} (another storage, or its study file removed); choose another sweep name, or move the "
+                "folder"
+            )
+    _mark(study, sweep.sweep_dir)
+
+
+def _first_trial(study: optuna.Study) -> str | None:
+    """When the study's first trial started: what tells one study from another (None: no trial yet)."""
+    first = min(study.get_trials(deepcopy=False), key=lambda t: t.number, default=None)
+    return str(first.datetime_start) if first is not None else None
+
+
+def _mark(study: optuna.Study, sweep_dir: Path) -> None:
+    """``.study``: which study this folder's trial directories belong to, once it has a trial."""
+    mark, first = sweep_dir / ".study", _first_trial(study)
+    if first is not None and not mark.exists():
+        write_text_atomic(mark, first + "\n")
 
 
 def _queue_failed(study: optuna.Study) -> None:
