@@ -6,7 +6,8 @@
 
 Writes OUT_DIR/rank<r>.pt with the rank's final model state (parameters and buffers), whether it
 holds SyncBatchNorm layers, and its (all-reduced) validation metrics, which only a test can see:
-the agent itself writes from rank 0 alone. CONFIG may name ``BatchNormAgent`` or ``CountingAgent``, defined here.
+the agent itself writes from rank 0 alone. CONFIG may name ``BatchNormAgent`` or ``CountingAgent``, defined here,
+or ``DropoutAgent`` (tests/conftest.py).
 """
 
 import os
@@ -20,6 +21,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import main  # noqa: E402
+import tests.conftest  # noqa: E402, F401  (registers DropoutAgent)
 from agents import AGENTS  # noqa: E402
 from agents.example import ExampleAgent  # noqa: E402
 
