@@ -19,8 +19,12 @@ from graphs.models.example import Example
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 EXAMPLE = CONFIGS / "example_exp_0.json"
-# ``python main.py ARGS...`` in a subprocess with the tests' agents (DropoutAgent) registered.
-MAIN_WITH_TEST_AGENTS = [sys.executable, "-c", "import sys, main, tests.conftest; sys.exit(main.main())"]
+# ``python main.py ARGS...`` in a subprocess, with the tests' agents (TEST_AGENTS) registered.
+MAIN_WITH_TEST_AGENTS = [
+    sys.executable,
+    "-c",
+    "import sys, main, tests.conftest as c; c.AGENTS.update(c.TEST_AGENTS); sys.exit(main.main())",
+]
 
 
 class DropoutAgent(ExampleAgent):
@@ -37,7 +41,17 @@ class DropoutAgent(ExampleAgent):
         self.make_scheduler(self.optimizer)
 
 
-AGENTS["DropoutAgent"] = __name__
+# Agents of the tests' own: registered only where a test asks for them (the registry lists the template's).
+TEST_AGENTS = {"DropoutAgent": __name__}
+
+
+@pytest.fixture
+def test_agents_registered():
+    """TEST_AGENTS in the agent registry for the test (in this process; subprocesses: MAIN_WITH_TEST_AGENTS)."""
+    AGENTS.update(TEST_AGENTS)
+    yield
+    for name in TEST_AGENTS:
+        del AGENTS[name]
 
 
 @pytest.fixture

@@ -21,9 +21,9 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import main  # noqa: E402
-import tests.conftest  # noqa: E402, F401  (registers DropoutAgent)
 from agents import AGENTS  # noqa: E402
 from agents.example import ExampleAgent  # noqa: E402
+from tests.conftest import TEST_AGENTS  # noqa: E402
 
 
 class BatchNormAgent(ExampleAgent):
@@ -59,6 +59,7 @@ class CountingAgent(ExampleAgent):
 
 
 AGENTS["BatchNormAgent"] = AGENTS["CountingAgent"] = "tests.ddp_worker"
+AGENTS.update(TEST_AGENTS)
 
 
 def run(out: Path, config_path: str, overrides: list[str]) -> None:

@@ -13,6 +13,8 @@ from tests.conftest import EXAMPLE, MAIN_WITH_TEST_AGENTS, REPO, assert_same_ten
 from utils import checkpoint
 from utils.errors import TrainingStopped, UserError
 
+pytestmark = pytest.mark.usefixtures("test_agents_registered")  # DropoutAgent
+
 # The template with dropout and a per-epoch LR decay: the resume must restore the RNG and the scheduler to
 # be exact. 640 random images: 384 to train on (8 batches of 32 used), 128 to validate.
 STEP_LR = 'scheduler={"type": "StepLR", "args": {"step_size": 1, "gamma": 0.7}}'

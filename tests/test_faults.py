@@ -22,6 +22,8 @@ from tests.conftest import EXAMPLE, MAIN_WITH_TEST_AGENTS, REPO, assert_same_ten
 from utils import checkpoint
 from utils.errors import TrainingStopped, UserError
 
+pytestmark = pytest.mark.usefixtures("test_agents_registered")  # DropoutAgent
+
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 # The template with dropout and a per-epoch LR decay: a rerun is exact only if the RNG and scheduler are restored.
 # 40 training batches and 40 validation batches an epoch (6400 random images: a fifth to validate), so that

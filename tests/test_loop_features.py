@@ -10,6 +10,8 @@ from agents.base import BaseAgent
 from tests.conftest import EXAMPLE, assert_same_tensors, load, train
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 
+pytestmark = pytest.mark.usefixtures("test_agents_registered")  # DropoutAgent
+
 # The template CNN has no dropout or batch norm: accumulated and whole batches give the same update.
 # 212 random images: a fifth each for valid and test, 128 to train on.
 PLAIN = ["optimizer.type=SGD", "optimizer.args.lr=0.05", "random_size=212", "max_epoch=2", "torch_threads=1"]

@@ -12,6 +12,8 @@ from agents.example import ExampleAgent
 from tests.conftest import EXAMPLE, REPO, DropoutAgent, assert_same_tensors, load, train
 from utils.errors import RunInterrupted
 
+pytestmark = pytest.mark.usefixtures("test_agents_registered")  # DropoutAgent
+
 # 320 random images: 192 to train on (6 batches of 32 per epoch), 64 to validate, 64 to test. The template
 # with dropout and a per-epoch LR decay: exactness depends on the RNG and the scheduler too.
 STEP_LR = 'scheduler={"type": "StepLR", "args": {"step_size": 1, "gamma": 0.7}}'
