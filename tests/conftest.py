@@ -9,12 +9,49 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import main
+from agents import AGENTS
+from agents.example import ExampleAgent
+from graphs.models.example import Example
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
-MNIST_CONFIG = CONFIGS / "mnist_exp_0.json"
+EXAMPLE = CONFIGS / "example_exp_0.json"
+# ``python main.py ARGS...`` in a subprocess, with the tests' agents (TEST_AGENTS) registered.
+MAIN_WITH_TEST_AGENTS = [
+    sys.executable,
+    "-c",
+    "import sys, main, tests.conftest as c; c.AGENTS.update(c.TEST_AGENTS); sys.exit(main.main())",
+]
+
+
+class DropoutAgent(ExampleAgent):
+    """The template agent with dropout before its classifier: training draws random numbers, so a resumed
+    run equals a straight one only when the checkpoint restores the RNG state too."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.models.clear()
+        net = Example(config.channels, config.hidden, config.num_classes, config.image_size)
+        net.classifier = nn.Sequential(nn.Dropout(0.5), net.classifier)
+        self.model = self.prepare_model(net)
+        self.optimizer = self.make_optimizer(self.model.parameters())
+        self.make_scheduler(self.optimizer)
+
+
+# Agents of the tests' own: registered only where a test asks for them (the registry lists the template's).
+TEST_AGENTS = {"DropoutAgent": __name__}
+
+
+@pytest.fixture
+def test_agents_registered():
+    """TEST_AGENTS in the agent registry for the test (in this process; subprocesses: MAIN_WITH_TEST_AGENTS)."""
+    AGENTS.update(TEST_AGENTS)
+    yield
+    for name in TEST_AGENTS:
+        del AGENTS[name]
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@
 
 Writes OUT_DIR/rank<r>.pt with the rank's final model state (parameters and buffers), whether it
 holds SyncBatchNorm layers, and its (all-reduced) validation metrics, which only a test can see:
-the agent itself writes from rank 0 alone. CONFIG may name ``BatchNormAgent`` or ``CountingAgent``, defined here.
+the agent itself writes from rank 0 alone. CONFIG may name ``BatchNormAgent`` or ``CountingAgent``, defined here,
+or ``DropoutAgent`` (tests/conftest.py).
 """
 
 import os
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import main  # noqa: E402
 from agents import AGENTS  # noqa: E402
 from agents.example import ExampleAgent  # noqa: E402
+from tests.conftest import TEST_AGENTS  # noqa: E402
 
 
 class BatchNormAgent(ExampleAgent):
@@ -57,6 +59,7 @@ class CountingAgent(ExampleAgent):
 
 
 AGENTS["BatchNormAgent"] = AGENTS["CountingAgent"] = "tests.ddp_worker"
+AGENTS.update(TEST_AGENTS)
 
 
 def run(out: Path, config_path: str, overrides: list[str]) -> None:

@@ -4,24 +4,26 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from tests.conftest import CONFIGS, REPO, assert_same_tensors, load, train
+from tests.conftest import EXAMPLE, MAIN_WITH_TEST_AGENTS, REPO, assert_same_tensors, load, train
 from utils import checkpoint
 from utils.errors import TrainingStopped, UserError
 
-MNIST = CONFIGS / "mnist_exp_0.json"
-EXAMPLE = CONFIGS / "example_exp_0.json"
-# MNIST on random data with dropout: the resume must restore the RNG to be exact.
-QUICK = ["data_mode=random", "random_size=640", "valid_size=64", "batch_size=32", "max_train_batches=8"]
+pytestmark = pytest.mark.usefixtures("test_agents_registered")  # DropoutAgent
+
+# The template with dropout and a per-epoch LR decay: the resume must restore the RNG and the scheduler to
+# be exact. 640 random images: 384 to train on (8 batches of 32 used), 128 to validate.
+STEP_LR = 'scheduler={"type": "StepLR", "args": {"step_size": 1, "gamma": 0.7}}'
+QUICK = ["agent=DropoutAgent", STEP_LR, "random_size=640", "image_size=16", "hidden=8"]
+QUICK += ["batch_size=32", "max_train_batches=8"]
 
 
 def test_checkpoint_is_plain_and_complete(exps):
-    train(MNIST, exps, "exp_name=a", "max_epoch=1", *QUICK)
+    train(EXAMPLE, exps, "exp_name=a", "max_epoch=1", *QUICK)
     state = torch.load(exps / "a" / "checkpoints" / "last.pth", weights_only=True)
     assert state["epoch"] == 1 and state["global_step"] == 8 and state["batch_in_epoch"] == 0
     assert set(state["models"]) == {"model"} and set(state["optimizers"]) == {"optimizer"}
@@ -32,9 +34,9 @@ def test_checkpoint_is_plain_and_complete(exps):
 
 
 def test_resume_is_exact(exps):
-    train(MNIST, exps, "exp_name=straight", "max_epoch=2", *QUICK)
-    train(MNIST, exps, "exp_name=resumed", "max_epoch=1", *QUICK)
-    train(MNIST, exps, "exp_name=resumed", "max_epoch=2", *QUICK)
+    train(EXAMPLE, exps, "exp_name=straight", "max_epoch=2", *QUICK)
+    train(EXAMPLE, exps, "exp_name=resumed", "max_epoch=1", *QUICK)
+    train(EXAMPLE, exps, "exp_name=resumed", "max_epoch=2", *QUICK)
     a, b = (load(exps / n / "checkpoints" / "last.pth") for n in ("straight", "resumed"))
     for key in ("models", "optimizers", "schedulers", "epoch", "global_step"):
         assert_same_tensors(a[key], b[key], key)
@@ -45,35 +47,35 @@ def test_resume_is_exact(exps):
 
 
 def test_rerun_of_a_finished_run_changes_nothing(exps):
-    train(MNIST, exps, "exp_name=a", "max_epoch=1", *QUICK)
+    train(EXAMPLE, exps, "exp_name=a", "max_epoch=1", *QUICK)
     files = ("checkpoints/last.pth", "checkpoints/best.pth", "summary.json", "metrics.csv", "config.json")
     before = {name: (exps / "a" / name).read_bytes() for name in files}
-    train(MNIST, exps, "exp_name=a", "max_epoch=1", *QUICK)
+    train(EXAMPLE, exps, "exp_name=a", "max_epoch=1", *QUICK)
     assert {name: (exps / "a" / name).read_bytes() for name in files} == before
     assert "raise max_epoch to continue" in (exps / "a" / "logs" / "run.log").read_text()
 
 
 def test_resume_false_never_overwrites(exps):
-    train(MNIST, exps, "exp_name=a", "max_epoch=1", *QUICK)
+    train(EXAMPLE, exps, "exp_name=a", "max_epoch=1", *QUICK)
     before = (exps / "a" / "checkpoints" / "last.pth").read_bytes()
     with pytest.raises(UserError, match="already has checkpoints and resume is false"):
-        train(MNIST, exps, "exp_name=a", "max_epoch=1", "resume=false", *QUICK)
+        train(EXAMPLE, exps, "exp_name=a", "max_epoch=1", "resume=false", *QUICK)
     assert (exps / "a" / "checkpoints" / "last.pth").read_bytes() == before
 
 
 def test_changed_config_keeps_the_old_one(exps):
-    train(MNIST, exps, "exp_name=a", "max_epoch=1", *QUICK)
-    train(MNIST, exps, "exp_name=a", "max_epoch=2", *QUICK)
+    train(EXAMPLE, exps, "exp_name=a", "max_epoch=1", *QUICK)
+    train(EXAMPLE, exps, "exp_name=a", "max_epoch=2", *QUICK)
     assert json.loads((exps / "a" / "config.1.json").read_text())["max_epoch"] == 1
     assert json.loads((exps / "a" / "config.json").read_text())["max_epoch"] == 2
 
 
 def test_resume_from_a_path_and_test_mode(exps):
-    train(MNIST, exps, "exp_name=a", "max_epoch=1", *QUICK)
+    train(EXAMPLE, exps, "exp_name=a", "max_epoch=1", *QUICK)
     path = exps / "a" / "checkpoints" / "last.pth"
-    train(MNIST, exps, "exp_name=b", "max_epoch=2", f"resume={path}", *QUICK)
+    train(EXAMPLE, exps, "exp_name=b", "max_epoch=2", f"resume={path}", *QUICK)
     assert load(exps / "b" / "checkpoints" / "last.pth")["epoch"] == 2
-    train(MNIST, exps, "exp_name=b", "mode=test", *QUICK)
+    train(EXAMPLE, exps, "exp_name=b", "mode=test", *QUICK)
     summary = json.loads((exps / "b" / "summary.json").read_text())
     assert 0 <= summary["test/accuracy"] <= 1 and summary["tested_checkpoint"].endswith("best.pth")
 
@@ -81,8 +83,8 @@ def test_resume_from_a_path_and_test_mode(exps):
 def test_checkpoint_of_another_model_is_a_clear_error(exps):
     train(EXAMPLE, exps, "exp_name=ex", "max_epoch=1")
     other = exps / "ex" / "checkpoints" / "last.pth"
-    with pytest.raises(UserError, match="checkpoint of ExampleAgent, but the config's agent is MnistAgent"):
-        train(MNIST, exps, "exp_name=m", f"resume={other}", *QUICK)
+    with pytest.raises(UserError, match="checkpoint of ExampleAgent, but the config's agent is DropoutAgent"):
+        train(EXAMPLE, exps, "exp_name=m", f"resume={other}", *QUICK)
     with pytest.raises(UserError, match="model 'model' does not match"):
         train(EXAMPLE, exps, "exp_name=ex2", f"resume={other}", "hidden=7")
     with pytest.raises(UserError, match="checkpoint optimizer 'optimizer' is Adam, the config's is SGD"):
@@ -119,15 +121,15 @@ def test_failed_save_leaves_the_previous_file(tmp_path, monkeypatch):
 
 def test_sigint_mid_epoch_saves_and_resume_finishes_identically(exps):
     args = [
-        "data_mode=random",
-        "random_size=20000",
-        "valid_size=64",
+        "agent=DropoutAgent",
+        STEP_LR,
+        "random_size=20000",  # 12000 to train on: 750 steps
         "batch_size=16",
         "max_epoch=1",
         "max_valid_batches=2",
         "torch_threads=1",  # the same float summation order in both processes
     ]
-    cmd = [sys.executable, "main.py", str(MNIST), f"experiments_dir={exps}", "exp_name=int", *args]
+    cmd = [*MAIN_WITH_TEST_AGENTS, str(EXAMPLE), f"experiments_dir={exps}", "exp_name=int", *args]
     proc = subprocess.Popen(
         cmd, cwd=REPO, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )
@@ -141,10 +143,10 @@ def test_sigint_mid_epoch_saves_and_resume_finishes_identically(exps):
     assert proc.returncode == 130, err
     assert "checkpoint saved" in err and "Traceback" not in err
     state = load(exps / "int" / "checkpoints" / "last.pth")
-    assert state["epoch"] == 0 and 0 < state["batch_in_epoch"] < 1250  # stopped inside the epoch
-    train(MNIST, exps, "exp_name=int", *args)
-    train(MNIST, exps, "exp_name=straight", *args)
+    assert state["epoch"] == 0 and 0 < state["batch_in_epoch"] < 750  # stopped inside the epoch
+    train(EXAMPLE, exps, "exp_name=int", *args)
+    train(EXAMPLE, exps, "exp_name=straight", *args)
     a, b = (load(exps / n / "checkpoints" / "last.pth") for n in ("int", "straight"))
-    assert a["global_step"] == b["global_step"] == 1250
+    assert a["global_step"] == b["global_step"] == 750
     assert_same_tensors(a["models"], b["models"], "models")
     assert_same_tensors(a["optimizers"], b["optimizers"], "optimizers")

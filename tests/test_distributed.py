@@ -9,11 +9,9 @@ import pytest
 import torch
 
 import main
-from tests.conftest import CONFIGS, REPO, assert_same_tensors, load, train
+from tests.conftest import EXAMPLE, REPO, assert_same_tensors, load, train
 
 pytestmark = pytest.mark.slow
-MNIST = CONFIGS / "mnist_exp_0.json"
-EXAMPLE = CONFIGS / "example_exp_0.json"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -25,19 +23,20 @@ def torchrun(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
-def test_mnist_under_run_sh_nproc_2_and_checkpoints_move_between_1_and_2_processes(exps):
+def test_run_sh_nproc_2_trains_and_checkpoints_move_between_1_and_2_processes(exps):
+    # 638 random images: 384 to train on, 127 (an odd number, uneven over 2 ranks) to validate.
     args = [
         f"experiments_dir={exps}",
         "exp_name=ddp",
-        "data_mode=random",
-        "random_size=512",
-        "valid_size=101",
+        "random_size=638",
+        "image_size=16",
+        "hidden=8",
         "batch_size=16",
         "max_valid_batches=null",
     ]
-    train(MNIST, exps, *args, "max_epoch=1")  # 1 process ...
+    train(EXAMPLE, exps, *args, "max_epoch=1")  # 1 process ...
     result = subprocess.run(
-        ["./run.sh", "--nproc", "2", str(MNIST), *args, "max_epoch=2"],
+        ["./run.sh", "--nproc", "2", str(EXAMPLE), *args, "max_epoch=2"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -47,26 +46,29 @@ def test_mnist_under_run_sh_nproc_2_and_checkpoints_move_between_1_and_2_process
     assert result.returncode == 0, result.stderr[-4000:]  # ... resumed by 2 ...
     run = exps / "ddp"
     state = load(run / "checkpoints" / "last.pth")
-    assert state["epoch"] == 2 and state["global_step"] == 32 + 16  # 512 samples: 32 steps of 16, then 16 per rank
+    assert state["epoch"] == 2 and state["global_step"] == 24 + 12  # 384 samples: 24 steps of 16, then 12 per rank
     log = (run / "logs" / "run.log").read_text()
     assert log.count("epoch 2:") == 1 and "x 2 process(es)" in log and "global batch 32" in log
     assert len(list((run / "summaries").glob("events.out.tfevents.*"))) == 2  # one per run, not per rank
     assert [r.split(",")[0] for r in (run / "metrics.csv").read_text().splitlines()] == ["epoch", "1", "2"]
     assert json.loads((run / "summary.json").read_text())["world_size"] == 2
-    train(MNIST, exps, *args, "max_epoch=3")  # ... and by 1 again
+    train(EXAMPLE, exps, *args, "max_epoch=3")  # ... and by 1 again
     assert load(run / "checkpoints" / "last.pth")["epoch"] == 3
 
 
-def test_ddp_resume_is_exact(exps):
-    """Each rank's RNG is in the checkpoint: MNIST's dropout continues as if never stopped."""
-    args = [f"experiments_dir={exps}", "data_mode=random", "random_size=256", "valid_size=64", "batch_size=16"]
-    torchrun("main.py", str(MNIST), *args, "exp_name=straight", "max_epoch=2")
-    torchrun("main.py", str(MNIST), *args, "exp_name=resumed", "max_epoch=1")
-    torchrun("main.py", str(MNIST), *args, "exp_name=resumed", "max_epoch=2")
+def test_ddp_resume_is_exact(tmp_path, exps):
+    """Each rank's RNG is in the checkpoint: the dropout of the template with dropout (DropoutAgent, which
+    tests/ddp_worker.py registers) continues as if never stopped; so does the per-epoch LR decay."""
+    args = [f"experiments_dir={exps}", "agent=DropoutAgent", "random_size=320", "image_size=16", "hidden=8"]
+    args += ["batch_size=16", 'scheduler={"type": "StepLR", "args": {"step_size": 1, "gamma": 0.7}}']
+    torchrun("tests/ddp_worker.py", str(tmp_path), str(EXAMPLE), *args, "exp_name=straight", "max_epoch=2")
+    torchrun("tests/ddp_worker.py", str(tmp_path), str(EXAMPLE), *args, "exp_name=resumed", "max_epoch=1")
+    torchrun("tests/ddp_worker.py", str(tmp_path), str(EXAMPLE), *args, "exp_name=resumed", "max_epoch=2")
     straight, resumed = (load(exps / name / "checkpoints" / "last.pth") for name in ("straight", "resumed"))
     assert len(resumed["rng_ranks"]) == 2
     assert_same_tensors(straight["models"], resumed["models"], "models")
     assert_same_tensors(straight["optimizers"], resumed["optimizers"], "optimizers")
+    assert_same_tensors(straight["schedulers"], resumed["schedulers"], "schedulers")
 
 
 def test_two_processes_equal_one_with_twice_the_batch(tmp_path, exps):
@@ -172,44 +174,40 @@ def test_sync_batchnorm_on_cpu_is_a_clear_error(tmp_path, exps):
     assert "SyncBatchNorm runs on CUDA devices only" in result.stderr
 
 
-def test_dqn_refuses_several_processes(exps):
-    result = torchrun("main.py", str(CONFIGS / "dqn_exp_0.json"), f"experiments_dir={exps}", ok=False)
-    assert "DQNAgent runs in one process; run it without --nproc" in result.stderr
-
-
-SMALL = ["data_mode=random", "random_size=256", "valid_size=64", "batch_size=32", "torch_threads=1", "log_every=1"]
+# 320 random images: 192 to train on (6 batches of 32), 64 to validate.
+SMALL = ["random_size=320", "image_size=16", "hidden=8", "batch_size=32", "torch_threads=1", "log_every=1"]
 
 
 def test_mid_epoch_resume_from_one_process_to_two_trains_the_rest_of_the_epoch_once(exps, monkeypatch):
-    from agents.mnist import MnistAgent
+    from agents.example import ExampleAgent
     from tests.test_resume_edges import interrupt_at
     from utils.errors import RunInterrupted
 
-    interrupt_at(monkeypatch, epoch=0, batch=3)  # 96 of 256 samples done
+    interrupt_at(monkeypatch, epoch=0, batch=3, agent=ExampleAgent)  # 96 of 192 samples done
     with pytest.raises(RunInterrupted):
-        train(MNIST, exps, "exp_name=grow", "max_epoch=1", *SMALL)
-    monkeypatch.setattr(MnistAgent, "train_step", MnistAgent.train_step)
-    torchrun("main.py", str(MNIST), f"experiments_dir={exps}", "exp_name=grow", "max_epoch=1", *SMALL)
-    assert load(exps / "grow" / "checkpoints" / "last.pth")["global_step"] == 3 + 3  # 160 left: 80 per rank
+        train(EXAMPLE, exps, "exp_name=grow", "max_epoch=1", *SMALL)
+    monkeypatch.undo()
+    torchrun("main.py", str(EXAMPLE), f"experiments_dir={exps}", "exp_name=grow", "max_epoch=1", *SMALL)
+    assert load(exps / "grow" / "checkpoints" / "last.pth")["global_step"] == 3 + 2  # 96 left: 48 per rank
 
 
 @pytest.mark.parametrize("rank1", ["no file", "a stale file"])
 def test_ranks_without_rank_0s_checkpoint_follow_rank_0(tmp_path, exps, rank1):
     """Several machines, no shared storage: only rank 0 has the latest last.pth; rank 1 gets its copy."""
-    train(MNIST, exps / "rank0", "exp_name=ns", "max_epoch=2", *SMALL)
+    train(EXAMPLE, exps / "rank0", "exp_name=ns", "max_epoch=2", *SMALL)
     if rank1 == "a stale file":  # rank 1's machine held rank 0 in an earlier launch
-        train(MNIST, exps / "rank1", "exp_name=ns", "max_epoch=1", *SMALL)
+        train(EXAMPLE, exps / "rank1", "exp_name=ns", "max_epoch=1", *SMALL)
     torchrun(
         "tests/ddp_worker.py",
         str(tmp_path),
-        str(MNIST),
+        str(EXAMPLE),
         f"experiments_dir={exps}/rank{{rank}}",
         "exp_name=ns",
         "max_epoch=3",
         *SMALL,
     )
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    assert r0["global_step"] == r1["global_step"] == 16 + 4  # both resumed at step 16
+    assert r0["global_step"] == r1["global_step"] == 12 + 3  # both resumed at step 12
     for k in r0["state"]:
         assert torch.equal(r0["state"][k], r1["state"][k]), f"ranks differ in {k}"
     log = (exps / "rank0" / "ns" / "logs" / "run.log").read_text()
@@ -217,8 +215,8 @@ def test_ranks_without_rank_0s_checkpoint_follow_rank_0(tmp_path, exps, rank1):
 
 
 def test_a_mistake_rank_0_finds_is_one_line_on_every_rank(exps):
-    train(MNIST, exps, "exp_name=rf", "max_epoch=1", *SMALL)
-    cmd = ["./run.sh", "--nproc", "2", str(MNIST), f"experiments_dir={exps}", "exp_name=rf", "resume=false", *SMALL]
+    train(EXAMPLE, exps, "exp_name=rf", "max_epoch=1", *SMALL)
+    cmd = ["./run.sh", "--nproc", "2", str(EXAMPLE), f"experiments_dir={exps}", "exp_name=rf", "resume=false", *SMALL]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.count("already has checkpoints and resume is false") == 2  # one line per rank
@@ -229,10 +227,11 @@ def test_signal_under_run_sh_nproc_saves_exits_130_and_resumes_in_one_process(ex
     import signal
     import time
 
-    args = [f"experiments_dir={exps}", "exp_name=sig", "data_mode=random", "random_size=40000", "valid_size=64"]
+    # 20000 random images: 12000 to train on, 375 steps per rank.
+    args = [f"experiments_dir={exps}", "exp_name=sig", "random_size=20000"]
     args += ["batch_size=16", "max_epoch=1", "max_valid_batches=2", "torch_threads=1"]
     proc = subprocess.Popen(
-        ["./run.sh", "--nproc", "2", str(MNIST), *args],
+        ["./run.sh", "--nproc", "2", str(EXAMPLE), *args],
         cwd=REPO,
         env=ENV,
         stderr=subprocess.PIPE,
@@ -253,9 +252,9 @@ def test_signal_under_run_sh_nproc_saves_exits_130_and_resumes_in_one_process(ex
     assert "Traceback" not in err, err[-3000:]
     state = load(exps / "sig" / "checkpoints" / "last.pth")
     done, samples = state["batch_in_epoch"], state["samples_in_epoch"]
-    assert 0 < done < 1250 and samples == done * 16 * 2
-    train(MNIST, exps, *args[1:])  # one process now: the rest of the epoch's order, in batches of 16
-    assert load(exps / "sig" / "checkpoints" / "last.pth")["global_step"] == done + -(-(40000 - samples) // 16)
+    assert 0 < done < 375 and samples == done * 16 * 2
+    train(EXAMPLE, exps, *args[1:])  # one process now: the rest of the epoch's order, in batches of 16
+    assert load(exps / "sig" / "checkpoints" / "last.pth")["global_step"] == done + -(-(12000 - samples) // 16)
 
 
 def test_a_signal_whose_save_torchrun_cuts_short_is_an_error_not_exit_130(exps):
@@ -263,7 +262,7 @@ def test_a_signal_whose_save_torchrun_cuts_short_is_an_error_not_exit_130(exps):
     import time
 
     # torchrun kills the workers at once (no wait): they cannot save, and the launcher must not say they did.
-    args = [str(MNIST), f"experiments_dir={exps}", "exp_name=cut", "data_mode=random", "random_size=40000"]
+    args = [str(EXAMPLE), f"experiments_dir={exps}", "exp_name=cut", "random_size=20000"]
     env = {**ENV, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "0"}
     proc = subprocess.Popen(
         [sys.executable, "main.py", "--nproc", "2", *args, "batch_size=16", "torch_threads=1", "log_every=100000"],

@@ -13,6 +13,7 @@ import main
 from agents.dqn import DQNAgent
 from graphs.models.dqn import QConv
 from tests.conftest import CONFIGS, assert_same_tensors, load, train
+from tests.test_distributed import torchrun
 from utils.errors import RunInterrupted, UserError
 from utils.replay_memory import ReplayMemory
 from utils.seeding import derive_seed
@@ -492,3 +493,9 @@ def test_pixels_without_pygame_names_it(exps, monkeypatch):
     monkeypatch.setitem(sys.modules, "pygame", None)  # as if it were not installed
     with pytest.raises(UserError, match="pip install pygame"):
         train(DQN, exps, "observation=pixels", *TINY)
+
+
+@pytest.mark.slow
+def test_dqn_refuses_several_processes(exps):
+    result = torchrun("main.py", str(CONFIGS / "dqn_exp_0.json"), f"experiments_dir={exps}", ok=False)
+    assert "DQNAgent runs in one process; run it without --nproc" in result.stderr

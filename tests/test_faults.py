@@ -18,27 +18,32 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import main
-from tests.conftest import CONFIGS, REPO, assert_same_tensors, load, train
+from tests.conftest import EXAMPLE, MAIN_WITH_TEST_AGENTS, REPO, assert_same_tensors, load, train
 from utils import checkpoint
 from utils.errors import TrainingStopped, UserError
 
-MNIST = CONFIGS / "mnist_exp_0.json"
-EXAMPLE = CONFIGS / "example_exp_0.json"
+pytestmark = pytest.mark.usefixtures("test_agents_registered")  # DropoutAgent
+
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-# Validation is a third of each epoch here, so kills land in it as well as in training.
+# The template with dropout and a per-epoch LR decay: a rerun is exact only if the RNG and scheduler are restored.
+# 40 training batches and 40 validation batches an epoch (6400 random images: a fifth to validate), so that
+# validation is a third of each epoch and kills land in it as well as in training.
 # torch_threads fixes the float summation order: exact equality holds for the same thread count.
 KILL_ARGS = [
-    "data_mode=random",
-    "random_size=2400",
-    "valid_size=1200",
+    "agent=DropoutAgent",
+    'scheduler={"type": "StepLR", "args": {"step_size": 1, "gamma": 0.7}}',
+    "random_size=6400",
     "batch_size=32",
+    "max_train_batches=40",
     "max_epoch=4",
     "torch_threads=1",
 ]
+TINY = ["random_size=160", "image_size=16", "hidden=8"]
 
 
 def start(exp: str, exps, *args: str, **kwargs) -> subprocess.Popen:
-    cmd = [sys.executable, "main.py", str(MNIST), f"experiments_dir={exps}", f"exp_name={exp}", *args]
+    """``python main.py`` on the template config (the tests' agents registered) in a subprocess."""
+    cmd = [*MAIN_WITH_TEST_AGENTS, str(EXAMPLE), f"experiments_dir={exps}", f"exp_name={exp}", *args]
     return subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV, **kwargs
     )
@@ -76,11 +81,11 @@ def kill_and_rerun(exps, exp: str, delays: list[float]) -> list[tuple[int, bool]
 
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_rerun_matches_an_uninterrupted_run(exps):
-    train(MNIST, exps, "exp_name=straight", *KILL_ARGS)
+    train(EXAMPLE, exps, "exp_name=straight", *KILL_ARGS)
     rng = random.Random(0)
     kills = kill_and_rerun(exps, "killed", [rng.uniform(0.0, 1.5) for _ in range(4)])
     assert any(running for _, running in kills)
-    train(MNIST, exps, "exp_name=killed", *KILL_ARGS)  # the same command, to the end
+    train(EXAMPLE, exps, "exp_name=killed", *KILL_ARGS)  # the same command, to the end
     a, b = (load(exps / n / "checkpoints" / "last.pth") for n in ("straight", "killed"))
     for key in ("models", "optimizers", "schedulers", "epoch", "global_step", "best"):
         assert_same_tensors(a[key], b[key], key)
@@ -149,24 +154,15 @@ def damage(kind: str, path, other) -> None:
 def test_damaged_checkpoint_exits_2_naming_the_file(exps, capsys, monkeypatch, kind, via):
     marker = exps / "code-ran"
     monkeypatch.setenv("PPT_MARKER", str(marker))
-    train(MNIST, exps, "exp_name=m", "max_epoch=1", "data_mode=random", "random_size=256", "valid_size=32")
-    train(EXAMPLE, exps, "exp_name=other", "max_epoch=1")
+    train(EXAMPLE, exps, "exp_name=m", "max_epoch=1", "agent=DropoutAgent", *TINY)
+    train(EXAMPLE, exps, "exp_name=other", "max_epoch=1", *TINY)  # another agent's
     last = exps / "m" / "checkpoints" / "last.pth"
     damage(kind, last, exps / "other" / "checkpoints" / "last.pth")
     capsys.readouterr()  # drop the training logs above
     resume = "resume=auto" if via == "auto" else f"resume={last}"
     exp = "m" if via == "auto" else "fresh"
     code = main.main(
-        [
-            str(MNIST),
-            f"experiments_dir={exps}",
-            f"exp_name={exp}",
-            "max_epoch=2",
-            "data_mode=random",
-            "random_size=256",
-            "valid_size=32",
-            resume,
-        ]
+        [str(EXAMPLE), f"experiments_dir={exps}", f"exp_name={exp}", "max_epoch=2", "agent=DropoutAgent", *TINY, resume]
     )
     err = capsys.readouterr().err
     assert code == 2, err
@@ -286,16 +282,15 @@ def test_out_of_range_values_name_the_key(tmp_path, capsys, override, message):
 # ----- bad data ----------------------------------------------------------------------------------------
 
 
-def test_empty_mnist_folder_says_where_to_put_files(tmp_path, exps):
-    (tmp_path / "MNIST" / "raw").mkdir(parents=True)
-    with pytest.raises(UserError, match="MNIST file not found") as info:
-        train(MNIST, exps, "data_mode=folder", f"data_root={tmp_path}", "exp_name=offline")
-    assert str(tmp_path / "MNIST" / "raw") in str(info.value)
+def test_missing_data_names_the_folder_and_a_run_that_wrote_nothing_leaves_no_run_directory(tmp_path, exps):
+    with pytest.raises(UserError, match="Put your images in") as info:
+        train(EXAMPLE, exps, "data_mode=folder", f"data_root={tmp_path}", "exp_name=offline")
+    assert str(tmp_path / "example" / "train") in str(info.value)
     assert not (exps / "offline").exists()  # a run that wrote nothing leaves no empty run directory behind
     (exps / "offline").mkdir()
     (exps / "offline" / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match="MNIST file not found"):
-        train(MNIST, exps, "data_mode=folder", f"data_root={tmp_path}", "exp_name=offline")
+    with pytest.raises(UserError, match="Put your images in"):
+        train(EXAMPLE, exps, "data_mode=folder", f"data_root={tmp_path}", "exp_name=offline")
     assert (exps / "offline" / "notes.txt").read_text() == "mine"  # a directory it did not create stays
 
 
@@ -303,17 +298,17 @@ def test_empty_mnist_folder_says_where_to_put_files(tmp_path, exps):
 
 
 def test_a_second_run_of_the_same_experiment_is_refused_while_the_first_runs(exps):
-    proc = start("busy", exps, "data_mode=random", "random_size=60000", "max_epoch=50")
+    proc = start("busy", exps, "random_size=20000", "max_epoch=50")
     try:
         wait_for_training(exps, "busy", proc)
         with pytest.raises(UserError, match=r"another run of this experiment is in progress \(pid \d+\)"):
-            train(MNIST, exps, "exp_name=busy", "data_mode=random")
+            train(EXAMPLE, exps, "exp_name=busy")
     finally:
         proc.kill()
         proc.wait()
     assert (
         not (exps / "busy" / "checkpoints" / "last.pth").exists()
-        or load(exps / "busy" / "checkpoints" / "last.pth")["agent"] == "MnistAgent"
+        or load(exps / "busy" / "checkpoints" / "last.pth")["agent"] == "ExampleAgent"
     )
 
 
@@ -321,8 +316,8 @@ def test_a_second_run_of_the_same_experiment_is_refused_while_the_first_runs(exp
 
 
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint_and_says_so(exps):
-    args = ["data_mode=random", "random_size=256", "valid_size=32", "batch_size=32"]
-    train(MNIST, exps, "exp_name=disk", "max_epoch=1", *args)
+    args = ["random_size=160", "batch_size=32"]
+    train(EXAMPLE, exps, "exp_name=disk", "max_epoch=1", *args)
     before = (exps / "disk" / "checkpoints" / "last.pth").read_bytes()
     size = len(before)
 
@@ -352,7 +347,7 @@ def test_out_of_memory_names_the_batch_size(exps, monkeypatch):
 
 
 def test_sigterm_saves_and_the_same_command_resumes(exps):
-    args = ["data_mode=random", "random_size=20000", "valid_size=64", "batch_size=16", "max_epoch=1"]
+    args = ["random_size=20000", "image_size=16", "max_valid_batches=4", "batch_size=16", "max_epoch=1"]
     proc = start("term", exps, *args)
     wait_for_training(exps, "term", proc)
     time.sleep(0.3)
@@ -360,8 +355,8 @@ def test_sigterm_saves_and_the_same_command_resumes(exps):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "stopped by SIGTERM" in err, err
     assert load(exps / "term" / "checkpoints" / "last.pth")["batch_in_epoch"] > 0
-    train(MNIST, exps, "exp_name=term", *args)
-    assert json.loads((exps / "term" / "summary.json").read_text())["steps"] == 1250
+    train(EXAMPLE, exps, "exp_name=term", *args)
+    assert json.loads((exps / "term" / "summary.json").read_text())["steps"] == 750
 
 
 def test_checkpoint_files_load_lazily_by_memory_map(exps):

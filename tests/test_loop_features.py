@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from agents.base import BaseAgent
-from tests.conftest import CONFIGS, assert_same_tensors, load, train
+from tests.conftest import EXAMPLE, assert_same_tensors, load, train
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 
-EXAMPLE = CONFIGS / "example_exp_0.json"
-MNIST = CONFIGS / "mnist_exp_0.json"
+pytestmark = pytest.mark.usefixtures("test_agents_registered")  # DropoutAgent
+
 # The template CNN has no dropout or batch norm: accumulated and whole batches give the same update.
 # 212 random images: a fifth each for valid and test, 128 to train on.
 PLAIN = ["optimizer.type=SGD", "optimizer.args.lr=0.05", "random_size=212", "max_epoch=2", "torch_threads=1"]
@@ -116,40 +116,32 @@ def test_early_stopping_stops_says_so_and_a_rerun_does_not_train_on(exps, monkey
 
 
 def test_ema_weights_serve_validation_best_and_test_and_resume_exactly(exps, monkeypatch):
-    args = ["ema_decay=0.9", "batch_size=32", *PLAIN]
-    train(
-        MNIST,
-        exps,
-        "exp_name=straight",
-        "data_mode=random",
-        "random_size=256",
-        "valid_size=64",
-        "max_epoch=2",
-        "ema_decay=0.9",
-        "batch_size=32",
-        "torch_threads=1",
-    )
-    state = load(exps / "straight" / "checkpoints" / "last.pth")
-    averaged, trained = state["ema"]["model"]["module"], state["models"]["model"]
-    assert not torch.equal(averaged["fc1.weight"], trained["fc1.weight"])
-    assert state["ema"]["model"]["updates"] == state["optimizer_steps"] == 16
+    # The template with dropout and a per-epoch LR decay: 192 images to train on, 6 batches of 32 per epoch.
     common = [
-        "data_mode=random",
-        "random_size=256",
-        "valid_size=64",
+        "agent=DropoutAgent",
+        'scheduler={"type": "StepLR", "args": {"step_size": 1, "gamma": 0.7}}',
+        "random_size=320",
+        "image_size=16",
+        "hidden=8",
         "ema_decay=0.9",
         "batch_size=32",
         "torch_threads=1",
     ]
-    train(MNIST, exps, "exp_name=resumed", "max_epoch=1", *common)
-    train(MNIST, exps, "exp_name=resumed", "max_epoch=2", *common)
+    train(EXAMPLE, exps, "exp_name=straight", "max_epoch=2", *common)
+    state = load(exps / "straight" / "checkpoints" / "last.pth")
+    averaged, trained = state["ema"]["model"]["module"], state["models"]["model"]
+    assert not torch.equal(averaged["features.0.weight"], trained["features.0.weight"])
+    assert state["ema"]["model"]["updates"] == state["optimizer_steps"] == 12
+    train(EXAMPLE, exps, "exp_name=resumed", "max_epoch=1", *common)
+    train(EXAMPLE, exps, "exp_name=resumed", "max_epoch=2", *common)
     resumed = load(exps / "resumed" / "checkpoints" / "last.pth")
     assert_same_tensors(state["ema"], resumed["ema"], "ema")
     assert_same_tensors(state["models"], resumed["models"], "models")
     # Validation ran on the average: evaluating the averaged weights by hand gives the logged metric.
     from main import load_config
 
-    config, cls = load_config(str(MNIST), [f"experiments_dir={exps}", "exp_name=check", "max_epoch=2", *common])
+    config, cls = load_config(str(EXAMPLE), [f"experiments_dir={exps}", "exp_name=check", "max_epoch=2", *common])
+    test_config, _ = load_config(str(EXAMPLE), [f"experiments_dir={exps}", "exp_name=check", "mode=test", *common])
     agent = cls(config)
     try:
         agent.model.load_state_dict(averaged)
@@ -158,16 +150,15 @@ def test_ema_weights_serve_validation_best_and_test_and_resume_exactly(exps, mon
         agent.finalize()
     logged = json.loads((exps / "straight" / "summary.json").read_text())["final"]
     assert logged["valid/loss"] == pytest.approx(by_hand["valid/loss"], rel=1e-9)
-    train(MNIST, exps, "exp_name=straight", "max_epoch=2", "mode=test", *common)
+    train(EXAMPLE, exps, "exp_name=straight", "max_epoch=2", "mode=test", *common)
     tested = json.loads((exps / "straight" / "summary.json").read_text())
-    agent = cls(config)
+    agent = cls(test_config)  # the template's data loader builds the test split for mode=test only
     try:
         agent.model.load_state_dict(load(exps / "straight" / "checkpoints" / "best.pth")["ema"]["model"]["module"])
         expected = agent.validate(agent.data_loader.test_loader, split="test", limit=None)
     finally:
         agent.finalize()
     assert tested["test/loss"] == pytest.approx(expected["test/loss"], rel=1e-9)
-    del args
 
 
 def test_channels_last_trains_with_channels_last_weights_and_batches(exps, monkeypatch):
@@ -207,14 +198,16 @@ def test_the_host_reads_the_loss_every_log_every_steps_only(exps, monkeypatch):
             reads["training"] = False
 
     monkeypatch.setattr(BaseAgent, "train_one_epoch", one_epoch)
-    # 32 steps, log_every 8: four looks (the window's sums, the logged loss), and one at the epoch's end.
+    # 1706 random images, 1024 to train on: 32 steps, log_every 8: four looks (the window's sums, the logged
+    # loss), and one at the epoch's end. SGD: torch's CPU Adam reads its step count (a float tensor) each step.
     train(
-        MNIST,
+        EXAMPLE,
         exps,
         "exp_name=sync",
-        "data_mode=random",
-        "random_size=1024",
-        "valid_size=64",
+        "optimizer.type=SGD",
+        "random_size=1706",
+        "image_size=16",
+        "hidden=8",
         "batch_size=32",
         "max_epoch=1",
         "log_every=8",

@@ -138,3 +138,11 @@ def test_default_mnist_offline_exits_2_with_help(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert "could not download MNIST" in result.stderr and "data_mode=random" in result.stderr
+
+
+def test_empty_mnist_folder_says_where_to_put_files(tmp_path, exps):
+    (tmp_path / "MNIST" / "raw").mkdir(parents=True)
+    with pytest.raises(UserError, match="MNIST file not found") as info:
+        train(MNIST, exps, "data_mode=folder", f"data_root={tmp_path}", "exp_name=offline")
+    assert str(tmp_path / "MNIST" / "raw") in str(info.value)
+    assert not (exps / "offline").exists()  # a run that wrote nothing leaves no empty run directory behind

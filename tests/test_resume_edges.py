@@ -9,19 +9,21 @@ import torch
 
 import main
 from agents.example import ExampleAgent
-from agents.mnist import MnistAgent
-from tests.conftest import CONFIGS, REPO, assert_same_tensors, load, train
+from tests.conftest import EXAMPLE, REPO, DropoutAgent, assert_same_tensors, load, train
 from utils.errors import RunInterrupted
 
-MNIST = CONFIGS / "mnist_exp_0.json"
-EXAMPLE = CONFIGS / "example_exp_0.json"
-# 256 training samples: 8 batches of 32 per epoch; dropout makes exactness depend on the RNG too.
-SMALL = ["data_mode=random", "random_size=256", "valid_size=64", "batch_size=32", "torch_threads=1", "log_every=1"]
+pytestmark = pytest.mark.usefixtures("test_agents_registered")  # DropoutAgent
+
+# 320 random images: 192 to train on (6 batches of 32 per epoch), 64 to validate, 64 to test. The template
+# with dropout and a per-epoch LR decay: exactness depends on the RNG and the scheduler too.
+STEP_LR = 'scheduler={"type": "StepLR", "args": {"step_size": 1, "gamma": 0.7}}'
+SMALL = ["agent=DropoutAgent", STEP_LR, "random_size=320", "image_size=16", "hidden=8", "batch_size=32"]
+SMALL += ["torch_threads=1", "log_every=1"]
 
 
-def interrupt_at(monkeypatch, epoch: int, batch: int) -> None:
-    """Deliver a Ctrl-C as training step ``batch`` (1-based) of epoch ``epoch`` (0-based) ends."""
-    original = MnistAgent.train_step
+def interrupt_at(monkeypatch, epoch: int, batch: int, agent: type = DropoutAgent) -> None:
+    """Deliver a Ctrl-C as training step ``batch`` (1-based) of epoch ``epoch`` (0-based) of ``agent`` ends."""
+    original = agent.train_step
 
     def train_step(self, b):
         logs = original(self, b)
@@ -29,36 +31,36 @@ def interrupt_at(monkeypatch, epoch: int, batch: int) -> None:
             self._stop_signal = signal.SIGINT
         return logs
 
-    monkeypatch.setattr(MnistAgent, "train_step", train_step)
+    monkeypatch.setattr(agent, "train_step", train_step)
 
 
-@pytest.mark.parametrize("batch", [8, 3])
+@pytest.mark.parametrize("batch", [6, 3])
 def test_an_interrupt_then_resume_trains_every_remaining_epoch_exactly(exps, monkeypatch, batch):
-    """batch 8 is the epoch's last step: the epoch counts as trained, the next ones are whole."""
-    train(MNIST, exps, "exp_name=straight", "max_epoch=3", *SMALL)
+    """batch 6 is the epoch's last step: the epoch counts as trained, the next ones are whole."""
+    train(EXAMPLE, exps, "exp_name=straight", "max_epoch=3", *SMALL)
     interrupt_at(monkeypatch, epoch=0, batch=batch)
     with pytest.raises(RunInterrupted):
-        train(MNIST, exps, "exp_name=cut", "max_epoch=3", *SMALL)
+        train(EXAMPLE, exps, "exp_name=cut", "max_epoch=3", *SMALL)
     monkeypatch.undo()
     assert load(exps / "cut" / "checkpoints" / "last.pth")["batch_in_epoch"] == batch
-    train(MNIST, exps, "exp_name=cut", "max_epoch=3", *SMALL)
+    train(EXAMPLE, exps, "exp_name=cut", "max_epoch=3", *SMALL)
     a, b = (load(exps / n / "checkpoints" / "last.pth") for n in ("straight", "cut"))
-    assert b["global_step"] == 24
+    assert b["global_step"] == 18
     for key in ("models", "optimizers", "schedulers", "epoch", "global_step"):
         assert_same_tensors(a[key], b[key], key)
     assert (exps / "cut" / "metrics.csv").read_text() == (exps / "straight" / "metrics.csv").read_text()
     summary = json.loads((exps / "cut" / "summary.json").read_text())
-    assert summary["epochs"] == 3 and summary["steps"] == 24
+    assert summary["epochs"] == 3 and summary["steps"] == 18
 
 
 def test_mid_epoch_resume_with_another_batch_size_skips_what_was_trained(exps, monkeypatch):
-    interrupt_at(monkeypatch, epoch=0, batch=3)  # 3 x 32 = 96 of 256 samples done
+    interrupt_at(monkeypatch, epoch=0, batch=3)  # 3 x 32 = 96 of 192 samples done
     with pytest.raises(RunInterrupted):
-        train(MNIST, exps, "exp_name=bs", "max_epoch=1", *SMALL)
+        train(EXAMPLE, exps, "exp_name=bs", "max_epoch=1", *SMALL)
     monkeypatch.undo()
-    train(MNIST, exps, "exp_name=bs", "max_epoch=1", *SMALL, "batch_size=16")
+    train(EXAMPLE, exps, "exp_name=bs", "max_epoch=1", *SMALL, "batch_size=16")
     state = load(exps / "bs" / "checkpoints" / "last.pth")
-    assert state["global_step"] == 3 + (256 - 96) // 16  # the other 160 samples, once, in batches of 16
+    assert state["global_step"] == 3 + (192 - 96) // 16  # the other 96 samples, once, in batches of 16
     assert "the 96 samples of epoch 1 already trained on are skipped" in (exps / "bs" / "logs" / "run.log").read_text()
 
 
@@ -89,45 +91,45 @@ def test_amp_with_zero_or_two_optimizer_steps_per_batch(exps, monkeypatch, amp):
 
 def test_mode_test_evaluates_the_whole_test_split_despite_the_debug_limit(exps):
     args = [*SMALL, "exp_name=t", "max_epoch=1", "batch_size=8"]
-    train(MNIST, exps, *args)
-    train(MNIST, exps, *args, "mode=test")
+    train(EXAMPLE, exps, *args)
+    train(EXAMPLE, exps, *args, "mode=test")
     whole = json.loads((exps / "t" / "summary.json").read_text())["test/loss"]
-    train(MNIST, exps, *args, "mode=test", "max_valid_batches=1")
+    train(EXAMPLE, exps, *args, "mode=test", "max_valid_batches=1")
     assert json.loads((exps / "t" / "summary.json").read_text())["test/loss"] == whole
 
 
 def test_resume_path_is_relative_to_the_repository_like_every_path_key(exps, tmp_path, monkeypatch):
-    train(MNIST, exps, "exp_name=src", "max_epoch=1", *SMALL)
+    train(EXAMPLE, exps, "exp_name=src", "max_epoch=1", *SMALL)
     relative = os.path.relpath(exps / "src" / "checkpoints" / "last.pth", REPO)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    train(MNIST, exps, "exp_name=dst", "max_epoch=2", f"resume={relative}", *SMALL)
-    assert load(exps / "dst" / "checkpoints" / "last.pth")["global_step"] == 16
+    train(EXAMPLE, exps, "exp_name=dst", "max_epoch=2", f"resume={relative}", *SMALL)
+    assert load(exps / "dst" / "checkpoints" / "last.pth")["global_step"] == 12
 
 
 def test_start_log_names_the_data_mode_and_split_sizes(exps):
-    train(MNIST, exps, "exp_name=log", "max_epoch=1", *SMALL)
+    train(EXAMPLE, exps, "exp_name=log", "max_epoch=1", *SMALL)
     log = (exps / "log" / "logs" / "run.log").read_text()
-    assert "data: data_mode=random from MnistDataLoader: train 256 samples, valid 64 samples, test 64 samples" in log
+    assert "data: data_mode=random from ExampleDataLoader: train 192 samples, valid 64 samples\n" in log
 
 
 def test_deterministic_is_enforced_during_the_run_and_repeats_exactly(exps, monkeypatch):
     seen = []
-    original = MnistAgent.train_step
+    original = DropoutAgent.train_step
 
     def train_step(self, batch):
         seen.append(torch.are_deterministic_algorithms_enabled())
         return original(self, batch)
 
-    monkeypatch.setattr(MnistAgent, "train_step", train_step)
+    monkeypatch.setattr(DropoutAgent, "train_step", train_step)
     for name in ("d1", "d2"):
-        train(MNIST, exps, f"exp_name={name}", "deterministic=true", "max_epoch=1", *SMALL)
+        train(EXAMPLE, exps, f"exp_name={name}", "deterministic=true", "max_epoch=1", *SMALL)
     assert seen and all(seen)
     a, b = (load(exps / n / "checkpoints" / "last.pth")["models"]["model"] for n in ("d1", "d2"))
     assert_same_tensors(a, b)
     seen.clear()
-    train(MNIST, exps, "exp_name=d3", "max_epoch=1", *SMALL)
+    train(EXAMPLE, exps, "exp_name=d3", "max_epoch=1", *SMALL)
     assert seen and not any(seen)
 
 

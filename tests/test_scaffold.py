@@ -18,6 +18,30 @@ from utils.errors import UserError
 from utils.scaffold import EXAMPLES, class_prefix, new_model, new_project, registry_entries
 
 PACKAGES = {"agents", "datasets", "graphs", "utils", "tests", "main"}
+# The template's own tests, on the template agent: a project without the examples keeps them all.
+FRAMEWORK_TESTS = {
+    "tests/conftest.py",
+    "tests/ddp_worker.py",
+    "tests/test_checkpoint.py",
+    "tests/test_resume_edges.py",
+    "tests/test_faults.py",
+    "tests/test_distributed.py",
+    "tests/test_loop_features.py",
+    "tests/test_sweep.py",
+    "tests/test_sweep_processes.py",
+    "tests/test_config.py",
+    "tests/test_registry.py",
+    "tests/test_example.py",
+}
+# A quick sample of them (the whole set takes minutes), run inside the new project.
+FRAMEWORK_SAMPLE = [
+    "tests/test_checkpoint.py::test_checkpoint_is_plain_and_complete",
+    "tests/test_checkpoint.py::test_resume_is_exact",
+    "tests/test_resume_edges.py::test_an_interrupt_then_resume_trains_every_remaining_epoch_exactly",
+    "tests/test_faults.py::test_damaged_checkpoint_exits_2_naming_the_file[crafted-pickle-auto]",
+    "tests/test_loop_features.py::test_ema_weights_serve_validation_best_and_test_and_resume_exactly",
+    "tests/test_sweep.py::test_grid_sweep_runs_every_trial_as_a_run_records_a_failure_and_writes_results",
+]
 
 
 def run(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -54,6 +78,9 @@ def test_new_project_without_examples_leaves_no_trace_and_its_tests_pass(tmp_pat
     removed = [p.relative_to(REPO) for ex in EXAMPLES.values() for g in ex.files + ex.uses for p in REPO.glob(g)]
     assert not [p for p in removed if (target / p).exists()]  # (none here when this is itself a clean project)
     assert registry_entries(target / "agents" / "__init__.py") == {"ExampleAgent": "agents.example"}
+    kept_tests = {str(p.relative_to(target)) for p in (target / "tests").glob("*.py")}
+    assert kept_tests >= FRAMEWORK_TESTS, FRAMEWORK_TESTS - kept_tests
+    assert kept_tests == {str(p.relative_to(REPO)) for p in (REPO / "tests").glob("*.py")} - {str(p) for p in removed}
     assert unresolved_imports(target) == []
     # No remaining file names a removed file or module (the manifest itself excepted).
     names = {str(p) for p in removed} | {".".join(p.with_suffix("").parts) for p in removed if p.suffix == ".py"}
@@ -72,7 +99,7 @@ def test_new_project_without_examples_leaves_no_trace_and_its_tests_pass(tmp_pat
     # In the new project: a model made there trains and its test passes, with the template's tests.
     made = run(target, sys.executable, "main.py", "new", "my_net")
     assert made.returncode == 0, made.stderr
-    tests = ["tests/test_my_net.py", "tests/test_config.py", "tests/test_registry.py"]
+    tests = ["tests/test_my_net.py", "tests/test_config.py", "tests/test_registry.py", *FRAMEWORK_SAMPLE]
     result = run(target, sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "passed" in result.stdout and "skipped" not in result.stdout

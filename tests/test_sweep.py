@@ -9,27 +9,27 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 import main
-from tests.conftest import CONFIGS, train
+from tests.conftest import EXAMPLE, train
 
-MNIST = str(CONFIGS / "mnist_exp_0.json")
-# Tiny trials: a few batches of random MNIST, one thread (the float sums then repeat exactly).
+# Tiny trials: the template on a few batches of small random images (160: 96 to train on, 32 to validate), one
+# thread (the float sums then repeat exactly); Adadelta, whose lr of about 1 the sweeps below vary.
 TINY = {
-    "data_mode": "random",
-    "random_size": 96,
-    "valid_size": 64,
+    "random_size": 160,
+    "image_size": 16,
+    "hidden": 8,
     "batch_size": 32,
     "max_epoch": 2,
     "torch_threads": 1,
-    "scheduler": None,
+    "optimizer": {"type": "Adadelta", "args": {"lr": 1.0}},
 }
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def sweep_file(tmp_path, exps, **keys) -> str:
-    """A sweep file over the MNIST config writing under ``exps``; ``keys`` replace or add top-level keys."""
+    """A sweep file over the template config writing under ``exps``; ``keys`` replace or add top-level keys."""
     sweep = {
         "name": "s",
-        "config": MNIST,
+        "config": str(EXAMPLE),
         "overrides": {**TINY, "experiments_dir": str(exps)},
         "parameters": {"optimizer.args.lr": [0.5, 1.0]},
         "method": "grid",
@@ -164,11 +164,11 @@ def test_a_pruner_stops_a_poor_trial_early_and_records_it_as_pruned(tmp_path, ex
 def test_report_plots_runs_overlaid_and_tabulates_their_summaries(exps, capsys):
     for lr in ("0.5", "1.0"):
         train(
-            MNIST,
+            EXAMPLE,
             exps,
             f"exp_name=lr{lr}",
-            f"optimizer.args.lr={lr}",
             *(f"{k}={json.dumps(v)}" for k, v in TINY.items()),
+            f"optimizer.args.lr={lr}",
         )
     code = main.main(["report", str(exps / "lr0.5"), str(exps / "lr1.0")])
     out = capsys.readouterr().out
@@ -202,7 +202,7 @@ def test_a_failing_plot_does_not_fail_the_run(exps, monkeypatch):
         raise RuntimeError("no fonts")
 
     monkeypatch.setattr(utils.report, "write_run_curves", broken)
-    train(MNIST, exps, "exp_name=t", *(f"{k}={json.dumps(v)}" for k, v in TINY.items()))
+    train(EXAMPLE, exps, "exp_name=t", *(f"{k}={json.dumps(v)}" for k, v in TINY.items()))
     assert json.loads((exps / "t" / "summary.json").read_text())["status"] == "finished"
     assert "out/curves.png not written: RuntimeError: no fonts" in (exps / "t" / "logs" / "run.log").read_text()
 
