@@ -156,19 +156,45 @@ def test_a_silent_trial_without_values_is_run_again_at_its_own_grid_point(tmp_pa
     ]
 
 
-def test_a_worker_of_a_reused_pid_or_another_host_name_is_known_dead(tmp_path):
-    first = utils.sweep.Worker(tmp_path)
+def test_a_trial_is_taken_up_only_from_a_dead_worker_of_its_own_folder(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"  # two experiments_dirs of one database's study, on one machine
+    first = utils.sweep.Worker(a)
     first.close(done=False)  # stopped mid-trial (or killed): its lock is free, its file stays
-    again = utils.sweep.Worker(tmp_path)  # the same pid (a container's entrypoint started again)
-    assert again.id != first.id and again.is_dead(first.id, local=True)
-    gone = utils.sweep.Worker(tmp_path)
-    gone.close(done=False)
-    renamed = f"another-host:{gone.path}"  # an earlier container's host name, its lock in this folder
-    assert again.is_dead(renamed, local=True) and not again.is_dead(renamed, local=False)
-    assert not again.is_dead(f"another-host:{tmp_path / 'elsewhere.lock'}", local=True)  # not known here
-    # A database's worker of this host name whose lock is not here: another container, maybe alive.
-    missing = f"{again.host}:{tmp_path / 'other-container.lock'}"
-    assert again.is_dead(missing, local=True) and not again.is_dead(missing, local=False)
+    again = utils.sweep.Worker(a)  # the same pid (a container's entrypoint started again)
+    assert again.id != first.id and again.is_dead(first.id)
+    assert again.is_dead(f"another-host-name:{first.path}")  # a container started again under a new name
+    assert again.is_dead(f"{again.host}:{a / '.workers' / 'cleaned-away.lock'}")
+    assert not utils.sweep.Worker(b).is_dead(first.id)  # the checkpoint is in a's folder: a's to take up
+    assert not again.is_dead(again.id)  # alive
+
+
+def test_a_refused_folder_leaves_the_new_study_free_for_another_space(tmp_path, exps, capsys):
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5]})
+    assert main.main(["--sweep", path, "max_epoch=1"]) == 0
+    storage = f"storage=sqlite:///{tmp_path / 'new.db'}"
+    assert main.main(["--sweep", path, "max_epoch=1", storage]) == 2  # the folder is the journal study's
+    (exps / "s").rename(exps / "s_journal")  # as the message says
+    (tmp_path / "other").mkdir()
+    other = sweep_file(tmp_path / "other", exps, parameters={"optimizer.args.lr": [0.7]})
+    assert main.main(["--sweep", other, "max_epoch=1", storage]) == 0
+    assert "holds the trials of another study" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage", "ignore::optuna.exceptions.ExperimentalWarning")
+def test_the_retry_of_a_trial_asked_beyond_the_last_place_is_surplus_too(tmp_path, exps, monkeypatch):
+    monkeypatch.setattr(utils.sweep, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(utils.sweep, "STALE_SECONDS", 2)
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5, 0.7]})
+    args = [f"storage=sqlite:///{tmp_path / 'study.db'}", "max_epoch=1"]
+    assert main.main(["--sweep", path, *args]) == 0
+    # Another machine asked for a trial at the same moment as the last one, and died before calling it surplus.
+    study = optuna.load_study(study_name="s", storage=args[0].removeprefix("storage="))
+    late = study.ask()
+    study._storage.record_heartbeat(late._trial_id)
+    time.sleep(3)
+    assert main.main(["--sweep", path, *args]) == 0  # its retry would be grid point 2 of 2
+    results = rows(exps / "s" / "results.csv")
+    assert [(r["number"], r["state"]) for r in results] == [("0", "complete"), ("1", "complete"), ("2", "fail")]
 
 
 HOLDER = """

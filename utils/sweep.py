@@ -83,16 +83,14 @@ class Worker:
         self._file = open(self.path, "w")  # noqa: SIM115 (held for the worker's life)
         fcntl.flock(self._file, fcntl.LOCK_EX)
 
-    def is_dead(self, worker_id: str, local: bool) -> bool:
-        """Whether the worker ``worker_id`` has ended, as far as this machine knows: its lock file is free or,
-        with a journal file (whose workers all keep their locks in its folder), gone. A database's worker
-        whose lock is not found may live elsewhere (another container of the same host name): not known."""
-        host, _, lock = worker_id.partition(":")
-        if not Path(lock).exists():
-            return local and host == self.host
-        if host != self.host and not local:
-            return False
-        return holder(Path(lock)) is None
+    def shares_folder(self, worker_id: str) -> bool:
+        """Whether the worker ``worker_id`` kept its lock in this sweep folder, where its trials' checkpoints are
+        (not another experiments_dir of a database's study, not a folder seen under another path)."""
+        return Path(worker_id.partition(":")[2]).parent == self.path.parent
+
+    def is_dead(self, worker_id: str) -> bool:
+        """Whether the worker ``worker_id`` of this folder has ended: its lock file is free, or gone."""
+        return self.shares_folder(worker_id) and holder(Path(worker_id.partition(":")[2])) is None
 
     def close(self, done: bool) -> None:
         """Release the lock; its file stays after a worker stopped mid-trial (``done`` false), to tell it is dead."""
@@ -181,14 +179,17 @@ def _first_line(e: Exception) -> str:
 
 
 def _adopt(study: optuna.Study, worker: Worker, local: bool) -> optuna.trial.Trial | None:
-    """A RUNNING trial whose worker died on this machine, now this worker's."""
+    """A RUNNING trial whose worker of this folder died, now this worker's (it resumes from the checkpoint)."""
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = frozen.user_attrs.get("worker")
         # No owner: cut short between ask and naming its worker; with a journal file every ask is on this
         # machine, under the machine lock we hold, so no live worker is half-way through it.
-        if (owner and worker.is_dead(owner, local)) or (not owner and local):
+        if (owner and worker.is_dead(owner)) or (not owner and local):
             trial = optuna.trial.Trial(study, frozen._trial_id)  # Optuna's way to continue a trial elsewhere
-            trial.set_user_attr("worker", worker.id)
+            try:
+                trial.set_user_attr("worker", worker.id)
+            except optuna.exceptions.UpdateFinishedTrialError:  # another machine failed it a moment ago
+                continue
             _beat(study, trial)  # before another machine takes it for a silent one
             if owner:
                 holder(Path(owner.partition(":")[2]), remove_if_free=True)  # the dead worker's lock file
@@ -230,9 +231,12 @@ def _ask(study: optuna.Study, sweep: Sweep, worker: Worker) -> optuna.trial.Tria
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         trial = study.ask()  # a queued trial first
     _beat(study, trial)  # the first: should this worker die now, the trial goes stale
-    history = study._storage.get_trial(trial._trial_id).system_attrs.get("retry_history")
-    # Surplus: another machine asked at the same moment and got the last place, or queued the same retry.
-    surplus = _queued_twice(study, trial.number) if history else _slot(study, trial.number) >= sweep.trials
+    frozen = study._storage.get_trial(trial._trial_id)
+    history = frozen.system_attrs.get("retry_history")
+    # Surplus: beyond the last place (another machine asked at the same moment and got it; or this is the
+    # retry of such a trial), or a retry another machine queued too.
+    surplus = frozen.user_attrs.get("surplus") or _slot(study, trial.number) >= sweep.trials
+    surplus = surplus or (history and _queued_twice(study, trial.number, history[-1]))
     if not surplus:
         trial.set_user_attr("worker", worker.id)
         return trial
@@ -241,10 +245,10 @@ def _ask(study: optuna.Study, sweep: Sweep, worker: Worker) -> optuna.trial.Tria
     return _ask(study, sweep, worker) if history else None
 
 
-def _queued_twice(study: optuna.Study, number: int) -> bool:
-    """Whether a trial with a smaller number runs the same failed trial again (two machines queued it)."""
+def _queued_twice(study: optuna.Study, number: int, again: int) -> bool:
+    """Whether a trial with a smaller number than ``number`` also runs trial ``again`` again (two machines
+    queued it)."""
     trials = trials_of(study)
-    again = next(t.system_attrs["retry_history"][-1] for t in trials if t.number == number)
     return any(t.number < number and t.system_attrs.get("retry_history", [None])[-1] == again for t in trials)
 
 
@@ -257,13 +261,13 @@ def _beat(study: optuna.Study, trial: optuna.trial.Trial) -> None:
             LOG.warning(f"trial {trial.number}: heartbeat not recorded: {_first_line(e)}")
 
 
-def _running_here(study: optuna.Study, worker: Worker, local: bool) -> bool:
-    """Whether another live worker of this machine still runs a trial (one killed may yet be saving)."""
+def _running_here(study: optuna.Study, worker: Worker) -> int | None:
+    """A trial that another live worker of this folder still runs (one killed may yet be saving it)."""
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = frozen.user_attrs.get("worker")
-        if owner and owner != worker.id and owner.partition(":")[0] == worker.host and not worker.is_dead(owner, local):
-            return True
-    return False
+        if owner and owner != worker.id and worker.shares_folder(owner) and not worker.is_dead(owner):
+            return frozen.number
+    return None
 
 
 def _stop_earlier_process(run_dir: Path, number: int) -> None:
@@ -421,20 +425,24 @@ def work(study: optuna.Study, sweep: Sweep, run_trial: RunTrial) -> None:
     on this machine (a worker killed a moment ago may still be saving the trial that it leaves to take up)."""
     worker = Worker(sweep.sweep_dir)
     local = sweep.storage is None
-    done = False
+    running, waited = False, set()
     try:
         while True:
             with _machine_lock(sweep.sweep_dir):
                 trial = _adopt(study, worker, local) or _ask(study, sweep, worker)
             if trial is not None:
+                running = True
                 _run(study, sweep, trial, run_trial)
-            elif _running_here(study, worker, local):
+                running = False
+            elif (number := _running_here(study, worker)) is not None:
+                if number not in waited:
+                    LOG.info(f"waiting for trial {number}, which another worker of this folder still runs")
+                    waited.add(number)
                 time.sleep(WAIT_SECONDS)
             else:
-                done = True
                 return
     finally:
-        worker.close(done)
+        worker.close(done=not running)
 
 
 def _setup_log(sweep_dir: Path) -> None:
@@ -461,18 +469,7 @@ def _claim(study: optuna.Study, sweep: Sweep) -> None:
     space = {"parameters": sweep.resolved()["parameters"], "method": sweep.method}
     if sweep.method == "grid":
         space["sampler_seed"] = sweep.sampler_seed  # the order of the grid's points
-    made = study.user_attrs.get("space")
-    if made is None:  # a new study; or one made before studies kept their space: its folder's sweep.json has it
-        earlier = _read_json(sweep.sweep_dir / "sweep.json") if study.get_trials(deepcopy=False) else {}
-        made = {key: earlier.get(key, value) for key, value in space.items()}
     where = sweep.shown_storage or sweep.sweep_dir
-    for key, value in space.items():
-        if json.dumps(made.get(key)) != json.dumps(value):  # the parameters' order too: a grid's combinations
-            raise UserError(
-                f"{sweep.path}: key '{key}': the study in {where} was made with another {key} "
-                f"({json.dumps(made.get(key))}); run it with that, or choose another sweep name"
-            )
-    study.set_user_attr("space", space)
     mark, first = sweep.sweep_dir / ".study", _first_trial(study)
     if mark.exists() or first is None:
         ours = mark.read_text().strip() == first if mark.exists() else not _trial_dirs(sweep.sweep_dir)
@@ -482,6 +479,17 @@ def _claim(study: optuna.Study, sweep: Sweep) -> None:
                 f"{where} (another storage, or its study file removed); choose another sweep name, or move the "
                 "folder"
             )
+    made = space  # a study without trials takes this space
+    if first is not None:  # one made before studies kept their space: its folder's sweep.json has it
+        earlier = study.user_attrs.get("space") or _read_json(sweep.sweep_dir / "sweep.json")
+        made = {key: earlier.get(key, value) for key, value in space.items()}
+    for key, value in space.items():
+        if json.dumps(made.get(key)) != json.dumps(value):  # the parameters' order too: a grid's combinations
+            raise UserError(
+                f"{sweep.path}: key '{key}': the study in {where} was made with another {key} "
+                f"({json.dumps(made.get(key))}); run it with that, or choose another sweep name"
+            )
+    study.set_user_attr("space", space)
     _mark(study, sweep.sweep_dir)
 
 
