@@ -82,9 +82,11 @@ def kill_and_rerun(exps, exp: str, delays: list[float]) -> list[tuple[int, bool]
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_rerun_matches_an_uninterrupted_run(exps):
     train(EXAMPLE, exps, "exp_name=straight", *KILL_ARGS)
+    # Kill times are fractions of the straight run's training time, so they land mid-run on any machine.
+    wall = json.loads((exps / "straight" / "summary.json").read_text())["wall_seconds"]
     rng = random.Random(0)
-    kills = kill_and_rerun(exps, "killed", [rng.uniform(0.0, 1.5) for _ in range(4)])
-    assert any(running for _, running in kills)
+    kills = kill_and_rerun(exps, "killed", [rng.uniform(0.1, 0.8) * wall for _ in range(4)])
+    assert any(running and 0 < epoch < 4 for epoch, running in kills), kills  # resumed from the middle once
     train(EXAMPLE, exps, "exp_name=killed", *KILL_ARGS)  # the same command, to the end
     a, b = (load(exps / n / "checkpoints" / "last.pth") for n in ("straight", "killed"))
     for key in ("models", "optimizers", "schedulers", "epoch", "global_step", "best"):

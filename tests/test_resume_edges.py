@@ -36,9 +36,10 @@ def interrupt_at(monkeypatch, epoch: int, batch: int, agent: type = DropoutAgent
 
 @pytest.mark.parametrize("batch", [6, 3])
 def test_an_interrupt_then_resume_trains_every_remaining_epoch_exactly(exps, monkeypatch, batch):
-    """batch 6 is the epoch's last step: the epoch counts as trained, the next ones are whole."""
+    """batch 6 is the epoch's last step: the epoch counts as trained, the next ones are whole. The second epoch,
+    after the LR's first decay: the resumed scheduler must carry on from there."""
     train(EXAMPLE, exps, "exp_name=straight", "max_epoch=3", *SMALL)
-    interrupt_at(monkeypatch, epoch=0, batch=batch)
+    interrupt_at(monkeypatch, epoch=1, batch=batch)
     with pytest.raises(RunInterrupted):
         train(EXAMPLE, exps, "exp_name=cut", "max_epoch=3", *SMALL)
     monkeypatch.undo()

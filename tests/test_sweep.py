@@ -98,8 +98,9 @@ def test_command_line_keys_go_to_the_sweep_or_the_base_config(tmp_path, exps, ca
 
 def test_grid_sweep_runs_every_trial_as_a_run_records_a_failure_and_writes_results(tmp_path, exps, capsys):
     # lr=1e30 makes the loss non-finite: that trial fails with its message and the sweep goes on.
+    # The objective is the validation loss: two trials never tie on it (accuracy on 32 images may).
     path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5, 1e30], "batch_size": [16, 32]})
-    assert main.main(["--sweep", path, "trials=3"]) == 0
+    assert main.main(["--sweep", path, "trials=3", "monitor=min valid/loss"]) == 0
     assert "best trial" in capsys.readouterr().err
     sweep_dir = exps / "s"
     results = rows(sweep_dir / "results.csv")
@@ -122,14 +123,15 @@ def test_grid_sweep_runs_every_trial_as_a_run_records_a_failure_and_writes_resul
         assert (run / "out" / "curves.png").read_bytes().startswith(PNG)
     for plot in ("objective.png", "parameters.png", "best_curves.png"):
         assert (sweep_dir / plot).read_bytes().startswith(PNG)
-    best = max(results[:2], key=lambda r: float(r["objective"]))
+    assert results[0]["objective"] != results[1]["objective"]
+    best = min(results[:2], key=lambda r: float(r["objective"]))
     best_config = sweep_dir / "best_config.json"
     config, _ = main.load_config(str(best_config))
     assert config.batch_size == int(best["batch_size"]) and config.optimizer.args.lr == 0.5
     assert config.exp_name == "s_best" and config.max_epoch == 2
     # Run again: the study has its trials, nothing is re-run.
     before = (sweep_dir / "trial_0000" / "logs" / "run.log").read_text()
-    assert main.main(["--sweep", path, "trials=3"]) == 0
+    assert main.main(["--sweep", path, "trials=3", "monitor=min valid/loss"]) == 0
     assert (sweep_dir / "trial_0000" / "logs" / "run.log").read_text() == before
     assert len(rows(sweep_dir / "results.csv")) == 3
     # A sweep's folder stands for its trials in a report.
