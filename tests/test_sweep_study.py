@@ -161,11 +161,31 @@ def test_a_trial_is_taken_up_only_from_a_dead_worker_of_its_own_folder(tmp_path)
     first = utils.sweep.Worker(a)
     first.close(done=False)  # stopped mid-trial (or killed): its lock is free, its file stays
     again = utils.sweep.Worker(a)  # the same pid (a container's entrypoint started again)
-    assert again.id != first.id and again.is_dead(first.id)
-    assert again.is_dead(f"another-host-name:{first.path}")  # a container started again under a new name
-    assert again.is_dead(f"{again.host}:{a / '.workers' / 'cleaned-away.lock'}")
-    assert not utils.sweep.Worker(b).is_dead(first.id)  # the checkpoint is in a's folder: a's to take up
-    assert not again.is_dead(again.id)  # alive
+    assert again.id != first.id and again.is_dead(first.id, local=False)
+    assert again.is_dead(f"another-host-name:{first.path}", local=False)  # started again under a new name
+    assert again.is_dead(f"{again.host}:{a / '.workers' / 'cleaned-away.lock'}", local=False)
+    assert not utils.sweep.Worker(b).is_dead(first.id, local=False)  # the checkpoint is in a's folder
+    assert not again.is_dead(again.id, local=False)  # alive
+    # Another machine's worker whose lock is on its own disk at the same path: not known here, unless the
+    # study is a journal file (its workers' locks are all in this folder).
+    elsewhere = f"another-machine:{a / '.workers' / 'on-its-own-disk.lock'}"
+    assert not again.is_dead(elsewhere, local=False) and again.is_dead(elsewhere, local=True)
+    # The folder moved (or is mounted elsewhere): a worker is known by its lock's name in this .workers/.
+    a.rename(tmp_path / "moved")
+    moved = utils.sweep.Worker(tmp_path / "moved")
+    assert moved.is_dead(first.id, local=True) and not moved.is_dead(again.id, local=True)
+
+
+def test_a_machine_with_another_grid_is_refused_before_the_first_trial_too(tmp_path, capsys):
+    storage = f"storage=sqlite:///{tmp_path / 'study.db'}"
+    (tmp_path / "b").mkdir()
+    a = sweep_file(tmp_path, tmp_path / "a", parameters={"optimizer.args.lr": [0.5, 1.0]})
+    b = sweep_file(tmp_path / "b", tmp_path / "b", parameters={"optimizer.args.lr": [0.1, 0.2]})
+    spec = load_sweep(a, [storage], lambda config, more: main.load_config(config, more)[0])
+    spec.sweep_dir.mkdir(parents=True)
+    utils.sweep._claim(utils.sweep.open_study(spec), spec)  # machine a, just before its first trial
+    assert main.main(["--sweep", b, storage, "max_epoch=1"]) == 2
+    assert "was made with another parameters" in capsys.readouterr().err
 
 
 def test_a_refused_folder_leaves_the_new_study_free_for_another_space(tmp_path, exps, capsys):

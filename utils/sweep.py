@@ -83,14 +83,23 @@ class Worker:
         self._file = open(self.path, "w")  # noqa: SIM115 (held for the worker's life)
         fcntl.flock(self._file, fcntl.LOCK_EX)
 
-    def shares_folder(self, worker_id: str) -> bool:
-        """Whether the worker ``worker_id`` kept its lock in this sweep folder, where its trials' checkpoints are
-        (not another experiments_dir of a database's study, not a folder seen under another path)."""
-        return Path(worker_id.partition(":")[2]).parent == self.path.parent
+    def lock_here(self, worker_id: str, local: bool) -> Path | None:
+        """The lock file of the worker ``worker_id`` in this sweep folder, where its trials' checkpoints are:
+        where it was, or under its name in this ``.workers/`` (the folder moved; with a journal file every
+        worker of the study is this folder's). None: another folder's (another experiments_dir)."""
+        lock = Path(worker_id.partition(":")[2])
+        here = self.path.parent / lock.name
+        return here if local or lock.parent == self.path.parent or here.exists() else None
 
-    def is_dead(self, worker_id: str) -> bool:
-        """Whether the worker ``worker_id`` of this folder has ended: its lock file is free, or gone."""
-        return self.shares_folder(worker_id) and holder(Path(worker_id.partition(":")[2])) is None
+    def is_dead(self, worker_id: str, local: bool) -> bool:
+        """Whether the worker ``worker_id`` of this folder has ended: its lock is free; or its lock file is gone
+        and it was of this host or of a journal file (another machine's lock may be on its own disk)."""
+        lock = self.lock_here(worker_id, local)
+        if lock is None:
+            return False
+        if not lock.exists():
+            return local or worker_id.partition(":")[0] == self.host
+        return holder(lock) is None
 
     def close(self, done: bool) -> None:
         """Release the lock; its file stays after a worker stopped mid-trial (``done`` false), to tell it is dead."""
@@ -184,15 +193,15 @@ def _adopt(study: optuna.Study, worker: Worker, local: bool) -> optuna.trial.Tri
         owner = frozen.user_attrs.get("worker")
         # No owner: cut short between ask and naming its worker; with a journal file every ask is on this
         # machine, under the machine lock we hold, so no live worker is half-way through it.
-        if (owner and worker.is_dead(owner)) or (not owner and local):
+        if (owner and worker.is_dead(owner, local)) or (not owner and local):
             trial = optuna.trial.Trial(study, frozen._trial_id)  # Optuna's way to continue a trial elsewhere
             try:
                 trial.set_user_attr("worker", worker.id)
             except optuna.exceptions.UpdateFinishedTrialError:  # another machine failed it a moment ago
                 continue
             _beat(study, trial)  # before another machine takes it for a silent one
-            if owner:
-                holder(Path(owner.partition(":")[2]), remove_if_free=True)  # the dead worker's lock file
+            if owner and (lock := worker.lock_here(owner, local)):
+                holder(lock, remove_if_free=True)  # the dead worker's lock file
             LOG.info(f"trial {frozen.number}: its worker {owner or '?'} is gone; taking it up")
             return trial
     return None
@@ -261,11 +270,11 @@ def _beat(study: optuna.Study, trial: optuna.trial.Trial) -> None:
             LOG.warning(f"trial {trial.number}: heartbeat not recorded: {_first_line(e)}")
 
 
-def _running_here(study: optuna.Study, worker: Worker) -> int | None:
+def _running_here(study: optuna.Study, worker: Worker, local: bool) -> int | None:
     """A trial that another live worker of this folder still runs (one killed may yet be saving it)."""
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = frozen.user_attrs.get("worker")
-        if owner and owner != worker.id and worker.shares_folder(owner) and not worker.is_dead(owner):
+        if owner and owner != worker.id and worker.lock_here(owner, local) and not worker.is_dead(owner, local):
             return frozen.number
     return None
 
@@ -434,7 +443,7 @@ def work(study: optuna.Study, sweep: Sweep, run_trial: RunTrial) -> None:
                 running = True
                 _run(study, sweep, trial, run_trial)
                 running = False
-            elif (number := _running_here(study, worker)) is not None:
+            elif (number := _running_here(study, worker, local)) is not None:
                 if number not in waited:
                     LOG.info(f"waiting for trial {number}, which another worker of this folder still runs")
                     waited.add(number)
@@ -479,10 +488,10 @@ def _claim(study: optuna.Study, sweep: Sweep) -> None:
                 f"{where} (another storage, or its study file removed); choose another sweep name, or move the "
                 "folder"
             )
-    made = space  # a study without trials takes this space
-    if first is not None:  # one made before studies kept their space: its folder's sweep.json has it
-        earlier = study.user_attrs.get("space") or _read_json(sweep.sweep_dir / "sweep.json")
-        made = {key: earlier.get(key, value) for key, value in space.items()}
+    # The space the study keeps (another machine may have set it before its first trial); for a study made
+    # before studies kept one, its folder's sweep.json.
+    earlier = study.user_attrs.get("space") or (_read_json(sweep.sweep_dir / "sweep.json") if first else {})
+    made = {key: earlier.get(key, value) for key, value in space.items()}
     for key, value in space.items():
         if json.dumps(made.get(key)) != json.dumps(value):  # the parameters' order too: a grid's combinations
             raise UserError(
