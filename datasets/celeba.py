@@ -19,9 +19,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from datasets.common import data_root
+from datasets.common import fetched_root
 from datasets.image_files import SKIP_BAD_FILES, ImageFiles, image_files
-from utils import distributed
 from utils.config import Key, relative_path
 from utils.data import TensorBatches, make_loader
 from utils.errors import UserError
@@ -99,13 +98,8 @@ class CelebADataLoader:
             images = random_blobs(config.random_size, config.channels, config.image_size, config.seed)
             dataset: Dataset = TensorBatches(images)
         else:
-            root = data_root(config)
-            if config.data_mode == "download":
-                with distributed.main_first():  # one download, not one per process
-                    download(root)
-                folder = root / TORCHVISION_FOLDER
-            else:
-                folder = root / config.image_folder
+            root = fetched_root(config, download)
+            folder = root / (TORCHVISION_FOLDER if config.data_mode == "download" else config.image_folder)
             dataset = self._folder(folder, config)
         train, valid = self.split(dataset, config.valid_fraction, config.seed)
         kwargs = {"seed": config.seed, "num_workers": config.num_workers}

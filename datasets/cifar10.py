@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.common import data_root, hold_out, missing, random_images
-from utils import distributed
+from datasets.common import fetched_root, hold_out, missing, random_images
 from utils.config import Key
 from utils.data import TensorBatches, make_loader
 from utils.errors import UserError
@@ -159,10 +158,7 @@ class Cifar10DataLoader:
             images, labels = random_images(n_train + config.valid_size, (3, size, size), 10, config.seed)
             train, test = (images[:n_train], labels[:n_train]), (images[n_train:], labels[n_train:])
         else:
-            root = data_root(config)
-            if config.data_mode == "download":
-                with distributed.main_first():  # one download, not one per process
-                    download(root)
+            root = fetched_root(config, download)
             train, test = load_folder(root)
         splits = hold_out(train, test, config.valid_size, "the training batches")
         loaders = {}

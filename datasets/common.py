@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from utils import distributed
 from utils.config import repo_path
 from utils.errors import UserError
 
@@ -13,6 +15,16 @@ from utils.errors import UserError
 def data_root(config) -> Path:
     """``config.data_root`` as a path; relative paths are taken from the repository root."""
     return repo_path(config.data_root)
+
+
+def fetched_root(config, download: Callable[[Path], None]) -> Path:
+    """The data root; with ``data_mode: download``, ``download(root)`` has run there (rank 0 first: one
+    download, not one per process)."""
+    root = data_root(config)
+    if config.data_mode == "download":
+        with distributed.main_first():
+            download(root)
+    return root
 
 
 def missing(path: Path, what: str, how: str) -> UserError:

@@ -34,9 +34,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from datasets.common import data_root, missing
+from datasets.common import fetched_root, missing
 from datasets.image_files import SKIP_BAD_FILES, ImageFiles
-from utils import distributed
 from utils.config import Key, repo_path
 from utils.data import make_loader
 from utils.errors import UserError
@@ -267,10 +266,7 @@ class VocDataLoader:
             train = Shapes(n, size, c, seed, "train", train_tf)
             valid = Shapes(max(2, n // 4), size, c, seed, "valid", normalise())
         else:
-            root = data_root(config)
-            if config.data_mode == "download":
-                with distributed.main_first():  # one download, not one per process
-                    download(root)
+            root = fetched_root(config, download)
             tree = root / TREE
             if not tree.is_dir():
                 raise missing(tree, "Pascal VOC 2012 folder", HOW)
@@ -358,10 +354,7 @@ def class_weights(config) -> list[float]:
         shapes = Shapes(config.random_size, config.random_image_size, config.num_classes, config.seed, "train")
         masks = (shapes.sample(i)[1] for i in range(len(shapes)))
         return weights_from_counts(count_pixels(masks, config.num_classes))
-    root = data_root(config)
-    if config.data_mode == "download":
-        with distributed.main_first():  # one download, not one per process
-            download(root)
+    root = fetched_root(config, download)
     return folder_class_weights(root, config.num_classes, config.train_split, masks=config.train_masks)
 
 
