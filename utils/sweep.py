@@ -510,8 +510,8 @@ def _first_trial(study: optuna.Study) -> str | None:
 
 def _mark(study: optuna.Study, sweep_dir: Path) -> None:
     """``.study``: which study this folder's trial directories belong to, once it has a trial."""
-    mark, first = sweep_dir / ".study", _first_trial(study)
-    if first is not None and not mark.exists():
+    mark = sweep_dir / ".study"
+    if not mark.exists() and (first := _first_trial(study)) is not None:  # read the study once, not per trial
         write_text_atomic(mark, first + "\n")
 
 
