@@ -26,6 +26,7 @@ from pathlib import Path
 from easydict import EasyDict
 
 from agents import config_schemas, get_agent_class
+from agents.common_keys import COMMON_KEYS
 from utils import distributed
 from utils.config import apply_overrides, read_json, repo_path, to_easydict, validate
 from utils.config_reference import keys_command
@@ -40,6 +41,10 @@ def load_config(path: str, overrides: list[str] = ()) -> tuple[EasyDict, type]:
     if not isinstance(agent, str):
         raise UserError(f"{path}: missing required key 'agent' (a string naming the agent class)")
     agent_class = get_agent_class(agent, source=path)
+    for key in apply_overrides(raw, list(overrides)):
+        if key in COMMON_KEYS and key not in agent_class.config_schema:  # a did-you-mean would mislead here
+            where = path if key in raw else "command line"
+            raise UserError(f"{where}: key '{key}' does not apply to {agent_class.__name__} (not read); remove it")
     # One validation of the file and the overrides together: an override may supply a missing key or fix a bad one.
     config = validate(apply_overrides(raw, list(overrides), agent_class.config_schema), agent_class.config_schema, path)
     return to_easydict(config), agent_class

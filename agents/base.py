@@ -17,6 +17,7 @@ import contextlib
 import math
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from itertools import islice
 from pathlib import Path
@@ -140,14 +141,17 @@ class BaseAgent:
     def make_scheduler(self, optimizer: torch.optim.Optimizer, name: str = "scheduler", key: str = "scheduler") -> None:
         """Register the LR scheduler named by config[key] (none when null); built in ``self.schedulers[name]``
         when training starts, when the run's length ("total") is known."""
-        if self.config[key]:
-            self._scheduler_specs[name] = (optimizer, key)
+        self._scheduler_specs[name] = (optimizer, key)  # null too: a resume sees a scheduler removed
 
     @staticmethod
     def unwrap(model: nn.Module) -> nn.Module:
         """The plain module inside torch.compile and DDP wrappers (use it for evaluation and saving)."""
         model = unwrap_compiled(model)
         return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+    def averaged(self) -> contextlib.AbstractContextManager:
+        """Inside, the models kept with an EMA (ema_decay) hold their averaged weights (validation, samples)."""
+        return averaged_weights({n: self.unwrap(self.models[n]) for n in self.ema}, self.ema)
 
     def to_device(self, batch: Any) -> Any:
         if isinstance(batch, torch.Tensor):
@@ -304,7 +308,7 @@ class BaseAgent:
             self.epoch += 1
             metrics = {}
             if self.should_validate():
-                with averaged_weights({n: self.unwrap(self.models[n]) for n in self.ema}, self.ema):
+                with self.averaged():
                     metrics = self.validate()
             if metrics:
                 self.last_metrics = metrics
@@ -391,8 +395,11 @@ class BaseAgent:
         """last.pth (and best.pth, epoch_N.pth when due), written atomically by rank 0; call it on every rank."""
         # Under DDP each rank's RNG, gathered to rank 0, goes in too: a DDP resume is exact as well.
         rng_ranks = distributed.gather_to_main(checkpoint.rng_state()) if self.world_size > 1 else None
-        if not distributed.is_main():
-            return
+        if distributed.is_main():
+            with distributed.main_only():  # extra_state runs on rank 0 alone: no collective in it
+                self._write_checkpoint(is_best, rng_ranks)
+
+    def _write_checkpoint(self, is_best: bool, rng_ranks: list | None) -> None:
         state = self.checkpoint_state()
         if rng_ranks:
             state["rng_ranks"] = rng_ranks
@@ -446,25 +453,34 @@ class BaseAgent:
         ``weights_only`` (mode=test/predict) loads the averaged weights where the run kept an EMA.
         """
         state = checkpoint.load_on_every_rank(path, self.recorder.info)
-        checkpoint.check_matches(path, state, type(self).__name__, self.config, self._optimizer_keys.values())
+        optimizer_keys = self._optimizer_keys.values()
+        checkpoint.check_matches(path, state, type(self).__name__, self.config, optimizer_keys, not weights_only)
         models = {name: self.unwrap(m) for name, m in self.models.items()}
         if weights_only:
             checkpoint.restore_models(path, state, models, averaged=True)
             return
-        checkpoint.restore(path, state, models, self.optimizers, self.schedulers, self.scaler, self.ema)
-        checkpoint.apply_changed_args(self.optimizers, self._optimizer_keys, self.config, state, self.recorder.info)
+        # The config may differ from the checkpoint's: utils/checkpoint.py's table says what each change does.
+        keys = {name: key for name, (_, key) in self._scheduler_specs.items()}
+        plan = checkpoint.scheduler_plan(state, self.config, keys, self._schedule_total)
+        restored = {name: s for name, s in self.schedulers.items() if plan[name] == "restore"}
+        checkpoint.restore(path, state, models, self.optimizers, restored, self.scaler, self.ema)
+        log = self.recorder.info
+        checkpoint.apply_changed_args(self.optimizers, self._optimizer_keys, self.config, state, log, restored.values())
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self._resume_samples = state.get("samples_in_epoch", 0) if self.batch_in_epoch else 0
         self._log_layout_change(state)
-        old_total = state.get("schedule_total")
-        if self.schedulers and old_total is not None and old_total != self._schedule_total:
-            self.recorder.warning(
-                f"the run's length changed since it began ({old_total} -> {self._schedule_total} scheduler steps): "
-                'the restored LR schedule keeps the length it was built with (a "total" argument is not re-read)'
-            )
         self.global_step, self.optimizer_steps = state["global_step"], state.get("optimizer_steps", 0)
+        self._restart_schedulers(plan)
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self._wall_before = state["wall_seconds"]
+        old_monitor = state.get("config", {}).get("monitor", self.config.monitor)
+        if old_monitor != self.config.monitor:
+            self.best = self.best_epoch = None
+            state["early_stopping"] = None
+            log(
+                f"monitor changed since the checkpoint ({old_monitor} -> {self.config.monitor}): "
+                "best.pth and early stopping start afresh"
+            )
         if self.early_stopping and state.get("early_stopping"):
             self.early_stopping.load_state_dict(state["early_stopping"])
             if self.early_stopping.bad_count >= self.early_stopping.patience:
@@ -538,8 +554,40 @@ class BaseAgent:
         if per_step:
             total *= -(-self.batches_per_epoch() // self.config.get("accumulate_grad_batches", 1))
         for name, (optimizer, key) in self._scheduler_specs.items():
+            if not self.config[key]:
+                continue
             self.schedulers[name] = build_scheduler(self.config[key], optimizer, total, where=key, per_step=per_step)
             self._schedule_total = total
+
+    def _restart_schedulers(self, plan: dict[str, str]) -> None:
+        """After a resume: schedulers added or changed since the checkpoint start afresh at this step (a "total"
+        is the steps left); a "total" schedule for another run length is rebuilt and advanced to this step."""
+        per_step = self.config.get("scheduler_interval") == "step"
+        done = self.optimizer_steps if per_step else self.epoch
+        for name, action in plan.items():
+            if action in ("restore", "none"):
+                continue
+            optimizer, key = self._scheduler_specs[name]
+            before = optimizer.param_groups[0]["lr"]
+            for group in optimizer.param_groups:  # back to the schedule's base LR (optimizer.args.lr)
+                group["lr"] = group.pop("initial_lr", group["lr"])
+            if action == "removed":
+                lr = optimizer.param_groups[0]["lr"]
+                self.recorder.info(f"{key} removed since the checkpoint: the optimizer's LR from here on ({lr:.6g})")
+                continue
+            total = self._schedule_total if action == "stretch" else max(1, self._schedule_total - done)
+            scheduler = build_scheduler(self.config[key], optimizer, total, where=key, per_step=per_step)
+            with warnings.catch_warnings():  # advancing a scheduler alone is what torch's order check warns of
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(done if action == "stretch" else 0):
+                    scheduler.step()
+            self.schedulers[name] = scheduler
+            what = (
+                f"rebuilt for the run's new length ({total} steps) and advanced to step {done}"
+                if action == "stretch"
+                else f"added or changed since the checkpoint: it starts afresh here ({total} steps left)"
+            )
+            self.recorder.info(f"{key} {what}; LR {before:.6g} -> {optimizer.param_groups[0]['lr']:.6g}")
 
     def _after_step(self, optimizer: torch.optim.Optimizer) -> None:
         """What follows an optimizer step: the EMA of the models it updates, per-step LR schedules."""
@@ -612,7 +660,10 @@ class BaseAgent:
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 if metric in metrics:
                     scheduler.step(metrics[metric])
-            else:
+                continue
+            with warnings.catch_warnings():
+                if self.optimizer_steps:  # torch cannot know that a resumed run's optimizer stepped before
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before", UserWarning)
                 scheduler.step()
 
     def _load_test_checkpoint(self) -> Path:

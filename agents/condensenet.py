@@ -123,7 +123,8 @@ class CondenseNetAgent(BaseAgent):
             return
         if not distributed.is_main():
             return
-        state = self.checkpoint_state()
+        with distributed.main_only():
+            state = self.checkpoint_state()
         state.update(models={"model": condense(net).state_dict()}, optimizers={}, schedulers={}, ema={}, condensed=True)
         checkpoint.atomic_save(state, self.condensed_path)
         self.recorder.info(f"condensed test-time model written to {self.condensed_path}")

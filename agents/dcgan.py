@@ -109,7 +109,8 @@ class DCGANAgent(BaseAgent):
         """The fixed noise as an 8x8 grid: out/samples_epoch_NNN.png, TensorBoard, and out/progress.gif."""
         if not distributed.is_main():
             return
-        grid = make_grid(self.render(self.fixed_noise), nrow=8, padding=2)
+        with distributed.main_only(), self.averaged():  # the EMA generator, when the run keeps one
+            grid = make_grid(self.render(self.fixed_noise), nrow=8, padding=2)
         self.recorder.image("samples", grid, self.global_step, file=f"samples_epoch_{epoch:03d}.png")
         self.recorder.gif("progress.gif", [f"samples_epoch_{e:03d}.png" for e in range(1, epoch + 1)])
 
@@ -146,9 +147,8 @@ class DCGANAgent(BaseAgent):
         reals = [batch[0] for batch in islice(loader, limit)]
         shard = torch.cat(reals) if reals else torch.empty(0, c, size, size, dtype=torch.uint8)
         shards = distributed.gather_to_main(shard)
-        sizes = resolutions(size)
-        values = torch.zeros(1 + len(sizes), dtype=torch.float64)
-        if distributed.is_main():
+
+        def distances() -> list[float]:
             # Back in the held-out set's order (rank r holds samples r, r + W, ... of W ranks: ShardedSampler),
             # so that each image meets the same patch positions whatever the number of processes.
             real = torch.empty((sum(len(s) for s in shards), c, size, size), dtype=torch.uint8)
@@ -158,10 +158,10 @@ class DCGANAgent(BaseAgent):
             fake = torch.cat(list(self.generate(len(real), derive_seed(self.config.seed, "dcgan", "swd noise"))))
             draws = torch.Generator().manual_seed(derive_seed(self.config.seed, "dcgan", "swd"))
             per_level = swd(real, fake.to(self.device), draws)
-            values = torch.tensor([sum(per_level.values()) / len(per_level), *per_level.values()], dtype=torch.float64)
-        distributed.all_reduce_sum(values)  # rank 0's values to every rank (the others add zeros)
-        names = [f"{split}/swd", *(f"{split}/swd_{s}" for s in sizes)]
-        return dict(zip(names, values.tolist(), strict=True))
+            return [sum(per_level.values()) / len(per_level), *per_level.values()]
+
+        names = [f"{split}/swd", *(f"{split}/swd_{s}" for s in resolutions(size))]
+        return dict(zip(names, distributed.on_main(distances), strict=True))
 
     # ----- predict, checkpoint extras, summary ----------------------------------------------------
 
@@ -169,12 +169,16 @@ class DCGANAgent(BaseAgent):
         """mode=predict: ``num_samples`` images from best.pth (or ``resume``) as PNG files in out/predict/."""
         path = self._load_test_checkpoint()
         out = self.run_dir / "out" / "predict"
-        earlier = sorted(out.iterdir()) if out.is_dir() else []
-        if earlier:
-            raise UserError(
-                f"{out}: holds {len(earlier)} files of an earlier mode=predict; move or delete them first "
-                "(nothing is overwritten)"
-            )
+
+        def refuse_earlier() -> None:  # rank 0 looks, before any rank writes: no rank sees another's files
+            earlier = sorted(out.iterdir()) if out.is_dir() else []
+            if earlier:
+                raise UserError(
+                    f"{out}: holds {len(earlier)} files of an earlier mode=predict; move or delete them first "
+                    "(nothing is overwritten)"
+                )
+
+        distributed.on_main(refuse_earlier)
         n = self.config.num_samples
         width = max(5, len(str(n - 1)))
         index = 0

@@ -89,7 +89,7 @@ class ERFNetAgent(BaseAgent):
             return None
         weights = value
         if value == "auto":  # computed (and cached) by rank 0 alone; the other ranks get its numbers
-            weights = distributed.from_main(class_weights(self.config) if distributed.is_main() else None)
+            weights = distributed.on_main(class_weights, self.config)
         if len(weights) != self.config.num_classes:
             raise UserError(
                 f"config: key 'class_weights': {len(weights)} weights for num_classes {self.config.num_classes}"
@@ -175,12 +175,17 @@ class ERFNetAgent(BaseAgent):
         """A colourised mask and an overlay per input image, in out/predict/<name>_{mask,overlay}.png."""
         files = self._predict_files()
         out = self.run_dir / "out" / "predict"
-        taken = [p for f in files for p in (out / f"{f.stem}_mask.png", out / f"{f.stem}_overlay.png") if p.exists()]
-        if taken:
-            raise UserError(
-                f"{taken[0]}: written by an earlier mode=predict ({len(taken)} file(s) would be replaced); "
-                "move or delete them first (nothing is overwritten)"
-            )
+
+        def refuse_earlier() -> None:  # rank 0 looks, before any rank writes: no rank sees another's files
+            names = [p for f in files for p in (out / f"{f.stem}_mask.png", out / f"{f.stem}_overlay.png")]
+            taken = [p for p in names if p.exists()]
+            if taken:
+                raise UserError(
+                    f"{taken[0]}: written by an earlier mode=predict ({len(taken)} file(s) would be replaced); "
+                    "move or delete them first (nothing is overwritten)"
+                )
+
+        distributed.on_main(refuse_earlier)
         path = self._load_test_checkpoint()
         model = self.unwrap(self.model).eval()
         images = ImageFiles([(f, 0) for f in files], mode="RGB")

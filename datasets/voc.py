@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from datasets.common import fetched_root, missing
+from datasets.common import data_root, fetched_root, missing
 from datasets.image_files import SKIP_BAD_FILES, ImageFiles
 from utils.config import Key, repo_path
 from utils.data import make_loader
@@ -354,8 +354,8 @@ def class_weights(config) -> list[float]:
         shapes = Shapes(config.random_size, config.random_image_size, config.num_classes, config.seed, "train")
         masks = (shapes.sample(i)[1] for i in range(len(shapes)))
         return weights_from_counts(count_pixels(masks, config.num_classes))
-    root = fetched_root(config, download)
-    return folder_class_weights(root, config.num_classes, config.train_split, masks=config.train_masks)
+    # data_root, not fetched_root: the data loader has fetched the data already, and this runs on rank 0 alone.
+    return folder_class_weights(data_root(config), config.num_classes, config.train_split, masks=config.train_masks)
 
 
 def main(argv: list[str] | None = None) -> int:

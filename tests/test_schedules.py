@@ -104,8 +104,8 @@ def test_plateau_alone_builds():
 @pytest.mark.parametrize(
     ("total", "expected"),
     [
-        (5, "cfg.json: key 'scheduler[0].steps': the phases up to this one last 5 scheduler steps, but the whole run"),
-        (3, "cfg.json: key 'scheduler[0].steps': the phases up to this one last 5 scheduler steps, but the whole run"),
+        (5, "cfg.json: key 'scheduler.0.steps': the phases up to this one last 5 scheduler steps, but the whole run"),
+        (3, "cfg.json: key 'scheduler.0.steps': the phases up to this one last 5 scheduler steps, but the whole run"),
     ],
 )
 def test_a_run_too_short_for_the_earlier_phases_names_the_key(total, expected):
@@ -117,7 +117,7 @@ def test_a_run_too_short_for_the_earlier_phases_names_the_key(total, expected):
 
 def test_a_later_phase_past_the_run_names_its_key():
     spec = [{**WARMUP_COSINE[0]}, {"type": "ConstantLR", "args": {}, "steps": 10}, WARMUP_COSINE[1]]
-    with pytest.raises(UserError, match=r"key 'scheduler\[1\]\.steps': the phases up to this one last 15"):
+    with pytest.raises(UserError, match=r"key 'scheduler\.1\.steps': the phases up to this one last 15"):
         build_scheduler(spec, optimizer(), total=12)
 
 
@@ -139,35 +139,35 @@ def phase(kind: str, steps: int | None = None, **args) -> dict:
     [
         (
             [phase("LinearLR", 5), phase("CosineAnealingLR", T_max="total")],
-            "cfg.json: key 'scheduler[1].type': unknown lr scheduler 'CosineAnealingLR' "
+            "cfg.json: key 'scheduler.1.type': unknown lr scheduler 'CosineAnealingLR' "
             "(did you mean 'CosineAnnealingLR'?)",
         ),
         (
             [phase("LinearLR", 5), phase("CosineAnnealingLR", T_maxx="total")],
-            "cfg.json: unknown key 'scheduler[1].args.T_maxx' (did you mean 'T_max'?)",
+            "cfg.json: unknown key 'scheduler.1.args.T_maxx' (did you mean 'T_max'?)",
         ),
         (
             [phase("LinearLR", 5), phase("CosineAnnealingLR", T_max="ten")],
-            "cfg.json: key 'scheduler[1].args': CosineAnnealingLR fails with {'T_max': 'ten'}",
+            "cfg.json: key 'scheduler.1.args': CosineAnnealingLR fails with {'T_max': 'ten'}",
         ),
         (
             [phase("LinearLR", 5), phase("StepLR", step_size=2, gamma=True)],
-            "cfg.json: key 'scheduler[1].args.gamma': expected a number",
+            "cfg.json: key 'scheduler.1.args.gamma': expected a number",
         ),
         ({"type": "StepLR", "args": {"step_size": 0}}, "cfg.json: key 'scheduler.args': StepLR"),
-        ([phase("LinearLR"), phase("ConstantLR")], "cfg.json: missing required key 'scheduler[0].steps'"),
-        ([phase("LinearLR", 5), phase("ConstantLR", 5)], "cfg.json: key 'scheduler[1].steps': the last phase runs"),
-        ([phase("LinearLR", 0), phase("ConstantLR")], "cfg.json: key 'scheduler[0].steps': must be at least 1"),
+        ([phase("LinearLR"), phase("ConstantLR")], "cfg.json: missing required key 'scheduler.0.steps'"),
+        ([phase("LinearLR", 5), phase("ConstantLR", 5)], "cfg.json: key 'scheduler.1.steps': the last phase runs"),
+        ([phase("LinearLR", 0), phase("ConstantLR")], "cfg.json: key 'scheduler.0.steps': must be at least 1"),
         (
             [{"type": "LinearLR", "args": {}, "step": 5}, phase("ConstantLR")],
-            "cfg.json: unknown key 'scheduler[0].step' (did you mean 'steps'?)",
+            "cfg.json: unknown key 'scheduler.0.step' (did you mean 'steps'?)",
         ),
         (
             [phase("LinearLR", 5), phase("ReduceLROnPlateau")],
-            "cfg.json: key 'scheduler[1].type': ReduceLROnPlateau follows a metric",
+            "cfg.json: key 'scheduler.1.type': ReduceLROnPlateau follows a metric",
         ),
         ([], "cfg.json: key 'scheduler': expected a scheduler or a non-empty list"),
-        (["StepLR"], "cfg.json: key 'scheduler[0]': expected an object"),
+        (["StepLR"], "cfg.json: key 'scheduler.0': expected an object"),
         ("StepLR", "cfg.json: key 'scheduler': expected an object or a list"),
         ({"type": "StepLR", "args": {"step_size": 2}, "steps": 5}, "cfg.json: unknown key 'scheduler.steps'"),
     ],

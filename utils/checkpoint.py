@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -18,6 +19,7 @@ import torch
 from utils import distributed
 from utils.config import repo_path
 from utils.errors import UserError
+from utils.schedules import TOTAL
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -246,19 +248,14 @@ def test_path(checkpoint_dir: Path, resume: str | bool) -> Path:
 def _on_every_rank(choose: Callable[[], Path | None], checkpoint_dir: Path) -> Path | None:
     """Rank 0's choice on every rank (one in the run's checkpoints/ names each machine's own copy); a mistake
     rank 0 finds is raised on every rank, so that none is left waiting at a collective."""
-    if distributed.world_size() == 1:
-        return choose()
-    path, error = None, None
-    if distributed.is_main():
-        try:
-            path = choose()
-        except UserError as e:
-            error = str(e)
+
+    def named() -> Path | None:
+        path = choose()
         if path is not None and path.parent.resolve() == checkpoint_dir.resolve():
-            path = Path(path.name)
-    path, error = distributed.from_main((path, error))
-    if error:
-        raise UserError(error)
+            return Path(path.name)
+        return path
+
+    path = distributed.on_main(named)
     return path if path is None or path.is_absolute() else checkpoint_dir / path
 
 
@@ -277,28 +274,98 @@ def load_on_every_rank(path: str | Path, log: Callable[[str], None]) -> dict:
     return distributed.from_main(state if distributed.is_main() else None)
 
 
-def check_matches(path: Path, state: dict, agent: str, config: dict, optimizer_keys: Iterable[str]) -> None:
-    """The checkpoint is of this agent and of the config's optimizer types (a clear error otherwise)."""
+# What a resume does when the config differs from the checkpoint's (the README's docs page has the same table).
+# mode=test/predict load the model weights only: every training row is ignored there.
+#
+# | what differs                            | a training run resumes ...                                         |
+# |-----------------------------------------|--------------------------------------------------------------------|
+# | agent, the model's tensors              | refused: one line, exit 2 (another exp_name, or resume=false)      |
+# | optimizer type                          | refused: one line, exit 2                                          |
+# | optimizer args (lr, momentum, ...)      | kept and applied; a new lr scales the restored LR schedule with it |
+# | scheduler added, changed or removed     | restarted from the resumed step, from optimizer.args.lr; logged    |
+# | run length, under a "total" schedule    | stretched: rebuilt for the new length, advanced to the resumed step|
+# | monitor                                 | restarted: best.pth and early stopping start afresh; logged        |
+# | ema_decay added                         | the average starts from the resumed weights                        |
+# | batch_size, process count, num_workers  | kept: the rest of the epoch's sample order, each sample once       |
+# | anything else (data, logging, limits)   | the new value applies                                              |
+
+
+def check_matches(
+    path: Path, state: dict, agent: str, config: dict, optimizer_keys: Iterable[str], training: bool = True
+) -> None:
+    """The checkpoint is of this agent and, when ``training`` resumes, of the config's optimizer types."""
     if state.get("agent") != agent:
         raise UserError(f"{path}: checkpoint of {state.get('agent')}, but the config's agent is {agent}")
     old = state.get("config", {})
-    for key in optimizer_keys:
+    for key in optimizer_keys if training else ():
         if old.get(key) and old[key]["type"] != config[key]["type"]:
             raise UserError(
-                f"{path}: checkpoint optimizer '{key}' is {old[key]['type']}, the config's is {config[key]['type']}"
+                f"{path}: checkpoint optimizer '{key}' is {old[key]['type']}, the config's is {config[key]['type']}; "
+                "use another exp_name (or resume=false) to train with another optimizer"
             )
 
 
+def scheduler_plan(state: dict, config: dict, keys: dict[str, str], total: int | None) -> dict[str, str]:
+    """For each scheduler name (its config key in ``keys``): "restore" its saved state, "fresh" (added or changed
+    since the checkpoint), "removed" (set to null), or "stretch" (a "total" that now stands for ``total`` steps)."""
+    old = state.get("config", {})
+    same_interval = old.get("scheduler_interval", "epoch") == config.get("scheduler_interval", "epoch")
+    plan = {}
+    for name, key in keys.items():
+        spec, saved = config[key], name in (state.get("schedulers") or {})
+        if not spec:
+            plan[name] = "removed" if old.get(key) else "none"
+        elif not saved or old.get(key) != spec or not same_interval:
+            plan[name] = "fresh"
+        elif json.dumps(TOTAL) in json.dumps(spec) and state.get("schedule_total") != total:
+            plan[name] = "stretch"
+        else:
+            plan[name] = "restore"
+    return plan
+
+
 def apply_changed_args(
-    optimizers: dict[str, torch.optim.Optimizer], keys: dict[str, str], config: dict, state: dict, log: Callable
+    optimizers: dict[str, torch.optim.Optimizer],
+    keys: dict[str, str],
+    config: dict,
+    state: dict,
+    log: Callable,
+    schedulers: Iterable[Any] = (),
 ) -> None:
-    """Optimizer args changed since the checkpoint (say, a lower lr to fine-tune) win over its state."""
+    """Optimizer args changed since the checkpoint (say, a lower lr to fine-tune) win over its state. A new lr
+    scales the restored ``schedulers`` of that optimizer too (their base LRs), so no later milestone undoes it."""
     old_config = state.get("config", {})
     for name, key in keys.items():
         old_args = (old_config.get(key) or {}).get("args", {})
+        optimizer = optimizers[name]
+        groups = optimizer.param_groups
+        mine = [s for s in schedulers if s.optimizer is optimizer]
         for arg, value in config[key]["args"].items():
-            groups = optimizers[name].param_groups
-            if old_args.get(arg) != value and arg in groups[0]:
-                for group in groups:
-                    group[arg] = value
-                log(f"{key}.args.{arg} changed since the checkpoint: now {value}")
+            old = old_args.get(arg)
+            if old == value or arg not in groups[0]:
+                continue
+            if arg == "lr" and mine and isinstance(old, (int, float)) and old > 0:
+                _scale_lr(groups, mine, value / old)
+                log(
+                    f"{key}.args.lr changed since the checkpoint ({old} -> {value}): the LR schedule is scaled to "
+                    f"it, the LR is now {groups[0]['lr']:.6g}"
+                )
+                continue
+            for group in groups:
+                group[arg] = value
+                if arg == "lr" and "initial_lr" in group:  # the base a restarted schedule starts from
+                    group["initial_lr"] = value
+            log(f"{key}.args.{arg} changed since the checkpoint: now {value}")
+
+
+def _scale_lr(groups: list[dict], schedulers: list[Any], ratio: float) -> None:
+    for group in groups:
+        group["lr"] *= ratio
+        if "initial_lr" in group:
+            group["initial_lr"] *= ratio
+    for scheduler in schedulers:  # a SequentialLR's phases keep base LRs of their own
+        for phase in [scheduler, *getattr(scheduler, "_schedulers", [])]:
+            if hasattr(phase, "base_lrs"):
+                phase.base_lrs = [lr * ratio for lr in phase.base_lrs]
+            if hasattr(phase, "_last_lr"):
+                phase._last_lr = [lr * ratio for lr in phase._last_lr]

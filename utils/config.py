@@ -162,20 +162,35 @@ def apply_overrides(raw: dict, overrides: list[str], schema: dict[str, Key] | No
         parts, value = parse_override(text)
         node, specs = raw, schema
         for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):  # scheduler.0.steps: an index into a list (a schedule's phases)
+                node, specs = _list_item(node, part, text, ".".join(parts[:i])), None
+                continue
             spec = (specs or {}).get(part)
             if part not in node:  # start from the key's default (an object, or the non-object to complain about)
                 default = spec.default if spec is not None else None
                 node[part] = {} if default is None or default is REQUIRED else json.loads(json.dumps(default))
             child = node[part]
-            if not isinstance(child, dict):
+            if not isinstance(child, (dict, list)):
                 dotted = ".".join(parts[: i + 1])
                 raise UserError(f"override '{text}': key '{dotted}' holds {child!r}, not an object")
             node, specs = child, spec.schema if spec is not None else None
+        if isinstance(node, list):
+            _list_item(node, parts[-1], text, ".".join(parts[:-1]))
+            node[int(parts[-1])] = value
+            continue
         spec = (specs or {}).get(parts[-1])
         if spec is not None and _wants_text(spec, value):
             value = text.partition("=")[2]
         node[parts[-1]] = value
     return raw
+
+
+def _list_item(items: list, part: str, text: str, where: str) -> Any:
+    """``items[int(part)]``, or one line saying which indices ``where`` has."""
+    if not part.isdigit() or int(part) >= len(items):
+        last = len(items) - 1
+        raise UserError(f"override '{text}': key '{where}' is a list of {len(items)}: expected an index 0 to {last}")
+    return items[int(part)]
 
 
 def _wants_text(spec: Key, value: Any) -> bool:

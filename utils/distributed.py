@@ -2,19 +2,26 @@
 
 Run under ``torchrun`` (``./run.sh --nproc N``) and RANK/WORLD_SIZE/LOCAL_RANK are set; run
 plainly and every helper here degrades to the single-process answer.
+
+The contract of the collectives (``all_reduce_sum``, ``any_rank``, ``gather_to_main``, ``from_main``,
+``on_main``, ``main_first``): every rank calls them, in the same order. Code that only rank 0 runs goes
+through ``on_main`` (or inside ``main_only()``), where a collective raises at once -- in one process too,
+so that the single-process tests catch what would deadlock under ``--nproc``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 SHUTDOWN_SECONDS = 120  # torchrun's wait for the workers to save after a signal, unless the environment sets one
+T = TypeVar("T")
+_main_only_depth = 0  # how many rank-0-only blocks this process is inside
 
 
 def world_size() -> int:
@@ -67,8 +74,28 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def main_only() -> Iterator[None]:
+    """Mark a block that rank 0 alone runs: a collective called inside it raises instead of deadlocking."""
+    global _main_only_depth
+    _main_only_depth += 1
+    try:
+        yield
+    finally:
+        _main_only_depth -= 1
+
+
+def _collective(name: str) -> None:
+    if _main_only_depth:
+        raise RuntimeError(
+            f"distributed.{name} called in a block that rank 0 alone runs (on_main / main_only): "
+            "the other ranks never reach it, and under --nproc the run would deadlock"
+        )
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over ranks in place (a no-op in one process); returns it."""
+    _collective("all_reduce_sum")
     if world_size() == 1:
         return tensor
     if dist.get_backend() == "nccl" and not tensor.is_cuda:  # NCCL reduces CUDA tensors only
@@ -80,6 +107,7 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 def any_rank(*flags: bool) -> list[bool]:
     """For each flag, whether it is true on any rank, so that all ranks stop at the same step."""
+    _collective("any_rank")
     if world_size() == 1:
         return list(flags)
     t = all_reduce_sum(torch.tensor([float(f) for f in flags]))
@@ -88,6 +116,7 @@ def any_rank(*flags: bool) -> list[bool]:
 
 def gather_to_main(obj: Any) -> list[Any] | None:
     """Every rank's ``obj``, in rank order, on rank 0 (None on the others); ``[obj]`` in one process."""
+    _collective("gather_to_main")
     if world_size() == 1:
         return [obj]
     gathered = [None] * world_size() if is_main() else None
@@ -97,11 +126,34 @@ def gather_to_main(obj: Any) -> list[Any] | None:
 
 def from_main(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (``obj`` itself in one process): rank 0 decides, the others follow."""
+    _collective("from_main")
     if world_size() == 1:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` run by rank 0 alone (inside ``main_only``), its result on every rank.
+
+    A user mistake rank 0 meets (UserError) is raised on every rank, so that no rank is left waiting.
+    """
+    from utils.errors import UserError
+
+    result, error = None, None
+    if is_main():
+        with main_only():
+            try:
+                result = fn(*args)
+            except UserError as e:
+                if world_size() == 1:
+                    raise
+                error = str(e)
+    result, error = from_main((result, error))
+    if error is not None:
+        raise UserError(error)
+    return result
 
 
 def launch(nproc: int, argv: list[str]) -> int:
@@ -138,11 +190,24 @@ def no_sync_unless(sync: bool, models: list[torch.nn.Module]) -> contextlib.Abst
 
 @contextlib.contextmanager
 def main_first() -> Iterator[None]:
-    """Rank 0 runs the block first (a download into shared storage), the other ranks after it."""
-    if world_size() > 1 and not is_main():
-        dist.barrier()
+    """Rank 0 runs the block first (a download into shared storage), the other ranks after it succeeded.
+
+    When it fails on rank 0, the other ranks do not try again: they raise a UserError that says so.
+    """
+    _collective("main_first")
+    if world_size() == 1:
+        yield
+        return
+    if not is_main():
+        if from_main(None) is not None:
+            from utils.errors import UserError
+
+            raise UserError("rank 0 failed to prepare the data (its error is above); this rank did not try")
+        yield
+        return
+    failed = True
     try:
         yield
+        failed = False
     finally:
-        if world_size() > 1 and is_main():
-            dist.barrier()
+        from_main(failed or None)

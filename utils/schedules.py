@@ -95,7 +95,7 @@ def _phases(value: dict | list, where: str, source: str) -> list[tuple[dict, str
     else:
         phases = []
         for i, item in enumerate(value):
-            at = f"{where}[{i}]"
+            at = f"{where}.{i}"  # as an override types it: scheduler.0.steps=5
             if not isinstance(item, dict):
                 raise UserError(f"{source}: key '{at}': expected an object with 'type', 'args', 'steps', got {item!r}")
             phase = validate(item, _PHASE, source, prefix=f"{at}.")
