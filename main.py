@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             config, _ = load_config(args.config, args.overrides)  # a mistake is one line here, not one per process
             started = time.time() - 1  # file times may be rounded down to the second
             code = distributed.launch(nproc, [__file__, args.config, *args.overrides])
-            if code == 130 and not _saved_after_signal(config, started):
+            if code == 130 and config.mode == "train" and not _saved_after_signal(config, started):
                 return _fail(
                     "error: stopped by a signal, but torchrun ended the processes before they saved a checkpoint "
                     f"(they save within log_every steps; its wait is TORCH_ELASTIC_SHUTDOWN_TIMEOUT="

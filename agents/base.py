@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import signal
 import time
 import warnings
@@ -268,7 +269,9 @@ class BaseAgent:
 
     def run(self) -> None:
         """Train (resuming when a checkpoint is there) or, with mode=test/predict, evaluate or predict."""
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        # Training saves a checkpoint first; evaluation has nothing to save and stops at once.
+        handler = self._on_signal if self.config.mode == "train" else self._stop_now
+        handlers = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             if self.config.mode in ("test", "predict"):
                 self.test() if self.config.mode == "test" else self.predict()
@@ -628,9 +631,11 @@ class BaseAgent:
         if self.early_stopping is None or value is None or not self.early_stopping.step(value):
             return
         self.stop_training, self.status = True, "early stopped"
+        best = self.early_stopping.best
         self.recorder.info(
             f"early stop at epoch {self.epoch}: {self.monitor_metric} has not improved for "
-            f"{self.config.early_stop_patience} validations (best {self.early_stopping.best:.4g})"
+            f"{self.config.early_stop_patience} validations "
+            + (f"(best {best:.4g})" if best is not None else "(it was never a finite number)")
         )
 
     def _check_monitor(self) -> None:
@@ -663,7 +668,7 @@ class BaseAgent:
                 continue
             with warnings.catch_warnings():
                 if self.optimizer_steps:  # torch cannot know that a resumed run's optimizer stepped before
-                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before", UserWarning)
+                    warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"))
                 scheduler.step()
 
     def _load_test_checkpoint(self) -> Path:
@@ -729,6 +734,10 @@ class BaseAgent:
             f"{signal.Signals(signum).name}: saving a checkpoint within {self.config.log_every} steps"
             + ("" if distributed.launched_by_torchrun() else " (again to abort)")
         )
+
+    def _stop_now(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        raise RunInterrupted(f"stopped by {name} during mode={self.config.mode}: nothing to save")
 
     def _interrupted(self) -> None:
         self.save_checkpoint()

@@ -131,7 +131,8 @@ class CondenseNetAgent(BaseAgent):
 
     def load_checkpoint(self, path: str | Path, weights_only: bool = False) -> None:
         """A condensed checkpoint (``mode=test`` only) swaps in the condensed architecture before loading."""
-        if checkpoint.load(path).get("condensed"):
+        # Rank 0 reads the mark: another machine may not see the file (BaseAgent sends it rank 0's copy).
+        if distributed.on_main(lambda: checkpoint.load(path).get("condensed")):
             if not weights_only:
                 raise UserError(
                     f"{path}: a condensed test-time model cannot be trained further; evaluate it with mode=test, "

@@ -299,7 +299,9 @@ class DQNAgent(BaseAgent):
         c = self.config
         with torch.no_grad():
             if c.double_dqn:  # the online net picks the action, the target net values it
+                self.q.eval()  # BatchNorm's running statistics (pixels), as when acting; they stay untouched
                 next_actions = self.q(next_obs).argmax(dim=1, keepdim=True)
+                self.q.train()
                 next_q = self.target(next_obs).gather(1, next_actions).squeeze(1)
             else:
                 next_q = self.target(next_obs).max(dim=1).values

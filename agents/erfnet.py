@@ -24,7 +24,7 @@ from datasets.image_files import JUNK, ImageFiles
 from datasets.voc import IGNORE, MEAN, STD, VocDataLoader, class_names, class_weights, pad_to, padded_size
 from graphs.models.erfnet import ERFNet
 from utils import checkpoint, distributed
-from utils.config import Key
+from utils.config import Key, repo_path
 from utils.errors import UserError
 from utils.metrics import ConfusionMatrix, Mean, Metric
 from utils.palette import colourise, overlay
@@ -64,8 +64,10 @@ class ERFNetAgent(BaseAgent):
     def __init__(self, config) -> None:
         super().__init__(config)
         model = ERFNet(config.num_classes)
-        if config.encoder_checkpoint:
-            self._load_encoder(model, Path(config.encoder_checkpoint))
+        # A start from scratch only: a resumed run, mode=test and mode=predict load their own checkpoint over it.
+        fresh = config.mode == "train" and checkpoint.resume_path(self.checkpoint_dir, config.resume) is None
+        if config.encoder_checkpoint and fresh:
+            self._load_encoder(model, repo_path(config.encoder_checkpoint))
         # The encoder's own classifier (for encoder-only training) is not used by the whole network: frozen,
         # so that DDP does not wait for gradients it never gets.
         model.encoder.output_conv.requires_grad_(False)
@@ -98,11 +100,13 @@ class ERFNetAgent(BaseAgent):
         self.recorder.info("class weights: " + ", ".join(f"{n} {w:.3g}" for n, w in named))
         return torch.tensor(weights, dtype=torch.float32, device=self.device)
 
-    @staticmethod
-    def _load_encoder(model: ERFNet, path: Path) -> None:
-        """The encoder weights of ``path``'s model (any prefix); its classifier only where the classes match."""
-        state = checkpoint.load(path)
-        for weights in state["models"].values():
+    def _load_encoder(self, model: ERFNet, path: Path) -> None:
+        """The encoder weights of ``path``'s model (its average where the run kept an EMA; any prefix); its
+        classifier only where the classes match."""
+        state = checkpoint.load_on_every_rank(path, self.recorder.info)
+        averaged = state.get("ema") or {}
+        for name, weights in state["models"].items():
+            weights = averaged[name]["module"] if name in averaged else weights
             prefixes = [k[: -len(FIRST_WEIGHT)] for k in weights if k.endswith(FIRST_WEIGHT)]
             if prefixes:
                 break

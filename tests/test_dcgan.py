@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.utils import make_grid
 
 import main
 from agents.dcgan import DCGANAgent
@@ -336,3 +337,16 @@ def test_fp16_trains_both_networks(exps):
     assert state["scaler"] is not None and state["global_step"] == 8
     summary = json.loads((exps / "fp16" / "summary.json").read_text())
     assert summary["status"] == "finished" and np.isfinite(summary["final"]["valid/swd"])
+
+
+def test_sample_grids_show_the_averaged_generator_when_the_run_keeps_one(exps):
+    train(DCGAN, exps, "exp_name=ema", "max_epoch=1", "max_train_batches=3", "ema_decay=0.5", *TINY)
+    state = load(exps / "ema" / "checkpoints" / "last.pth")
+    agent = build(exps, "exp_name=render")
+    try:
+        agent.unwrap(agent.netG).load_state_dict(state["ema"]["generator"]["module"])
+        expected = make_grid(agent.render(state["extra"]["fixed_noise"]), nrow=8, padding=2)
+    finally:
+        agent.finalize()
+    with Image.open(exps / "ema" / "out" / "samples_epoch_001.png") as grid:
+        assert torch.equal(torch.from_numpy(np.array(grid)).permute(2, 0, 1), expected)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import shutil
 from itertools import islice
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from agents.erfnet import ERFNetAgent
 from datasets import voc
 from datasets.voc import IGNORE, MEAN, STD, VocDataLoader, pad_collate, train_transform
 from graphs.models.erfnet import ERFNet
-from tests.conftest import CONFIGS, assert_same_tensors, load, train
+from tests.conftest import CONFIGS, REPO, assert_same_tensors, load, train
 from utils.errors import UserError
 from utils.metrics import ConfusionMatrix
 from utils.palette import VOC_PALETTE
@@ -355,3 +357,38 @@ def test_pictures_test_mode_predict_and_encoder_checkpoint(tmp_path, exps):
     torch.save({"models": {"model": weights}, "epoch": 1}, other)
     with pytest.raises(UserError, match=r"other.pth: its encoder does not match ERFNet's \(size mismatch for layers"):
         train(ERFNET, exps, "exp_name=fine2", *TINY, f"encoder_checkpoint={other}")
+
+
+def test_the_encoder_checkpoint_gives_its_average_on_a_fresh_start_only(tmp_path, exps, monkeypatch):
+    """Taken from the repository (like every path key), the EMA's weights where the run kept one, and loaded only
+    when training starts from nothing: a resume, mode=test and mode=predict have their own checkpoint."""
+    train(ERFNET, exps, "exp_name=src", "max_epoch=1", "max_train_batches=2", "ema_decay=0.5", *TINY)
+    source = load(exps / "src" / "checkpoints" / "last.pth")
+    inside = REPO / "experiments" / f"_encoder_test_{os.getpid()}.pth"
+    inside.parent.mkdir(exist_ok=True)
+    shutil.copy(exps / "src" / "checkpoints" / "last.pth", inside)
+    monkeypatch.chdir(tmp_path)  # a relative path is the repository's, not the current folder's
+    try:
+        args = ["exp_name=fine", *TINY, f"encoder_checkpoint={inside.relative_to(REPO)}", "max_train_batches=1"]
+        agent = ERFNetAgent(config(f"experiments_dir={exps}", *args))
+        mine, averaged = agent.unwrap(agent.model).state_dict(), source["ema"]["model"]["module"]
+        agent.finalize()
+        encoder = [k for k in averaged if k.startswith("encoder.") and "output_conv" not in k]
+        assert all(torch.equal(mine[k], averaged[k]) for k in encoder)
+        assert not all(torch.equal(mine[k], source["models"]["model"][k]) for k in encoder)
+        train(ERFNET, exps, *args, "max_epoch=1")
+    finally:
+        inside.unlink()
+    train(ERFNET, exps, *args, "max_epoch=2")  # the file is gone: a resume does not read it
+    train(ERFNET, exps, *args, "mode=test")
+    assert load(exps / "fine" / "checkpoints" / "last.pth")["epoch"] == 2
+
+
+def test_auto_class_weights_in_download_mode_over_a_present_tree(tmp_path, exps):
+    """Computed by rank 0 alone (distributed.on_main), with no collective inside (one raises, in one process too)."""
+    counts = voc_tree(tmp_path)["counts"]
+    args = [*TINY, "num_classes=21", "data_mode=download", f"data_root={tmp_path}", "class_weights=auto"]
+    agent = ERFNetAgent(config(f"experiments_dir={exps}", "exp_name=w", *args))
+    weights = agent.loss.weight.cpu()
+    agent.finalize()
+    assert torch.allclose(weights, torch.tensor(voc.weights_from_counts(torch.from_numpy(counts))))

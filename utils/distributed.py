@@ -141,6 +141,7 @@ def on_main(fn: Callable[..., T], *args: Any) -> T:
     """
     from utils.errors import UserError
 
+    _collective("on_main")
     result, error = None, None
     if is_main():
         with main_only():
