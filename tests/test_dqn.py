@@ -499,3 +499,18 @@ def test_pixels_without_pygame_names_it(exps, monkeypatch):
 def test_dqn_refuses_several_processes(exps):
     result = torchrun("main.py", str(CONFIGS / "dqn_exp_0.json"), f"experiments_dir={exps}", ok=False)
     assert "DQNAgent runs in one process; run it without --nproc" in result.stderr
+
+
+def test_pixels_double_dqn_picks_next_actions_with_the_online_nets_running_statistics(exps):
+    """The action choice of the TD target is an evaluation, as when acting: BatchNorm's batch statistics would
+    make it depend on the rest of the batch, and its forward would move the running statistics."""
+    a = agent(exps, *PIXELS, "double_dqn=true")
+    try:
+        a.q.train()
+        before = {k: v.clone() for k, v in a.q.named_buffers()}
+        next_obs = torch.rand(4, *a.env.observation_space.shape)
+        a.td_target(torch.zeros(4), next_obs, torch.zeros(4))
+        assert all(torch.equal(v, before[k]) for k, v in a.q.named_buffers())
+        assert a.q.training  # back in train mode for its own update
+    finally:
+        a.finalize()

@@ -154,3 +154,14 @@ def test_a_common_key_an_agent_does_not_read_is_named_so_not_given_a_did_you_mea
     with pytest.raises(UserError, match="key 'accumulate_grad_batches' does not apply to DCGANAgent") as e:
         main.load_config(str(EXAMPLE.parent / "dcgan_exp_0.json"), ["accumulate_grad_batches=2"])
     assert "did you mean" not in str(e.value) and str(e.value).startswith("command line:")
+
+
+def test_nproc_evaluation_stopped_by_a_signal_is_130_without_a_checkpoint_claim(monkeypatch, capsys):
+    """mode=test has nothing to save: the launcher's "ended before they saved" error is for training only."""
+    from utils import distributed
+
+    monkeypatch.setattr(distributed, "launch", lambda nproc, argv: 130)
+    assert main.main(["--nproc", "2", str(EXAMPLE), "mode=test"]) == 130
+    assert "before they saved a checkpoint" not in capsys.readouterr().err
+    assert main.main(["--nproc", "2", str(EXAMPLE), "exp_name=never-run"]) == 1  # training: it says so
+    assert "before they saved a checkpoint" in capsys.readouterr().err
