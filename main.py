@@ -28,7 +28,7 @@ from easydict import EasyDict
 from agents import config_schemas, get_agent_class
 from agents.common_keys import COMMON_KEYS
 from utils import distributed
-from utils.config import apply_overrides, read_json, repo_path, to_easydict, validate
+from utils.config import apply_overrides, read_config, repo_path, to_easydict, validate
 from utils.config_reference import keys_command
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 from utils.scaffold import new_command, new_project_command
@@ -36,7 +36,7 @@ from utils.scaffold import new_command, new_project_command
 
 def load_config(path: str, overrides: list[str] = ()) -> tuple[EasyDict, type]:
     """Read CONFIG, apply overrides, validate against the agent's schema; returns (config, agent class)."""
-    raw = read_json(path)
+    raw, _ = read_config(path)
     agent = apply_overrides(raw, list(overrides)).get("agent")
     if not isinstance(agent, str):
         raise UserError(f"{path}: missing required key 'agent' (a string naming the agent class)")
@@ -99,9 +99,13 @@ def _fail(message: str, code: int) -> int:
 def describe_keys(path: str, overrides: list[str] = ()) -> str:
     """Every key the config's agent reads: its value in this config, and what it means."""
     config, agent_class = load_config(path, overrides)
-    lines = [f"{agent_class.__name__} ({path}): key = value  # meaning"]
+    _, sources = read_config(path)
+    for text in overrides:
+        sources[text.partition("=")[0].split(".")[0]] = ["command line"]
+    lines = [f"{agent_class.__name__} ({path}): key = value  # meaning [from: the file it was set in]"]
     for key, spec in agent_class.config_schema.items():
-        lines.append(f"  {key} = {json.dumps(config[key])}  # {spec.doc}")
+        where = f"  [from: {' then '.join(sources[key])}]" if key in sources else "  [default]"
+        lines.append(f"  {key} = {json.dumps(config[key])}  # {spec.doc}{where}")
     return "\n".join(lines)
 
 

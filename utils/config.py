@@ -137,6 +137,39 @@ def read_json(path: str | Path) -> dict:
     return data
 
 
+def read_config(
+    path: str | Path, _seen: tuple[Path, ...] = (), _shown: str | None = None
+) -> tuple[dict, dict[str, list[str]]]:
+    """A config file with the chain of files its ``"base"`` names merged under it (dicts key by key, lists and
+    other values replaced), and for each top-level key the files its value comes from (as written), base first."""
+    raw, shown = read_json(path), _shown or str(path)
+    if "base" not in raw:
+        return raw, {key: [shown] for key in raw}
+    base = raw.pop("base")
+    if not isinstance(base, str) or not base.strip():
+        raise UserError(f"{path}: key 'base': expected the path of a config file (from the repository), got {base!r}")
+    base_path, here = repo_path(base), Path(path).resolve()
+    chain = (*_seen, here)
+    if base_path.resolve() in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, base_path.resolve()))
+        raise UserError(f"{path}: key 'base': the configs inherit from each other in a cycle ({cycle})")
+    if not base_path.is_file():
+        raise UserError(f"{path}: key 'base': {base_path}: config file not found")
+    merged, sources = read_config(base_path, chain, base)
+    for key, value in raw.items():
+        mixed = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if mixed else value
+        sources[key] = [*sources.get(key, []), shown] if mixed else [shown]
+    return merged, sources
+
+
+def _merge(base: dict, child: dict) -> dict:
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b=value`` -> (['a', 'b'], value); the value is JSON, bare words are strings."""
     key, sep, value = text.partition("=")
