@@ -101,7 +101,8 @@ def describe_keys(path: str, overrides: list[str] = ()) -> str:
     config, agent_class = load_config(path, overrides)
     _, sources = read_config(path)
     for text in overrides:
-        sources[text.partition("=")[0].split(".")[0]] = ["command line"]
+        key, nested = text.partition("=")[0].split(".")[0], "." in text.partition("=")[0]
+        sources[key] = [*sources.get(key, []), "command line"] if nested else ["command line"]
     lines = [f"{agent_class.__name__} ({path}): key = value  # meaning [from: the file it was set in]"]
     for key, spec in agent_class.config_schema.items():
         where = f"  [from: {' then '.join(sources[key])}]" if key in sources else "  [default]"

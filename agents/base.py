@@ -468,7 +468,9 @@ class BaseAgent:
         restored = {name: s for name, s in self.schedulers.items() if plan[name] == "restore"}
         checkpoint.restore(path, state, models, self.optimizers, restored, self.scaler, self.ema)
         log = self.recorder.info
-        checkpoint.apply_changed_args(self.optimizers, self._optimizer_keys, self.config, state, log, restored.values())
+        checkpoint.apply_changed_args(
+            self.optimizers, self._optimizer_keys, self.config, state, log, self.schedulers.values(), restored.values()
+        )
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self._resume_samples = state.get("samples_in_epoch", 0) if self.batch_in_epoch else 0
         self._log_layout_change(state)

@@ -83,3 +83,14 @@ def test_an_agent_from_outside_the_repository_by_module_and_class(tmp_path, exps
     with pytest.raises(UserError, match="cannot import 'lab.broken': no module named 'not_installed_anywhere'$"):
         main.load_config(str(EXAMPLE), ["agent=lab.broken:X"])
     sys.modules.pop("lab.agents", None)
+
+
+def test_an_object_of_another_type_replaces_the_bases_whole(tmp_path, capsys):
+    sgd = {"type": "SGD", "args": {"lr": 0.1, "momentum": 0.9}}
+    base = write(tmp_path / "base.json", base="configs/example_exp_0.json", optimizer=sgd)
+    child = write(tmp_path / "child.json", base=base, optimizer={"type": "Adam", "args": {"lr": 0.001}})
+    config, _ = main.load_config(child)
+    assert config.optimizer == {"type": "Adam", "args": {"lr": 0.001}}  # no SGD momentum merged into Adam
+    assert main.main([base, "--keys", "optimizer.args.lr=0.5"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("optimizer ="))
+    assert line.endswith(f"[from: {base} then command line]")  # SGD replaced the repository config's Adam whole

@@ -165,3 +165,57 @@ def test_nproc_evaluation_stopped_by_a_signal_is_130_without_a_checkpoint_claim(
     assert "before they saved a checkpoint" not in capsys.readouterr().err
     assert main.main(["--nproc", "2", str(EXAMPLE), "exp_name=never-run"]) == 1  # training: it says so
     assert "before they saved a checkpoint" in capsys.readouterr().err
+
+
+class GroupsAgent(ExampleAgent):
+    """The template agent whose first layer learns at a tenth of the lr (two param groups)."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        first, rest = list(self.model.parameters())[:2], list(self.model.parameters())[2:]
+        lr = config.optimizer.args.lr
+        self.optimizers.clear()
+        self.optimizer = self.make_optimizer([{"params": first, "lr": lr / 10}, {"params": rest}])
+        self.make_scheduler(self.optimizer)
+
+
+def group_lrs(exps, name: str) -> list[float]:
+    groups = load(exps / name / "checkpoints" / "last.pth")["optimizers"]["optimizer"]["param_groups"]
+    return [g["lr"] for g in groups]
+
+
+@pytest.mark.parametrize("scheduler", ["null", "changed"])
+def test_a_new_lr_keeps_the_ratios_of_param_groups(exps, scheduler):
+    first = 'scheduler={"type": "StepLR", "args": {"step_size": 1, "gamma": 0.5}}' if scheduler == "changed" else ""
+    then = 'scheduler={"type": "ExponentialLR", "args": {"gamma": 0.9}}' if scheduler == "changed" else ""
+    args = [*SMALL, "agent=tests.test_resume_policy:GroupsAgent"]
+    train(EXAMPLE, exps, *args, *filter(None, [first]), "exp_name=g", "max_epoch=1")
+    train(EXAMPLE, exps, *args, *filter(None, [then]), "exp_name=g", "max_epoch=3", "optimizer.args.lr=0.01")
+    train(EXAMPLE, exps, *args, *filter(None, [then]), "exp_name=s", "max_epoch=3", "optimizer.args.lr=0.01")
+    if scheduler == "null":
+        assert group_lrs(exps, "s") == pytest.approx([0.001, 0.01])
+        assert group_lrs(exps, "g") == pytest.approx([0.001, 0.01])
+    else:  # restarted at the resume: 2 decays from the new lr, each group at its own ratio
+        assert group_lrs(exps, "g") == pytest.approx([0.001 * 0.81, 0.01 * 0.81])
+
+
+def test_a_new_monitor_restarts_a_plateau_scheduler_that_followed_the_old_one(exps):
+    plateau = 'scheduler={"type": "ReduceLROnPlateau", "args": {"patience": 0, "factor": 0.5}}'
+    train(EXAMPLE, exps, *SMALL, plateau, "exp_name=p", "max_epoch=1", "monitor=min valid/accuracy")
+    train(EXAMPLE, exps, *SMALL, plateau, "exp_name=p", "max_epoch=2", "monitor=min valid/loss")
+    assert lr(exps, "p") == pytest.approx(0.1)  # the loss's first value is its first best: no decay
+    state = load(exps / "p" / "checkpoints" / "last.pth")["schedulers"]["scheduler"]
+    metrics = [r.split(",") for r in (exps / "p" / "metrics.csv").read_text().splitlines()]
+    assert state["best"] == pytest.approx(float(metrics[2][metrics[0].index("valid/loss")]))
+
+
+def test_a_new_lr_under_a_schedule_that_owns_the_lr_is_said_to_have_no_effect(exps):
+    one_cycle = 'scheduler={"type": "OneCycleLR", "args": {"max_lr": 0.1, "total_steps": "total"}}'
+    args = [*SMALL, one_cycle, "scheduler_interval=step"]
+    train(EXAMPLE, exps, *args, "exp_name=o", "max_epoch=1")
+    train(EXAMPLE, exps, *args, "exp_name=o", "max_epoch=2", "optimizer.args.lr=0.01")
+    train(EXAMPLE, exps, *args, "exp_name=s", "max_epoch=2")
+    assert lr(exps, "o") == pytest.approx(lr(exps, "s"))
+    assert "optimizer.args.lr changed since the checkpoint, but OneCycleLR sets the LR from its own args" in log(
+        exps, "o"
+    )

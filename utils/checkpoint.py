@@ -21,6 +21,9 @@ from utils.config import repo_path
 from utils.errors import UserError
 from utils.schedules import TOTAL
 
+# Schedulers that compute the LR from their own args (max_lr, base_lr), not from the optimizer's lr.
+OWN_LR = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
+
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """Write ``obj`` with torch.save to a temp file beside ``path``, fsync, then rename over it.
@@ -261,10 +264,18 @@ def _on_every_rank(choose: Callable[[], Path | None], checkpoint_dir: Path) -> P
 
 def load_on_every_rank(path: str | Path, log: Callable[[str], None]) -> dict:
     """``load(path)``; under DDP every rank ends with rank 0's checkpoint: a rank that cannot see the file (no
-    shared storage), or whose own copy is another (stale) one, gets rank 0's."""
+    shared storage), or whose own copy is another (stale or damaged) one, gets rank 0's. Rank 0's mistake (no
+    such file, a damaged one) is raised on every rank."""
     if distributed.world_size() == 1:
         return load(path)
-    state = load(path) if Path(path).is_file() else None
+    state, error = None, None
+    try:
+        state = load(path) if distributed.is_main() or Path(path).is_file() else None
+    except UserError as e:
+        error = str(e) if distributed.is_main() else None  # elsewhere: a damaged copy, replaced by rank 0's
+    error = distributed.from_main(error)
+    if error is not None:
+        raise UserError(error)
     mine = None if state is None else [state.get(k) for k in ("epoch", "batch_in_epoch", "global_step", "wall_seconds")]
     (differs,) = distributed.any_rank(mine != distributed.from_main(mine))
     if not differs:
@@ -307,15 +318,18 @@ def check_matches(
 
 def scheduler_plan(state: dict, config: dict, keys: dict[str, str], total: int | None) -> dict[str, str]:
     """For each scheduler name (its config key in ``keys``): "restore" its saved state, "fresh" (added or changed
-    since the checkpoint), "removed" (set to null), or "stretch" (a "total" that now stands for ``total`` steps)."""
+    since the checkpoint, or following a metric that ``monitor`` no longer names), "removed" (set to null), or
+    "stretch" (a "total" that now stands for ``total`` steps)."""
     old = state.get("config", {})
     same_interval = old.get("scheduler_interval", "epoch") == config.get("scheduler_interval", "epoch")
+    same_monitor = old.get("monitor", config["monitor"]) == config["monitor"]
     plan = {}
     for name, key in keys.items():
         spec, saved = config[key], name in (state.get("schedulers") or {})
+        plateau = isinstance(spec, dict) and spec.get("type") == "ReduceLROnPlateau"
         if not spec:
             plan[name] = "removed" if old.get(key) else "none"
-        elif not saved or old.get(key) != spec or not same_interval:
+        elif not saved or old.get(key) != spec or not same_interval or (plateau and not same_monitor):
             plan[name] = "fresh"
         elif json.dumps(TOTAL) in json.dumps(spec) and state.get("schedule_total") != total:
             plan[name] = "stretch"
@@ -331,24 +345,32 @@ def apply_changed_args(
     state: dict,
     log: Callable,
     schedulers: Iterable[Any] = (),
+    restored: Iterable[Any] = (),
 ) -> None:
     """Optimizer args changed since the checkpoint (say, a lower lr to fine-tune) win over its state. A new lr
-    scales the restored ``schedulers`` of that optimizer too (their base LRs), so no later milestone undoes it."""
+    scales every param group's LR, and the ``restored`` schedulers of that optimizer (their base LRs), so that no
+    later milestone undoes it; under a scheduler that sets the LR from its own args it has no effect (said so)."""
     old_config = state.get("config", {})
     for name, key in keys.items():
         old_args = (old_config.get(key) or {}).get("args", {})
         optimizer = optimizers[name]
         groups = optimizer.param_groups
-        mine = [s for s in schedulers if s.optimizer is optimizer]
+        mine = [s for s in restored if s.optimizer is optimizer]
+        built = [s for s in schedulers if s.optimizer is optimizer]
         for arg, value in config[key]["args"].items():
             old = old_args.get(arg)
             if old == value or arg not in groups[0]:
                 continue
-            if arg == "lr" and mine and isinstance(old, (int, float)) and old > 0:
+            owner = next((type(s).__name__ for s in built if isinstance(s, OWN_LR)), None)
+            if arg == "lr" and owner:
+                log(f"{key}.args.lr changed since the checkpoint, but {owner} sets the LR from its own args: no effect")
+                continue
+            if arg == "lr" and isinstance(old, (int, float)) and old > 0:  # groups keep their ratios (lr/10 ...)
                 _scale_lr(groups, mine, value / old)
+                scaled = " and the LR schedule restored with it" if mine else ""
                 log(
-                    f"{key}.args.lr changed since the checkpoint ({old} -> {value}): the LR schedule is scaled to "
-                    f"it, the LR is now {groups[0]['lr']:.6g}"
+                    f"{key}.args.lr changed since the checkpoint ({old} -> {value}): every param group's LR is "
+                    f"scaled to it{scaled}; the LR is now {groups[0]['lr']:.6g}"
                 )
                 continue
             for group in groups:

@@ -154,16 +154,22 @@ def read_config(
         cycle = " -> ".join(str(p) for p in (*chain, base_path.resolve()))
         raise UserError(f"{path}: key 'base': the configs inherit from each other in a cycle ({cycle})")
     if not base_path.is_file():
-        raise UserError(f"{path}: key 'base': {base_path}: config file not found")
+        raise UserError(
+            f"{path}: key 'base': {base_path}: config file not found (a base is looked up from the repository)"
+        )
     merged, sources = read_config(base_path, chain, base)
     for key, value in raw.items():
         mixed = isinstance(value, dict) and isinstance(merged.get(key), dict)
         merged[key] = _merge(merged[key], value) if mixed else value
+        mixed = mixed and merged[key] is not value
         sources[key] = [*sources.get(key, []), shown] if mixed else [shown]
     return merged, sources
 
 
 def _merge(base: dict, child: dict) -> dict:
+    """``child`` over ``base``, key by key; an object of another "type" (an optimizer) replaces the base's whole."""
+    if "type" in child and child["type"] != base.get("type"):
+        return child
     out = dict(base)
     for key, value in child.items():
         out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
