@@ -10,6 +10,7 @@ and DQN (one process only; tests/test_dqn.py checks its refusal).
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -141,19 +142,26 @@ def test_shipped_config_under_two_processes_without_shared_storage(name, tmp_pat
     jobs_file.write_text(json.dumps(jobs))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # Its own session: on a timeout the launcher and both workers are killed, none is left waiting.
+    proc = subprocess.Popen(
+        [*cmd, "tests/ddp_jobs.py", str(jobs_file), str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
-        result = subprocess.run(
-            [*cmd, "tests/ddp_jobs.py", str(jobs_file), str(tmp_path)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=420,
-            env=env,
-        )
+        _, err = proc.communicate(timeout=420)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         done = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
-        pytest.fail(f"deadlock: runs done per rank {[len(d) for d in done]} of {len(jobs)}: {jobs[len(done[0])]}")
-    assert result.returncode == 0, result.stderr[-4000:]
+        at = min(min((len(d) for d in done), default=0), len(jobs) - 1)  # the first run not done on every rank
+        pytest.fail(f"deadlock: runs done per rank {[len(d) for d in done]} of {len(jobs)}; hung in {jobs[at]}")
+    outcomes = {p.name: p.read_text()[-2000:] for p in tmp_path.glob("rank*.json")}
+    assert proc.returncode == 0, (err[-3000:], outcomes)
     for rank in (0, 1):
         outcomes = json.loads((tmp_path / f"rank{rank}.json").read_text())
         seen = [next((e for e in expected if e != "ok" and e in o), o) for o in outcomes]
