@@ -93,6 +93,7 @@ class BaseAgent:
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.last_metrics: dict[str, float] = {}
+        self._train_loss: float | None = None  # this process's mean training loss over the epoch (metrics.csv)
         self.monitor_mode, self.monitor_metric = config.monitor.split()  # "max valid/accuracy"
         self.early_stopping = self._new_early_stopping()
         self.status = "started"
@@ -309,7 +310,8 @@ class BaseAgent:
             if metrics:
                 self.last_metrics = metrics
                 self.recorder.scalars(metrics, self.global_step, flush=True)
-                self.recorder.metrics_row({"epoch": self.epoch, "step": self.global_step, **metrics})
+                trained = {"train/loss": self._train_loss} if self._train_loss is not None else {}
+                self.recorder.metrics_row({"epoch": self.epoch, "step": self.global_step, **trained, **metrics})
                 self.recorder.info(f"epoch {self.epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             self._step_schedulers(metrics)
             self._check_early_stop(metrics)
@@ -560,6 +562,7 @@ class BaseAgent:
         if logs:
             scalars = {f"train/{k}": float(v) for k, v in logs.items() if v is not None}
             self.recorder.scalars(scalars, self.global_step)
+        self._train_loss = epoch_mean
         if epoch_mean is not None:
             bar.set_postfix(loss=f"{epoch_mean:.4f}", refresh=False)
         if interrupted:

@@ -499,3 +499,13 @@ def test_pixels_without_pygame_names_it(exps, monkeypatch):
 def test_dqn_refuses_several_processes(exps):
     result = torchrun("main.py", str(CONFIGS / "dqn_exp_0.json"), f"experiments_dir={exps}", ok=False)
     assert "DQNAgent runs in one process; run it without --nproc" in result.stderr
+
+
+def test_no_loss_is_reported_before_the_first_update(exps):
+    """Before learning_starts there is no loss: no NaN in metrics.csv or TensorBoard, and one appears after."""
+    train(DQN, exps, "exp_name=late", *TINY, "learning_starts=300")
+    rows = (exps / "late" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    first, second = (dict(zip(header, row.split(","), strict=True)) for row in rows[1:3])
+    assert first["train/loss"] == "" and float(second["train/loss"]) >= 0
+    assert "nan" not in (exps / "late" / "metrics.csv").read_text().lower()

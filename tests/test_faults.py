@@ -368,3 +368,22 @@ def test_checkpoint_files_load_lazily_by_memory_map(exps):
     assert zipfile.is_zipfile(path)
     mapped = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
     assert_same_tensors(mapped["models"], load(path)["models"])
+
+
+def test_a_finished_run_leaves_no_lock_file_and_the_lock_still_excludes(exps):
+    from utils.recorder import LOCK_NAME, Recorder, _same_file
+
+    train(EXAMPLE, exps, "exp_name=done", "max_epoch=1", "random_size=40")
+    assert (exps / "done" / "summary.json").exists() and not (exps / "done" / LOCK_NAME).exists()
+    first = Recorder(exps / "done", True, name="first")
+    first.lock()
+    opened_before_removal = open(exps / "done" / LOCK_NAME)  # what a starting run may hold as the first ends
+    first.close()
+    assert not (exps / "done" / LOCK_NAME).exists() and not _same_file(opened_before_removal, exps / "done" / LOCK_NAME)
+    opened_before_removal.close()
+    second, third = Recorder(exps / "done", True, "second"), Recorder(exps / "done", True, "third")
+    second.lock()
+    with pytest.raises(UserError, match="another run of this experiment is in progress"):
+        third.lock()
+    second.close()
+    third.close()
