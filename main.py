@@ -27,21 +27,27 @@ from easydict import EasyDict
 
 from agents import config_schemas, get_agent_class
 from utils import distributed
-from utils.config import apply_overrides, read_json, repo_path, to_easydict, validate
+from utils.config import apply_overrides, blame_override, read_json, repo_path, run_config, to_easydict, validate
 from utils.config_reference import keys_command
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 from utils.scaffold import new_command, new_project_command
 
 
 def load_config(path: str, overrides: list[str] = ()) -> tuple[EasyDict, type]:
-    """Read CONFIG, apply overrides, validate against the agent's schema; returns (config, agent class)."""
+    """Read CONFIG (a file, or a run folder: its config.json), apply overrides, validate against the agent's
+    schema; returns (config, agent class). A mistake an override made names the override, not the file."""
+    path, overrides = run_config(path), list(overrides)
     raw = read_json(path)
-    agent = apply_overrides(raw, list(overrides)).get("agent")
-    if not isinstance(agent, str):
-        raise UserError(f"{path}: missing required key 'agent' (a string naming the agent class)")
-    agent_class = get_agent_class(agent, source=path)
-    # One validation of the file and the overrides together: an override may supply a missing key or fix a bad one.
-    config = validate(apply_overrides(raw, list(overrides), agent_class.config_schema), agent_class.config_schema, path)
+    try:
+        agent = apply_overrides(raw, overrides).get("agent")
+        if not isinstance(agent, str):
+            raise UserError(f"{path}: missing required key 'agent' (a string naming the agent class)")
+        agent_class = get_agent_class(agent, source=path)
+        # One validation of the file and the overrides together: an override may supply a missing key or fix a bad one.
+        schema = agent_class.config_schema
+        config = validate(apply_overrides(raw, overrides, schema), schema, path)
+    except UserError as e:
+        raise blame_override(e, path, overrides) from None
     return to_easydict(config), agent_class
 
 

@@ -361,7 +361,7 @@ class BaseAgent:
     def validate(self, loader=None, split: str = "valid", limit: int | None | str = "config") -> dict[str, float]:
         """Evaluate ``loader`` (the validation loader by default) on all ranks.
 
-        ``limit``: batches to evaluate; by default the debug key max_valid_batches (mode=test passes None: all).
+        ``limit``: batches to evaluate; by default the debug key max_valid_batches (mode=test: max_test_batches).
         """
         loader = loader if loader is not None else self.data_loader.valid_loader
         for model in self.models.values():
@@ -383,7 +383,7 @@ class BaseAgent:
         loader = getattr(self.data_loader, "test_loader", None)
         if loader is None:
             raise UserError(f"config: key 'mode': {type(self.data_loader).__name__} has no test split")
-        self._record_test(self.validate(loader, split="test", limit=None), path)
+        self._record_test(self.validate(loader, split="test", limit=self.config.get("max_test_batches")), path)
 
     def predict(self) -> None:
         """mode=predict: outputs from inputs (segmentation masks, generated samples) under out/predict/."""
@@ -628,7 +628,11 @@ class BaseAgent:
         self.recorder.info("test: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         self.last_metrics, self.status = metrics, "tested"
         summary = self.recorder.read_json("summary.json")
-        self.recorder.write_json("summary.json", {**summary, **metrics, "tested_checkpoint": str(path)})
+        # The latest test at the top level; every checkpoint tested keeps its own entry under "tests".
+        where, run = Path(path).resolve(), self.run_dir.resolve()
+        name = str(where.relative_to(run)) if where.is_relative_to(run) else str(where)
+        tests = {**summary.get("tests", {}), name: metrics}
+        self.recorder.write_json("summary.json", {**summary, **metrics, "tested_checkpoint": str(path), "tests": tests})
 
     def _samples_in_epoch(self) -> int:
         """How much of this epoch's global sample order has been trained on (for a mid-epoch resume)."""

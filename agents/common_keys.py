@@ -89,6 +89,7 @@ COMMON_KEYS: dict[str, Key] = {
     "keep_checkpoints": Key(0, int, "how many epoch_N.pth to keep (0: all)", min=0),
     "max_train_batches": Key(None, int, "debug: stop each epoch after N batches", min=1, nullable=True),
     "max_valid_batches": Key(None, int, "debug: validate on N batches", min=1, nullable=True),
+    "max_test_batches": Key(None, int, "mode=test evaluates the first N batches (null: all)", min=1, nullable=True),
     "optimizer": torch_object_key(
         "torch.optim", "optimizer", {"type": "SGD", "args": {"lr": 0.01}}, "a torch.optim class and its arguments"
     ),

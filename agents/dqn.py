@@ -43,6 +43,7 @@ _UNUSED = {
     "max_epoch",
     "max_train_batches",
     "max_valid_batches",
+    "max_test_batches",
     "sync_batchnorm",
     "scheduler",
     "scheduler_interval",

@@ -377,10 +377,10 @@ def test_a_finished_run_leaves_no_lock_file_and_the_lock_still_excludes(exps):
     assert (exps / "done" / "summary.json").exists() and not (exps / "done" / LOCK_NAME).exists()
     first = Recorder(exps / "done", True, name="first")
     first.lock()
-    opened_before_removal = open(exps / "done" / LOCK_NAME)  # what a starting run may hold as the first ends
-    first.close()
-    assert not (exps / "done" / LOCK_NAME).exists() and not _same_file(opened_before_removal, exps / "done" / LOCK_NAME)
-    opened_before_removal.close()
+    with open(exps / "done" / LOCK_NAME) as opened_before_removal:  # what a starting run may hold as it ends
+        first.close()
+        assert not (exps / "done" / LOCK_NAME).exists()
+        assert not _same_file(opened_before_removal, exps / "done" / LOCK_NAME)
     second, third = Recorder(exps / "done", True, "second"), Recorder(exps / "done", True, "third")
     second.lock()
     with pytest.raises(UserError, match="another run of this experiment is in progress"):
