@@ -281,6 +281,9 @@ class BaseAgent:
                     self.best = self.best_epoch = None  # another run's best: this run picks its own best.pth
                     self.early_stopping = self._new_early_stopping()
             self.recorder.write_config(to_plain(self.config))
+            names = getattr(self.data_loader, "class_names", None)  # class folders' names: predictions use them
+            if names and self.recorder.read_json("class_names.json").get("class_names") != names:
+                self.recorder.write_json("class_names.json", {"class_names": names})
             self._progress_at_start = (self.epoch, self.global_step)
             self.train()
         except torch.OutOfMemoryError:

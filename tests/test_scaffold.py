@@ -241,3 +241,18 @@ def test_new_project_registers_only_copied_agents_and_a_broken_registry_line_is_
     broken = run(clean, sys.executable, "main.py", "keys")
     assert broken.returncode == 2 and broken.stderr.count("\n") == 1, broken.stderr
     assert "agent 'GoneAgent' -> 'agents.gone' cannot be imported" in broken.stderr
+
+
+def test_new_says_where_pytest_comes_from_when_it_is_missing(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import utils.scaffold
+
+    target = tmp_path / "project"
+    new_project(target)
+    monkeypatch.setattr(utils.scaffold, "REPO_ROOT", target)
+    monkeypatch.setattr(utils.scaffold, "new_model", lambda name: new_model(name, root=target))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "pytest" else find_spec(name))
+    assert utils.scaffold.new_command(["tulips"]) == 0
+    assert "pip install -r requirements-dev.txt" in capsys.readouterr().out

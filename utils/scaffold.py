@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.util
 import json
 import keyword
 import re
@@ -326,7 +327,8 @@ def new_project(
         target.rmdir()
     _copy_tree(source, target)
     init_file = target / "agents" / "__init__.py"
-    if init_file.is_file():  # the registry of what was copied: not agents made here and never committed
+    if init_file.is_file() and "AGENTS" in init_file.read_text():  # the registry of what was copied (not agents
+        # made with `main.py new` and never committed: git does not list their files)
         absent = {m for m in registry_entries(init_file).values() if not _module_file(target, m).is_file()}
         init_file.write_text(_unregister(init_file.read_text(), absent))
     if not without_examples:
@@ -406,9 +408,18 @@ def new_command(argv: list[str]) -> int:
     for path in new_model(args.name):
         sys.stdout.write(f"wrote {path.relative_to(REPO_ROOT)}\n")
     sys.stdout.write(
-        f"train it: ./run.sh configs/{args.name}_exp_0.json    test it: python -m pytest -q tests/test_{args.name}.py\n"
+        f"train it: ./run.sh configs/{args.name}_exp_0.json    test it: python -m pytest -q tests/test_{args.name}.py"
+        + pytest_hint()
+        + "\n"
     )
     return 0
+
+
+def pytest_hint() -> str:
+    """Where pytest comes from, when this Python lacks it (requirements.txt alone does not install it)."""
+    if importlib.util.find_spec("pytest") is not None:
+        return ""
+    return " (pytest is a test tool: .venv/bin/pip install -r requirements-dev.txt)"
 
 
 def new_project_command(schemas: Callable[[], dict[str, dict[str, Key]]], argv: list[str]) -> int:
