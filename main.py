@@ -26,7 +26,6 @@ from pathlib import Path
 from easydict import EasyDict
 
 from agents import config_schemas, get_agent_class
-from utils import distributed
 from utils.config import apply_overrides, blame_override, read_json, repo_path, run_config, to_easydict, validate
 from utils.config_reference import keys_command
 from utils.errors import RunInterrupted, TrainingStopped, UserError
@@ -216,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--nproc: expected a positive integer, got {nproc}")
         if nproc > 1:
             config, _ = load_config(args.config, args.overrides)  # a mistake is one line here, not one per process
+            from utils import distributed  # imports torch: after the config's check, inside Ctrl-C's handling
+
             started = time.time() - 1  # file times may be rounded down to the second
             code = distributed.launch(nproc, [__file__, args.config, *args.overrides])
             if code == 130 and not _saved_after_signal(config, started):
@@ -239,4 +240,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C before a run's own handler is installed (while torch is imported)
+        sys.exit(_fail("interrupted", 130))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -37,7 +38,7 @@ from utils.errors import RunInterrupted, TrainingStopped, UserError
 from utils.metrics import Accuracy, LossSums, Mean, Metric
 from utils.profiler import StepProfiler
 from utils.recorder import Recorder
-from utils.schedules import build_scheduler
+from utils.schedules import build_scheduler, uses_total
 from utils.seeding import derive_seed, seed_everything
 
 
@@ -104,6 +105,7 @@ class BaseAgent:
         self._wall_before = 0.0
         self._started = time.time()
         self._stop_signal: int | None = None
+        self._pid = os.getpid()  # the process whose signal handler saves (not a forked loader worker)
 
     # ----- building blocks for subclasses -----------------------------------------------------
 
@@ -462,7 +464,8 @@ class BaseAgent:
         self._resume_samples = state.get("samples_in_epoch", 0) if self.batch_in_epoch else 0
         self._log_layout_change(state)
         old_total = state.get("schedule_total")
-        if self.schedulers and old_total is not None and old_total != self._schedule_total:
+        read_total = any(uses_total(self.config[key]) for _, key in self._scheduler_specs.values())
+        if read_total and old_total is not None and old_total != self._schedule_total:
             self.recorder.warning(
                 f"the run's length changed since it began ({old_total} -> {self._schedule_total} scheduler steps): "
                 'the restored LR schedule keeps the length it was built with (a "total" argument is not re-read)'
@@ -482,8 +485,7 @@ class BaseAgent:
         else:  # saved by another number of processes: fresh streams per rank, still reproducible
             self._seed_rank(step=self.global_step)
         self.recorder.truncate_metrics(after_epoch=self.epoch)
-        where = f"epoch {self.epoch}" + (f", batch {self.batch_in_epoch}" if self.batch_in_epoch else "")
-        self.recorder.info(f"resumed from {path} at {where} (step {self.global_step})")
+        self.recorder.info(f"resumed from {path} {self._where()}, step {self.global_step}")
         if self.epoch >= self.max_epochs() and not self.batch_in_epoch:
             self.recorder.info(
                 f"already trained ({self.epoch} epochs, step {self.global_step}): raise {self.length_key} to continue"
@@ -676,7 +678,15 @@ class BaseAgent:
             )
             self.recorder.info(f"data: data_mode={cfg.data_mode} from {type(self.data_loader).__name__}: {sizes}")
 
+    def _where(self) -> str:
+        """Where training stands, numbered as the progress bar numbers epochs: 'in epoch 2 after batch 6'."""
+        if self.batch_in_epoch:
+            return f"in epoch {self.epoch + 1} after batch {self.batch_in_epoch}"
+        return f"after epoch {self.epoch}"
+
     def _on_signal(self, signum: int, frame) -> None:
+        if os.getpid() != self._pid:  # a loader worker (forked with this handler): the main process saves
+            return
         # A second Ctrl-C stops at once -- except under torchrun, which passes on the signal it got
         # itself after the terminal's (and kills the workers if they take too long).
         if self._stop_signal is not None and not distributed.launched_by_torchrun():
@@ -693,7 +703,7 @@ class BaseAgent:
         self.save_checkpoint()
         self.status = "interrupted"
         raise RunInterrupted(
-            f"stopped by {signal.Signals(self._stop_signal or signal.SIGINT).name} at epoch {self.epoch + 1}, "
+            f"stopped by {signal.Signals(self._stop_signal or signal.SIGINT).name} {self._where()}, "
             f"step {self.global_step}; checkpoint saved to {self.checkpoint_dir / 'last.pth'}: "
             "run the same command to resume"
         )

@@ -387,3 +387,18 @@ def test_a_finished_run_leaves_no_lock_file_and_the_lock_still_excludes(exps):
         third.lock()
     second.close()
     third.close()
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(exps):
+    """Ctrl-C while torch is still being imported: no traceback, the same exit code as a saved interrupt."""
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", str(EXAMPLE), f"experiments_dir={exps}"],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.4)  # importing torch takes seconds
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "interrupted"

@@ -102,9 +102,31 @@ def restore_models(path: Path, state: dict, models: dict[str, torch.nn.Module], 
         try:
             if weights is None:
                 raise KeyError(f"no model '{name}' in the checkpoint (it has {', '.join(state['models'])})")
+            differs = model_difference(weights, model.state_dict())
+            if differs:
+                raise UserError(
+                    f"{path}: model '{name}' differs from the checkpoint's: {differs}; a different model needs "
+                    "its own run (a new exp_name), or this run's config as it was"
+                )
             model.load_state_dict(weights)
         except (RuntimeError, KeyError) as e:
             raise UserError(f"{path}: model '{name}' does not match the config's model: {mismatch(e)}") from None
+
+
+def model_difference(saved: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> str | None:
+    """'N tensors, e.g. features.0.weight (16, 1, 3, 3) -> (32, 1, 3, 3)': how the model differs from the saved
+    weights (shapes, missing and extra tensors), or None when they fit."""
+    shapes = [
+        f"{k} {tuple(saved[k].shape)} -> {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in saved and saved[k].shape != v.shape
+    ]
+    missing = [f"{k} not in the checkpoint" for k in own if k not in saved]
+    extra = [f"{k} not in the model" for k in saved if k not in own]
+    found = shapes + missing + extra
+    if not found:
+        return None
+    return f"{len(found)} tensor{'s' if len(found) > 1 else ''} (checkpoint -> config), e.g. {found[0]}"
 
 
 def restore(
