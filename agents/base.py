@@ -676,7 +676,13 @@ class BaseAgent:
                 for split in ("train", "valid", "test")
                 if (loader := getattr(self.data_loader, f"{split}_loader", None)) is not None
             )
-            self.recorder.info(f"data: data_mode={cfg.data_mode} from {type(self.data_loader).__name__}: {sizes}")
+            workers = getattr(getattr(self.data_loader, "train_loader", None), "num_workers", None)
+            chosen = (
+                f"; num_workers auto: {workers}" if cfg.get("num_workers") == "auto" and workers is not None else ""
+            )
+            self.recorder.info(
+                f"data: data_mode={cfg.data_mode} from {type(self.data_loader).__name__}: {sizes}{chosen}"
+            )
 
     def _where(self) -> str:
         """Where training stands, numbered as the progress bar numbers epochs: 'in epoch 2 after batch 6'."""

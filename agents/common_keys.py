@@ -12,6 +12,7 @@ from utils.config import (
     check_device,
     check_monitor,
     check_resume,
+    check_workers,
     plain_name,
     relative_path,
     torch_object_key,
@@ -56,7 +57,12 @@ COMMON_KEYS: dict[str, Key] = {
     ),
     "batch_size": Key(64, int, "per process: the global batch is batch_size x processes", min=1, max=2**20),
     "accumulate_grad_batches": Key(1, int, "batches per optimizer step (gradients summed, loss averaged)", min=1),
-    "num_workers": Key(0, int, "data-loader worker processes", min=0, max=128),
+    "num_workers": Key(
+        0,
+        (int, str),
+        'data-loader worker processes; "auto": one per core this process may use, less one (0 with one core)',
+        check=check_workers,
+    ),
     "amp": Key(
         None,
         str,

@@ -257,6 +257,13 @@ def check_monitor(value: str, where: str, source: str) -> None:
         raise UserError(f"{source}: key '{where}': expected 'max <metric>' or 'min <metric>', got {value!r}")
 
 
+def check_workers(value: int | str, where: str, source: str) -> None:
+    if value != "auto" and (isinstance(value, str) or not 0 <= value <= 128):
+        raise UserError(
+            f"{source}: key '{where}': expected \"auto\" or a number of processes from 0 to 128, got {value!r}"
+        )
+
+
 def check_resume(value: Any, where: str, source: str) -> None:
     if value is True or (isinstance(value, str) and not value.strip()):
         raise UserError(f"{source}: key '{where}': expected \"auto\", false or a checkpoint path, got {value!r}")
