@@ -35,8 +35,11 @@ from utils.scaffold import new_command, new_project_command
 def load_config(path: str, overrides: list[str] = ()) -> tuple[EasyDict, type]:
     """Read CONFIG (a file, or a run folder: its config.json), apply overrides, validate against the agent's
     schema; returns (config, agent class). A mistake an override made names the override, not the file."""
-    path, overrides = run_config(path), list(overrides)
+    folder, overrides = Path(path).is_dir(), list(overrides)
+    path = run_config(path)
     raw = read_json(path)
+    if folder:  # the run's own checkpoints (not those its training may have started from): best.pth, last.pth
+        raw["resume"] = "auto"
     try:
         agent = apply_overrides(raw, overrides).get("agent")
         if not isinstance(agent, str):

@@ -110,6 +110,23 @@ def test_a_run_folder_stands_for_its_own_config(tmp_path, capsys):
     assert main.main([str(run), "mode=test"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert "test/accuracy" in summary and summary["epochs"] == 1
+    # A run started from another run's checkpoint: its folder still means its own best.pth.
+    assert (
+        main.main(
+            [
+                str(CONFIGS / "example_exp_0.json"),
+                *overrides[:1],
+                "exp_name=child",
+                *overrides[2:],
+                "max_epoch=2",
+                f"resume={run / 'checkpoints' / 'last.pth'}",
+            ]
+        )
+        == 0
+    )
+    assert main.main([str(tmp_path / "child"), "mode=test"]) == 0
+    tested = json.loads((tmp_path / "child" / "summary.json").read_text())["tested_checkpoint"]
+    assert tested == str(tmp_path / "child" / "checkpoints" / "best.pth")
     code, err = exit_of([str(tmp_path), "mode=test"], capsys)  # a folder that is no run
     assert code == 2 and "a folder without config.json" in err
 
