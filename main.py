@@ -27,26 +27,42 @@ from easydict import EasyDict
 
 from agents import config_schemas, get_agent_class
 from agents.common_keys import COMMON_KEYS
-from utils import distributed
-from utils.config import apply_overrides, read_config, repo_path, to_easydict, validate
+from utils.config import (
+    apply_overrides,
+    blame_override,
+    read_config,
+    repo_path,
+    run_config,
+    to_easydict,
+    validate,
+)
 from utils.config_reference import keys_command
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 from utils.scaffold import new_command, new_project_command
 
 
 def load_config(path: str, overrides: list[str] = ()) -> tuple[EasyDict, type]:
-    """Read CONFIG, apply overrides, validate against the agent's schema; returns (config, agent class)."""
+    """Read CONFIG (a file with its "base" chain, or a run folder: its config.json), apply overrides, validate
+    against the agent's schema; returns (config, agent class). A mistake an override made names the override."""
+    folder, overrides = Path(path).is_dir(), list(overrides)
+    path = run_config(path)
     raw, _ = read_config(path)
-    agent = apply_overrides(raw, list(overrides)).get("agent")
-    if not isinstance(agent, str):
-        raise UserError(f"{path}: missing required key 'agent' (a string naming the agent class)")
-    agent_class = get_agent_class(agent, source=path)
-    for key in apply_overrides(raw, list(overrides)):
-        if key in COMMON_KEYS and key not in agent_class.config_schema:  # a did-you-mean would mislead here
-            where = path if key in raw else "command line"
-            raise UserError(f"{where}: key '{key}' does not apply to {agent_class.__name__} (not read); remove it")
-    # One validation of the file and the overrides together: an override may supply a missing key or fix a bad one.
-    config = validate(apply_overrides(raw, list(overrides), agent_class.config_schema), agent_class.config_schema, path)
+    if folder:  # the run's own checkpoints (not those its training may have started from): best.pth, last.pth
+        raw["resume"] = "auto"
+    try:
+        agent = apply_overrides(raw, overrides).get("agent")
+        if not isinstance(agent, str):
+            raise UserError(f"{path}: missing required key 'agent' (a string naming the agent class)")
+        agent_class = get_agent_class(agent, source=path)
+        schema = agent_class.config_schema
+        for key in apply_overrides(raw, overrides):
+            if key in COMMON_KEYS and key not in schema:  # a did-you-mean would mislead here
+                where = path if key in raw else "command line"
+                raise UserError(f"{where}: key '{key}' does not apply to {agent_class.__name__} (not read); remove it")
+        # One validation of the file and the overrides together: an override may supply a missing key or fix a bad one.
+        config = validate(apply_overrides(raw, overrides, schema), schema, path)
+    except UserError as e:
+        raise blame_override(e, path, overrides) from None
     return to_easydict(config), agent_class
 
 
@@ -99,7 +115,7 @@ def _fail(message: str, code: int) -> int:
 def describe_keys(path: str, overrides: list[str] = ()) -> str:
     """Every key the config's agent reads: its value in this config, and what it means."""
     config, agent_class = load_config(path, overrides)
-    _, sources = read_config(path)
+    _, sources = read_config(run_config(path))
     for text in overrides:
         key, nested = text.partition("=")[0].split(".")[0], "." in text.partition("=")[0]
         sources[key] = [*sources.get(key, []), "command line"] if nested else ["command line"]
@@ -220,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--nproc: expected a positive integer, got {nproc}")
         if nproc > 1:
             config, _ = load_config(args.config, args.overrides)  # a mistake is one line here, not one per process
+            from utils import distributed  # imports torch: after the config's check, inside Ctrl-C's handling
+
             started = time.time() - 1  # file times may be rounded down to the second
             code = distributed.launch(nproc, [__file__, args.config, *args.overrides])
             if code == 130 and config.mode == "train" and not _saved_after_signal(config, started):
@@ -243,4 +261,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C before a run's own handler is installed (while torch is imported)
+        sys.exit(_fail("interrupted", 130))

@@ -31,7 +31,11 @@ def get_agent_class(name: str, source: str = "config") -> type:
             f"{source}: key 'agent': unknown agent '{name}'{did_you_mean(name, list(AGENTS))}; "
             f"known: {', '.join(AGENTS)}"
         )
-    return getattr(importlib.import_module(AGENTS[name]), name)
+    try:
+        module = importlib.import_module(AGENTS[name])
+    except ImportError as e:  # a registry line whose file is gone, or a package the agent needs is missing
+        raise UserError(f"agents/__init__.py: agent '{name}' -> '{AGENTS[name]}' cannot be imported: {e}") from None
+    return getattr(module, name)
 
 
 def config_schemas() -> dict[str, dict]:

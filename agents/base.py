@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 import signal
 import time
@@ -95,6 +96,7 @@ class BaseAgent:
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.last_metrics: dict[str, float] = {}
+        self._train_loss: float | None = None  # this process's mean training loss over the epoch (metrics.csv)
         self.monitor_mode, self.monitor_metric = config.monitor.split()  # "max valid/accuracy"
         self.early_stopping = self._new_early_stopping()
         self.status = "started"
@@ -105,6 +107,7 @@ class BaseAgent:
         self._wall_before = 0.0
         self._started = time.time()
         self._stop_signal: int | None = None
+        self._pid = os.getpid()  # the process whose signal handler saves (not a forked loader worker)
 
     # ----- building blocks for subclasses -----------------------------------------------------
 
@@ -287,6 +290,9 @@ class BaseAgent:
                     self.best = self.best_epoch = None  # another run's best: this run picks its own best.pth
                     self.early_stopping = self._new_early_stopping()
             self.recorder.write_config(to_plain(self.config))
+            names = getattr(self.data_loader, "class_names", None)  # class folders' names: predictions use them
+            if names and self.recorder.read_json("class_names.json").get("class_names") != names:
+                self.recorder.write_json("class_names.json", {"class_names": names})
             self._progress_at_start = (self.epoch, self.global_step)
             self.train()
         except torch.OutOfMemoryError:
@@ -316,7 +322,8 @@ class BaseAgent:
             if metrics:
                 self.last_metrics = metrics
                 self.recorder.scalars(metrics, self.global_step, flush=True)
-                self.recorder.metrics_row({"epoch": self.epoch, "step": self.global_step, **metrics})
+                trained = {"train/loss": self._train_loss} if self._train_loss is not None else {}
+                self.recorder.metrics_row({"epoch": self.epoch, "step": self.global_step, **trained, **metrics})
                 self.recorder.info(f"epoch {self.epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             self._step_schedulers(metrics)
             self._check_early_stop(metrics)
@@ -366,7 +373,7 @@ class BaseAgent:
     def validate(self, loader=None, split: str = "valid", limit: int | None | str = "config") -> dict[str, float]:
         """Evaluate ``loader`` (the validation loader by default) on all ranks.
 
-        ``limit``: batches to evaluate; by default the debug key max_valid_batches (mode=test passes None: all).
+        ``limit``: batches to evaluate; by default the debug key max_valid_batches (mode=test: max_test_batches).
         """
         loader = loader if loader is not None else self.data_loader.valid_loader
         for model in self.models.values():
@@ -388,7 +395,7 @@ class BaseAgent:
         loader = getattr(self.data_loader, "test_loader", None)
         if loader is None:
             raise UserError(f"config: key 'mode': {type(self.data_loader).__name__} has no test split")
-        self._record_test(self.validate(loader, split="test", limit=None), path)
+        self._record_test(self.validate(loader, split="test", limit=self.config.get("max_test_batches")), path)
 
     def predict(self) -> None:
         """mode=predict: outputs from inputs (segmentation masks, generated samples) under out/predict/."""
@@ -498,8 +505,7 @@ class BaseAgent:
         else:  # saved by another number of processes: fresh streams per rank, still reproducible
             self._seed_rank(step=self.global_step)
         self.recorder.truncate_metrics(after_epoch=self.epoch)
-        where = f"epoch {self.epoch}" + (f", batch {self.batch_in_epoch}" if self.batch_in_epoch else "")
-        self.recorder.info(f"resumed from {path} at {where} (step {self.global_step})")
+        self.recorder.info(f"resumed from {path} {self._where()}, step {self.global_step}")
         if self.epoch >= self.max_epochs() and not self.batch_in_epoch:
             self.recorder.info(
                 f"already trained ({self.epoch} epochs, step {self.global_step}): raise {self.length_key} to continue"
@@ -613,6 +619,7 @@ class BaseAgent:
         if logs:
             scalars = {f"train/{k}": float(v) for k, v in logs.items() if v is not None}
             self.recorder.scalars(scalars, self.global_step)
+        self._train_loss = epoch_mean
         if epoch_mean is not None:
             bar.set_postfix(loss=f"{epoch_mean:.4f}", refresh=False)
         if interrupted:
@@ -683,7 +690,11 @@ class BaseAgent:
         self.recorder.info("test: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         self.last_metrics, self.status = metrics, "tested"
         summary = self.recorder.read_json("summary.json")
-        self.recorder.write_json("summary.json", {**summary, **metrics, "tested_checkpoint": str(path)})
+        # The latest test at the top level; every checkpoint tested keeps its own entry under "tests".
+        where, run = Path(path).resolve(), self.run_dir.resolve()
+        name = str(where.relative_to(run)) if where.is_relative_to(run) else str(where)
+        tests = {**summary.get("tests", {}), name: metrics}
+        self.recorder.write_json("summary.json", {**summary, **metrics, "tested_checkpoint": str(path), "tests": tests})
 
     def _samples_in_epoch(self) -> int:
         """How much of this epoch's global sample order has been trained on (for a mid-epoch resume)."""
@@ -722,9 +733,23 @@ class BaseAgent:
                 for split in ("train", "valid", "test")
                 if (loader := getattr(self.data_loader, f"{split}_loader", None)) is not None
             )
-            self.recorder.info(f"data: data_mode={cfg.data_mode} from {type(self.data_loader).__name__}: {sizes}")
+            workers = getattr(getattr(self.data_loader, "train_loader", None), "num_workers", None)
+            chosen = (
+                f"; num_workers auto: {workers}" if cfg.get("num_workers") == "auto" and workers is not None else ""
+            )
+            self.recorder.info(
+                f"data: data_mode={cfg.data_mode} from {type(self.data_loader).__name__}: {sizes}{chosen}"
+            )
+
+    def _where(self) -> str:
+        """Where training stands, numbered as the progress bar numbers epochs: 'in epoch 2 after batch 6'."""
+        if self.batch_in_epoch:
+            return f"in epoch {self.epoch + 1} after batch {self.batch_in_epoch}"
+        return f"after epoch {self.epoch}"
 
     def _on_signal(self, signum: int, frame) -> None:
+        if os.getpid() != self._pid:  # a loader worker (forked with this handler): the main process saves
+            return
         # A second Ctrl-C stops at once -- except under torchrun, which passes on the signal it got
         # itself after the terminal's (and kills the workers if they take too long).
         if self._stop_signal is not None and not distributed.launched_by_torchrun():
@@ -745,7 +770,7 @@ class BaseAgent:
         self.save_checkpoint()
         self.status = "interrupted"
         raise RunInterrupted(
-            f"stopped by {signal.Signals(self._stop_signal or signal.SIGINT).name} at epoch {self.epoch + 1}, "
+            f"stopped by {signal.Signals(self._stop_signal or signal.SIGINT).name} {self._where()}, "
             f"step {self.global_step}; checkpoint saved to {self.checkpoint_dir / 'last.pth'}: "
             "run the same command to resume"
         )

@@ -12,6 +12,7 @@ from utils.config import (
     check_device,
     check_monitor,
     check_resume,
+    check_workers,
     plain_name,
     relative_path,
     torch_object_key,
@@ -56,7 +57,12 @@ COMMON_KEYS: dict[str, Key] = {
     ),
     "batch_size": Key(64, int, "per process: the global batch is batch_size x processes", min=1, max=2**20),
     "accumulate_grad_batches": Key(1, int, "batches per optimizer step (gradients summed, loss averaged)", min=1),
-    "num_workers": Key(0, int, "data-loader worker processes", min=0, max=128),
+    "num_workers": Key(
+        0,
+        (int, str),
+        'data-loader worker processes; "auto": one per core this process may use, less one (0 with one core)',
+        check=check_workers,
+    ),
     "amp": Key(
         None,
         str,
@@ -89,6 +95,7 @@ COMMON_KEYS: dict[str, Key] = {
     "keep_checkpoints": Key(0, int, "how many epoch_N.pth to keep (0: all)", min=0),
     "max_train_batches": Key(None, int, "debug: stop each epoch after N batches", min=1, nullable=True),
     "max_valid_batches": Key(None, int, "debug: validate on N batches", min=1, nullable=True),
+    "max_test_batches": Key(None, int, "mode=test evaluates the first N batches (null: all)", min=1, nullable=True),
     "optimizer": torch_object_key(
         "torch.optim", "optimizer", {"type": "SGD", "args": {"lr": 0.01}}, "a torch.optim class and its arguments"
     ),

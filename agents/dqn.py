@@ -43,6 +43,7 @@ _UNUSED = {
     "max_epoch",
     "max_train_batches",
     "max_valid_batches",
+    "max_test_batches",
     "sync_batchnorm",
     "scheduler",
     "scheduler_interval",
@@ -362,15 +363,17 @@ class DQNAgent(BaseAgent):
 
     def training_stats(self) -> dict[str, float]:
         """What validate reports about training itself (no evaluation needed)."""
-        return {
-            "train/mean_return_100": float(np.mean(self.recent_returns)) if self.recent_returns else math.nan,
-            "train/epsilon": self.epsilon(self.global_step),
-            "train/loss": self.last_loss if self.last_loss is not None else math.nan,
-            "train/episodes": float(self.episodes),
-        }
+        stats = {"train/epsilon": self.epsilon(self.global_step), "train/episodes": float(self.episodes)}
+        # Nothing before there is something to report (no NaN in TensorBoard or metrics.csv): no episode
+        # ended yet, no update made yet (learning_starts).
+        if self.recent_returns:
+            stats["train/mean_return_100"] = float(np.mean(self.recent_returns))
+        if self.last_loss is not None:
+            stats["train/loss"] = self.last_loss
+        return stats
 
     def metric_names(self) -> list[str]:
-        return [SCREEN, SOLVE, *self.training_stats()]
+        return [SCREEN, SOLVE, "train/epsilon", "train/episodes", "train/mean_return_100", "train/loss"]
 
     def validate(self) -> dict[str, float]:
         c = self.config

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -81,7 +82,7 @@ class ERFNetAgent(BaseAgent):
         self.make_scheduler(self.optimizer)
         self.class_iou: dict[str, float | None] = {}
         self._matrix: ConfusionMatrix | None = None  # the confusion matrix of the validation under way
-        self._shown: list[torch.Tensor] = []  # rows of the validation picture
+        self._shown: list[list[torch.Tensor]] = []  # rows (image, truth, prediction) of the validation picture
 
     # ----- building -------------------------------------------------------------------------
 
@@ -147,7 +148,7 @@ class ERFNetAgent(BaseAgent):
         prediction = scores.argmax(dim=1)
         metrics["mean_iou"].update(prediction, y)
         for i in range(min(len(x), self.config.show_images - len(self._shown))):
-            self._shown.append(torch.cat([to_uint8(x[i]), colourise(y[i]), colourise(prediction[i])], dim=2).cpu())
+            self._shown.append([to_uint8(x[i]).cpu(), colourise(y[i]).cpu(), colourise(prediction[i]).cpu()])
 
     def validate(self, loader=None, split: str = "valid", limit: int | None | str = "config") -> dict[str, float]:
         """BaseAgent's validation, plus pixel accuracy, per-class IoU (logged) and the picture of a few images."""
@@ -160,7 +161,9 @@ class ERFNetAgent(BaseAgent):
         self.recorder.info(f"{split} IoU per class (absent classes left out): {shown}")
         if self._shown:
             file = f"valid_epoch_{self.epoch:03d}.png" if split == "valid" else f"{split}.png"
-            self.recorder.image(f"{split}/image_truth_prediction", stack_rows(self._shown), self.global_step, file=file)
+            self.recorder.image(
+                f"{split}/image_truth_prediction", labelled_grid(self._shown), self.global_step, file=file
+            )
             self._shown = []
         return results
 
@@ -240,7 +243,20 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
     return (image.float() * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8)
 
 
-def stack_rows(rows: list[torch.Tensor]) -> torch.Tensor:
-    """uint8 images (3, h_i, w_i) one below the other, padded with black to the widest."""
-    width = max(r.shape[-1] for r in rows)
-    return torch.cat([nn.functional.pad(r, (0, width - r.shape[-1])) for r in rows], dim=1)
+COLUMNS = ("image", "truth", "prediction")
+LABEL_HEIGHT = 14  # pixels of the header that names the columns
+
+
+def labelled_grid(rows: list[list[torch.Tensor]]) -> torch.Tensor:
+    """Rows of uint8 panels (3, h, w) in columns as wide as the widest panel (padded with black), under a
+    header naming the columns (COLUMNS)."""
+    from PIL import ImageDraw
+
+    width = max(p.shape[-1] for row in rows for p in row)
+    header = Image.new("RGB", (width * len(COLUMNS), LABEL_HEIGHT))
+    draw = ImageDraw.Draw(header)
+    for i, label in enumerate(COLUMNS):
+        draw.text((i * width + 3, 1), label, fill=(255, 255, 255))
+    lines = [torch.from_numpy(np.asarray(header)).permute(2, 0, 1)]
+    lines += [torch.cat([nn.functional.pad(p, (0, width - p.shape[-1])) for p in row], dim=2) for row in rows]
+    return torch.cat(lines, dim=1)

@@ -26,13 +26,15 @@ class ExampleAgent(BaseAgent):
 
     def __init__(self, config) -> None:
         super().__init__(config)
+        # Your data: an object with train_loader and valid_loader (and test_loader, optionally). Built first:
+        # the model's output size is its number of classes; its class_names are kept with the run.
+        self.data_loader = ExampleDataLoader(config)
         # Your model: prepare_model moves it to the device and wraps it for DDP.
-        model = Example(config.channels, config.hidden, config.num_classes, config.image_size)
+        num_classes = self.data_loader.num_classes
+        model = Example(config.channels, config.hidden, num_classes, config.image_size)
         self.model = self.prepare_model(model)
         # Your loss; BaseAgent.train_step calls self.loss(self.model(x), y).
         self.loss = nn.CrossEntropyLoss()
         # Optimizer and scheduler come from the config's {"type", "args"}.
         self.optimizer = self.make_optimizer(self.model.parameters())
         self.scheduler = self.make_scheduler(self.optimizer)
-        # Your data: an object with train_loader and valid_loader (and test_loader, optionally).
-        self.data_loader = ExampleDataLoader(config)

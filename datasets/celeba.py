@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from datasets.common import fetched_root
+from datasets.common import fetched_root, held_out
 from datasets.image_files import SKIP_BAD_FILES, ImageFiles, image_files
 from utils.config import Key, relative_path
 from utils.data import TensorBatches, make_loader
@@ -118,15 +118,7 @@ class CelebADataLoader:
     @staticmethod
     def split(dataset: ImageFiles | TensorBatches, valid_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
         """(train, held-out): a random ``valid_fraction`` of the samples (at least one), fixed by ``seed``."""
-        n = len(dataset)
-        n_valid = max(1, round(valid_fraction * n))
-        if n_valid >= n:
-            raise UserError(
-                f"config: key 'valid_fraction': {valid_fraction} of {n} images leaves none for training "
-                "(add images or lower valid_fraction)"
-            )
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, "celeba", "held-out")))
-        valid, train = sorted(order[:n_valid].tolist()), sorted(order[n_valid:].tolist())
+        train, valid = held_out(len(dataset), valid_fraction, seed, "celeba")
         if isinstance(dataset, TensorBatches):  # stays batched: a few gathers per batch
             images = dataset.tensors[0]
             return TensorBatches(images[train]), TensorBatches(images[valid])

@@ -10,6 +10,7 @@ import torch
 from utils import distributed
 from utils.config import repo_path
 from utils.errors import UserError
+from utils.seeding import derive_seed
 
 
 def data_root(config) -> Path:
@@ -25,6 +26,17 @@ def fetched_root(config, download: Callable[[Path], None]) -> Path:
         with distributed.main_first():
             download(root)
     return root
+
+
+def held_out(n: int, fraction: float, seed: int, name: str, key: str = "valid_fraction") -> tuple[list, list]:
+    """(training indices, held-out indices) of ``n`` samples: a ``fraction`` (at least one), fixed by ``seed``."""
+    n_valid = max(1, round(fraction * n))
+    if n_valid >= n:
+        raise UserError(
+            f"config: key '{key}': {fraction} of {n} images leaves none for training (add images or lower {key})"
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, name, "held-out")))
+    return sorted(order[n_valid:].tolist()), sorted(order[:n_valid].tolist())
 
 
 def missing(path: Path, what: str, how: str) -> UserError:

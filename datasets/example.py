@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-from datasets.common import data_root, random_images
+from datasets.common import data_root, held_out, random_images
 from datasets.image_files import SKIP_BAD_FILES, ImageFiles, class_folders
 from utils.config import Key
 from utils.data import TensorBatches, make_loader
@@ -23,19 +23,33 @@ def _to_float(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
 
 
 class ExampleDataLoader:
+    """``train_loader``, ``valid_loader`` (and ``test_loader`` with mode=test), ``num_classes``, and
+    ``class_names`` (the class folders' names; None for synthetic images)."""
+
     config_schema = {
         "image_size": Key(32, int, "images are resized to image_size x image_size", min=4, max=1024),
         "channels": Key(3, int, "image channels: 3 (RGB) or 1 (grey)", choices=(1, 3)),
-        "num_classes": Key(4, int, "number of classes (folder mode: the number of class folders)", min=2, max=1000),
+        "num_classes": Key(
+            None, int, "number of classes (null: the class folders' count; random data: 4)", min=2, max=1000
+        ),
+        "valid_fraction": Key(
+            0.2,
+            float,
+            "folder mode without a valid/ folder: this part of train/ (chosen by the seed) validates",
+            min=1e-6,
+            max=0.5,
+        ),
         "random_size": Key(640, int, "data_mode=random: number of synthetic images", min=3, max=20_000),
         "skip_bad_files": SKIP_BAD_FILES,
     }
 
     def __init__(self, config) -> None:
+        self.class_names: list[str] | None = None
         # mode=test reads only the test split; training reads train and valid.
         splits = ("test",) if config.mode == "test" else ("train", "valid")
         if config.data_mode == "random":
-            data = self._random(config)
+            self.num_classes = config.num_classes or 4
+            data = self._random(config, self.num_classes)
         elif config.data_mode == "folder":
             data = self._folders(config, splits)
         else:
@@ -48,10 +62,10 @@ class ExampleDataLoader:
             self.test_loader = make_loader(data["test"], config.batch_size, train=False, **kwargs)
 
     @staticmethod
-    def _random(config) -> dict[str, TensorBatches]:
+    def _random(config, num_classes: int) -> dict[str, TensorBatches]:
         """Images with a class pattern plus noise: a learnable signal, so a smoke run shows the loss falling."""
         shape = (config.channels, config.image_size, config.image_size)
-        images, labels = random_images(config.random_size, shape, config.num_classes, config.seed)
+        images, labels = random_images(config.random_size, shape, num_classes, config.seed)
         n = max(1, len(images) // 5)  # a fifth each for valid and test
         return {
             "train": TensorBatches(images[2 * n :], labels[2 * n :], transform=_to_float),
@@ -59,25 +73,36 @@ class ExampleDataLoader:
             "test": TensorBatches(images[n : 2 * n], labels[n : 2 * n], transform=_to_float),
         }
 
-    @staticmethod
-    def _folders(config, splits: tuple[str, ...]) -> dict[str, ImageFiles]:
-        """data_root/example/<split>/<class>/<image>: any image format PIL reads."""
+    def _folders(self, config, splits: tuple[str, ...]) -> dict[str, ImageFiles]:
+        """data_root/example/<split>/<class>/<image>: any image format PIL reads.
+
+        Without a valid/ folder, valid_fraction of train/ validates."""
         root = data_root(config) / "example"
-        how = f"Put your images in {root}/<split>/<class>/ (splits: train, valid, test), or use data_mode=random."
+        how = (
+            f"Put your images in {root}/<split>/<class>/ (train/, and valid/ and test/ if you have them), "
+            "or use data_mode=random."
+        )
         size, mode = config.image_size, "RGB" if config.channels == 3 else "L"
         transform = v2.Compose([v2.Resize((size, size)), v2.ToDtype(torch.float32, scale=True)])
+        if "valid" in splits and not (root / "valid").exists():
+            splits = ("train",)
         data, class_names = {}, {}
         for split in splits:
             samples, class_names[split] = class_folders(root / split, how)
-            if len(class_names[split]) != config.num_classes:
-                raise UserError(
-                    f"{root / split}: {len(class_names[split])} class folders, the config's num_classes is "
-                    f"{config.num_classes} (set num_classes={len(class_names[split])}?)"
-                )
             if class_names[split] != class_names[splits[0]]:
                 raise UserError(
                     f"{root}: {splits[0]} and {split} have different class folders "
                     f"({', '.join(class_names[splits[0]])} vs {', '.join(class_names[split])})"
                 )
             data[split] = ImageFiles(samples, mode, transform, skip_bad=config.skip_bad_files)
+        self.class_names = class_names[splits[0]]
+        self.num_classes = len(self.class_names)
+        if config.num_classes not in (None, self.num_classes):
+            raise UserError(
+                f"{root / splits[0]}: {self.num_classes} class folders, the config's num_classes is "
+                f"{config.num_classes} (set num_classes={self.num_classes}, or null to take the folders' count)"
+            )
+        if "valid" not in data and "test" not in data:
+            train, valid = held_out(len(data["train"]), config.valid_fraction, config.seed, "valid split")
+            data = {"train": data["train"].subset(train), "valid": data["train"].subset(valid)}
         return data

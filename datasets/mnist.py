@@ -24,11 +24,14 @@ FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-HOW = (
-    "Put MNIST's four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-    "t10k-labels-idx1-ubyte; .gz also works) in that folder, or use data_mode=download on a machine with "
-    "internet. To try the pipeline now: add data_mode=random, or run configs/dqn_exp_0.json (needs no download)."
+FILES_TEXT = (
+    "MNIST's four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+    "t10k-labels-idx1-ubyte; .gz also works)"
 )
+TRY_NOW = "To try the pipeline now: add data_mode=random, or run configs/dqn_exp_0.json (needs no download)."
+HOW = f"Put {FILES_TEXT} in that folder, or use data_mode=download on a machine with internet. {TRY_NOW}"
+# data_mode=download failed: the user already asked for the download; the way out is the files by hand.
+HOW_OFFLINE = f"Run again with internet, or copy {FILES_TEXT} into that folder and add data_mode=folder. {TRY_NOW}"
 _IDX_DTYPE = {0x08: np.uint8}
 
 
@@ -82,7 +85,7 @@ def download(root: Path) -> None:
         for train in (True, False):
             MNIST(str(root), train=train, download=True)
     except (RuntimeError, OSError):
-        raise UserError(f"{root / 'MNIST' / 'raw'}: could not download MNIST (no internet?). {HOW}") from None
+        raise UserError(f"{root / 'MNIST' / 'raw'}: could not download MNIST (no internet?). {HOW_OFFLINE}") from None
 
 
 def normalise(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

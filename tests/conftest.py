@@ -34,7 +34,7 @@ class DropoutAgent(ExampleAgent):
     def __init__(self, config) -> None:
         super().__init__(config)
         self.models.clear()
-        net = Example(config.channels, config.hidden, config.num_classes, config.image_size)
+        net = Example(config.channels, config.hidden, self.data_loader.num_classes, config.image_size)
         net.classifier = nn.Sequential(nn.Dropout(0.5), net.classifier)
         self.model = self.prepare_model(net)
         self.optimizer = self.make_optimizer(self.model.parameters())

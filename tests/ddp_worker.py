@@ -38,7 +38,7 @@ class BatchNormAgent(ExampleAgent):
             nn.ReLU(),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
-            nn.Linear(config.hidden, config.num_classes),
+            nn.Linear(config.hidden, self.data_loader.num_classes),
         )
         self.model = self.prepare_model(net)
         self.optimizer = self.make_optimizer(self.model.parameters())

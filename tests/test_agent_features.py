@@ -103,3 +103,28 @@ def test_recorder_png_keeps_every_pixel_of_grey_and_colour_images(tmp_path, chan
     with Image.open(tmp_path / "run" / "out" / "sub" / "picture.png") as png:
         read = torch.from_numpy(numpy.array(png))
     assert torch.equal(read.reshape(5, 7, channels).permute(2, 0, 1), image)
+
+
+def test_max_test_batches_limits_mode_test(exps, monkeypatch):
+    from agents.base import BaseAgent
+
+    train(EXAMPLE, exps, "exp_name=t", "max_epoch=1", "random_size=640", "batch_size=16")  # a test split of 128
+    calls = []
+    step = BaseAgent.eval_step
+    monkeypatch.setattr(
+        BaseAgent, "eval_step", lambda self, batch, metrics: calls.append(1) or step(self, batch, metrics)
+    )
+    train(EXAMPLE, exps, "exp_name=t", "max_epoch=1", "random_size=640", "batch_size=16", "mode=test")
+    assert len(calls) == 8
+    calls.clear()
+    train(
+        EXAMPLE,
+        exps,
+        "exp_name=t",
+        "max_epoch=1",
+        "random_size=640",
+        "batch_size=16",
+        "mode=test",
+        "max_test_batches=2",
+    )
+    assert len(calls) == 2

@@ -85,8 +85,14 @@ def test_checkpoint_of_another_model_is_a_clear_error(exps):
     other = exps / "ex" / "checkpoints" / "last.pth"
     with pytest.raises(UserError, match="checkpoint of ExampleAgent, but the config's agent is DropoutAgent"):
         train(EXAMPLE, exps, "exp_name=m", f"resume={other}", *QUICK)
-    with pytest.raises(UserError, match="model 'model' does not match"):
+    with pytest.raises(UserError) as info:
         train(EXAMPLE, exps, "exp_name=ex2", f"resume={other}", "hidden=7")
+    message = str(info.value)  # short: how many tensors differ and one of them, not torch's whole list
+    assert (
+        "model 'model' differs from the checkpoint's: 5 tensors (checkpoint -> config), e.g. features.0.weight"
+        in message
+    )
+    assert "(16, 3, 3, 3) -> (7, 3, 3, 3)" in message and len(message) < 400 and "\n" not in message
     with pytest.raises(UserError, match="checkpoint optimizer 'optimizer' is Adam, the config's is SGD"):
         train(EXAMPLE, exps, "exp_name=ex3", f"resume={other}", "optimizer.type=SGD")
 

@@ -134,6 +134,9 @@ def test_tiny_condensenet_trains_through_every_stage_and_exports_the_condensed_m
         results[name] = json.loads((run / "summary.json").read_text())
     for key in ("test/loss", "test/accuracy", "test/top5_accuracy"):
         assert results["condensed"][key] == pytest.approx(results["last"][key], abs=1e-5)
+    tests = results["condensed"]["tests"]  # each checkpoint tested keeps its own entry
+    assert set(tests) == {"checkpoints/last.pth", "checkpoints/condensed.pth"}
+    assert tests["checkpoints/last.pth"]["test/loss"] == results["last"]["test/loss"]
     with pytest.raises(UserError, match="cannot be trained further"):
         train(CONFIG, exps, "exp_name=other", *QUICK, f"resume={run / 'checkpoints' / 'condensed.pth'}")
     before = (run / "checkpoints" / "condensed.pth").read_bytes()

@@ -59,7 +59,15 @@ def exit_of(argv, capsys) -> tuple[int, str]:
         ),
         (good(scheduler={"type": "StepLr", "args": {}}), [], "unknown lr scheduler 'StepLr' (did you mean 'StepLR'?)"),
         (good(monitor="max valid/acc"), [], "did you mean 'valid/accuracy'"),
-        (good(), ["max_epochs=3"], "unknown key 'max_epochs' (did you mean 'max_epoch'?)"),
+        (good(), ["max_epochs=3"], "override 'max_epochs=3': unknown key 'max_epochs' (did you mean 'max_epoch'?)"),
+        (good(), ["lr=0.1"], "override 'lr=0.1': unknown key 'lr' (did you mean 'optimizer.args.lr'?)"),
+        (
+            good(),
+            ["optimizer.args.learning_rate=0.1"],
+            "unknown key 'optimizer.args.learning_rate' (did you mean 'optimizer.args.lr'?)",
+        ),
+        (good(), ["agent=ExampleAgnt"], "override 'agent=ExampleAgnt': key 'agent': unknown agent 'ExampleAgnt'"),
+        (good(), ["batch_size=0"], "override 'batch_size=0': key 'batch_size': must be at least 1"),
         (good(), ["max_epoch"], "override 'max_epoch': expected key=value"),
         (good(), ["=3"], "override '=3': expected key=value"),
         (good(), ["max_epoch.x=3"], "key 'max_epoch' holds 10, not an object"),
@@ -81,6 +89,46 @@ def test_user_mistake_is_one_line_exit_2(tmp_path, capsys, text, overrides, expe
 def test_missing_config_file(capsys):
     code, err = exit_of(["configs/nope.json"], capsys)
     assert code == 2 and "configs/nope.json: config file not found" in err
+    code, err = exit_of(["configs/mnist_exp0.json"], capsys)
+    assert code == 2 and "not found (did you mean 'configs/mnist_exp_0.json'?)" in err
+
+
+def test_a_mistake_of_an_override_names_the_override_not_the_file(tmp_path, capsys):
+    path = write(tmp_path, good())
+    code, err = exit_of([path, "max_epochs=3", f"experiments_dir={tmp_path}"], capsys)
+    assert code == 2 and err.startswith("error: override 'max_epochs=3': unknown key") and path not in err
+    path = write(tmp_path, good(max_epochs=3))  # the file's own mistake still names the file
+    code, err = exit_of([path, "max_epoch=3", f"experiments_dir={tmp_path}"], capsys)
+    assert code == 2 and err.startswith(f"error: {path}: unknown key 'max_epochs'")
+
+
+def test_a_run_folder_stands_for_its_own_config(tmp_path, capsys):
+    """mode=test on a run folder uses the run's overrides (data_mode=random here) without repeating them."""
+    overrides = [f"experiments_dir={tmp_path}", "exp_name=folder", "data_mode=random", "random_size=40"]
+    assert main.main([str(CONFIGS / "example_exp_0.json"), *overrides, "max_epoch=1"]) == 0
+    run = tmp_path / "folder"
+    assert main.main([str(run), "mode=test"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert "test/accuracy" in summary and summary["epochs"] == 1
+    # A run started from another run's checkpoint: its folder still means its own best.pth.
+    assert (
+        main.main(
+            [
+                str(CONFIGS / "example_exp_0.json"),
+                *overrides[:1],
+                "exp_name=child",
+                *overrides[2:],
+                "max_epoch=2",
+                f"resume={run / 'checkpoints' / 'last.pth'}",
+            ]
+        )
+        == 0
+    )
+    assert main.main([str(tmp_path / "child"), "mode=test"]) == 0
+    tested = json.loads((tmp_path / "child" / "summary.json").read_text())["tested_checkpoint"]
+    assert tested == str(tmp_path / "child" / "checkpoints" / "best.pth")
+    code, err = exit_of([str(tmp_path), "mode=test"], capsys)  # a folder that is no run
+    assert code == 2 and "a folder without config.json" in err
 
 
 def test_missing_data_names_path_and_way_out(tmp_path, capsys):
@@ -164,5 +212,5 @@ def test_nproc_config_mistake_is_one_line_before_any_process_starts():
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: {CONFIGS / 'example_exp_0.json'}: key 'max_epoch': must be at least 1, got -1"
+        "error: override 'max_epoch=-1': key 'max_epoch': must be at least 1, got -1"
     ]

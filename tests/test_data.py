@@ -1,9 +1,12 @@
 """The sampler every loader uses: sharding across ranks, per-epoch order, mid-epoch skip."""
 
+import os
+
 import pytest
 import torch
 
 from utils.data import EpochSeeded, ShardedSampler, batches_per_epoch, make_loader, set_epoch
+from utils.errors import UserError
 
 
 def sampler(length: int, rank: int, world: int, pad: bool = True, epoch: int = 5) -> ShardedSampler:
@@ -113,3 +116,27 @@ def test_batches_per_epoch_ignores_a_mid_epoch_skip():
     set_epoch(loader, 0, seed=7)
     loader.sampler.skip(6)
     assert len(loader) == 2 and batches_per_epoch(loader) == 3  # 6 of 12 skipped; a whole epoch is 3 batches
+
+
+def test_num_workers_auto_follows_the_cores_this_process_may_use(monkeypatch, exps):
+    import main
+    from tests.conftest import EXAMPLE, train
+    from utils.data import auto_workers
+
+    for cores, local_world, expected in [
+        ({0}, None, 0),
+        ({0, 1}, None, 1),
+        ({0, 1, 2, 3}, "2", 1),
+        (set(range(64)), None, 8),
+    ]:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cores=cores: cores)
+        if local_world:
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
+        assert auto_workers() == expected, (cores, local_world)
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    train(EXAMPLE, exps, "exp_name=auto", "num_workers=auto", "max_epoch=1", "random_size=40")
+    assert "; num_workers auto: 0" in (exps / "auto" / "logs" / "run.log").read_text()
+    for bad in ("four", "-1", "true"):
+        with pytest.raises(UserError, match="key 'num_workers'"):
+            main.load_config(str(EXAMPLE), [f"num_workers={bad}"])

@@ -255,9 +255,14 @@ def test_validate_reports_the_metric_names(exps):
     a = agent(exps, "eval_episodes=2", "solve_episodes=2", "hidden=[8]")
     try:
         a.threshold = 0.0  # every screen passes: the solve evaluation runs too
-        assert set(a.validate()) == set(a.metric_names()) and a.solved_at_step == 0
+        reported = set(a.validate())  # no return nor loss yet: those two are left out, not NaN
+        assert reported == set(a.metric_names()) - {"train/mean_return_100", "train/loss"} and a.solved_at_step == 0
         a.threshold = 10**6
-        assert set(a.validate()) == set(a.metric_names()) - {"eval/solve_mean_return"}
+        assert set(a.validate()) == set(a.metric_names()) - {
+            "eval/solve_mean_return",
+            "train/mean_return_100",
+            "train/loss",
+        }
     finally:
         a.finalize()
 
@@ -514,3 +519,13 @@ def test_pixels_double_dqn_picks_next_actions_with_the_online_nets_running_stati
         assert a.q.training  # back in train mode for its own update
     finally:
         a.finalize()
+
+
+def test_no_loss_is_reported_before_the_first_update(exps):
+    """Before learning_starts there is no loss: no NaN in metrics.csv or TensorBoard, and one appears after."""
+    train(DQN, exps, "exp_name=late", *TINY, "learning_starts=300")
+    rows = (exps / "late" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    first, second = (dict(zip(header, row.split(","), strict=True)) for row in rows[1:3])
+    assert first["train/loss"] == "" and float(second["train/loss"]) >= 0
+    assert "nan" not in (exps / "late" / "metrics.csv").read_text().lower()

@@ -19,7 +19,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 import main
-from agents.erfnet import ERFNetAgent
+from agents.erfnet import LABEL_HEIGHT, ERFNetAgent
 from datasets import voc
 from datasets.voc import IGNORE, MEAN, STD, VocDataLoader, pad_collate, train_transform
 from graphs.models.erfnet import ERFNet
@@ -300,9 +300,13 @@ def test_pictures_test_mode_predict_and_encoder_checkpoint(tmp_path, exps):
     run = exps / "run"
     picture = torch.from_numpy(np.array(Image.open(run / "out" / "valid_epoch_001.png"))).permute(2, 0, 1)
     sizes = [x.shape[-2:] for x, _ in islice(VocDataLoader(config(*TINY)).valid_loader, 3)]  # padded to 8s
-    assert picture.shape == (3, sum(h for h, _ in sizes), 3 * max(w for _, w in sizes))  # image | truth | prediction
+    width = max(w for _, w in sizes)  # image | truth | prediction, under a header naming them
+    assert picture.shape == (3, LABEL_HEIGHT + sum(h for h, _ in sizes), 3 * width)
+    assert picture[:, :LABEL_HEIGHT, 3 : width - 3].max() > 200  # a label in each column
+    assert picture[:, :LABEL_HEIGHT, width + 3 : 2 * width - 3].max() > 200
+    assert picture[:, :LABEL_HEIGHT, 2 * width + 3 :].max() > 200
     h, w = sizes[0]
-    truth = picture[:, :h, w : 2 * w].permute(1, 2, 0).reshape(-1, 3)
+    truth = picture[:, LABEL_HEIGHT : LABEL_HEIGHT + h, width : width + w].permute(1, 2, 0).reshape(-1, 3)
     palette = {tuple(c) for c in VOC_PALETTE[[0, 1, 2, 3, IGNORE]].tolist()}
     assert {tuple(c) for c in truth.tolist()} <= palette  # the ground truth drawn in VOC's colours
     summary = json.loads((run / "summary.json").read_text())

@@ -1,6 +1,7 @@
 """Template agent's tests: it learns its random images, trains on class folders, evaluates the test split."""
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -39,3 +40,15 @@ def test_trains_on_class_folders_then_evaluates_the_test_split(exps, tmp_path):
     summary = json.loads((exps / "folders" / "summary.json").read_text())
     assert 0 <= summary["test/accuracy"] <= 1 and summary["tested_checkpoint"].endswith("best.pth")
     assert summary["test/loss"] > 0
+
+
+def test_one_folder_of_class_folders_is_enough(exps, tmp_path):
+    """train/ alone: valid_fraction of it validates, num_classes is the folders' count, their names are kept."""
+    write_class_folders(tmp_path / "data", classes=("cat", "dog"), per_class=10)
+    for split in ("valid", "test"):
+        shutil.rmtree(tmp_path / "data" / "example" / split)
+    train(CONFIG, exps, f"data_root={tmp_path / 'data'}", "data_mode=folder", "exp_name=one", "max_epoch=1")
+    run = exps / "one"
+    assert json.loads((run / "class_names.json").read_text()) == {"class_names": ["cat", "dog"]}
+    assert load(run / "checkpoints" / "last.pth")["models"]["model"]["classifier.weight"].shape[0] == 2
+    assert "train 16 samples, valid 4 samples" in (run / "logs" / "run.log").read_text()

@@ -368,3 +368,37 @@ def test_checkpoint_files_load_lazily_by_memory_map(exps):
     assert zipfile.is_zipfile(path)
     mapped = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
     assert_same_tensors(mapped["models"], load(path)["models"])
+
+
+def test_a_finished_run_leaves_no_lock_file_and_the_lock_still_excludes(exps):
+    from utils.recorder import LOCK_NAME, Recorder, _same_file
+
+    train(EXAMPLE, exps, "exp_name=done", "max_epoch=1", "random_size=40")
+    assert (exps / "done" / "summary.json").exists() and not (exps / "done" / LOCK_NAME).exists()
+    first = Recorder(exps / "done", True, name="first")
+    first.lock()
+    with open(exps / "done" / LOCK_NAME) as opened_before_removal:  # what a starting run may hold as it ends
+        first.close()
+        assert not (exps / "done" / LOCK_NAME).exists()
+        assert not _same_file(opened_before_removal, exps / "done" / LOCK_NAME)
+    second, third = Recorder(exps / "done", True, "second"), Recorder(exps / "done", True, "third")
+    second.lock()
+    with pytest.raises(UserError, match="another run of this experiment is in progress"):
+        third.lock()
+    second.close()
+    third.close()
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(exps):
+    """Ctrl-C while torch is still being imported: no traceback, the same exit code as a saved interrupt."""
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", str(EXAMPLE), f"experiments_dir={exps}"],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.4)  # importing torch takes seconds
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "interrupted"

@@ -96,7 +96,7 @@ def test_bad_image_folders_name_the_file(tmp_path, capsys, damage, message):
     [
         ("missing", "train: image folder not found"),
         ("no classes", "train: no class folders in it"),
-        ("three classes", r"3 class folders, the config's num_classes is 2 \(set num_classes=3\?\)"),
+        ("three classes", r"3 class folders, the config's num_classes is 2 \(set num_classes=3, or null"),
     ],
 )
 def test_image_folder_layout_errors(tmp_path, layout, message):

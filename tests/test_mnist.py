@@ -138,6 +138,7 @@ def test_default_mnist_offline_exits_2_with_help(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert "could not download MNIST" in result.stderr and "data_mode=random" in result.stderr
+    assert "add data_mode=folder" in result.stderr and "use data_mode=download" not in result.stderr
 
 
 def test_empty_mnist_folder_says_where_to_put_files(tmp_path, exps):

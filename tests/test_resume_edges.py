@@ -138,3 +138,32 @@ def test_checkpoint_and_model_mismatch_names_the_keys_and_shapes(exps):
     train(EXAMPLE, exps, "exp_name=m", "max_epoch=1", "hidden=8")
     with pytest.raises(main.UserError, match=r"size mismatch for .*torch.Size\(\[8, 3, 3, 3\]\)"):
         train(EXAMPLE, exps, "exp_name=m", "max_epoch=2", "hidden=4")
+
+
+def test_stop_and_resume_number_the_epoch_alike_and_only_a_total_schedule_warns_of_a_new_length(exps, monkeypatch):
+    interrupt_at(monkeypatch, epoch=1, batch=3)
+    with pytest.raises(RunInterrupted, match=r"stopped by SIGINT in epoch 2 after batch 3, step 9;"):
+        train(EXAMPLE, exps, "exp_name=cut", "max_epoch=3", *SMALL)
+    monkeypatch.undo()
+    train(EXAMPLE, exps, "exp_name=cut", "max_epoch=4", *SMALL)  # a longer run, a StepLR without "total"
+    log = (exps / "cut" / "logs" / "run.log").read_text()
+    assert "in epoch 2 after batch 3, step 9" in log.split("resumed from", 1)[1].split("\n", 1)[0]
+    assert "length changed" not in log
+    cosine = 'scheduler={"type": "CosineAnnealingLR", "args": {"T_max": "total"}}'
+    train(EXAMPLE, exps, "exp_name=cos", "max_epoch=1", *SMALL, cosine)
+    train(EXAMPLE, exps, "exp_name=cos", "max_epoch=2", *SMALL, cosine)
+    assert "the run's length changed" in (exps / "cos" / "logs" / "run.log").read_text()
+
+
+def test_a_forked_loader_worker_ignores_the_signal_the_main_process_saves_on(exps, monkeypatch):
+    config, cls = main.load_config(str(EXAMPLE), [f"experiments_dir={exps}", "exp_name=w", "max_epoch=1"])
+    agent = cls(config)
+    try:
+        monkeypatch.setattr(os, "getpid", lambda: agent._pid + 1)  # as in a forked worker
+        agent._on_signal(signal.SIGINT, None)
+        assert agent._stop_signal is None and not (exps / "w" / "logs" / "run.log").read_text().count("SIGINT")
+        monkeypatch.undo()
+        agent._on_signal(signal.SIGINT, None)
+        assert agent._stop_signal == signal.SIGINT
+    finally:
+        agent.finalize()

@@ -209,3 +209,50 @@ def test_new_project_of_a_git_checkout_copies_only_what_git_tracks(tmp_path):
     new_project(tmp_path / "copy", source=source)  # report folders, coverage, environments: not the template's
     copied = sorted(str(p.relative_to(tmp_path / "copy")) for p in (tmp_path / "copy").rglob("*") if p.is_file())
     assert copied == ["agents/__init__.py", "experiments/.keep", "main.py"]
+
+
+def test_new_project_registers_only_copied_agents_and_a_broken_registry_line_is_one_line(tmp_path):
+    """An agent made with `main.py new` and never committed is not copied: neither is its registry line."""
+    source = tmp_path / "template"
+    new_project(source)
+    git = ["git", "-C", str(source), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git[:3], "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "template"], check=True)
+    new_model("scratch", root=source)  # untracked files, but a tracked (edited) agents/__init__.py
+    for without_examples in (False, True):
+        target = tmp_path / f"copy_{without_examples}"
+        new_project(target, without_examples=without_examples, source=source)
+        registry = registry_entries(target / "agents" / "__init__.py")
+        assert "ScratchAgent" not in registry and "ExampleAgent" in registry
+        assert not (target / "agents" / "scratch.py").exists()
+    clean = tmp_path / "copy_True"
+    keys = run(clean, sys.executable, "main.py", "keys")
+    assert keys.returncode == 0, keys.stderr
+    assert not (clean / "sweeps").exists() and not (clean / "tutorials" / "images").exists()
+    assert "sweeps/" not in (clean / "README.md").read_text()
+    # A registry line whose module is gone: one line, exit 2.
+    init = clean / "agents" / "__init__.py"
+    init.write_text(
+        init.read_text().replace(
+            '"ExampleAgent": "agents.example",', '"ExampleAgent": "agents.example",\n    "GoneAgent": "agents.gone",'
+        )
+    )
+    broken = run(clean, sys.executable, "main.py", "keys")
+    assert broken.returncode == 2 and broken.stderr.count("\n") == 1, broken.stderr
+    assert "agent 'GoneAgent' -> 'agents.gone' cannot be imported" in broken.stderr
+
+
+def test_new_says_where_pytest_comes_from_when_it_is_missing(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import utils.scaffold
+
+    target = tmp_path / "project"
+    new_project(target)
+    monkeypatch.setattr(utils.scaffold, "REPO_ROOT", target)
+    monkeypatch.setattr(utils.scaffold, "new_model", lambda name: new_model(name, root=target))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "pytest" else find_spec(name))
+    assert utils.scaffold.new_command(["tulips"]) == 0
+    assert "pip install -r requirements-dev.txt" in capsys.readouterr().out

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from tests.conftest import CONFIGS, load, train
+from utils.report import plot_curves, read_run
 
 # Per-agent overrides that make a run take seconds.
 FAST = {
@@ -59,7 +60,16 @@ def test_config_runs_on_random_data(config, exps):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["num_params"] > 0 and summary["steps"] > 0
     assert json.loads((run / "config.json").read_text())["agent"] == agent
-    assert (run / "metrics.csv").read_text().count("\n") >= 2
+    header, *rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows and "train/loss" in header.split(",")  # the epoch's mean training loss beside the validation
+    assert not (run / ".lock").exists()  # released and removed at the end
     state = load(run / "checkpoints" / "last.pth")
     assert state["agent"] == agent and state["models"]
     assert list((run / "summaries").glob("events.out.tfevents.*"))
+
+
+def test_curves_draw_each_metric_once(exps):
+    train(CONFIGS / "mnist_exp_0.json", exps, "exp_name=curves", *DEFAULT_FAST)
+    run = read_run(exps / "curves")
+    metrics = [k for k in run.rows[0] if k not in ("epoch", "step")]
+    assert plot_curves([run], [run.name], exps / "c.png") == metrics == ["train/loss", "valid/loss", "valid/accuracy"]

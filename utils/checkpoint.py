@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import random
@@ -19,7 +18,7 @@ import torch
 from utils import distributed
 from utils.config import repo_path
 from utils.errors import UserError
-from utils.schedules import TOTAL
+from utils.schedules import uses_total
 
 # Schedulers that compute the LR from their own args (max_lr, base_lr), not from the optimizer's lr.
 OWN_LR = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
@@ -107,9 +106,31 @@ def restore_models(path: Path, state: dict, models: dict[str, torch.nn.Module], 
         try:
             if weights is None:
                 raise KeyError(f"no model '{name}' in the checkpoint (it has {', '.join(state['models'])})")
+            differs = model_difference(weights, model.state_dict())
+            if differs:
+                raise UserError(
+                    f"{path}: model '{name}' differs from the checkpoint's: {differs}; a different model needs "
+                    "its own run (a new exp_name), or this run's config as it was"
+                )
             model.load_state_dict(weights)
         except (RuntimeError, KeyError) as e:
             raise UserError(f"{path}: model '{name}' does not match the config's model: {mismatch(e)}") from None
+
+
+def model_difference(saved: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> str | None:
+    """'N tensors, e.g. features.0.weight (16, 1, 3, 3) -> (32, 1, 3, 3)': how the model differs from the saved
+    weights (shapes, missing and extra tensors), or None when they fit."""
+    shapes = [
+        f"{k} {tuple(saved[k].shape)} -> {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in saved and saved[k].shape != v.shape
+    ]
+    missing = [f"{k} not in the checkpoint" for k in own if k not in saved]
+    extra = [f"{k} not in the model" for k in saved if k not in own]
+    found = shapes + missing + extra
+    if not found:
+        return None
+    return f"{len(found)} tensor{'s' if len(found) > 1 else ''} (checkpoint -> config), e.g. {found[0]}"
 
 
 def restore(
@@ -331,7 +352,7 @@ def scheduler_plan(state: dict, config: dict, keys: dict[str, str], total: int |
             plan[name] = "removed" if old.get(key) else "none"
         elif not saved or old.get(key) != spec or not same_interval or (plateau and not same_monitor):
             plan[name] = "fresh"
-        elif json.dumps(TOTAL) in json.dumps(spec) and state.get("schedule_total") != total:
+        elif uses_total(spec) and state.get("schedule_total") != total:
             plan[name] = "stretch"
         else:
             plan[name] = "restore"

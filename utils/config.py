@@ -51,6 +51,11 @@ class Key:
         return (*types, int) if float in types and int not in types else types
 
 
+# Names from other frameworks that no spelling distance finds: a top-level key -> the key meant.
+KEY_SYNONYMS = {"lr": "optimizer.args.lr", "learning_rate": "optimizer.args.lr", "epochs": "max_epoch"}
+ARG_SYNONYMS = {"learning_rate": "lr", "wd": "weight_decay"}  # an optimizer argument -> torch's name
+
+
 def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
     """' (did you mean 'x'?)' for the closest option, or '' when nothing is close."""
     close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
@@ -104,7 +109,8 @@ def validate(raw: dict, schema: dict[str, Key], source: str, prefix: str = "") -
     out = {}
     for key, value in raw.items():
         if key not in schema:
-            hint = did_you_mean(key, list(schema))
+            synonym = KEY_SYNONYMS.get(key) if not prefix else None
+            hint = f" (did you mean '{synonym}'?)" if synonym else did_you_mean(key, list(schema))
             raise UserError(f"{source}: unknown key '{prefix}{key}'{hint}")
         out[key] = _check_value(value, schema[key], prefix + key, source)
     for key, spec in schema.items():
@@ -123,7 +129,8 @@ def read_json(path: str | Path) -> dict:
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
+        near = [str(p) for p in path.parent.glob("*.json")] if path.parent.is_dir() else []
+        raise UserError(f"{path}: config file not found{did_you_mean(str(path), near)}") from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a directory, expected a JSON config file") from None
     except UnicodeDecodeError as e:
@@ -174,6 +181,29 @@ def _merge(base: dict, child: dict) -> dict:
     for key, value in child.items():
         out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
     return out
+
+
+def run_config(path: str) -> str:
+    """A run folder (experiments/<exp_name>) stands for its config.json: the config it ran with."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return path
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{path}: a folder without config.json; expected a JSON config or a run folder")
+    return str(folder / "config.json")
+
+
+def blame_override(error: UserError, source: str, overrides: list[str]) -> UserError:
+    """``error`` (found validating ``source`` with ``overrides``) naming the override that set its key."""
+    message = str(error)
+    key = re.search(r"key '([^']+)'", message)
+    if not message.startswith(f"{source}: ") or key is None:
+        return error
+    for text in reversed(overrides):  # the last override of a key is the one that counts
+        dotted = text.partition("=")[0]
+        if key[1] == dotted or key[1].startswith(dotted + ".") or dotted.startswith(key[1] + "."):
+            return UserError(f"override '{text}': {message[len(source) + 2 :]}")
+    return error
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -281,6 +311,13 @@ def check_monitor(value: str, where: str, source: str) -> None:
         raise UserError(f"{source}: key '{where}': expected 'max <metric>' or 'min <metric>', got {value!r}")
 
 
+def check_workers(value: int | str, where: str, source: str) -> None:
+    if value != "auto" and (isinstance(value, str) or not 0 <= value <= 128):
+        raise UserError(
+            f"{source}: key '{where}': expected \"auto\" or a number of processes from 0 to 128, got {value!r}"
+        )
+
+
 def check_resume(value: Any, where: str, source: str) -> None:
     if value is True or (isinstance(value, str) and not value.strip()):
         raise UserError(f"{source}: key '{where}': expected \"auto\", false or a checkpoint path, got {value!r}")
@@ -313,7 +350,9 @@ def check_args(cls: type, args: dict, where: str, source: str) -> None:
     defaults = {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     for arg, value in args.items():
         if arg not in defaults:
-            raise UserError(f"{source}: unknown key '{where}.args.{arg}'{did_you_mean(arg, list(defaults))}")
+            synonym = ARG_SYNONYMS.get(arg)
+            hint = f" (did you mean '{where}.args.{synonym}'?)" if synonym in defaults else ""
+            raise UserError(f"{source}: unknown key '{where}.args.{arg}'{hint or did_you_mean(arg, list(defaults))}")
         default = defaults[arg]
         if isinstance(value, bool) and isinstance(default, (int, float, tuple)) and not isinstance(default, bool):
             got = "true" if value else "false"

@@ -6,6 +6,7 @@ resume and per-worker seeding come for free to each new dataset.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -144,12 +145,20 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+def auto_workers() -> int:
+    """``num_workers: "auto"``: the cores this process may use (its CPU affinity) shared by the processes
+    on this machine, less one for the training loop itself; 0 with one core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_process = cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(0, min(8, per_process - 1))
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
     train: bool,
     seed: int,
-    num_workers: int = 0,
+    num_workers: int | str = 0,
     pin_memory: bool | None = None,
     drop_last: bool = False,
     collate_fn: Callable | None = None,
@@ -159,6 +168,7 @@ def make_loader(
     ``collate_fn`` makes a batch of samples (default: torch's stacking), e.g. padding images of
     several sizes to one.
 
+    ``num_workers`` may be "auto" (``auto_workers``).
     ``pin_memory`` defaults to whether this process uses CUDA (BaseAgent initialises it for a CUDA
     device before the agent builds its loaders): pinned batches copy to the GPU asynchronously.
     """
@@ -168,7 +178,7 @@ def make_loader(
         EpochSeeded(dataset, seed),
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=num_workers,
+        num_workers=auto_workers() if num_workers == "auto" else num_workers,
         pin_memory=torch.cuda.is_initialized() if pin_memory is None else pin_memory,
         drop_last=drop_last and train,
         collate_fn=_keep_batch if batched else collate_fn,

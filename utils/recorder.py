@@ -17,7 +17,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -26,6 +26,14 @@ from utils.errors import UserError
 DATA_LOG = logging.getLogger("ppt.data")  # datasets log here; the main rank's Recorder writes it to the run log
 DATA_LOG.propagate = False  # printed once, by the Recorder (or Python's last-resort stderr handler without one)
 LOCK_NAME = ".lock"  # in the run directory, held by the run's main process, which writes its pid there
+
+
+def _same_file(file: IO, path: Path) -> bool:
+    """Whether the open ``file`` is still the one at ``path`` (not removed or replaced since it was opened)."""
+    try:
+        return os.fstat(file.fileno()).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -79,18 +87,22 @@ class Recorder:
         if not self.enabled:
             return
         path = self.run_dir / LOCK_NAME
-        self._lock_file = open(path, "a+")  # noqa: SIM115 (held open for the whole run)
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.seek(0)
-            holder = self._lock_file.read().strip() or "another process"
-            self._lock_file.close()
-            self._lock_file = None
-            raise UserError(
-                f"{path}: another run of this experiment is in progress (pid {holder}); "
-                "wait for it or choose another exp_name"
-            ) from None
+        while self._lock_file is None:
+            self._lock_file = open(path, "a+")  # noqa: SIM115 (held open for the whole run)
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lock_file.seek(0)
+                holder = self._lock_file.read().strip() or "another process"
+                self._lock_file.close()
+                self._lock_file = None
+                raise UserError(
+                    f"{path}: another run of this experiment is in progress (pid {holder}); "
+                    "wait for it or choose another exp_name"
+                ) from None
+            if not _same_file(self._lock_file, path):  # its holder removed it as it finished: lock the new one
+                self._lock_file.close()
+                self._lock_file = None
         self._lock_file.seek(0)
         self._lock_file.truncate()
         self._lock_file.write(str(os.getpid()))
@@ -224,7 +236,7 @@ class Recorder:
         write_text_atomic(self.run_dir / "metrics.csv", buf.getvalue())
 
     def curves(self) -> None:
-        """out/curves.png: every metrics.csv column against epoch and step; a failure is a warning, not a failed run."""
+        """out/curves.png: every metrics.csv column against epoch, once; a failure is a warning, not a failed run."""
         if not self.enabled:
             return
         try:
@@ -272,5 +284,6 @@ class Recorder:
         if self._created and not any(p.stat().st_size for p in written):
             shutil.rmtree(self.run_dir)  # a run that failed before writing anything leaves no empty directory
         if self._lock_file is not None:  # released last: no other run starts in a directory being removed
+            (self.run_dir / LOCK_NAME).unlink(missing_ok=True)  # still held: a finished run leaves no .lock behind
             self._lock_file.close()
             self._lock_file = None

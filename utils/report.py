@@ -133,33 +133,37 @@ def _colours(n: int) -> list:
     return [colormaps["viridis"](i / (n - 1)) for i in range(n)]
 
 
-def plot_curves(runs: list[RunFiles], names: list[str], path: Path, metrics: list[str] | None = None) -> None:
-    """One row of plots per metric, against epoch (left) and step (right), one colour per run."""
+def plot_curves(runs: list[RunFiles], names: list[str], path: Path, metrics: list[str] | None = None) -> list[str]:
+    """One plot per metric against epoch (two plots a row), one colour per run; returns the plots' titles."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     metrics = metrics or metric_names(runs)
     colours = _colours(len(runs))
-    fig = Figure(figsize=(10, 2.6 * max(1, len(metrics))), layout="constrained")
-    axes = fig.subplots(max(1, len(metrics)), 2, squeeze=False)
-    for row, metric in enumerate(metrics):
-        for col, x in enumerate(AXES):
-            ax = axes[row][col]
-            for i, (run, name) in enumerate(zip(runs, names, strict=True)):
-                points = [(r[x], r[metric]) for r in run.rows if x in r and metric in r and math.isfinite(r[metric])]
-                if points:
-                    xs, ys = zip(*points, strict=True)
-                    ax.plot(xs, ys, color=colours[i], marker="o" if len(xs) <= 30 else None, ms=3, label=name)
-            ax.set_xlabel(x)
-            ax.set_ylabel(metric)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-    if metrics:
-        axes[0][1].legend(fontsize="small", loc="best")
+    rows, cols = max(1, -(-len(metrics) // 2)), 2 if len(metrics) > 1 else 1
+    fig = Figure(figsize=(5 * cols, 2.6 * rows), layout="constrained")
+    axes = [ax for row in fig.subplots(rows, cols, squeeze=False) for ax in row]
+    for ax, metric in zip(axes, metrics, strict=False):
+        for i, (run, name) in enumerate(zip(runs, names, strict=True)):
+            points = [
+                (r["epoch"], r[metric]) for r in run.rows if "epoch" in r and metric in r and math.isfinite(r[metric])
+            ]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, color=colours[i], marker="o" if len(xs) <= 30 else None, ms=3, label=name)
+        ax.set_title(metric, fontsize="medium")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in axes[len(metrics) :]:
+        ax.set_visible(False)  # an odd number of metrics: the last row's second place stays empty
+    if metrics and len(runs) > 1:
+        axes[0].legend(fontsize="small", loc="best")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, buf.getvalue())
+    return [ax.get_title() for ax in axes if ax.get_visible()]
 
 
 def summary_table(runs: list[RunFiles], names: list[str]) -> str:
@@ -191,7 +195,7 @@ def write_report(paths: list[str | Path], out: Path) -> str:
 
 
 def write_run_curves(run_dir: Path) -> None:
-    """out/curves.png of one run: every metric of its metrics.csv against epoch and step."""
+    """out/curves.png of one run: every metric of its metrics.csv against epoch."""
     run = read_run(run_dir)
     if run.rows:
         plot_curves([run], [run.name], run_dir / "out" / "curves.png")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.util
 import json
 import keyword
 import re
@@ -42,6 +43,7 @@ EXAMPLES = {
             "datasets/mnist.py",
             "configs/mnist_exp_0.json",
             "tests/test_mnist.py",
+            "docs/examples/mnist.md",
         ),
         uses=(
             "benchmarks/data_path.py",
@@ -51,6 +53,7 @@ EXAMPLES = {
             "benchmarks/sweep_overhead.py",
             "benchmarks/gpu_checks.sh",
             "sweeps/mnist_lr.json",
+            "tutorials/images/sweep_mnist_lr_*.png",
             "tutorials/01_getting_started.md",
             "tutorials/02_port_a_script.md",
             "tutorials/06_sweeps.md",
@@ -63,6 +66,7 @@ EXAMPLES = {
             "datasets/gym_env.py",
             "configs/dqn_exp_0.json",
             "tests/test_dqn.py",
+            "docs/examples/dqn.md",
             "benchmarks/dqn_cartpole.py",
         ),
     ),
@@ -74,6 +78,7 @@ EXAMPLES = {
             "datasets/cifar10.py",
             "configs/condensenet_exp_*.json",
             "tests/test_condensenet.py",
+            "docs/examples/condensenet.md",
             "benchmarks/condensenet.py",
         ),
     ),
@@ -85,6 +90,7 @@ EXAMPLES = {
             "datasets/voc.py",
             "configs/erfnet_exp_*.json",
             "tests/test_erfnet.py",
+            "docs/examples/erfnet.md",
             "benchmarks/erfnet.py",
         ),
     ),
@@ -98,10 +104,14 @@ EXAMPLES = {
             "datasets/celeba.py",
             "configs/dcgan_exp_*.json",
             "tests/test_dcgan.py",
+            "docs/examples/dcgan.md",
             "benchmarks/dcgan.py",
         ),
     ),
 }
+
+# Pages about all the examples together (their figures, the tests behind each guarantee): left out with them.
+EXAMPLE_PAGES = ("benchmarks/README.md", "docs/guarantees.md")
 
 # What a new project leaves behind: run outputs, data, caches, environments, version control.
 NOT_COPIED = {
@@ -293,7 +303,8 @@ def _git_files(source: Path) -> list[str] | None:
 
 def example_paths(root: Path) -> list[Path]:
     """The files of every example (and what only runs on them) present under ``root``."""
-    return sorted({p for ex in EXAMPLES.values() for pattern in ex.files + ex.uses for p in root.glob(pattern)})
+    patterns = [pattern for ex in EXAMPLES.values() for pattern in ex.files + ex.uses] + list(EXAMPLE_PAGES)
+    return sorted({p for pattern in patterns for p in root.glob(pattern)})
 
 
 def new_project(
@@ -315,42 +326,68 @@ def new_project(
     if target.exists():
         target.rmdir()
     _copy_tree(source, target)
+    init_file = target / "agents" / "__init__.py"
+    if init_file.is_file() and "AGENTS" in init_file.read_text():  # the registry of what was copied (not agents
+        # made with `main.py new` and never committed: git does not list their files)
+        absent = {m for m in registry_entries(init_file).values() if not _module_file(target, m).is_file()}
+        init_file.write_text(_unregister(init_file.read_text(), absent))
     if not without_examples:
         return
     removed = example_paths(target)
     modules = {".".join(p.relative_to(target).with_suffix("").parts) for p in removed if p.suffix == ".py"}
-    gone = {a for a, m in registry_entries(target / "agents" / "__init__.py").items() if m in modules}
+    gone = {a for a, m in registry_entries(init_file).items() if m in modules}
     for path in removed:
         path.unlink()
-    init_file = target / "agents" / "__init__.py"
+    for folder in sorted({p.parent for p in removed}, reverse=True):  # folders the examples alone filled
+        if folder != target and not any(folder.iterdir()):
+            folder.rmdir()
     init_file.write_text(_unregister(init_file.read_text(), modules))
     tutorials = {  # file name -> its title, without the number: "3. Your own model" -> "Your own model"
         p.name: re.sub(r"^#\s*\d+\.\s*", "", p.read_text().split("\n", 1)[0])
         for p in sorted(target.glob("tutorials/*.md"))
     }
-    (target / "README.md").write_text(clean_readme((source / "README.md").read_text(), target.name, tutorials))
+    readme = clean_readme((source / "README.md").read_text(), target.name, tutorials)
+    (target / "README.md").write_text(_without_absent_folders(readme, target))
     if schemas is not None and (target / REFERENCE).exists():
         kept = {name: schema for name, schema in schemas().items() if name not in gone}
         (target / REFERENCE).write_text(render(kept))
 
 
+def _module_file(root: Path, module: str) -> Path:
+    """agents.my_net -> root/agents/my_net.py."""
+    return root.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def _without_absent_folders(readme: str, root: Path) -> str:
+    """The README without layout lines for top-level folders that are missing or empty in ``root``."""
+
+    def present(line: str) -> bool:
+        folder = re.match(r"([\w-]+)/ ", line)
+        if folder is None or folder[1] == "experiments":  # run output: empty in a new project by design
+            return True
+        path = root / folder[1]
+        return path.is_dir() and any(path.iterdir())
+
+    return "".join(line for line in readme.splitlines(keepends=True) if present(line))
+
+
 def clean_readme(readme: str, project: str, tutorials: dict[str, str]) -> str:
-    """A new project's README: the template's introduction, two commands (training the template
-    agent) and layout, and links to the tutorials it kept."""
+    """A new project's README: the template's introduction, its install steps, a run of the template
+    agent, the layout, and links to the tutorials it kept."""
     sections = {s.split("\n", 1)[0]: s for s in readme.split("\n## ")}
     intro = readme.split("\n## ", 1)[0].split("\n\n", 1)[1].split("\n\n", 1)[0].strip()
-    commands = re.findall(r"```bash\n.*?```\n", sections["Fresh machine: two commands"], flags=re.S)
+    first = sections["First five minutes"]
+    install = re.search(r"^(<!--[^\n]*-->\n)?```bash\n.*?```\n", first, flags=re.S | re.M)
     layout = re.search(r"```\n.*?```\n", sections["Layout: what goes where"], flags=re.S)
-    train = re.sub(r"configs/\w+\.json", "configs/example_exp_0.json", commands[0])
-    venv = re.search(
-        r"^Both install into a virtual environment.*?\n\n", sections["Fresh machine: two commands"], re.S | re.M
-    )
     links = "\n".join(f"{i}. [{title}](tutorials/{name})" for i, (name, title) in enumerate(tutorials.items(), 1))
     # The template's headings, so that a clean project's README can be cleaned again and tested the same way.
     return (
-        f"# {project}\n\n{intro}\n\n## Fresh machine: two commands\n\n"
-        f"Train the template agent on synthetic images:\n\n{train}\nRun the tests:\n\n{commands[1]}\n{venv.group()}"
-        f"Add a model: `python main.py new NAME` (see the tutorials).\n\n"
+        f"# {project}\n\n{intro}\n\n## First five minutes\n\n"
+        "Install (the first line), then the test tools and the tests (the second):\n\n"
+        f"{install.group()}\n"
+        "Train the template agent on synthetic images (add `max_train_batches=2 max_valid_batches=2` "
+        "to try it in seconds):\n\n```bash\n./run.sh configs/example_exp_0.json\n```\n\n"
+        "Add a model: `python main.py new NAME` (see the tutorials).\n\n"
         f"## Layout: what goes where\n\n{layout.group()}\n## Tutorials\n\n{links}\n"
     )
 
@@ -371,9 +408,18 @@ def new_command(argv: list[str]) -> int:
     for path in new_model(args.name):
         sys.stdout.write(f"wrote {path.relative_to(REPO_ROOT)}\n")
     sys.stdout.write(
-        f"train it: ./run.sh configs/{args.name}_exp_0.json    test it: python -m pytest -q tests/test_{args.name}.py\n"
+        f"train it: ./run.sh configs/{args.name}_exp_0.json    test it: python -m pytest -q tests/test_{args.name}.py"
+        + pytest_hint()
+        + "\n"
     )
     return 0
+
+
+def pytest_hint() -> str:
+    """Where pytest comes from, when this Python lacks it (requirements.txt alone does not install it)."""
+    if importlib.util.find_spec("pytest") is not None:
+        return ""
+    return " (pytest is a test tool: .venv/bin/pip install -r requirements-dev.txt)"
 
 
 def new_project_command(schemas: Callable[[], dict[str, dict[str, Key]]], argv: list[str]) -> int:

@@ -26,6 +26,14 @@ from utils.errors import UserError
 
 MODULE = "torch.optim.lr_scheduler"
 TOTAL = "total"
+
+
+def uses_total(spec: dict | list | None) -> bool:
+    """Whether a scheduler key has an argument "total" (its length follows the run's)."""
+    phases = spec if isinstance(spec, list) else [spec] if spec else []
+    return any(value == TOTAL for phase in phases for value in phase.get("args", {}).values())
+
+
 _PROBE_TOTAL = 100  # the run length the config check builds with (the real one is known only later)
 
 _SINGLE = {
