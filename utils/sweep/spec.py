@@ -26,15 +26,17 @@ from utils.config import (
     plain_name,
     read_json,
     repo_path,
+    to_plain,
     validate,
 )
 from utils.errors import UserError
 
 METHODS = ("grid", "random", "tpe")
 SPACE_KINDS = ("log_uniform", "uniform", "int", "choice")
-# Keys a trial's run gets from the sweep itself: a sweep file may not set them.
-OWNED_KEYS = ("exp_name", "mode", "resume")
+OWNED_KEYS = ("exp_name", "mode", "resume")  # set by the sweep for each trial's run: a sweep file may not set them
 MAX_GRID = 100_000  # combinations of a grid (a grid is built whole before the first trial)
+# Fixed overrides that may differ between the commands of one study (each machine's own folders).
+PER_MACHINE = ("experiments_dir", "data_root", "num_workers")
 
 
 def _storage_check(value: str, where: str, source: str) -> None:
@@ -53,10 +55,11 @@ SWEEP_SCHEMA: dict[str, Key] = {
         REQUIRED,
         dict,
         'key: space; a space is a list of values, {"choice": [...]}, {"log_uniform": [low, high]}, '
-        '{"uniform": [low, high]} or {"int": [low, high]}',
+        '{"uniform": [low, high]} or {"int": [low, high], "log": false, "step": 1}',
     ),
     "method": Key("tpe", str, "grid (every combination), random or tpe (Optuna's default sampler)", choices=METHODS),
     "trials": Key(None, int, "number of trials (grid: all combinations when null)", min=1, nullable=True),
+    "enqueue": Key([], list, 'configurations tried first, e.g. [{"optimizer.args.lr": 0.1}] (random, tpe)'),
     "pruner": Key(
         None,
         (str, dict),
@@ -75,6 +78,7 @@ SWEEP_SCHEMA: dict[str, Key] = {
     ),
     "nproc": Key(1, int, "processes per trial (under torchrun when > 1)", min=1, max=1024),
     "retry_failed": Key(False, bool, "true: the trials that failed run again (once a command), with their values"),
+    "new_overrides": Key(False, bool, "true: the study grows under fixed overrides other than its earlier trials'"),
 }
 
 
@@ -85,6 +89,8 @@ class Space:
     key: str
     kind: str  # one of SPACE_KINDS
     values: list  # the choices, or [low, high]
+    log: bool = False  # int only (log_uniform is a float space with log)
+    step: int = 1  # int only
 
     @property
     def encoded(self) -> bool:
@@ -92,22 +98,29 @@ class Space:
         return self.kind == "choice" and any(isinstance(v, (list, dict)) for v in self.values)
 
     def grid(self) -> list:
-        """Every value, for method=grid."""
+        """Every value (Optuna's), for method=grid."""
         if self.kind == "choice":
-            return list(self.values)
+            return [json.dumps(v) for v in self.values] if self.encoded else list(self.values)
+        return list(range(self.values[0], self.values[1] + 1, self.step))
+
+    def distribution(self) -> Any:
+        """The Optuna distribution this space draws from."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.kind == "choice":
+            return CategoricalDistribution(self.grid())
         if self.kind == "int":
-            return list(range(self.values[0], self.values[1] + 1))
-        raise UserError(f"{self.kind} has no grid")
+            return IntDistribution(*self.values, log=self.log, step=self.step)
+        return FloatDistribution(*self.values, log=self.kind == "log_uniform")
 
     def suggest(self, trial: Any) -> Any:
-        """Draw this key's value for an Optuna trial; returns the config value."""
+        """Draw this key's value for an Optuna trial (a queued trial gets its own); returns the config value."""
+        dist = self.distribution()
         if self.kind == "choice":
-            options = [json.dumps(v) for v in self.values] if self.encoded else list(self.values)
-            return self.decode(trial.suggest_categorical(self.key, options))
-        low, high = self.values
+            return self.decode(trial.suggest_categorical(self.key, dist.choices))
         if self.kind == "int":
-            return trial.suggest_int(self.key, low, high)
-        return trial.suggest_float(self.key, low, high, log=self.kind == "log_uniform")
+            return trial.suggest_int(self.key, dist.low, dist.high, log=dist.log, step=dist.step)
+        return trial.suggest_float(self.key, dist.low, dist.high, log=dist.log)
 
     def decode(self, value: Any) -> Any:
         """The config value of what Optuna stored."""
@@ -133,19 +146,24 @@ class Sweep:
     sampler_seed: int | None
     nproc: int
     retry_failed: bool
+    new_overrides: bool
     monitor: str  # e.g. "max valid/accuracy"
+    device: str  # the config's device ("cpu": no GPU per worker)
     sweep_dir: Path
-    grid: list[dict] = field(default_factory=list)  # method=grid: the combinations in trial order (Optuna's values)
+    grid: list[dict] = field(default_factory=list)  # method=grid: every combination in trial order (Optuna's)
+    enqueue: list[dict] = field(default_factory=list)  # configurations tried first (Optuna's values)
+    resolve: Callable[[list[str]], dict] | None = None  # overrides -> the trial's resolved config
 
     def resolved(self) -> dict:
         """The checked sweep as JSON (a password in the storage URL left out)."""
         return {
             "name": self.name,
             "config": self.config,
-            "overrides": {".".join(parts): value for parts, value in map(parse_override, self.overrides)},
-            "parameters": {s.key: {s.kind: s.values} for s in self.spaces},
+            "overrides": self.fixed(),
+            "parameters": {s.key: {s.kind: s.values, "log": s.log, "step": s.step} for s in self.spaces},
             "method": self.method,
             "trials": self.trials,
+            "enqueue": self.enqueue,
             "pruner": self.pruner,
             "storage": self.shown_storage,
             "sampler_seed": self.sampler_seed,
@@ -153,6 +171,11 @@ class Sweep:
             "retry_failed": self.retry_failed,
             "monitor": self.monitor,
         }
+
+    def fixed(self, shared: bool = False) -> dict:
+        """The fixed overrides as {key: value}; ``shared``: without those each machine may set its own."""
+        pairs = {".".join(parts): value for parts, value in map(parse_override, self.overrides)}
+        return {k: v for k, v in pairs.items() if not (shared and k in PER_MACHINE)}
 
     @property
     def shown_storage(self) -> str | None:
@@ -172,17 +195,17 @@ def _parse_space(key: str, value: Any, source: str) -> Space:
     where = f"{source}: key 'parameters.{key}'"
     if isinstance(value, list):
         value = {"choice": value}
-    if not isinstance(value, dict) or len(value) != 1:
+    kinds = [k for k in value if k in SPACE_KINDS] if isinstance(value, dict) else []
+    extra = set(value) - {*kinds, "log", "step"} if isinstance(value, dict) else set()
+    if len(kinds) != 1 or extra or (kinds != ["int"] and len(value) != 1):
+        unknown = next(iter(extra), None)
+        hint = f"unknown space '{unknown}'{did_you_mean(unknown, SPACE_KINDS)}; " if unknown else ""
         raise UserError(
-            f"{where}: expected a list of values or one of "
+            f"{where}: {hint}expected a list of values or one of "
             + ", ".join(f'{{"{k}": [...]}}' for k in SPACE_KINDS)
-            + f", got {json.dumps(value)}"
+            + f' ("log" and "step" with int), got {json.dumps(value)}'
         )
-    ((kind, bounds),) = value.items()
-    if kind not in SPACE_KINDS:
-        raise UserError(
-            f"{where}: unknown space '{kind}'{did_you_mean(kind, SPACE_KINDS)}; known: {', '.join(SPACE_KINDS)}"
-        )
+    kind, bounds = kinds[0], value[kinds[0]]
     if kind == "choice":
         if not isinstance(bounds, list) or not bounds:
             raise UserError(f"{where}: expected a non-empty list of choices, got {json.dumps(bounds)}")
@@ -193,9 +216,18 @@ def _parse_space(key: str, value: Any, source: str) -> Space:
     if not ok:
         what = "integers" if kind == "int" else "numbers"
         raise UserError(f"{where}: {kind} expects [low, high], two {what} with low < high, got {json.dumps(bounds)}")
-    if kind == "log_uniform" and bounds[0] <= 0:
-        raise UserError(f"{where}: log_uniform needs low > 0, got {json.dumps(bounds)}")
-    return Space(key, kind, bounds)
+    log, step = value.get("log", False), value.get("step", 1)
+    if (
+        not isinstance(log, bool)
+        or not isinstance(step, int)
+        or isinstance(step, bool)
+        or step < 1
+        or log > (step == 1)
+    ):
+        raise UserError(f'{where}: expected "log": true or false and "step": a positive integer (1 with log)')
+    if (kind == "log_uniform" or log) and bounds[0] <= 0:
+        raise UserError(f"{where}: a log space needs low > 0, got {json.dumps(bounds)}")
+    return Space(key, kind, bounds, log, step)
 
 
 def _check_overlaps(spaces: list[Space], fixed: list[str], source: str) -> None:
@@ -235,13 +267,15 @@ def _pruner(value: str | dict | None, source: str) -> dict | None:
     return spec
 
 
-def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
-    """Command-line key=value: (those naming sweep-file keys, those for the base config)."""
-    mine, theirs = [], []
+def _apply_sweep_keys(raw: dict, overrides: list[str]) -> dict:
+    """Command-line key=value for the sweep file; under parameters and overrides the rest is one (dotted) key."""
     for text in overrides:
-        parts, _ = parse_override(text)
-        (mine if parts[0] in SWEEP_SCHEMA else theirs).append(text)
-    return mine, theirs
+        parts, value = parse_override(text)
+        if parts[0] in ("parameters", "overrides") and len(parts) > 1 and isinstance(raw.get(parts[0]), dict):
+            raw = {**raw, parts[0]: {**raw[parts[0]], ".".join(parts[1:]): value}}
+        else:
+            raw = apply_overrides(raw, [text])
+    return raw
 
 
 def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, list[str]], Any]) -> Sweep:
@@ -250,9 +284,9 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
     ``check_config(config_path, overrides)`` loads and validates the base config (main.load_config),
     returning the config; every value a trial can get goes through it once here.
     """
-    mine, theirs = split_overrides(overrides)
-    raw = apply_overrides(read_json(path), mine)
-    sweep = validate(raw, SWEEP_SCHEMA, path)
+    mine = [t for t in overrides if parse_override(t)[0][0] in SWEEP_SCHEMA]
+    theirs = [t for t in overrides if t not in mine]
+    sweep = validate(_apply_sweep_keys(read_json(path), mine), SWEEP_SCHEMA, path)
     fixed = {**sweep["overrides"]}
     for text in theirs:  # key=value on the command line for the base config joins the fixed overrides
         parts, value = parse_override(text)
@@ -285,6 +319,14 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
             raise UserError(f"{path}: key 'parameters.monitor': the objective cannot change between trials")
         for value in space.values:  # every choice, or both ends of a range
             check([space.override(value)], f"parameters.{space.key} = {json.dumps(value)}")
+    by_key = {s.key: s for s in spaces}
+    enqueue = []
+    for i, point in enumerate(sweep["enqueue"]):
+        unknown = [k for k in point if k not in by_key] if isinstance(point, dict) else ["?"]
+        if unknown:
+            raise UserError(f"{path}: key 'enqueue[{i}]': expected an object of parameters ({', '.join(by_key)})")
+        check([by_key[k].override(v) for k, v in point.items()], f"enqueue[{i}]")
+        enqueue.append({k: json.dumps(v) if by_key[k].encoded else v for k, v in point.items()})
 
     trials, grid = sweep["trials"], []
     if sweep["method"] == "grid":
@@ -294,20 +336,18 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
                     f"{path}: key 'parameters.{space.key}': method grid needs a list of values, a choice or an "
                     f"int range, got {space.kind}"
                 )
-        size = math.prod(len(s.values) if s.kind == "choice" else s.values[1] - s.values[0] + 1 for s in spaces)
+        size = math.prod(len(s.grid()) for s in spaces)
         if size > MAX_GRID:
             raise UserError(
                 f"{path}: key 'parameters': a grid of {size:,} combinations (at most {MAX_GRID:,}); "
                 "sample it with method random or tpe and a number of trials"
             )
-        encoded = [[json.dumps(v) if s.encoded else v for v in s.grid()] for s in spaces]
-        grid = [dict(zip([s.key for s in spaces], combo, strict=True)) for combo in itertools.product(*encoded)]
+        grid = [dict(zip(by_key, combo, strict=True)) for combo in itertools.product(*(s.grid() for s in spaces))]
         if sweep["sampler_seed"] is not None:
             random.Random(sweep["sampler_seed"]).shuffle(grid)
         if trials is not None and trials > len(grid):
             raise UserError(f"{path}: key 'trials': the grid has {len(grid)} combinations, got trials={trials}")
         trials = trials or len(grid)
-        grid = grid[:trials]
     elif trials is None:
         raise UserError(f"{path}: missing required key 'trials' (needed by method {sweep['method']})")
 
@@ -324,7 +364,11 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
         sampler_seed=sweep["sampler_seed"],
         nproc=sweep["nproc"],
         retry_failed=sweep["retry_failed"],
+        new_overrides=sweep["new_overrides"],
         monitor=config["monitor"],
+        device=config["device"],
         sweep_dir=repo_path(config["experiments_dir"]) / sweep["name"],
         grid=grid,
+        enqueue=enqueue,
+        resolve=lambda more: to_plain(check_config(config_path, [*base, *more])),
     )

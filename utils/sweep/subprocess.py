@@ -1,14 +1,16 @@
 """A sweep's child processes: trials as their own command (``main.py --nproc N ...``) and helper workers.
 
 The trial reports nothing back: this side reads the metrics.csv rows the run writes, hands each to the
-pruning hook, and on a prune sends SIGTERM, which saves a checkpoint and ends the run (exit 130).
+study (and its pruner), and on a prune sends SIGTERM, which saves a checkpoint and ends the run (exit 130).
 Children are tied to the sweep: when it dies, even by SIGKILL, they get SIGTERM and stop the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ctypes
+import fcntl
 import os
 import signal
 import subprocess
@@ -20,15 +22,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from utils.errors import RunInterrupted, TrainingStopped, UserError
+from utils.recorder import LOCK_NAME
 
 POLL_SECONDS = 0.5
+STOP_GRACE_SECONDS = 60.0  # for a trial's earlier process to save its checkpoint and end
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 def popen_tied(args: list[str], **kwargs: Any) -> subprocess.Popen:
     """``subprocess.Popen`` of a child sent SIGTERM when this process dies (Linux), so that no trial outlives
-    a killed sweep; elsewhere, a worker that takes up the trial stops what is left of it (utils/sweep.py)."""
+    a killed sweep; elsewhere, the worker that runs the trial again stops what is left of it first."""
     parent = os.getpid()
 
     def tie() -> None:  # in the child, before exec (the setting survives exec)
@@ -111,3 +115,32 @@ def run_command(
     if proc.returncode == 130:
         raise RunInterrupted(message)
     raise TrainingStopped(message.removeprefix("error: "))
+
+
+def holder(path: Path) -> str | None:
+    """The text of the lock file ``path`` while a process holds it ('' until it is written), None when free."""
+    try:
+        f = open(path)  # noqa: SIM115
+    except FileNotFoundError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f.read().strip()
+        return None
+
+
+def stop_earlier_process(run_dir: Path) -> None:
+    """A trial run again may find its earlier process still holding its run (a ``--nproc`` trial saving after
+    the sweep's SIGKILL, or one not tied to it): it is sent SIGTERM (it saves and stops), SIGKILL after
+    ``STOP_GRACE_SECONDS``; the run's own lock check then says who holds it."""
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    sent: dict[int, signal.Signals] = {}
+    while (text := holder(run_dir / LOCK_NAME)) is not None and time.monotonic() < deadline + STOP_GRACE_SECONDS:
+        pid, stop = int(text or 0), signal.SIGTERM if time.monotonic() < deadline else signal.SIGKILL
+        if pid and sent.get(pid) != stop:  # 0: the holder has not written its pid yet
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, stop)
+            sent[pid] = stop
+        time.sleep(0.2)
