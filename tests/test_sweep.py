@@ -8,6 +8,7 @@ import pytest
 
 import main
 from tests.conftest import EXAMPLE, train
+from utils.sweep.results import PLOTS
 
 # Tiny trials: the template on a few batches of small random images (160: 96 to train on, 32 to validate), one
 # thread (the float sums then repeat exactly); Adadelta, whose lr of about 1 the sweeps below vary.
@@ -122,7 +123,7 @@ def test_grid_sweep_runs_every_trial_as_a_run_records_a_failure_and_writes_resul
         assert (config["optimizer"]["args"]["lr"], config["batch_size"]) == (0.5, int(r["batch_size"]))
         assert (run / "checkpoints" / "last.pth").exists()
         assert (run / "out" / "curves.png").read_bytes().startswith(PNG)
-    for plot in ("history.png", "slice.png", "importances.png", "parallel.png", "intermediate.png"):
+    for plot in (f"{name}.png" for name in PLOTS):
         assert (sweep_dir / plot).read_bytes().startswith(PNG)
     assert results[0]["objective"] != results[1]["objective"]
     best = min(results[:2], key=lambda r: float(r["objective"]))

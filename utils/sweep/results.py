@@ -15,14 +15,8 @@ from utils.recorder import write_bytes_atomic, write_text_atomic
 from utils.sweep.spec import Sweep
 from utils.sweep.study import first_number, latest, trial_name, tries
 
-# optuna.visualization.matplotlib's views, each saved as <name>.png next to results.csv.
-PLOTS = {
-    "history": "plot_optimization_history",
-    "slice": "plot_slice",
-    "importances": "plot_param_importances",
-    "parallel": "plot_parallel_coordinate",
-    "intermediate": "plot_intermediate_values",
-}
+# optuna.visualization.matplotlib's views (plot_<name>), each saved as <name>.png next to results.csv.
+PLOTS = ("optimization_history", "slice", "param_importances", "parallel_coordinate", "intermediate_values")
 
 
 def write_results(study: optuna.Study, sweep: Sweep) -> FrozenTrial | None:
@@ -86,11 +80,11 @@ def _plot(study: optuna.Study, sweep: Sweep) -> None:
     except ImportError as e:
         sys.stderr.write(f"warning: {sweep.sweep_dir}: plots not written: {e}\n")
         return
-    for name, view in PLOTS.items():
+    for name in PLOTS:
         try:
             with warnings.catch_warnings():  # "experimental", "too few trials to compute importances"
                 warnings.simplefilter("ignore")
-                axes = getattr(views, view)(study)
+                axes = getattr(views, f"plot_{name}")(study)
             fig = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")

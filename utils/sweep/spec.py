@@ -13,7 +13,7 @@ import math
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,34 +47,21 @@ def _storage_check(value: str, where: str, source: str) -> None:
         )
 
 
+_PRUNER = 'an optuna.pruners class, "MedianPruner" or {"type": "MedianPruner", "args": {...}}; null: none'
 SWEEP_SCHEMA: dict[str, Key] = {
     "name": Key(REQUIRED, str, "the study's name and its folder under the config's experiments_dir", check=plain_name),
     "config": Key(REQUIRED, str, "the base config every trial runs (relative to the repository)"),
     "overrides": Key({}, dict, 'fixed key: value pairs applied to every trial, e.g. {"max_epoch": 3}'),
-    "parameters": Key(
-        REQUIRED,
-        dict,
-        'key: space; a space is a list of values, {"choice": [...]}, {"log_uniform": [low, high]}, '
-        '{"uniform": [low, high]} or {"int": [low, high], "log": false, "step": 1}',
-    ),
+    "parameters": Key(REQUIRED, dict, "key: space (a list of values, or one of SPACE_KINDS: tutorial 06)"),
     "method": Key("tpe", str, "grid (every combination), random or tpe (Optuna's default sampler)", choices=METHODS),
     "trials": Key(None, int, "number of trials (grid: all combinations when null)", min=1, nullable=True),
     "enqueue": Key([], list, 'configurations tried first, e.g. [{"optimizer.args.lr": 0.1}] (random, tpe)'),
-    "pruner": Key(
-        None,
-        (str, dict),
-        'an optuna.pruners class, "MedianPruner" or {"type": "MedianPruner", "args": {...}}; null: no pruning',
-        nullable=True,
-    ),
+    "pruner": Key(None, (str, dict), _PRUNER, nullable=True),
     "storage": Key(
-        None,
-        str,
-        "database URL shared by workers on several machines (postgresql://...); null: a journal file",
-        nullable=True,
-        check=_storage_check,
+        None, str, "database URL (postgresql://...); null: a journal file", nullable=True, check=_storage_check
     ),
     "sampler_seed": Key(
-        None, int, "seed of the sampler (one worker: the same trials each time)", min=0, max=2**31 - 1, nullable=True
+        None, int, "seed of the sampler (one worker: the same trials)", min=0, max=2**31 - 1, nullable=True
     ),
     "nproc": Key(1, int, "processes per trial (under torchrun when > 1)", min=1, max=1024),
     "retry_failed": Key(False, bool, "true: the trials that failed run again (once a command), with their values"),
@@ -115,12 +102,12 @@ class Space:
 
     def suggest(self, trial: Any) -> Any:
         """Draw this key's value for an Optuna trial (a queued trial gets its own); returns the config value."""
-        dist = self.distribution()
+        d = self.distribution()
         if self.kind == "choice":
-            return self.decode(trial.suggest_categorical(self.key, dist.choices))
-        if self.kind == "int":
-            return trial.suggest_int(self.key, dist.low, dist.high, log=dist.log, step=dist.step)
-        return trial.suggest_float(self.key, dist.low, dist.high, log=dist.log)
+            return self.decode(trial.suggest_categorical(self.key, d.choices))
+        return (trial.suggest_int if self.kind == "int" else trial.suggest_float)(
+            self.key, d.low, d.high, log=d.log, step=d.step
+        )
 
     def decode(self, value: Any) -> Any:
         """The config value of what Optuna stored."""
@@ -132,45 +119,28 @@ class Space:
 
 @dataclass
 class Sweep:
-    """A checked sweep file."""
+    """A checked sweep file; its keys (``SWEEP_SCHEMA``) read as attributes: ``sweep.method``."""
 
     path: str
-    name: str
-    config: str  # the base config's path
+    keys: dict  # the sweep file's keys, checked, with the command line's
     overrides: list[str]  # key=value, fixed for every trial
     spaces: list[Space]
-    method: str
-    trials: int
-    pruner: dict | None
-    storage: str | None
-    sampler_seed: int | None
-    nproc: int
-    retry_failed: bool
-    new_overrides: bool
     monitor: str  # e.g. "max valid/accuracy"
     device: str  # the config's device ("cpu": no GPU per worker)
     sweep_dir: Path
-    grid: list[dict] = field(default_factory=list)  # method=grid: every combination in trial order (Optuna's)
-    enqueue: list[dict] = field(default_factory=list)  # configurations tried first (Optuna's values)
-    resolve: Callable[[list[str]], dict] | None = None  # overrides -> the trial's resolved config
+    grid: list[dict]  # method=grid: every combination in trial order (Optuna's values)
+    enqueue: list[dict]  # configurations tried first (Optuna's values)
+    resolve: Callable[[list[str]], dict]  # a trial's overrides -> its resolved config
+
+    def __getattr__(self, name: str) -> Any:  # the sweep file's keys
+        if name in SWEEP_SCHEMA:
+            return self.__dict__["keys"][name]
+        raise AttributeError(name)
 
     def resolved(self) -> dict:
         """The checked sweep as JSON (a password in the storage URL left out)."""
-        return {
-            "name": self.name,
-            "config": self.config,
-            "overrides": self.fixed(),
-            "parameters": {s.key: {s.kind: s.values, "log": s.log, "step": s.step} for s in self.spaces},
-            "method": self.method,
-            "trials": self.trials,
-            "enqueue": self.enqueue,
-            "pruner": self.pruner,
-            "storage": self.shown_storage,
-            "sampler_seed": self.sampler_seed,
-            "nproc": self.nproc,
-            "retry_failed": self.retry_failed,
-            "monitor": self.monitor,
-        }
+        spaces = {s.key: {s.kind: s.values, "log": s.log, "step": s.step} for s in self.spaces}
+        return {**self.keys, "overrides": self.fixed(), "parameters": spaces, "storage": self.shown_storage}
 
     def fixed(self, shared: bool = False) -> dict:
         """The fixed overrides as {key: value}; ``shared``: without those each machine may set its own."""
@@ -217,13 +187,7 @@ def _parse_space(key: str, value: Any, source: str) -> Space:
         what = "integers" if kind == "int" else "numbers"
         raise UserError(f"{where}: {kind} expects [low, high], two {what} with low < high, got {json.dumps(bounds)}")
     log, step = value.get("log", False), value.get("step", 1)
-    if (
-        not isinstance(log, bool)
-        or not isinstance(step, int)
-        or isinstance(step, bool)
-        or step < 1
-        or log > (step == 1)
-    ):
+    if type(log) is not bool or type(step) is not int or step < 1 or (log and step != 1):
         raise UserError(f'{where}: expected "log": true or false and "step": a positive integer (1 with log)')
     if (kind == "log_uniform" or log) and bounds[0] <= 0:
         raise UserError(f"{where}: a log space needs low > 0, got {json.dumps(bounds)}")
@@ -330,12 +294,9 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
 
     trials, grid = sweep["trials"], []
     if sweep["method"] == "grid":
-        for space in spaces:
-            if space.kind not in ("choice", "int"):
-                raise UserError(
-                    f"{path}: key 'parameters.{space.key}': method grid needs a list of values, a choice or an "
-                    f"int range, got {space.kind}"
-                )
+        for space in (s for s in spaces if s.kind not in ("choice", "int")):
+            what = f"a list of values, a choice or an int range, got {space.kind}"
+            raise UserError(f"{path}: key 'parameters.{space.key}': method grid needs {what}")
         size = math.prod(len(s.grid()) for s in spaces)
         if size > MAX_GRID:
             raise UserError(
@@ -351,24 +312,7 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
     elif trials is None:
         raise UserError(f"{path}: missing required key 'trials' (needed by method {sweep['method']})")
 
-    return Sweep(
-        path=path,
-        name=sweep["name"],
-        config=sweep["config"],
-        overrides=base,
-        spaces=spaces,
-        method=sweep["method"],
-        trials=trials,
-        pruner=_pruner(sweep["pruner"], path),
-        storage=sweep["storage"],
-        sampler_seed=sweep["sampler_seed"],
-        nproc=sweep["nproc"],
-        retry_failed=sweep["retry_failed"],
-        new_overrides=sweep["new_overrides"],
-        monitor=config["monitor"],
-        device=config["device"],
-        sweep_dir=repo_path(config["experiments_dir"]) / sweep["name"],
-        grid=grid,
-        enqueue=enqueue,
-        resolve=lambda more: to_plain(check_config(config_path, [*base, *more])),
-    )
+    keys = {**sweep, "trials": trials, "pruner": _pruner(sweep["pruner"], path)}
+    resolve = lambda more: to_plain(check_config(config_path, [*base, *more]))  # noqa: E731
+    sweep_dir = repo_path(config["experiments_dir"]) / sweep["name"]
+    return Sweep(path, keys, base, spaces, config["monitor"], config["device"], sweep_dir, grid, enqueue, resolve)

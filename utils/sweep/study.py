@@ -1,12 +1,10 @@
 """Running a sweep: an Optuna study whose trials are ordinary runs under experiments/<sweep name>/trial_NNNN.
 
-Each worker (a process here, or on another machine sharing a database) runs ``study.optimize`` one trial
-at a time while the study wants more: a queued trial first (a grid's points and ``enqueue`` baselines are
-queued when the study is made; a trial cut short is queued again), else a new one while fewer than
-``trials`` exist. A trial queued again keeps its values and its run folder, so it resumes from its
-checkpoint where that folder is. Cut short means: on a database, no heartbeat for ``GRACE_SECONDS``
-(Optuna's RetryHeartbeatStaleTrialCallback); with a journal file, RUNNING while no process of this
-folder holds its lock (SIGKILL, power loss); or stopped by Ctrl-C/SIGTERM (any storage).
+Each worker (a process here, or on another machine sharing a database) runs ``study.optimize`` a trial at a
+time: a queued one first (grid points and ``enqueue`` baselines, queued when the study is made; a trial cut
+short), else a new one while fewer than ``trials`` exist. A trial queued again keeps its values and its run
+folder, so it resumes from its checkpoint there. Cut short: on a database, no heartbeat for GRACE_SECONDS;
+with a journal file, RUNNING while no process holds the folder's lock (SIGKILL); or stopped by a signal.
 """
 
 from __future__ import annotations
@@ -34,14 +32,14 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from utils.errors import RunInterrupted, TrainingStopped, UserError
+from utils.report import read_run
 from utils.seeding import derive_seed
 from utils.sweep.spec import Sweep
 from utils.sweep.subprocess import popen_tied, stop_earlier_process
 
-# run_trial(overrides, run_dir, after_validation): one trial's run to its end; raises UserError or
-# TrainingStopped when it fails, RunInterrupted when stopped by a signal. after_validation(epoch, metrics)
-# is BaseAgent's hook; it returns True to stop training (pruned).
-RunTrial = Callable[[list[str], Path, Callable[[int, dict[str, float]], bool] | None], None]
+# run_trial(overrides, run_dir, after_validation): a trial's run to its end; raises UserError or TrainingStopped
+# when it fails, RunInterrupted when stopped by a signal. after_validation(epoch, metrics) -> True: pruned.
+RunTrial = Callable[[list[str], Path, Callable[[int, dict[str, float]], bool]], None]
 
 LOG = logging.getLogger("ppt.sweep")
 HEARTBEAT_SECONDS = 60  # a database study hears from each running trial this often ...
@@ -60,11 +58,10 @@ def trial_name(number: int) -> str:
     return f"trial_{number:04d}"
 
 
-def first_number(trial: FrozenTrial | optuna.trial.Trial) -> int:
+def first_number(trial: FrozenTrial) -> int:
     """The number of a trial's first try: its run folder, whichever try runs it."""
-    frozen = trial if isinstance(trial, FrozenTrial) else trial.study._storage.get_trial(trial._trial_id)
-    first = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
-    return frozen.number if first is None else first
+    first = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+    return trial.number if first is None else first
 
 
 def tries(study: optuna.Study) -> list[FrozenTrial]:
@@ -207,9 +204,7 @@ def run_one(study: optuna.Study, sweep: Sweep, run_trial: RunTrial, trial: optun
         with warnings.catch_warnings():  # a resumed trial reports its earlier epochs again: Optuna keeps the first
             warnings.simplefilter("ignore")
             trial.report(value, epoch)
-        pruned = (
-            epoch < config.get("max_epoch", math.inf) and trial.should_prune()
-        )  # not after its last epoch: it completed
+        pruned = epoch < config.get("max_epoch", math.inf) and trial.should_prune()  # not after the last: complete
         return pruned
 
     stop_earlier_process(run_dir)
@@ -225,7 +220,7 @@ def run_one(study: optuna.Study, sweep: Sweep, run_trial: RunTrial, trial: optun
     except Exception as e:  # noqa: BLE001 (a bug in this trial's code: it fails, the sweep goes on)
         LOG.error(traceback.format_exc())
         error = f"{type(e).__name__}: {e}"
-    summary = _read_json(run_dir / "summary.json")
+    summary = read_run(run_dir).summary
     trial.set_user_attr("epochs", summary.get("epochs"))
     trial.set_user_attr("wall_seconds", summary.get("wall_seconds"))
     value = (summary.get("best") or {}).get("value")
@@ -244,13 +239,6 @@ def _failed(trial: optuna.trial.Trial, message: str) -> TrialFailed:
     trial.set_user_attr("error", message)
     LOG.warning(f"trial {trial.number} failed: {message}")
     return TrialFailed(message)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
 
 
 def work(study: optuna.Study, sweep: Sweep, run_trial: RunTrial) -> None:
@@ -352,32 +340,21 @@ def gpu_sets(sweep: Sweep, workers: int) -> list[str | None]:
     return [",".join(ids[i * sweep.nproc : (i + 1) * sweep.nproc]) for i in range(workers)]
 
 
-def _setup_log(sweep_dir: Path) -> None:
-    if LOG.handlers:
-        return
+@contextlib.contextmanager
+def _logging(sweep_dir: Path) -> Iterator[None]:
+    """The sweep's lines (a trial's values, then its result) to stderr and sweep.log."""
     LOG.setLevel(logging.INFO)
     LOG.propagate = False
-    fmt = logging.Formatter("%(asctime)s sweep %(message)s", "%Y-%m-%d %H:%M:%S")
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(sweep_dir / "sweep.log")):
-        handler.setFormatter(fmt)
+    handlers = [logging.StreamHandler(sys.stderr), logging.FileHandler(sweep_dir / "sweep.log")]
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s sweep %(message)s", "%Y-%m-%d %H:%M:%S"))
         LOG.addHandler(handler)
-
-
-def _close_log() -> None:
-    for handler in list(LOG.handlers):
-        handler.close()
-        LOG.removeHandler(handler)
-
-
-def _write_sweep_file(sweep_dir: Path, resolved: dict) -> None:
-    """sweep.json: the checked sweep; an earlier, different one is kept as sweep.N.json."""
-    path, text = sweep_dir / "sweep.json", json.dumps(resolved, indent=2) + "\n"
-    if path.exists() and path.read_text() != text:
-        n = 1
-        while (sweep_dir / f"sweep.{n}.json").exists():
-            n += 1
-        os.replace(path, sweep_dir / f"sweep.{n}.json")
-    path.write_text(text)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.close()
+            LOG.removeHandler(handler)
 
 
 def run_sweep(
@@ -399,16 +376,14 @@ def run_sweep(
     if check_first is not None and helper_index is None:
         check_first()
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    _setup_log(sweep_dir)
-    try:
+    with _logging(sweep_dir):
         study, created = open_study(sweep, helper_index or 0)
         if helper_index is None:
             _claim(study, sweep, created)
-            _write_sweep_file(sweep_dir, sweep.resolved())
-            if sweep.retry_failed:
-                for frozen in latest(study):
-                    if frozen.state == TrialState.FAIL:
-                        _requeue(study, frozen, frozen.user_attrs.get("error", "failed"))
+            (sweep_dir / "sweep.json").write_text(json.dumps(sweep.resolved(), indent=2) + "\n")
+            for frozen in latest(study) if sweep.retry_failed else []:
+                if frozen.state == TrialState.FAIL:
+                    _requeue(study, frozen, frozen.user_attrs.get("error", "failed"))
         helpers = [
             popen_tied(
                 [*helper_command, "--worker-index", str(i)],
@@ -429,5 +404,3 @@ def run_sweep(
                 if proc.wait():
                     LOG.warning(f"worker {i} (pid {proc.pid}) exited with code {proc.returncode}")
         return study
-    finally:
-        _close_log()

@@ -8,7 +8,6 @@ Children are tied to the sweep: when it dies, even by SIGKILL, they get SIGTERM 
 from __future__ import annotations
 
 import contextlib
-import csv
 import ctypes
 import fcntl
 import os
@@ -23,6 +22,7 @@ from typing import IO, Any
 
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 from utils.recorder import LOCK_NAME
+from utils.report import read_run
 
 POLL_SECONDS = 0.5
 STOP_GRACE_SECONDS = 60.0  # for a trial's earlier process to save its checkpoint and end
@@ -54,81 +54,50 @@ def _echo(stream: IO[str], last: list[str], quiet: threading.Event) -> None:
             last[:] = [line.strip()]
 
 
-def _rows(path: Path) -> list[dict[str, float]]:
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        return []
-    out = []
-    for row in rows:
-        numbers = {}
-        for key, text in row.items():
-            try:
-                numbers[key] = float(text)
-            except (TypeError, ValueError):
-                continue
-        out.append(numbers)
-    return out
-
-
 def run_command(
-    command: list[str],
-    overrides: list[str],
-    run_dir: Path,
-    after_validation: Callable[[int, dict[str, float]], bool] | None,
+    command: list[str], overrides: list[str], run_dir: Path, after_validation: Callable[[int, dict], bool]
 ) -> None:
     """Run ``command + overrides`` to its end; failures raise as they would in-process (UserError, ...)."""
     proc = popen_tied([*command, *overrides], stderr=subprocess.PIPE, text=True, errors="replace")
     last: list[str] = []
-    quiet = threading.Event()  # set once pruned: torchrun's report of the SIGTERM we sent is no news
-    reader = threading.Thread(target=_echo, args=(proc.stderr, last, quiet), daemon=True)
+    pruned = threading.Event()  # torchrun's report of the SIGTERM sent to prune is no news
+    reader = threading.Thread(target=_echo, args=(proc.stderr, last, pruned), daemon=True)
     reader.start()
-    handled: set[int] = set()
-    pruned = False
+    reported = 0
     try:
-        while proc.poll() is None:
-            time.sleep(POLL_SECONDS)
-            if after_validation is None or pruned:
-                continue
-            for row in _rows(run_dir / "metrics.csv"):
-                epoch = int(row.get("epoch", 0))
-                if epoch in handled:
-                    continue
-                handled.add(epoch)
-                metrics = {k: v for k, v in row.items() if k not in ("epoch", "step")}
-                if after_validation(epoch, metrics):
-                    pruned = True
-                    quiet.set()
+        while not pruned.is_set():
+            ended = proc.poll() is not None  # the rows written before it ended are read once more
+            for row in read_run(run_dir).rows[reported:]:
+                reported += 1
+                if after_validation(int(row["epoch"]), {k: v for k, v in row.items() if k not in ("epoch", "step")}):
+                    pruned.set()
                     proc.send_signal(signal.SIGTERM)
                     break
+            if ended:
+                break
+            time.sleep(POLL_SECONDS)
+        proc.wait()
     except BaseException:
         proc.send_signal(signal.SIGTERM)
         proc.wait()
         raise
     reader.join()
-    if proc.returncode == 0 or pruned:
+    if proc.returncode == 0 or pruned.is_set():
         return
     message = last[0] if last else f"{command[0]} exited with code {proc.returncode}"
-    if proc.returncode == 2:
-        raise UserError(message.removeprefix("error: "))
     if proc.returncode == 130:
         raise RunInterrupted(message)
-    raise TrainingStopped(message.removeprefix("error: "))
+    raise (UserError if proc.returncode == 2 else TrainingStopped)(message.removeprefix("error: "))
 
 
 def holder(path: Path) -> str | None:
     """The text of the lock file ``path`` while a process holds it ('' until it is written), None when free."""
-    try:
-        f = open(path)  # noqa: SIM115
-    except FileNotFoundError:
-        return None
-    with f:
+    with contextlib.suppress(FileNotFoundError), open(path) as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return f.read().strip()
-        return None
+    return None
 
 
 def stop_earlier_process(run_dir: Path) -> None:
