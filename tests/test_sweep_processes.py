@@ -205,6 +205,7 @@ def test_two_workers_on_a_postgresql_study_run_exactly_the_requested_trials(tmp_
         results = rows(m / "s" / "results.csv")
         assert [r["number"] for r in results] == ["0", "1", "2", "3"]
         assert {r["host"] for r in results} == {socket.gethostname()}
+        assert all(Path(r["run_dir"]).is_dir() for r in results), "a path on the machine that ran it"
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

@@ -1,9 +1,5 @@
-"""Sweep files: a base config, fixed overrides and a search space over its keys, checked before any trial runs.
-
-A sweep file is JSON like a config (keys in ``SWEEP_SCHEMA``). Every override and every value a
-parameter can take is applied to the base config and validated against its agent's schema, so a
-misspelled key or a bad value is one line naming the sweep file and the key, before any trial.
-"""
+"""Sweep files (keys in ``SWEEP_SCHEMA``): a base config, fixed overrides and a space per key. Every override and
+every value a parameter can take is validated against the agent's schema: a mistake is one line before any trial."""
 
 from __future__ import annotations
 

@@ -131,7 +131,7 @@ def open_study(sweep: Sweep, worker_index: int = 0) -> tuple[optuna.Study, bool]
             if sweep.storage is None:
                 raise
             if attempt == 4 or isinstance(e, sqlalchemy.exc.OperationalError):  # unreachable, bad password
-                message = f"cannot open {sweep.shown_storage}: {_first_line(e)}"
+                message = f"cannot open {sweep.shown_storage}: {(str(e).strip() or type(e).__name__).splitlines()[0]}"
                 raise UserError(f"{sweep.path}: key 'storage': {message}") from None
             time.sleep(0.5 * (attempt + 1))
     if study.direction.name.lower() != sweep.direction:
@@ -161,16 +161,10 @@ def _storage(sweep: Sweep) -> Any:
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
         )
     except ImportError:
-        scheme = sweep.storage.split("://")[0]
-        raise UserError(
-            f"{sweep.path}: key 'storage': no database driver for {scheme}:// installed; "
-            "for postgresql://: pip install 'psycopg[binary]'"
-        ) from None
-
-
-def _first_line(e: Exception) -> str:
-    lines = [line for line in str(e).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__
+        missing = (
+            f"no database driver for {sweep.storage.split('://')[0]}:// (postgresql: pip install 'psycopg[binary]')"
+        )
+        raise UserError(f"{sweep.path}: key 'storage': {missing}") from None
 
 
 def run_one(study: optuna.Study, sweep: Sweep, run_trial: RunTrial, trial: optuna.trial.Trial) -> float:
@@ -182,10 +176,7 @@ def run_one(study: optuna.Study, sweep: Sweep, run_trial: RunTrial, trial: optun
     if sweep.method == "grid" and not (frozen.system_attrs.get("fixed_params") or first_number(frozen) != trial.number):
         trial.set_user_attr("surplus", True)  # asked while another worker took the grid's last point
         raise TrialFailed("no grid point left")
-    try:
-        values = {space.key: space.suggest(trial) for space in sweep.spaces}  # a queued trial keeps its values
-    except ValueError as e:  # values stored under another space (a study changed by hand): it cannot run
-        raise _failed(trial, f"its values do not fit the sweep's parameters: {e}") from None
+    values = {space.key: space.suggest(trial) for space in sweep.spaces}  # a queued trial keeps its values
     run_dir = sweep.sweep_dir / trial_name(first_number(frozen))
     chosen = [space.override(values[space.key]) for space in sweep.spaces]
     config = sweep.resolve(chosen)
@@ -245,7 +236,6 @@ def work(study: optuna.Study, sweep: Sweep, run_trial: RunTrial) -> None:
     """This worker's loop: a trial at a time while one is queued or fewer than ``trials`` exist; then wait
     for the trials others run (one cut short is queued again, and this worker may be the one to run it)."""
     lock = FolderLock(sweep.sweep_dir) if sweep.storage is None else None
-    waiting = False
     while True:
         if lock is not None:
             lock.requeue_orphans(study)
@@ -257,19 +247,14 @@ def work(study: optuna.Study, sweep: Sweep, run_trial: RunTrial) -> None:
             with lock.running() if lock is not None else contextlib.nullcontext():
                 study.optimize(lambda trial: run_one(study, sweep, run_trial, trial), n_trials=1, catch=TrialFailed)
         elif TrialState.RUNNING in states:
-            if not waiting:
-                LOG.info(f"waiting for {states.count(TrialState.RUNNING)} trial(s) that other workers run")
-            waiting = True
             time.sleep(WAIT_SECONDS)
         else:
             return
 
 
 def _claim(study: optuna.Study, sweep: Sweep, created: bool) -> None:
-    """The folder's trial directories are the study's (``.study`` names it); the study goes on with what
-    Optuna accepts (distributions of the same kind; a grid's points in the same order) and, unless
-    ``new_overrides``, the fixed overrides of its earlier trials (best_config.json is a trial's own). The
-    command that made the study queues its grid points; the others wait for them (the study's ``id``)."""
+    """The folder's trial directories are the study's (``.study``); it goes on with what Optuna accepts and, unless
+    ``new_overrides``, its fixed overrides; its maker queues the grid's points, others wait (its ``id``)."""
     where = sweep.shown_storage or sweep.sweep_dir
     deadline = time.monotonic() + 30
     while not created and not study.user_attrs.get("id") and time.monotonic() < deadline:
@@ -294,10 +279,8 @@ def _claim(study: optuna.Study, sweep: Sweep, created: bool) -> None:
                 ) from None
         distributions[space.key] = space.distribution()
     if sweep.method == "grid" and attrs.get("grid", sweep.grid) != sweep.grid:
-        raise UserError(
-            f"{sweep.path}: key 'parameters': the study in {where} was made with another grid (its points or their "
-            "order: parameters, sampler_seed); run it with that, or choose another sweep name"
-        )
+        what = "another grid (its points or their order: parameters, sampler_seed)"
+        raise UserError(f"{sweep.path}: key 'parameters': the study in {where} was made with {what}; keep it")
     fixed = sweep.fixed(shared=True)
     earlier = attrs.get("overrides", fixed) if latest(study) else fixed
     if earlier != fixed and not sweep.new_overrides:

@@ -1,9 +1,6 @@
-"""A sweep's child processes: trials as their own command (``main.py --nproc N ...``) and helper workers.
-
-The trial reports nothing back: this side reads the metrics.csv rows the run writes, hands each to the
-study (and its pruner), and on a prune sends SIGTERM, which saves a checkpoint and ends the run (exit 130).
-Children are tied to the sweep: when it dies, even by SIGKILL, they get SIGTERM and stop the same way.
-"""
+"""A sweep's child processes: trials as their own command (``main.py --nproc N ...``) and helper workers, tied to
+the sweep (when it dies, even by SIGKILL, they get SIGTERM: they save and stop). A trial's metrics.csv rows go to
+the study as it writes them; a prune is a SIGTERM (a checkpoint, exit 130)."""
 
 from __future__ import annotations
 
