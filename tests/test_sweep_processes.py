@@ -53,8 +53,10 @@ def test_sigkill_mid_trial_then_the_same_command_resumes_it_and_ends_with_every_
     assert not (sweep_dir / "trial_0001" / "summary.json").exists(), "the kill must land in trial 1"
     first_log = (sweep_dir / "trial_0000" / "logs" / "run.log").read_text()
 
+    # Two GPUs to share out (this CPU-only torch ignores them): each worker's trials see their own.
+    gpus = {**ENV, "CUDA_VISIBLE_DEVICES": "0,1"}
     again = subprocess.run(
-        sweep_command(path, "--workers", "2"), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300
+        sweep_command(path, "--workers", "2"), cwd=REPO, env=gpus, capture_output=True, text=True, timeout=300
     )
     assert again.returncode == 0, again.stderr
     assert "trial 1 (its sweep was killed): queued to run again" in again.stderr
@@ -67,6 +69,7 @@ def test_sigkill_mid_trial_then_the_same_command_resumes_it_and_ends_with_every_
     ]
     assert results[1]["error"] == "its sweep was killed; run again as trial 3"
     assert results[3]["run_dir"] == str(sweep_dir / "trial_0001"), "run again in its own folder"
+    assert {r["gpus"] for r in results[2:]} <= {"0", "1"} and results[0]["gpus"] == ""
     assert (sweep_dir / "trial_0000" / "logs" / "run.log").read_text() == first_log, "a finished trial ran again"
     assert "resumed from" in (sweep_dir / "trial_0001" / "logs" / "run.log").read_text()
     assert sorted(p.name for p in sweep_dir.glob("trial_*")) == ["trial_0000", "trial_0001", "trial_0002"]
