@@ -304,16 +304,13 @@ def _claim(study: optuna.Study, sweep: Sweep, created: bool) -> None:
 
 
 def gpu_sets(sweep: Sweep, workers: int) -> list[str | None]:
-    """Each worker's CUDA_VISIBLE_DEVICES: its own ``nproc`` GPUs of this machine's (None: none to share out)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if sweep.device not in ("auto", "cuda"):
-        return [visible] * workers
-    if visible is None:
-        import torch
+    """Each worker's CUDA_VISIBLE_DEVICES: its own ``nproc`` GPUs of this machine's (as it was: none to share)."""
+    import torch
 
-        visible = ",".join(map(str, range(torch.cuda.device_count())))  # NVML's count: CUDA is not started
-    ids = [d.strip() for d in visible.split(",") if d.strip()]
-    if not ids:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # else NVML's count (CUDA is not started)
+    ids = [d.strip() for d in (visible or ",".join(map(str, range(torch.cuda.device_count())))).split(",")]
+    ids = [d for d in ids if d]
+    if sweep.device not in ("auto", "cuda") or not ids:
         return [visible] * workers
     if workers * sweep.nproc > len(ids):
         raise UserError(
@@ -353,8 +350,8 @@ def run_sweep(
     sweep_dir = sweep.sweep_dir
     if (sweep_dir / "config.json").exists():
         raise UserError(f"{sweep.path}: key 'name': {sweep_dir} is a run's directory; choose another sweep name")
-    gpus = gpu_sets(sweep, workers) if helper_index is None else []
-    if gpus and gpus[0] is not None:
+    gpus = gpu_sets(sweep, workers) if helper_index is None else [None]
+    if gpus[0] is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
     if check_first is not None and helper_index is None:
         check_first()
