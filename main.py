@@ -1,7 +1,7 @@
 """Command line: ``python main.py CONFIG [key=value ...]`` (``./run.sh`` does the same).
 
 Loads and validates the config, looks up the agent by name, runs it and finalizes it.
-``--sweep FILE [key=value ...] [--workers K]`` runs a sweep's trials (utils/sweep.py). Other
+``--sweep FILE [key=value ...] [--workers K]`` runs a sweep's trials (utils/sweep/). Other
 commands (``python main.py COMMAND --help``): ``new NAME`` makes a model from the template agent,
 ``new-project DIR`` copies the template, ``keys`` prints the config reference, ``report RUN_DIR ...``
 plots runs and tabulates their summaries (utils/report.py).
@@ -128,10 +128,10 @@ def describe_keys(path: str, overrides: list[str] = ()) -> str:
 
 def sweep(path: str, overrides: list[str], workers: int = 1, worker_index: int | None = None) -> int:
     """Run the sweep file's trials (this process and ``workers - 1`` more); 1 when no trial completed."""
-    from utils.sweep import counted, run_sweep
-    from utils.sweep_results import write_results
-    from utils.sweep_spec import load_sweep
-    from utils.sweep_subprocess import run_command
+    from utils.sweep.results import write_results
+    from utils.sweep.spec import load_sweep
+    from utils.sweep.study import latest, run_sweep
+    from utils.sweep.subprocess import run_command
 
     spec = load_sweep(path, overrides, lambda config, more: load_config(config, more)[0])
     config = str(repo_path(spec.config))
@@ -141,26 +141,47 @@ def sweep(path: str, overrides: list[str], workers: int = 1, worker_index: int |
         command = [sys.executable, str(Path(__file__).resolve()), "--nproc", str(spec.nproc), config]
         run_trial = functools.partial(run_command, command)
     helper = [sys.executable, str(Path(__file__).resolve()), "--sweep", path, *overrides]
+    first = [*spec.overrides, *(s.override(s.values[0]) for s in spec.spaces)]
     # SIGTERM stops a sweep as Ctrl-C does: the trial running saves (its own process, or the agent's handler).
     before = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        study = run_sweep(spec, run_trial, workers, helper, worker_index)
+        study = run_sweep(spec, run_trial, workers, helper, worker_index, lambda: _check_agent(config, first))
     finally:
         signal.signal(signal.SIGTERM, before)
     if worker_index is not None:  # a helper: the first worker writes the results
         return 0
     best = write_results(study, spec)
-    states = collections.Counter(t.state.name.lower() for t in counted(study))  # tries run again left out
+    states = collections.Counter(t.state.name.lower() for t in latest(study))  # tries run again left out
     counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
     if states["fail"] and not spec.retry_failed:
         counts += " (failed trials are not run again unless retry_failed=true)"
     if best is None:
         return _fail(f"sweep {spec.name}: {counts}; no trial completed: see {spec.sweep_dir / 'results.csv'}", 1)
+    nproc = best.user_attrs.get("nproc", 1)
+    command = f"./run.sh{f' --nproc {nproc}' if nproc > 1 else ''} {spec.sweep_dir / 'best_config.json'}"
     sys.stderr.write(
         f"sweep {spec.name}: {counts}; best trial {best.number}, {spec.metric} {best.value:.4g}; "
-        f"results in {spec.sweep_dir} (best_config.json runs with ./run.sh)\n"
+        f"results in {spec.sweep_dir} (the best trial's config runs with {command})\n"
     )
     return 0
+
+
+def _check_agent(config: str, overrides: list[str]) -> None:
+    """Build a trial's agent (its data, model, device) and check its monitor in a throwaway folder, as a run
+    does before it trains: a mistake found there is one line before any trial, not a failure of each."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            resolved, agent_class = load_config(config, [*overrides, f"experiments_dir={tmp}", "exp_name=check"])
+            agent = agent_class.__new__(agent_class)
+            try:
+                agent.__init__(resolved)
+                agent._check_monitor()
+            finally:
+                agent.finalize()
+        except UserError as e:
+            raise UserError(f"{config}: {str(e).removeprefix('config: ')}") from None
 
 
 def _run_trial(config: str, overrides: list[str], run_dir: Path, after_validation: Callable | None) -> None:

@@ -18,13 +18,13 @@ import optuna
 import pytest
 
 import main
-import utils.sweep
-import utils.sweep_subprocess
+import utils.sweep.study
+import utils.sweep.subprocess
 from tests.conftest import REPO
 from tests.test_sweep import TINY, rows, sweep_file
-from utils.locks import holder
 from utils.recorder import LOCK_NAME
-from utils.sweep_spec import load_sweep
+from utils.sweep.spec import load_sweep
+from utils.sweep.subprocess import holder
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
@@ -53,19 +53,26 @@ def test_sigkill_mid_trial_then_the_same_command_resumes_it_and_ends_with_every_
     assert not (sweep_dir / "trial_0001" / "summary.json").exists(), "the kill must land in trial 1"
     first_log = (sweep_dir / "trial_0000" / "logs" / "run.log").read_text()
 
+    # Two GPUs to share out (this CPU-only torch ignores them): each worker's trials see their own.
+    gpus = {**ENV, "CUDA_VISIBLE_DEVICES": "0,1"}
     again = subprocess.run(
-        sweep_command(path, "--workers", "2"), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300
+        sweep_command(path, "--workers", "2"), cwd=REPO, env=gpus, capture_output=True, text=True, timeout=300
     )
     assert again.returncode == 0, again.stderr
-    assert "taking it up" in again.stderr
+    assert "trial 1 (its sweep was killed): queued to run again" in again.stderr
     results = rows(sweep_dir / "results.csv")
-    assert [(r["number"], r["state"], r["epochs"]) for r in results] == [(str(n), "complete", "3") for n in range(3)]
+    assert [(r["number"], r["state"], r["epochs"]) for r in results] == [
+        ("0", "complete", "3"),
+        ("1", "fail", ""),
+        ("2", "complete", "3"),
+        ("3", "complete", "3"),
+    ]
+    assert results[1]["error"] == "its sweep was killed; run again as trial 3"
+    assert results[3]["run_dir"] == str(sweep_dir / "trial_0001"), "run again in its own folder"
+    assert {r["gpus"] for r in results[2:]} <= {"0", "1"} and results[0]["gpus"] == ""
     assert (sweep_dir / "trial_0000" / "logs" / "run.log").read_text() == first_log, "a finished trial ran again"
     assert "resumed from" in (sweep_dir / "trial_0001" / "logs" / "run.log").read_text()
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(sweep_dir / "study.journal"))
-    )
-    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 3
+    assert sorted(p.name for p in sweep_dir.glob("trial_*")) == ["trial_0000", "trial_0001", "trial_0002"]
 
 
 def _wait_for(condition, seconds: float) -> bool:
@@ -96,20 +103,18 @@ def test_a_killed_sweep_stops_its_nproc_trials_and_helpers_and_the_same_command_
     assert _wait_for(lambda: all(holder(r / LOCK_NAME) is None for r in runs), 90), (
         "a trial's processes outlived the sweep"
     )
-    workers = list((sweep_dir / ".workers").glob("*.lock"))
-    assert len(workers) >= 1 and _wait_for(lambda: all(holder(w) is None for w in workers), 30), (
-        "the helper outlived the sweep"
-    )
+    # A worker holds the folder's lock (shared) while it runs a trial: free, the helper ended too.
+    assert _wait_for(lambda: holder(sweep_dir / ".lock") is None, 30), "the helper outlived the sweep"
     for run in runs:
         status = json.loads((run / "summary.json").read_text())["status"]
         assert status == "interrupted", f"{run.name} went on after the sweep was killed"
 
     again = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    results = rows(sweep_dir / "results.csv")
-    assert [(r["number"], r["state"], r["epochs"]) for r in results] == [
-        ("0", "complete", "300"),
-        ("1", "complete", "300"),
+    results = [r for r in rows(sweep_dir / "results.csv") if r["state"] != "fail"]  # the tries stopped
+    assert sorted((r["run_dir"], r["state"], r["epochs"]) for r in results) == [
+        (str(runs[0]), "complete", "300"),
+        (str(runs[1]), "complete", "300"),
     ]
     for run in runs:
         assert "resumed from" in (run / "logs" / "run.log").read_text()
@@ -132,13 +137,13 @@ time.sleep(120)
 @pytest.mark.parametrize(("on_sigterm", "code"), [("save", 7), ("ignore", -signal.SIGKILL)])
 def test_a_taken_up_trial_first_stops_the_process_that_still_holds_its_run(tmp_path, monkeypatch, on_sigterm, code):
     # What a --nproc trial's processes do when no tie to the sweep stopped them: they hold the run's lock.
-    monkeypatch.setattr(utils.sweep, "STOP_GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(utils.sweep.subprocess, "STOP_GRACE_SECONDS", 1.0)
     process = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(tmp_path / LOCK_NAME), on_sigterm], stdout=subprocess.PIPE, text=True
     )
     assert process.stdout.readline() == "locked\n"
     assert holder(tmp_path / LOCK_NAME) == str(process.pid)
-    utils.sweep._stop_earlier_process(tmp_path, 3)
+    utils.sweep.subprocess.stop_earlier_process(tmp_path)
     assert holder(tmp_path / LOCK_NAME) is None
     assert process.wait(timeout=10) == code
 
@@ -179,11 +184,11 @@ def postgres_url():
 
 def test_two_workers_on_a_postgresql_study_run_exactly_the_requested_trials(tmp_path, exps, postgres_url):
     # Two "machines": the same command twice, each with experiments of its own, one database.
-    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": {"log_uniform": [0.1, 1.0]}}, method="random")
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.3, 0.5, 0.7, 0.9]}, method="grid")
     machines = [tmp_path / "machine_a", tmp_path / "machine_b"]
     procs = [
         subprocess.Popen(
-            sweep_command(path, "trials=4", "max_epoch=1", f"storage={postgres_url}", f"experiments_dir={m}"),
+            sweep_command(path, "max_epoch=1", f"storage={postgres_url}", f"experiments_dir={m}"),
             cwd=REPO,
             env=ENV,
             stderr=subprocess.PIPE,
@@ -196,48 +201,54 @@ def test_two_workers_on_a_postgresql_study_run_exactly_the_requested_trials(tmp_
     study = optuna.load_study(study_name="s", storage=postgres_url)
     assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert sorted(t.params["optimizer.args.lr"] for t in study.trials) == [0.3, 0.5, 0.7, 0.9]
     ran = [trials_in(m / "s") for m in machines]
     assert ran[0] | ran[1] == {0, 1, 2, 3} and not ran[0] & ran[1], ran
-    for m in machines:  # each machine's results cover the whole study
-        assert [r["number"] for r in rows(m / "s" / "results.csv")] == ["0", "1", "2", "3"]
+    for m in machines:  # each machine's results cover the whole study, each trial with the host that ran it
+        results = rows(m / "s" / "results.csv")
+        assert [r["number"] for r in results] == ["0", "1", "2", "3"]
+        assert {r["host"] for r in results} == {socket.gethostname()}
+        assert all(Path(r["run_dir"]).is_dir() for r in results), "a path on the machine that ran it"
 
 
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage", "ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_a_silent_machines_trial_is_run_again_and_a_live_one_is_not(tmp_path, exps, postgres_url, monkeypatch):
-    monkeypatch.setattr(utils.sweep, "HEARTBEAT_SECONDS", 1)
-    monkeypatch.setattr(utils.sweep, "STALE_SECONDS", 2)
+    monkeypatch.setattr(utils.sweep.study, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(utils.sweep.study, "GRACE_SECONDS", 2)
     path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5, 0.7]}, method="grid")
     args = [f"storage={postgres_url}", "max_epoch=1"]
     # Another machine took trial 0 (the first grid point), started it, and was never heard of again.
     spec = load_sweep(path, args, lambda config, more: main.load_config(config, more)[0])
-    study = utils.sweep.open_study(spec)
+    spec.sweep_dir.mkdir(parents=True)
+    study, created = utils.sweep.study.open_study(spec)
+    utils.sweep.study._claim(study, spec, created)
     gone = study.ask()
-    gone.set_user_attr("worker", "elsewhere:/gone.lock")
     assert [space.suggest(gone) for space in spec.spaces] == [0.5]
-    with utils.sweep._heartbeat(study, gone):
-        pass
+    study._storage.record_heartbeat(gone._trial_id)
     time.sleep(3)
     assert main.main(["--sweep", path, *args]) == 0
     results = rows(exps / "s" / "results.csv")
-    assert [(r["number"], r["optimizer.args.lr"], r["state"]) for r in results] == [
-        ("0", "0.5", "fail"),
-        ("1", "0.5", "complete"),
-        ("2", "0.7", "complete"),
+    assert [(r["number"], r["optimizer.args.lr"], r["state"], r["run_dir"]) for r in results] == [
+        ("0", "0.5", "fail", str(exps / "s" / "trial_0000")),
+        ("1", "0.7", "complete", str(exps / "s" / "trial_0001")),
+        ("2", "0.5", "complete", str(exps / "s" / "trial_0000")),
     ]
-    assert results[0]["error"] == "no heartbeat from its machine; run again as trial 1"
+    assert results[0]["error"] == "no heartbeat from its machine; run again as trial 2"
 
-    # A trial that runs longer than STALE_SECONDS beats all along: never given up.
-    alive = study.ask()
-    with utils.sweep._heartbeat(study, alive):
+    # A trial that runs longer than GRACE_SECONDS beats all along (Optuna's heartbeat thread): never given up.
+    def long_trial(trial):
         time.sleep(3)
         optuna.storages.fail_stale_trials(study)
-    assert study.get_trials()[alive.number].state == optuna.trial.TrialState.RUNNING
+        return study._storage.get_trial(trial._trial_id).state == optuna.trial.TrialState.RUNNING
+
+    study.optimize(long_trial, n_trials=1)
+    assert study.trials[-1].value == 1.0
 
 
 @pytest.mark.slow
 def test_a_trial_of_two_processes_runs_under_torchrun_and_is_pruned_by_a_signal(tmp_path, exps, capsys, monkeypatch):
     # No accuracy reaches 1.01: the threshold pruner stops the trial at its first report, through SIGTERM.
-    monkeypatch.setattr(utils.sweep_subprocess, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(utils.sweep.subprocess, "POLL_SECONDS", 0.05)
     pruner = {"type": "ThresholdPruner", "args": {"lower": 1.01}}
     overrides = {**TINY, "experiments_dir": str(exps), "max_epoch": 30, "max_train_batches": 1}
     path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5]}, pruner=pruner, overrides=overrides)

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,11 +12,13 @@ import pytest
 from optuna.storages.journal import JournalFileBackend
 
 import main
-import utils.sweep
-import utils.sweep_subprocess
+import utils.sweep.study
+import utils.sweep.subprocess
 from tests.conftest import REPO
 from tests.test_sweep import TINY, rows, sweep_file
-from utils.sweep_spec import load_sweep
+from utils.recorder import LOCK_NAME
+from utils.sweep.spec import load_sweep
+from utils.sweep.subprocess import holder
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
@@ -41,28 +42,32 @@ def test_nproc_trials_run_with_the_python_of_the_sweep(tmp_path, exps, monkeypat
         commands.append(command)
         raise main.UserError("not run here")
 
-    monkeypatch.setattr(utils.sweep_subprocess, "run_command", run_command)
+    monkeypatch.setattr(utils.sweep.subprocess, "run_command", run_command)
     path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5]})
     assert main.main(["--sweep", path, "--nproc", "2"]) == 1
     assert commands[0][:4] == [sys.executable, str(REPO / "main.py"), "--nproc", "2"]
 
 
-def test_failed_trials_run_again_only_with_retry_failed(tmp_path, exps, capsys):
+def test_failed_trials_run_again_only_with_retry_failed_in_their_own_folders(tmp_path, exps, capsys, monkeypatch):
+    def broken(config, overrides, run_dir, after_validation):
+        raise main.UserError("the disk was full")  # a cause outside the config, fixed before the next command
+
     path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5, 0.7]})
-    missing = ["data_mode=folder", f"data_root={tmp_path / 'nowhere'}", "max_epoch=1"]
-    assert main.main(["--sweep", path, *missing]) == 1  # no data: both trials fail
-    assert main.main(["--sweep", path, "max_epoch=1"]) == 1  # the data fixed: still failed, nothing runs
+    with monkeypatch.context() as m:
+        m.setattr(main, "_run_trial", broken)
+        assert main.main(["--sweep", path, "max_epoch=1"]) == 1  # both trials fail
+    assert main.main(["--sweep", path, "max_epoch=1"]) == 1  # the cause fixed: still failed, nothing runs
     assert "2 fail (failed trials are not run again unless retry_failed=true)" in capsys.readouterr().err
     assert main.main(["--sweep", path, "max_epoch=1", "retry_failed=true"]) == 0
     assert "sweep s: 2 complete; best trial" in capsys.readouterr().err  # the failed tries run again: not counted
     results = rows(exps / "s" / "results.csv")
-    assert [(r["number"], r["optimizer.args.lr"], r["state"]) for r in results] == [
-        ("0", "0.5", "fail"),
-        ("1", "0.7", "fail"),
-        ("2", "0.5", "complete"),
-        ("3", "0.7", "complete"),
+    assert [(r["number"], r["optimizer.args.lr"], r["state"], r["run_dir"][-10:]) for r in results] == [
+        ("0", "0.5", "fail", "trial_0000"),
+        ("1", "0.7", "fail", "trial_0001"),
+        ("2", "0.5", "complete", "trial_0000"),
+        ("3", "0.7", "complete", "trial_0001"),
     ]
-    assert results[0]["error"].endswith("; run again as trial 2") and "nowhere" in results[0]["error"]
+    assert results[0]["error"] == "the disk was full; run again as trial 2"
     assert results[2]["error"] == ""
     assert main.main(["--sweep", path, "max_epoch=1", "retry_failed=true"]) == 0  # nothing failed: nothing runs
     assert len(rows(exps / "s" / "results.csv")) == 4
@@ -80,8 +85,8 @@ def test_a_seeded_study_that_grows_draws_new_values(tmp_path, exps):
 def test_a_grid_goes_on_only_in_the_order_it_was_made_with(tmp_path, exps, capsys):
     path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.1, 0.2, 0.3]}, sampler_seed=1)
     assert main.main(["--sweep", path, "trials=1", "max_epoch=1"]) == 0
-    assert main.main(["--sweep", path, "sampler_seed=2", "max_epoch=1"]) == 2
-    assert "key 'sampler_seed': the study in" in capsys.readouterr().err
+    assert main.main(["--sweep", path, "sampler_seed=4", "max_epoch=1"]) == 2  # 0.3 first, not 0.2
+    assert "key 'parameters': the study in" in capsys.readouterr().err
 
 
 def test_a_grid_goes_on_only_with_its_parameters_in_the_same_order(tmp_path, exps, capsys):
@@ -93,87 +98,31 @@ def test_a_grid_goes_on_only_with_its_parameters_in_the_same_order(tmp_path, exp
     assert "key 'parameters': the study in" in capsys.readouterr().err
 
 
-def test_a_study_made_before_studies_kept_their_space_is_checked_against_its_sweep_json(tmp_path, exps, capsys):
-    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.1, 0.2, 0.3]})
-    assert main.main(["--sweep", path, "trials=1", "max_epoch=1"]) == 0
-    storage = optuna.storages.JournalStorage(JournalFileBackend(str(exps / "s" / "study.journal")))
-    optuna.load_study(study_name="s", storage=storage).set_user_attr("space", None)  # as an older study
-    (tmp_path / "other").mkdir()
-    reversed_grid = sweep_file(tmp_path / "other", exps, parameters={"optimizer.args.lr": [0.3, 0.2, 0.1]})
-    assert main.main(["--sweep", reversed_grid, "max_epoch=1"]) == 2
-    assert "was made with another parameters" in capsys.readouterr().err
-    assert main.main(["--sweep", path, "trials=2", "max_epoch=1"]) == 0
-
-
-def test_machines_of_one_study_mark_their_folders_alike_and_a_retry_queued_twice_runs_once(tmp_path, capsys):
+def test_machines_of_one_study_mark_their_folders_alike_and_a_silent_trial_keeps_its_grid_point(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(utils.sweep.study, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(utils.sweep.study, "GRACE_SECONDS", 2)
     storage = f"storage=sqlite:///{tmp_path / 'study.db'}"
     a, b = tmp_path / "a", tmp_path / "b"
-    path = sweep_file(tmp_path, a, parameters={"optimizer.args.lr": [0.5, 0.7]})
-    missing = ["data_mode=folder", f"data_root={tmp_path / 'nowhere'}", "max_epoch=1"]
-    assert main.main(["--sweep", path, storage, *missing, f"experiments_dir={a}"]) == 1  # both trials fail
-    study = optuna.load_study(study_name="s", storage=storage.removeprefix("storage="))
-    # Two machines given retry_failed=true at the same moment: each queues what it read before the other queued.
-    read = utils.sweep.counted(study)
-    with pytest.MonkeyPatch.context() as same_moment:
-        same_moment.setattr(utils.sweep, "counted", lambda study: read)
-        utils.sweep._queue_failed(study)
-        utils.sweep._queue_failed(study)
+    path = sweep_file(tmp_path, a, parameters={"optimizer.args.lr": [0.1, 0.2, 0.3]})
+    # Machine a made the study; one of its workers took grid point 0 and died before drawing its values.
+    spec = load_sweep(path, [storage, "max_epoch=1"], lambda config, more: main.load_config(config, more)[0])
+    spec.sweep_dir.mkdir(parents=True)
+    study, created = utils.sweep.study.open_study(spec)
+    utils.sweep.study._claim(study, spec, created)
+    study._storage.record_heartbeat(study.ask()._trial_id)
+    time.sleep(3)
     assert main.main(["--sweep", path, storage, "max_epoch=1", f"experiments_dir={b}"]) == 0
     assert (a / "s" / ".study").read_text() == (b / "s" / ".study").read_text()
     results = rows(b / "s" / "results.csv")
     assert [(r["number"], r["optimizer.args.lr"], r["state"]) for r in results] == [
-        ("0", "0.5", "fail"),
-        ("1", "0.7", "fail"),
-        ("2", "0.5", "complete"),
-        ("3", "0.7", "complete"),
-    ]
-    assert "sweep s: 2 complete; best trial" in capsys.readouterr().err
-    assert main.main(["--sweep", path, storage, "max_epoch=1", f"experiments_dir={a}"]) == 0  # its folder still its
-
-
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage", "ignore::optuna.exceptions.ExperimentalWarning")
-def test_a_silent_trial_without_values_is_run_again_at_its_own_grid_point(tmp_path, exps, monkeypatch):
-    monkeypatch.setattr(utils.sweep, "HEARTBEAT_SECONDS", 1)
-    monkeypatch.setattr(utils.sweep, "STALE_SECONDS", 2)
-    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.1, 0.2, 0.3]})
-    args = [f"storage=sqlite:///{tmp_path / 'study.db'}", "max_epoch=1"]
-    # Another machine's worker asked for trial 0 and died before drawing its values.
-    spec = load_sweep(path, [*args, "trials=1"], lambda config, more: main.load_config(config, more)[0])
-    spec.sweep_dir.mkdir(parents=True)
-    study = utils.sweep.open_study(spec)
-    elsewhere = utils.sweep.Worker(tmp_path)
-    elsewhere.id = "another-machine:/its/lock"
-    assert utils.sweep._ask(study, spec, elsewhere).number == 0
-    assert main.main(["--sweep", path, *args, "trials=2"]) == 0  # trial 1 runs; trial 0 is not yet silent
-    time.sleep(3)
-    assert main.main(["--sweep", path, *args, "trials=3"]) == 0
-    results = rows(exps / "s" / "results.csv")
-    assert [(r["number"], r["optimizer.args.lr"], r["state"]) for r in results] == [
         ("0", "", "fail"),
         ("1", "0.2", "complete"),
-        ("2", "0.1", "complete"),
-        ("3", "0.3", "complete"),
+        ("2", "0.3", "complete"),
+        ("3", "0.1", "complete"),
     ]
-
-
-def test_a_trial_is_taken_up_only_from_a_dead_worker_of_its_own_folder(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"  # two experiments_dirs of one database's study, on one machine
-    first = utils.sweep.Worker(a)
-    first.close(done=False)  # stopped mid-trial (or killed): its lock is free, its file stays
-    again = utils.sweep.Worker(a)  # the same pid (a container's entrypoint started again)
-    assert again.id != first.id and again.is_dead(first.id, local=False)
-    assert again.is_dead(f"another-host-name:{first.path}", local=False)  # started again under a new name
-    assert again.is_dead(f"{again.host}:{a / '.workers' / 'cleaned-away.lock'}", local=False)
-    assert not utils.sweep.Worker(b).is_dead(first.id, local=False)  # the checkpoint is in a's folder
-    assert not again.is_dead(again.id, local=False)  # alive
-    # Another machine's worker whose lock is on its own disk at the same path: not known here, unless the
-    # study is a journal file (its workers' locks are all in this folder).
-    elsewhere = f"another-machine:{a / '.workers' / 'on-its-own-disk.lock'}"
-    assert not again.is_dead(elsewhere, local=False) and again.is_dead(elsewhere, local=True)
-    # The folder moved (or is mounted elsewhere): a worker is known by its lock's name in this .workers/.
-    a.rename(tmp_path / "moved")
-    moved = utils.sweep.Worker(tmp_path / "moved")
-    assert moved.is_dead(first.id, local=True) and not moved.is_dead(again.id, local=True)
+    assert "sweep s: 3 complete; best trial" in capsys.readouterr().err
 
 
 def test_a_machine_with_another_grid_is_refused_before_the_first_trial_too(tmp_path, capsys):
@@ -183,9 +132,10 @@ def test_a_machine_with_another_grid_is_refused_before_the_first_trial_too(tmp_p
     b = sweep_file(tmp_path / "b", tmp_path / "b", parameters={"optimizer.args.lr": [0.1, 0.2]})
     spec = load_sweep(a, [storage], lambda config, more: main.load_config(config, more)[0])
     spec.sweep_dir.mkdir(parents=True)
-    utils.sweep._claim(utils.sweep.open_study(spec), spec)  # machine a, just before its first trial
+    study, created = utils.sweep.study.open_study(spec)
+    utils.sweep.study._claim(study, spec, created)  # machine a, before its first trial
     assert main.main(["--sweep", b, storage, "max_epoch=1"]) == 2
-    assert "was made with another parameters" in capsys.readouterr().err
+    assert "Optuna refuses the change" in capsys.readouterr().err
 
 
 def test_a_refused_folder_leaves_the_new_study_free_for_another_space(tmp_path, exps, capsys):
@@ -200,49 +150,37 @@ def test_a_refused_folder_leaves_the_new_study_free_for_another_space(tmp_path, 
     assert "holds the trials of another study" in capsys.readouterr().err
 
 
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage", "ignore::optuna.exceptions.ExperimentalWarning")
-def test_the_retry_of_a_trial_asked_beyond_the_last_place_is_surplus_too(tmp_path, exps, monkeypatch):
-    monkeypatch.setattr(utils.sweep, "HEARTBEAT_SECONDS", 1)
-    monkeypatch.setattr(utils.sweep, "STALE_SECONDS", 2)
-    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5, 0.7]})
-    args = [f"storage=sqlite:///{tmp_path / 'study.db'}", "max_epoch=1"]
-    assert main.main(["--sweep", path, *args]) == 0
-    # Another machine asked for a trial at the same moment as the last one, and died before calling it surplus.
-    study = optuna.load_study(study_name="s", storage=args[0].removeprefix("storage="))
-    late = study.ask()
-    study._storage.record_heartbeat(late._trial_id)
-    time.sleep(3)
-    assert main.main(["--sweep", path, *args]) == 0  # its retry would be grid point 2 of 2
-    results = rows(exps / "s" / "results.csv")
-    assert [(r["number"], r["state"]) for r in results] == [("0", "complete"), ("1", "complete"), ("2", "fail")]
-
-
 HOLDER = """
 import fcntl, sys, time
-f = open(sys.argv[1], "w")
-fcntl.flock(f, fcntl.LOCK_EX)
+f = open(sys.argv[1], "a")
+fcntl.flock(f, fcntl.LOCK_SH)
 print("locked", flush=True)
 time.sleep(float(sys.argv[2]))
 """
 
 
-def test_a_trial_that_a_worker_of_this_machine_still_runs_is_waited_for_then_taken_up(tmp_path, exps, monkeypatch):
-    # A worker killed a moment ago, still saving: it holds its lock a while, its trial 0 stays RUNNING.
-    monkeypatch.setattr(utils.sweep, "WAIT_SECONDS", 0.2)
+def test_a_trial_that_a_live_worker_runs_is_waited_for_then_run_again_once_it_is_orphaned(tmp_path, exps, monkeypatch):
+    # A worker of another command, killed a moment ago and still saving: it holds the folder's lock a while
+    # (shared, as while it runs a trial); its trial 0 stays RUNNING until then.
+    monkeypatch.setattr(utils.sweep.study, "WAIT_SECONDS", 0.2)
     path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5]})
     spec = load_sweep(path, ["max_epoch=1"], lambda config, more: main.load_config(config, more)[0])
     spec.sweep_dir.mkdir(parents=True)
-    study = utils.sweep.open_study(spec)
-    lock = spec.sweep_dir / ".workers" / "saving.lock"
-    lock.parent.mkdir()
-    saving = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock), "2"], stdout=subprocess.PIPE, text=True)
+    study, created = utils.sweep.study.open_study(spec)
+    utils.sweep.study._claim(study, spec, created)
+    saving = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(spec.sweep_dir / ".lock"), "2"], stdout=subprocess.PIPE, text=True
+    )
     assert saving.stdout.readline() == "locked\n"
-    trial = study.ask()
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{lock}")
+    study.ask()
     started = time.time()
     assert main.main(["--sweep", path, "max_epoch=1"]) == 0
     assert saving.poll() is not None and time.time() - started > 1.0
-    assert [(r["number"], r["state"]) for r in rows(exps / "s" / "results.csv")] == [("0", "complete")]
+    results = rows(exps / "s" / "results.csv")
+    assert [(r["number"], r["state"], r["error"]) for r in results] == [
+        ("0", "fail", "its sweep was killed; run again as trial 1"),
+        ("1", "complete", ""),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -286,4 +224,118 @@ def test_sigterm_to_a_sweep_of_nproc_trials_waits_for_the_trial_to_save_then_exi
     _, err = sweep.communicate(timeout=120)
     assert sweep.returncode == 130, err[-2000:]
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"  # saved before the exit
-    assert utils.sweep._run_holder(run) is None  # nothing of the trial runs on
+    assert holder(run / LOCK_NAME) is None  # nothing of the trial runs on
+
+
+def _best(results: list[dict]) -> dict:
+    return min((r for r in results if r["state"] == "complete"), key=lambda r: float(r["objective"]))
+
+
+def test_best_config_is_the_best_trials_own_and_a_study_grows_only_under_its_overrides(tmp_path, exps, capsys):
+    # lr 0 cannot learn: trial 0 (2 epochs) is the best, and the study then grows under max_epoch=1.
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5, 0.0]})
+    args = ["--sweep", path, "monitor=min valid/loss"]
+    assert main.main([*args, "trials=1", "max_epoch=2"]) == 0
+    capsys.readouterr()
+    assert main.main([*args, "trials=2", "max_epoch=1"]) == 2
+    err = capsys.readouterr().err
+    assert "key 'overrides': the study in" in err and "max_epoch: 2 then, 1 now" in err and err.count("\n") == 1
+    assert main.main([*args, "trials=2", "max_epoch=1", "new_overrides=true"]) == 0
+    best = _best(rows(exps / "s" / "results.csv"))
+    assert best["number"] == "0"
+    own = json.loads((exps / "s" / "trial_0000" / "config.json").read_text())
+    written = json.loads((exps / "s" / "best_config.json").read_text())
+    assert written == {**own, "exp_name": "s_best", "experiments_dir": str(exps)}
+    assert written["max_epoch"] == 2
+
+
+def test_the_closing_message_gives_the_command_of_a_best_trial_of_two_processes(tmp_path, exps, monkeypatch, capsys):
+    def run_command(command, overrides, run_dir, after_validation):  # the trial in this process, as torchrun would
+        main.run(command[-1], overrides, after_validation)
+
+    monkeypatch.setattr(utils.sweep.subprocess, "run_command", run_command)
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5]})
+    assert main.main(["--sweep", path, "--nproc", "2", "max_epoch=1"]) == 0
+    assert f"runs with ./run.sh --nproc 2 {exps / 's' / 'best_config.json'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("monitor=max valid/acc", "key 'monitor': ExampleAgent reports no metric 'valid/acc'"),
+        ("device=cuda", "key 'device': 'cuda' asked for, but this machine has no CUDA device"),
+    ],
+)
+def test_a_config_mistake_found_when_the_agent_is_built_is_one_line_before_any_trial(
+    tmp_path, exps, capsys, override, message
+):
+    path = sweep_file(tmp_path, exps)
+    assert main.main(["--sweep", path, override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (exps / "s").exists(), "no study and no trial for a mistake"
+
+
+def test_command_line_sweep_keys_take_dotted_config_names(tmp_path, exps):
+    path = sweep_file(tmp_path, exps, parameters={"batch_size": [16]})
+    extra = ["parameters.optimizer.args.lr=[0.3]", "overrides.optimizer.args.rho=0.8", "max_epoch=1"]
+    assert main.main(["--sweep", path, *extra]) == 0
+    config = json.loads((exps / "s" / "trial_0000" / "config.json").read_text())
+    assert config["optimizer"] == {"type": "Adadelta", "args": {"lr": 0.3, "rho": 0.8}}
+    assert config["batch_size"] == 16
+
+
+def test_a_trial_that_trained_all_its_epochs_is_complete_though_the_pruner_fires_after_the_last(tmp_path, exps):
+    pruner = {"type": "ThresholdPruner", "args": {"lower": 1.01}}  # no accuracy reaches it: it fires at once
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5]}, pruner=pruner)
+    assert main.main(["--sweep", path, "max_epoch=1"]) == 0
+    (result,) = rows(exps / "s" / "results.csv")
+    assert (result["state"], result["epochs"]) == ("complete", "1")
+
+
+def test_a_random_study_takes_a_wider_range_but_not_another_kind_of_space(tmp_path, exps, capsys):
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": {"uniform": [0.4, 0.6]}}, method="random")
+    assert main.main(["--sweep", path, "trials=1", "max_epoch=1"]) == 0
+    wider = 'parameters={"optimizer.args.lr": {"uniform": [0.1, 0.9]}}'
+    assert main.main(["--sweep", path, wider, "trials=2", "max_epoch=1"]) == 0
+    capsys.readouterr()
+    log = 'parameters={"optimizer.args.lr": {"log_uniform": [0.1, 0.9]}}'
+    assert main.main(["--sweep", path, log, "trials=3", "max_epoch=1"]) == 2
+    assert "Optuna refuses the change (Cannot set different log configuration" in capsys.readouterr().err
+    assert len(rows(exps / "s" / "results.csv")) == 2
+
+
+def test_report_of_an_experiments_folder_takes_the_trials_of_its_sweeps_too(exps, capsys):
+    for run in ("plain", "s/trial_0000", "s/trial_0001"):
+        (exps / run).mkdir(parents=True)
+        (exps / run / "metrics.csv").write_text("epoch,step,valid/loss\n1,1,0.5\n")
+        (exps / run / "summary.json").write_text(json.dumps({"epochs": 1}))
+    assert main.main(["report", str(exps), "--out", str(exps.parent / "r")]) == 0
+    assert "| | plain | trial_0000 | trial_0001 |" in capsys.readouterr().out
+
+
+def test_each_worker_gets_gpus_of_its_own_and_its_trials_run_with_them(tmp_path, exps, monkeypatch, capsys):
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5]})
+    spec = load_sweep(path, ["nproc=2"], lambda config, more: main.load_config(config, more)[0])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # what the tests' CPU-only torch ignores
+    assert utils.sweep.study.gpu_sets(spec, 2) == ["0,1", "2,3"]
+    with pytest.raises(main.UserError, match="6 in all, but this machine has 4"):
+        utils.sweep.study.gpu_sets(spec, 3)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert main.main(["--sweep", path, "--workers", "3", "max_epoch=1"]) == 2
+    assert "--workers 3 with nproc 1: each worker takes 1 GPU(s) of its own" in capsys.readouterr().err
+    assert main.main(["--sweep", path, "max_epoch=1"]) == 0
+    assert [r["gpus"] for r in rows(exps / "s" / "results.csv")] == ["3"]  # the first of the machine's
+
+
+def test_baselines_run_first_values_are_reported_at_every_validation_and_int_spaces_take_a_step(tmp_path, exps):
+    space = {"batch_size": {"int": [16, 48], "step": 16}, "optimizer.args.lr": {"log_uniform": [0.1, 1.0]}}
+    baseline = {"batch_size": 32, "optimizer.args.lr": 0.25}
+    path = sweep_file(tmp_path, exps, parameters=space, method="random", enqueue=[baseline], sampler_seed=0)
+    assert main.main(["--sweep", path, "trials=3", "max_epoch=2"]) == 0
+    results = rows(exps / "s" / "results.csv")
+    assert (results[0]["batch_size"], results[0]["optimizer.args.lr"]) == ("32", "0.25")
+    assert {r["batch_size"] for r in results} <= {"16", "32", "48"}
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(exps / "s" / "study.journal")))
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert [sorted(t.intermediate_values) for t in study.trials] == [[1, 2]] * 3  # learning curves, no pruner

@@ -76,16 +76,24 @@ def is_run(path: Path) -> bool:
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
-    """The run directories among ``paths``; a directory of runs (a sweep's) stands for all of them."""
+    """The run directories among ``paths``; a directory of runs stands for all the runs below it (a sweep's
+    trials, experiments/ with its runs and sweeps)."""
     found = []
     for p in map(Path, paths):
         if not p.is_dir():
             raise UserError(f"{p}: not a directory (expected a run directory such as experiments/mnist_exp_0)")
-        inside = [] if is_run(p) else sorted(c for c in p.iterdir() if c.is_dir() and is_run(c))
-        if not is_run(p) and not inside:
+        inside = _runs_below(p)
+        if not inside:
             raise UserError(f"{p}: holds no metrics.csv or summary.json, nor run directories that do")
-        found.extend(run for run in ([p] if is_run(p) else inside) if run.resolve() not in map(Path.resolve, found))
+        found.extend(run for run in inside if run.resolve() not in map(Path.resolve, found))
     return found
+
+
+def _runs_below(path: Path) -> list[Path]:
+    """``path`` when it is a run, else the runs in its folders at any depth (a run's own folders not searched)."""
+    if is_run(path):
+        return [path]
+    return [run for child in sorted(path.iterdir()) if child.is_dir() for run in _runs_below(child)]
 
 
 def name_apart(runs: list[RunFiles]) -> None:

@@ -1,9 +1,5 @@
-"""Sweep files: a base config, fixed overrides and a search space over its keys, checked before any trial runs.
-
-A sweep file is JSON like a config (keys in ``SWEEP_SCHEMA``). Every override and every value a
-parameter can take is applied to the base config and validated against its agent's schema, so a
-misspelled key or a bad value is one line naming the sweep file and the key, before any trial.
-"""
+"""Sweep files (keys in ``SWEEP_SCHEMA``): a base config, fixed overrides and a space per key. Every override and
+every value a parameter can take is validated against the agent's schema: a mistake is one line before any trial."""
 
 from __future__ import annotations
 
@@ -13,7 +9,7 @@ import math
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +22,17 @@ from utils.config import (
     plain_name,
     read_json,
     repo_path,
+    to_plain,
     validate,
 )
 from utils.errors import UserError
 
 METHODS = ("grid", "random", "tpe")
 SPACE_KINDS = ("log_uniform", "uniform", "int", "choice")
-# Keys a trial's run gets from the sweep itself: a sweep file may not set them.
-OWNED_KEYS = ("exp_name", "mode", "resume")
+OWNED_KEYS = ("exp_name", "mode", "resume")  # set by the sweep for each trial's run: a sweep file may not set them
 MAX_GRID = 100_000  # combinations of a grid (a grid is built whole before the first trial)
+# Fixed overrides that may differ between the commands of one study (each machine's own folders).
+PER_MACHINE = ("experiments_dir", "data_root", "num_workers")
 
 
 def _storage_check(value: str, where: str, source: str) -> None:
@@ -45,36 +43,25 @@ def _storage_check(value: str, where: str, source: str) -> None:
         )
 
 
+_PRUNER = 'an optuna.pruners class, "MedianPruner" or {"type": "MedianPruner", "args": {...}}; null: none'
 SWEEP_SCHEMA: dict[str, Key] = {
     "name": Key(REQUIRED, str, "the study's name and its folder under the config's experiments_dir", check=plain_name),
     "config": Key(REQUIRED, str, "the base config every trial runs (relative to the repository)"),
     "overrides": Key({}, dict, 'fixed key: value pairs applied to every trial, e.g. {"max_epoch": 3}'),
-    "parameters": Key(
-        REQUIRED,
-        dict,
-        'key: space; a space is a list of values, {"choice": [...]}, {"log_uniform": [low, high]}, '
-        '{"uniform": [low, high]} or {"int": [low, high]}',
-    ),
+    "parameters": Key(REQUIRED, dict, "key: space (a list of values, or one of SPACE_KINDS: tutorial 06)"),
     "method": Key("tpe", str, "grid (every combination), random or tpe (Optuna's default sampler)", choices=METHODS),
     "trials": Key(None, int, "number of trials (grid: all combinations when null)", min=1, nullable=True),
-    "pruner": Key(
-        None,
-        (str, dict),
-        'an optuna.pruners class, "MedianPruner" or {"type": "MedianPruner", "args": {...}}; null: no pruning',
-        nullable=True,
-    ),
+    "enqueue": Key([], list, 'configurations tried first, e.g. [{"optimizer.args.lr": 0.1}] (random, tpe)'),
+    "pruner": Key(None, (str, dict), _PRUNER, nullable=True),
     "storage": Key(
-        None,
-        str,
-        "database URL shared by workers on several machines (postgresql://...); null: a journal file",
-        nullable=True,
-        check=_storage_check,
+        None, str, "database URL (postgresql://...); null: a journal file", nullable=True, check=_storage_check
     ),
     "sampler_seed": Key(
-        None, int, "seed of the sampler (one worker: the same trials each time)", min=0, max=2**31 - 1, nullable=True
+        None, int, "seed of the sampler (one worker: the same trials)", min=0, max=2**31 - 1, nullable=True
     ),
     "nproc": Key(1, int, "processes per trial (under torchrun when > 1)", min=1, max=1024),
     "retry_failed": Key(False, bool, "true: the trials that failed run again (once a command), with their values"),
+    "new_overrides": Key(False, bool, "true: the study grows under fixed overrides other than its earlier trials'"),
 }
 
 
@@ -85,6 +72,8 @@ class Space:
     key: str
     kind: str  # one of SPACE_KINDS
     values: list  # the choices, or [low, high]
+    log: bool = False  # int only (log_uniform is a float space with log)
+    step: int = 1  # int only
 
     @property
     def encoded(self) -> bool:
@@ -92,22 +81,29 @@ class Space:
         return self.kind == "choice" and any(isinstance(v, (list, dict)) for v in self.values)
 
     def grid(self) -> list:
-        """Every value, for method=grid."""
+        """Every value (Optuna's), for method=grid."""
         if self.kind == "choice":
-            return list(self.values)
+            return [json.dumps(v) for v in self.values] if self.encoded else list(self.values)
+        return list(range(self.values[0], self.values[1] + 1, self.step))
+
+    def distribution(self) -> Any:
+        """The Optuna distribution this space draws from."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.kind == "choice":
+            return CategoricalDistribution(self.grid())
         if self.kind == "int":
-            return list(range(self.values[0], self.values[1] + 1))
-        raise UserError(f"{self.kind} has no grid")
+            return IntDistribution(*self.values, log=self.log, step=self.step)
+        return FloatDistribution(*self.values, log=self.kind == "log_uniform")
 
     def suggest(self, trial: Any) -> Any:
-        """Draw this key's value for an Optuna trial; returns the config value."""
+        """Draw this key's value for an Optuna trial (a queued trial gets its own); returns the config value."""
+        d = self.distribution()
         if self.kind == "choice":
-            options = [json.dumps(v) for v in self.values] if self.encoded else list(self.values)
-            return self.decode(trial.suggest_categorical(self.key, options))
-        low, high = self.values
-        if self.kind == "int":
-            return trial.suggest_int(self.key, low, high)
-        return trial.suggest_float(self.key, low, high, log=self.kind == "log_uniform")
+            return self.decode(trial.suggest_categorical(self.key, d.choices))
+        return (trial.suggest_int if self.kind == "int" else trial.suggest_float)(
+            self.key, d.low, d.high, log=d.log, step=d.step
+        )
 
     def decode(self, value: Any) -> Any:
         """The config value of what Optuna stored."""
@@ -119,40 +115,33 @@ class Space:
 
 @dataclass
 class Sweep:
-    """A checked sweep file."""
+    """A checked sweep file; its keys (``SWEEP_SCHEMA``) read as attributes: ``sweep.method``."""
 
     path: str
-    name: str
-    config: str  # the base config's path
+    keys: dict  # the sweep file's keys, checked, with the command line's
     overrides: list[str]  # key=value, fixed for every trial
     spaces: list[Space]
-    method: str
-    trials: int
-    pruner: dict | None
-    storage: str | None
-    sampler_seed: int | None
-    nproc: int
-    retry_failed: bool
     monitor: str  # e.g. "max valid/accuracy"
+    device: str  # the config's device ("cpu": no GPU per worker)
     sweep_dir: Path
-    grid: list[dict] = field(default_factory=list)  # method=grid: the combinations in trial order (Optuna's values)
+    grid: list[dict]  # method=grid: every combination in trial order (Optuna's values)
+    enqueue: list[dict]  # configurations tried first (Optuna's values)
+    resolve: Callable[[list[str]], dict]  # a trial's overrides -> its resolved config
+
+    def __getattr__(self, name: str) -> Any:  # the sweep file's keys
+        if name in SWEEP_SCHEMA:
+            return self.__dict__["keys"][name]
+        raise AttributeError(name)
 
     def resolved(self) -> dict:
         """The checked sweep as JSON (a password in the storage URL left out)."""
-        return {
-            "name": self.name,
-            "config": self.config,
-            "overrides": {".".join(parts): value for parts, value in map(parse_override, self.overrides)},
-            "parameters": {s.key: {s.kind: s.values} for s in self.spaces},
-            "method": self.method,
-            "trials": self.trials,
-            "pruner": self.pruner,
-            "storage": self.shown_storage,
-            "sampler_seed": self.sampler_seed,
-            "nproc": self.nproc,
-            "retry_failed": self.retry_failed,
-            "monitor": self.monitor,
-        }
+        spaces = {s.key: {s.kind: s.values, "log": s.log, "step": s.step} for s in self.spaces}
+        return {**self.keys, "overrides": self.fixed(), "parameters": spaces, "storage": self.shown_storage}
+
+    def fixed(self, shared: bool = False) -> dict:
+        """The fixed overrides as {key: value}; ``shared``: without those each machine may set its own."""
+        pairs = {".".join(parts): value for parts, value in map(parse_override, self.overrides)}
+        return {k: v for k, v in pairs.items() if not (shared and k in PER_MACHINE)}
 
     @property
     def shown_storage(self) -> str | None:
@@ -172,17 +161,17 @@ def _parse_space(key: str, value: Any, source: str) -> Space:
     where = f"{source}: key 'parameters.{key}'"
     if isinstance(value, list):
         value = {"choice": value}
-    if not isinstance(value, dict) or len(value) != 1:
+    kinds = [k for k in value if k in SPACE_KINDS] if isinstance(value, dict) else []
+    extra = set(value) - {*kinds, "log", "step"} if isinstance(value, dict) else set()
+    if len(kinds) != 1 or extra or (kinds != ["int"] and len(value) != 1):
+        unknown = next(iter(extra), None)
+        hint = f"unknown space '{unknown}'{did_you_mean(unknown, SPACE_KINDS)}; " if unknown else ""
         raise UserError(
-            f"{where}: expected a list of values or one of "
+            f"{where}: {hint}expected a list of values or one of "
             + ", ".join(f'{{"{k}": [...]}}' for k in SPACE_KINDS)
-            + f", got {json.dumps(value)}"
+            + f' ("log" and "step" with int), got {json.dumps(value)}'
         )
-    ((kind, bounds),) = value.items()
-    if kind not in SPACE_KINDS:
-        raise UserError(
-            f"{where}: unknown space '{kind}'{did_you_mean(kind, SPACE_KINDS)}; known: {', '.join(SPACE_KINDS)}"
-        )
+    kind, bounds = kinds[0], value[kinds[0]]
     if kind == "choice":
         if not isinstance(bounds, list) or not bounds:
             raise UserError(f"{where}: expected a non-empty list of choices, got {json.dumps(bounds)}")
@@ -193,9 +182,12 @@ def _parse_space(key: str, value: Any, source: str) -> Space:
     if not ok:
         what = "integers" if kind == "int" else "numbers"
         raise UserError(f"{where}: {kind} expects [low, high], two {what} with low < high, got {json.dumps(bounds)}")
-    if kind == "log_uniform" and bounds[0] <= 0:
-        raise UserError(f"{where}: log_uniform needs low > 0, got {json.dumps(bounds)}")
-    return Space(key, kind, bounds)
+    log, step = value.get("log", False), value.get("step", 1)
+    if type(log) is not bool or type(step) is not int or step < 1 or (log and step != 1):
+        raise UserError(f'{where}: expected "log": true or false and "step": a positive integer (1 with log)')
+    if (kind == "log_uniform" or log) and bounds[0] <= 0:
+        raise UserError(f"{where}: a log space needs low > 0, got {json.dumps(bounds)}")
+    return Space(key, kind, bounds, log, step)
 
 
 def _check_overlaps(spaces: list[Space], fixed: list[str], source: str) -> None:
@@ -235,13 +227,15 @@ def _pruner(value: str | dict | None, source: str) -> dict | None:
     return spec
 
 
-def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
-    """Command-line key=value: (those naming sweep-file keys, those for the base config)."""
-    mine, theirs = [], []
+def _apply_sweep_keys(raw: dict, overrides: list[str]) -> dict:
+    """Command-line key=value for the sweep file; under parameters and overrides the rest is one (dotted) key."""
     for text in overrides:
-        parts, _ = parse_override(text)
-        (mine if parts[0] in SWEEP_SCHEMA else theirs).append(text)
-    return mine, theirs
+        parts, value = parse_override(text)
+        if parts[0] in ("parameters", "overrides") and len(parts) > 1 and isinstance(raw.get(parts[0]), dict):
+            raw = {**raw, parts[0]: {**raw[parts[0]], ".".join(parts[1:]): value}}
+        else:
+            raw = apply_overrides(raw, [text])
+    return raw
 
 
 def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, list[str]], Any]) -> Sweep:
@@ -250,9 +244,9 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
     ``check_config(config_path, overrides)`` loads and validates the base config (main.load_config),
     returning the config; every value a trial can get goes through it once here.
     """
-    mine, theirs = split_overrides(overrides)
-    raw = apply_overrides(read_json(path), mine)
-    sweep = validate(raw, SWEEP_SCHEMA, path)
+    mine = [t for t in overrides if parse_override(t)[0][0] in SWEEP_SCHEMA]
+    theirs = [t for t in overrides if t not in mine]
+    sweep = validate(_apply_sweep_keys(read_json(path), mine), SWEEP_SCHEMA, path)
     fixed = {**sweep["overrides"]}
     for text in theirs:  # key=value on the command line for the base config joins the fixed overrides
         parts, value = parse_override(text)
@@ -285,46 +279,36 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
             raise UserError(f"{path}: key 'parameters.monitor': the objective cannot change between trials")
         for value in space.values:  # every choice, or both ends of a range
             check([space.override(value)], f"parameters.{space.key} = {json.dumps(value)}")
+    by_key = {s.key: s for s in spaces}
+    enqueue = []
+    for i, point in enumerate(sweep["enqueue"]):
+        unknown = [k for k in point if k not in by_key] if isinstance(point, dict) else ["?"]
+        if unknown:
+            raise UserError(f"{path}: key 'enqueue[{i}]': expected an object of parameters ({', '.join(by_key)})")
+        check([by_key[k].override(v) for k, v in point.items()], f"enqueue[{i}]")
+        enqueue.append({k: json.dumps(v) if by_key[k].encoded else v for k, v in point.items()})
 
     trials, grid = sweep["trials"], []
     if sweep["method"] == "grid":
-        for space in spaces:
-            if space.kind not in ("choice", "int"):
-                raise UserError(
-                    f"{path}: key 'parameters.{space.key}': method grid needs a list of values, a choice or an "
-                    f"int range, got {space.kind}"
-                )
-        size = math.prod(len(s.values) if s.kind == "choice" else s.values[1] - s.values[0] + 1 for s in spaces)
+        for space in (s for s in spaces if s.kind not in ("choice", "int")):
+            what = f"a list of values, a choice or an int range, got {space.kind}"
+            raise UserError(f"{path}: key 'parameters.{space.key}': method grid needs {what}")
+        size = math.prod(len(s.grid()) for s in spaces)
         if size > MAX_GRID:
             raise UserError(
                 f"{path}: key 'parameters': a grid of {size:,} combinations (at most {MAX_GRID:,}); "
                 "sample it with method random or tpe and a number of trials"
             )
-        encoded = [[json.dumps(v) if s.encoded else v for v in s.grid()] for s in spaces]
-        grid = [dict(zip([s.key for s in spaces], combo, strict=True)) for combo in itertools.product(*encoded)]
+        grid = [dict(zip(by_key, combo, strict=True)) for combo in itertools.product(*(s.grid() for s in spaces))]
         if sweep["sampler_seed"] is not None:
             random.Random(sweep["sampler_seed"]).shuffle(grid)
         if trials is not None and trials > len(grid):
             raise UserError(f"{path}: key 'trials': the grid has {len(grid)} combinations, got trials={trials}")
         trials = trials or len(grid)
-        grid = grid[:trials]
     elif trials is None:
         raise UserError(f"{path}: missing required key 'trials' (needed by method {sweep['method']})")
 
-    return Sweep(
-        path=path,
-        name=sweep["name"],
-        config=sweep["config"],
-        overrides=base,
-        spaces=spaces,
-        method=sweep["method"],
-        trials=trials,
-        pruner=_pruner(sweep["pruner"], path),
-        storage=sweep["storage"],
-        sampler_seed=sweep["sampler_seed"],
-        nproc=sweep["nproc"],
-        retry_failed=sweep["retry_failed"],
-        monitor=config["monitor"],
-        sweep_dir=repo_path(config["experiments_dir"]) / sweep["name"],
-        grid=grid,
-    )
+    keys = {**sweep, "trials": trials, "pruner": _pruner(sweep["pruner"], path)}
+    resolve = lambda more: to_plain(check_config(config_path, [*base, *more]))  # noqa: E731
+    sweep_dir = repo_path(config["experiments_dir"]) / sweep["name"]
+    return Sweep(path, keys, base, spaces, config["monitor"], config["device"], sweep_dir, grid, enqueue, resolve)

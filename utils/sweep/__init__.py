@@ -1,0 +1,1 @@
+"""Sweeps on Optuna: spec (sweep files checked), study (the workers and their trials), results, subprocess."""
