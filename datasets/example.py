@@ -78,10 +78,7 @@ class ExampleDataLoader:
 
         Without a valid/ folder, valid_fraction of train/ validates."""
         root = data_root(config) / "example"
-        how = (
-            f"Put your images in {root}/<split>/<class>/ (train/, and valid/ and test/ if you have them), "
-            "or use data_mode=random."
-        )
+        how = f"Put your images in {root}/<split>/<class>/ (train/; valid/, test/ optional), or use data_mode=random."
         size, mode = config.image_size, "RGB" if config.channels == 3 else "L"
         transform = v2.Compose([v2.Resize((size, size)), v2.ToDtype(torch.float32, scale=True)])
         if "valid" in splits and not (root / "valid").exists():

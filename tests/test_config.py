@@ -89,8 +89,8 @@ def test_user_mistake_is_one_line_exit_2(tmp_path, capsys, text, overrides, expe
 def test_missing_config_file(capsys):
     code, err = exit_of(["configs/nope.json"], capsys)
     assert code == 2 and "configs/nope.json: config file not found" in err
-    code, err = exit_of(["configs/mnist_exp0.json"], capsys)
-    assert code == 2 and "not found (did you mean 'configs/mnist_exp_0.json'?)" in err
+    code, err = exit_of(["configs/example_exp0.json"], capsys)
+    assert code == 2 and "not found (did you mean 'configs/example_exp_0.json'?)" in err
 
 
 def test_a_mistake_of_an_override_names_the_override_not_the_file(tmp_path, capsys):

@@ -69,7 +69,7 @@ def test_config_runs_on_random_data(config, exps):
 
 
 def test_curves_draw_each_metric_once(exps):
-    train(CONFIGS / "mnist_exp_0.json", exps, "exp_name=curves", *DEFAULT_FAST)
+    train(CONFIGS / "example_exp_0.json", exps, "exp_name=curves", *DEFAULT_FAST)
     run = read_run(exps / "curves")
     metrics = [k for k in run.rows[0] if k not in ("epoch", "step")]
     assert plot_curves([run], [run.name], exps / "c.png") == metrics == ["train/loss", "valid/loss", "valid/accuracy"]
