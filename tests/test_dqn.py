@@ -470,7 +470,7 @@ def test_pixels_mode_smoke(exps):
 )
 def test_bad_env_or_config_is_a_user_error(exps, overrides, message):
     pattern = message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")
-    with pytest.raises(UserError, match=f"^{DQN}: .*{pattern}"):
+    with pytest.raises(UserError, match=f"^(override '[^']*'|{DQN}): .*{pattern}"):
         train(DQN, exps, *TINY, *overrides)
 
 
