@@ -45,7 +45,9 @@ FRAMEWORK_SAMPLE = [
 
 
 def run(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # This interpreter's bin folder first: ruff and python3 are the test environment's, whatever the shell's PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": path}
     return subprocess.run([*args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
