@@ -4,7 +4,8 @@ Loads and validates the config, looks up the agent by name, runs it and finalize
 ``--sweep FILE [key=value ...] [--workers K]`` runs a sweep's trials (utils/sweep.py). Other
 commands (``python main.py COMMAND --help``): ``new NAME`` makes a model from the template agent,
 ``new-project DIR`` copies the template, ``keys`` prints the config reference, ``report RUN_DIR ...``
-plots runs and tabulates their summaries (utils/report.py).
+plots runs and tabulates their summaries (utils/report.py), ``status RUN_DIR`` shows a run's SLURM jobs.
+``--slurm CONFIG [key=value ...]`` submits the run as a SLURM job (utils/slurm.py).
 Exit codes: 0 success, 2 a user mistake (one line, no traceback), 1 anything else,
 130 stopped by Ctrl-C/SIGTERM after saving a checkpoint.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import importlib
 import json
 import os
 import signal
@@ -27,7 +29,7 @@ from easydict import EasyDict
 
 from agents import config_schemas, get_agent_class
 from utils import distributed
-from utils.config import apply_overrides, read_json, repo_path, to_easydict, validate
+from utils.config import apply_overrides, read_json, repo_path, to_easydict, to_plain, validate
 from utils.config_reference import keys_command
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 from utils.scaffold import new_command, new_project_command
@@ -161,12 +163,51 @@ def report_main(argv: list[str]) -> int:
     return 0
 
 
+def submit_slurm(path: str, overrides: list[str]) -> int:
+    """``--slurm``: check the config and its cluster settings, submit the run as a job, say how to follow it."""
+    from utils import slurm
+
+    config, _ = load_config(path, overrides)
+    settings = slurm.resolve(apply_overrides(read_json(path), list(overrides)).get("slurm"), path)
+    run_dir = repo_path(config.experiments_dir) / config.exp_name
+    frozen = slurm.frozen_config(to_plain(config), settings)
+    # cloudpickle stores a function of __main__ by value: submit the importable module's one, by name.
+    entry = importlib.import_module("main").slurm_task
+    job_id = slurm.submit(entry, frozen, settings, run_dir, path, ["--slurm", path, *overrides])
+    tasks = settings["nodes"] * slurm.tasks_per_node(settings)
+    logs = run_dir / "slurm" / f"{job_id}_0_log.out"
+    sys.stdout.write(
+        f"submitted job {job_id}: {config.exp_name} on {settings['nodes']} node(s), {tasks} process(es)\n"
+        f"  follow: tail -f {logs}   state: python main.py status {run_dir}   cancel: scancel {job_id}\n"
+    )
+    return 0
+
+
+def slurm_task(config: dict, run_dir: str) -> None:
+    """A task of a job --slurm submitted: one process of the run of ``config``; requeued when SLURM warns."""
+    from utils.slurm import run_task
+
+    run_task(config, run_dir, lambda path: main([path]))
+
+
+def status_main(argv: list[str]) -> int:
+    """``python main.py status RUN_DIR``: the state of the run's SLURM jobs and where their logs are."""
+    from utils.slurm import status
+
+    parser = argparse.ArgumentParser(prog="main.py status", description="The SLURM jobs of a run directory.")
+    parser.add_argument("run_dir", help="the run directory, e.g. experiments/example_exp_0")
+    args = parser.parse_args(argv)
+    sys.stdout.write(status(Path(args.run_dir)) + "\n")
+    return 0
+
+
 # python main.py COMMAND ...: each takes the rest of the arguments and returns an exit code.
 COMMANDS = {
     "new": new_command,
     "new-project": partial(new_project_command, config_schemas),
     "keys": partial(keys_command, config_schemas),
     "report": report_main,
+    "status": status_main,
 }
 
 
@@ -187,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--nproc", type=int, metavar="N", help="train in N processes under torchrun (DDP); with --sweep: per trial"
     )
+    parser.add_argument("--slurm", action="store_true", help="submit the run as a SLURM job (the config's slurm key)")
     parser.add_argument("--sweep", metavar="FILE", help="run a sweep's trials (key=value: sweep or config keys)")
     parser.add_argument("--workers", type=int, default=1, help="with --sweep: worker processes on this machine")
     parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # a --workers helper's number
@@ -202,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("the following arguments are required: config (or --sweep FILE)")
         if args.workers != 1:
             parser.error("--workers goes with --sweep")
+        if args.slurm:
+            if args.nproc is not None:
+                raise UserError("--nproc goes without --slurm: a job's processes are slurm.tasks_per_node x nodes")
+            return submit_slurm(args.config, args.overrides)
         if args.keys:
             sys.stdout.write(describe_keys(args.config, args.overrides) + "\n")
             return 0

@@ -17,6 +17,7 @@ from utils.config import (
     torch_object_key,
 )
 from utils.schedules import scheduler_key
+from utils.slurm import slurm_key
 
 COMMON_KEYS: dict[str, Key] = {
     "exp_name": Key(REQUIRED, str, "run directory name under experiments/", check=plain_name),
@@ -100,4 +101,5 @@ COMMON_KEYS: dict[str, Key] = {
     "scheduler_interval": Key(
         "epoch", str, "step the scheduler after every epoch or every optimizer step", choices=("epoch", "step")
     ),
+    "slurm": slurm_key(),
 }
