@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -75,6 +76,29 @@ def test_without_slurm_commands_submitting_is_one_line(exps, capsys, monkeypatch
     code, out, err = submit(capsys, str(EXAMPLE), f"experiments_dir={exps}")
     assert code == 2 and out == "" and err.count("\n") == 1 and "'sbatch' not found" in err
     assert list(exps.iterdir()) == []  # the run directory made for the job is gone again
+
+
+def test_local_executor_two_tasks_ddp_then_the_warning_saves_requeues_and_resumes(exps, one_thread):
+    """The job's side without a cluster: submitit's local executor runs main.slurm_task in 2 tasks (DDP
+    from submitit's environment); USR2 to them mid-run: the run saves, rank 0 requeues (the local
+    executor starts the tasks again), the run resumes and finishes."""
+    import submitit
+
+    config, _ = main.load_config(str(EXAMPLE), [f"experiments_dir={exps}", "exp_name=local", *TINY, "max_epoch=2",
+                                                "random_size=2000", "log_every=1"])  # fmt: skip
+    run = exps / "local"
+    executor = submitit.LocalExecutor(folder=run / "slurm")
+    executor.update_parameters(tasks_per_node=2, timeout_min=10)
+    job = executor.submit(main.slurm_task, slurm.frozen_config(dict(config), slurm.resolve({}, "x")), str(run))
+    wait_for(lambda: (run / "metrics.csv").exists(), "epoch 1")
+    tasks = subprocess.run(["pgrep", "-P", str(job._process.pid)], capture_output=True, text=True, timeout=30)
+    for pid in tasks.stdout.split():
+        os.kill(int(pid), signal.SIGUSR2)
+    job.results()  # raises when a task failed
+    log = (run / "logs" / "run.log").read_text()
+    assert "x 2 process(es)" in log and log.count("saving a checkpoint") == 1 and log.count("resumed from") == 1
+    assert "requeued, it resumes" in job.task(0).stderr()
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 2
 
 
 # ----- on a real one-node SLURM ---------------------------------------------------------------

@@ -263,6 +263,7 @@ class _Warned:
 
     def __call__(self, signum: int, frame: object) -> None:
         self.received = True
+        sys.stderr.write("SLURM's warning (SIGUSR2: a time limit or a preemption): the run saves, the job requeues\n")
         signal.raise_signal(signal.SIGTERM)  # the run's own handler: save within log_every steps, stop
 
 
