@@ -102,8 +102,13 @@ def describe_keys(path: str, overrides: list[str] = ()) -> str:
     return "\n".join(lines)
 
 
-def sweep(path: str, overrides: list[str], workers: int = 1, worker_index: int | None = None) -> int:
-    """Run the sweep file's trials (this process and ``workers - 1`` more); 1 when no trial completed."""
+def sweep(
+    path: str, overrides: list[str], workers: int = 1, worker_index: int | None = None, on_slurm: bool = False
+) -> int:
+    """Run the sweep file's trials (this process and ``workers - 1`` more); 1 when no trial completed.
+
+    ``on_slurm``: each trial is a SLURM job (its settings: the config's ``slurm`` key); a worker waits for its job.
+    """
     from utils.sweep import counted, run_sweep
     from utils.sweep_results import write_results
     from utils.sweep_spec import load_sweep
@@ -111,12 +116,19 @@ def sweep(path: str, overrides: list[str], workers: int = 1, worker_index: int |
 
     spec = load_sweep(path, overrides, lambda config, more: load_config(config, more)[0])
     config = str(repo_path(spec.config))
-    if spec.nproc == 1:
+    if on_slurm:
+        if spec.nproc != 1:
+            raise UserError(f"{path}: nproc goes without --slurm: a job's processes are slurm.tasks_per_node x nodes")
+        # Each trial is a process that submits its job and waits for it (pruned: SIGTERM, which cancels the job).
+        command = [sys.executable, str(Path(__file__).resolve()), "--slurm", "--wait", config]
+        run_trial = functools.partial(run_command, command)
+    elif spec.nproc == 1:
         run_trial = functools.partial(_run_trial, config)
     else:  # several processes per trial: each trial is its own torchrun
         command = [sys.executable, str(Path(__file__).resolve()), "--nproc", str(spec.nproc), config]
         run_trial = functools.partial(run_command, command)
     helper = [sys.executable, str(Path(__file__).resolve()), "--sweep", path, *overrides]
+    helper += ["--slurm"] if on_slurm else []
     # SIGTERM stops a sweep as Ctrl-C does: the trial running saves (its own process, or the agent's handler).
     before = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -163,7 +175,7 @@ def report_main(argv: list[str]) -> int:
     return 0
 
 
-def submit_slurm(path: str, overrides: list[str]) -> int:
+def submit_slurm(path: str, overrides: list[str]) -> tuple[str, Path]:
     """``--slurm``: check the config and its cluster settings, submit the run as a job, say how to follow it."""
     from utils import slurm
 
@@ -180,7 +192,7 @@ def submit_slurm(path: str, overrides: list[str]) -> int:
         f"submitted job {job_id}: {config.exp_name} on {settings['nodes']} node(s), {tasks} process(es)\n"
         f"  follow: tail -f {logs}   state: python main.py status {run_dir}   cancel: scancel {job_id}\n"
     )
-    return 0
+    return job_id, run_dir
 
 
 def slurm_task(config: dict, run_dir: str) -> None:
@@ -228,7 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--nproc", type=int, metavar="N", help="train in N processes under torchrun (DDP); with --sweep: per trial"
     )
-    parser.add_argument("--slurm", action="store_true", help="submit the run as a SLURM job (the config's slurm key)")
+    parser.add_argument(
+        "--slurm",
+        action="store_true",
+        help="submit the run as a SLURM job (the config's slurm key); with --sweep: each trial",
+    )
+    parser.add_argument("--wait", action="store_true", help="with --slurm: wait for the job, exit with its run's code")
     parser.add_argument("--sweep", metavar="FILE", help="run a sweep's trials (key=value: sweep or config keys)")
     parser.add_argument("--workers", type=int, default=1, help="with --sweep: worker processes on this machine")
     parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # a --workers helper's number
@@ -239,15 +256,26 @@ def main(argv: list[str] | None = None) -> int:
             if args.workers < 1:
                 raise UserError(f"--workers: expected a positive integer, got {args.workers}")
             extra = [f"nproc={args.nproc}"] if args.nproc else []
-            return sweep(args.sweep, overrides + extra, args.workers, args.worker_index)
+            return sweep(args.sweep, overrides + extra, args.workers, args.worker_index, args.slurm)
         if args.config is None:
             parser.error("the following arguments are required: config (or --sweep FILE)")
         if args.workers != 1:
             parser.error("--workers goes with --sweep")
+        if args.wait and not args.slurm:
+            parser.error("--wait goes with --slurm")
         if args.slurm:
             if args.nproc is not None:
                 raise UserError("--nproc goes without --slurm: a job's processes are slurm.tasks_per_node x nodes")
-            return submit_slurm(args.config, args.overrides)
+            job_id, run_dir = submit_slurm(args.config, args.overrides)
+            if not args.wait:
+                return 0
+            from utils.slurm import wait_for_job
+
+            before = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the wait as Ctrl-C does: scancel
+            try:
+                return wait_for_job(job_id, run_dir)
+            finally:
+                signal.signal(signal.SIGTERM, before)
         if args.keys:
             sys.stdout.write(describe_keys(args.config, args.overrides) + "\n")
             return 0

@@ -219,8 +219,8 @@ def test_a_failed_run_is_not_requeued(cluster, exps, capsys, tmp_path):
     empty = tmp_path / "no_data"
     empty.mkdir()
     args = [str(EXAMPLE), f"experiments_dir={exps}", "exp_name=broken", "data_mode=folder", f"data_root={empty}"]
-    code, out, err = submit(capsys, *args)
-    assert code == 0, err
+    code, out, err = submit(capsys, "--wait", *args, "slurm.time=3")  # waits for the job: its run's exit code
+    assert code == 2 and err.startswith("error: ") and str(empty) in err, err
     job = job_id(out)
     state = finished(job)
     assert state["JobState"] == "FAILED" and state["ExitCode"] == "2:0" and state["Restarts"] == "0", state
@@ -240,3 +240,26 @@ def test_a_bad_partition_or_a_refused_job_is_one_line_and_nothing_is_submitted(c
     queue = subprocess.run(["squeue", "-h", "-t", "all", "-n", "example_exp_0"], capture_output=True, text=True)
     assert queue.stdout.strip() == "", queue.stdout
     assert os.environ["SLURM_CONF"].startswith(str(cluster))
+
+
+def test_a_sweep_runs_each_trial_as_a_job(cluster, exps, capsys, tmp_path):
+    sweep = {
+        "name": "s",
+        "config": str(EXAMPLE),
+        "overrides": {"experiments_dir": str(exps), "random_size": 160, "image_size": 16, "hidden": 8,
+                      "max_epoch": 1, "torch_threads": 1, "slurm": {"time": 3}},
+        "parameters": {"optimizer.args.lr": [0.001, 0.01, 0.1]},
+        "method": "grid",
+    }  # fmt: skip
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(sweep))
+    assert main.main(["--sweep", str(path), "--slurm"]) == 0, capsys.readouterr().err
+    results = (exps / "s" / "results.csv").read_text().splitlines()
+    assert len(results) == 4 and all(",complete," in row for row in results[1:]), results
+    jobs = set()
+    for number in range(3):
+        trial = exps / "s" / f"trial_{number:04d}"
+        [entry] = json.loads((trial / "slurm" / "jobs.json").read_text())  # one job each
+        assert slurm.job_state(entry["job_id"])["JobState"] == "COMPLETED"
+        jobs.add(entry["job_id"])
+    assert len(jobs) == 3

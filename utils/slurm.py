@@ -294,6 +294,49 @@ def run_task(config: dict, run_dir: str, run: Callable[[str], int]) -> None:
         sys.exit(code)
 
 
+ENDED = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+)
+POLL_SECONDS = 2.0
+FORGOTTEN_SECONDS = 600  # a job SLURM no longer answers for this long is taken for lost
+
+
+def wait_for_job(job_id: str, run_dir: Path) -> int:
+    """Wait for a job to end (a requeued one runs again); the exit code of its run: 0, 2 (a mistake),
+    130 (cancelled) or 1, with the run's error line on stderr. Stopping the wait (Ctrl-C) cancels the job,
+    which saves a checkpoint."""
+    last_seen = time.monotonic()
+    try:
+        while (state := job_state(job_id)).get("JobState") not in ENDED:
+            if state:
+                last_seen = time.monotonic()
+            elif time.monotonic() - last_seen > FORGOTTEN_SECONDS:
+                sys.stderr.write(f"error: job {job_id}: SLURM has not known it for {FORGOTTEN_SECONDS} s\n")
+                return 1
+            time.sleep(POLL_SECONDS)
+    except BaseException:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
+        raise
+    if state["JobState"] == "COMPLETED":
+        return 0
+    log = run_dir / "slurm" / f"{job_id}_0_log.err"
+    errors = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("error: ")] if (
+        log.exists()) else []  # fmt: skip
+    sys.stderr.write((errors[-1] if errors else f"error: job {job_id} ended {state['JobState']}: see {log}") + "\n")
+    if state["JobState"] == "CANCELLED":
+        return 130
+    return 2 if state["ExitCode"].startswith("2:") else 1
+
+
 def frozen_config(config: dict, settings: dict) -> dict:
     """The resolved config a job runs (the cluster settings in place of a file's name)."""
     return {**config, "slurm": settings}
