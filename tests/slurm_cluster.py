@@ -93,6 +93,8 @@ def cluster(folder: Path, timeout: float = 60) -> Iterator[dict[str, str]]:
     Everything started is stopped on the way out, also after a failure; a daemon that does not come
     up within ``timeout`` seconds raises with the end of its log.
     """
+    if lacking := missing():
+        raise RuntimeError(f"no {', '.join(lacking)} here: apt-get install slurm-wlm munge (.ci/run does)")
     folder.mkdir(parents=True, exist_ok=True)
     for sub in ("state", "spool", "munge"):
         (folder / sub).mkdir(exist_ok=True)

@@ -1,7 +1,7 @@
 """Process-group setup from torchrun's environment, and the few collectives the agents need.
 
-Run under ``torchrun`` (``./run.sh --nproc N``) and RANK/WORLD_SIZE/LOCAL_RANK are set; run
-plainly and every helper here degrades to the single-process answer.
+Run under ``torchrun`` (``./run.sh --nproc N``) and RANK/WORLD_SIZE/LOCAL_RANK are set (a SLURM job's
+tasks set the same, utils/slurm.py); run plainly and every helper here degrades to the single-process answer.
 """
 
 from __future__ import annotations
