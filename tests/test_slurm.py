@@ -75,7 +75,7 @@ def test_without_slurm_commands_submitting_is_one_line(exps, capsys, monkeypatch
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch, sinfo, ...
     code, out, err = submit(capsys, str(EXAMPLE), f"experiments_dir={exps}")
     assert code == 2 and out == "" and err.count("\n") == 1 and "'sbatch' not found" in err
-    assert list(exps.iterdir()) == []  # the run directory made for the job is gone again
+    assert list(exps.iterdir()) == []  # no run directory made
 
 
 def test_local_executor_two_tasks_ddp_then_the_warning_saves_requeues_and_resumes(exps, one_thread):
