@@ -4,7 +4,8 @@ Loads and validates the config, looks up the agent by name, runs it and finalize
 ``--sweep FILE [key=value ...] [--workers K]`` runs a sweep's trials (utils/sweep/). Other
 commands (``python main.py COMMAND --help``): ``new NAME`` makes a model from the template agent,
 ``new-project DIR`` copies the template, ``keys`` prints the config reference, ``report RUN_DIR ...``
-plots runs and tabulates their summaries (utils/report.py).
+plots runs and tabulates their summaries (utils/report.py), ``status RUN_DIR`` shows a run's SLURM jobs.
+``--slurm CONFIG [key=value ...]`` submits the run as a SLURM job (utils/slurm.py).
 Exit codes: 0 success, 2 a user mistake (one line, no traceback), 1 anything else,
 130 stopped by Ctrl-C/SIGTERM after saving a checkpoint.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import importlib
 import json
 import os
 import signal
@@ -34,6 +36,7 @@ from utils.config import (
     repo_path,
     run_config,
     to_easydict,
+    to_plain,
     validate,
 )
 from utils.config_reference import keys_command
@@ -126,8 +129,13 @@ def describe_keys(path: str, overrides: list[str] = ()) -> str:
     return "\n".join(lines)
 
 
-def sweep(path: str, overrides: list[str], workers: int = 1, worker_index: int | None = None) -> int:
-    """Run the sweep file's trials (this process and ``workers - 1`` more); 1 when no trial completed."""
+def sweep(
+    path: str, overrides: list[str], workers: int = 1, worker_index: int | None = None, on_slurm: bool = False
+) -> int:
+    """Run the sweep file's trials (this process and ``workers - 1`` more); 1 when no trial completed.
+
+    ``on_slurm``: each trial is a SLURM job (its settings: the config's ``slurm`` key); a worker waits for its job.
+    """
     from utils.sweep.results import write_results
     from utils.sweep.spec import load_sweep
     from utils.sweep.study import latest, run_sweep
@@ -135,12 +143,19 @@ def sweep(path: str, overrides: list[str], workers: int = 1, worker_index: int |
 
     spec = load_sweep(path, overrides, lambda config, more: load_config(config, more)[0])
     config = str(repo_path(spec.config))
-    if spec.nproc == 1:
+    if on_slurm:
+        if spec.nproc != 1:
+            raise UserError(f"{path}: nproc goes without --slurm: a job's processes are slurm.tasks_per_node x nodes")
+        # Each trial is a process that submits its job and waits for it (pruned: SIGTERM, which cancels the job).
+        command = [sys.executable, str(Path(__file__).resolve()), "--slurm", "--wait", config]
+        run_trial = functools.partial(run_command, command)
+    elif spec.nproc == 1:
         run_trial = functools.partial(_run_trial, config)
     else:  # several processes per trial: each trial is its own torchrun
         command = [sys.executable, str(Path(__file__).resolve()), "--nproc", str(spec.nproc), config]
         run_trial = functools.partial(run_command, command)
     helper = [sys.executable, str(Path(__file__).resolve()), "--sweep", path, *overrides]
+    helper += ["--slurm"] if on_slurm else []
     first = [*spec.overrides, *(s.override(s.values[0]) for s in spec.spaces)]
     # SIGTERM stops a sweep as Ctrl-C does: the trial running saves (its own process, or the agent's handler).
     before = signal.signal(signal.SIGTERM, _interrupt)
@@ -208,12 +223,51 @@ def report_main(argv: list[str]) -> int:
     return 0
 
 
+def submit_slurm(path: str, overrides: list[str]) -> tuple[str, Path]:
+    """``--slurm``: check the config and its cluster settings, submit the run as a job, say how to follow it."""
+    from utils import slurm
+
+    config, _ = load_config(path, overrides)
+    settings = slurm.resolve(apply_overrides(read_config(run_config(path))[0], list(overrides)).get("slurm"), path)
+    run_dir = repo_path(config.experiments_dir) / config.exp_name
+    frozen = slurm.frozen_config(to_plain(config), settings)
+    # cloudpickle stores a function of __main__ by value: submit the importable module's one, by name.
+    entry = importlib.import_module("main").slurm_task
+    job_id = slurm.submit(entry, frozen, settings, run_dir, path, ["--slurm", path, *overrides])
+    tasks = settings["nodes"] * slurm.tasks_per_node(settings)
+    logs = run_dir / "slurm" / f"{job_id}_0_log.out"
+    sys.stdout.write(
+        f"submitted job {job_id}: {config.exp_name} on {settings['nodes']} node(s), {tasks} process(es)\n"
+        f"  follow: tail -f {logs}   state: python main.py status {run_dir}   cancel: scancel {job_id}\n"
+    )
+    return job_id, run_dir
+
+
+def slurm_task(config: dict, run_dir: str) -> None:
+    """A task of a job --slurm submitted: one process of the run of ``config``; requeued when SLURM warns."""
+    from utils.slurm import run_task
+
+    run_task(config, run_dir, lambda path: main([path]))
+
+
+def status_main(argv: list[str]) -> int:
+    """``python main.py status RUN_DIR``: the state of the run's SLURM jobs and where their logs are."""
+    from utils.slurm import status
+
+    parser = argparse.ArgumentParser(prog="main.py status", description="The SLURM jobs of a run directory.")
+    parser.add_argument("run_dir", help="the run directory, e.g. experiments/example_exp_0")
+    args = parser.parse_args(argv)
+    sys.stdout.write(status(Path(args.run_dir)) + "\n")
+    return 0
+
+
 # python main.py COMMAND ...: each takes the rest of the arguments and returns an exit code.
 COMMANDS = {
     "new": new_command,
     "new-project": partial(new_project_command, config_schemas),
     "keys": partial(keys_command, config_schemas),
     "report": report_main,
+    "status": status_main,
 }
 
 
@@ -234,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--nproc", type=int, metavar="N", help="train in N processes under torchrun (DDP); with --sweep: per trial"
     )
+    parser.add_argument(
+        "--slurm",
+        action="store_true",
+        help="submit the run as a SLURM job (the config's slurm key); with --sweep: each trial",
+    )
+    parser.add_argument("--wait", action="store_true", help="with --slurm: wait for the job, exit with its run's code")
     parser.add_argument("--sweep", metavar="FILE", help="run a sweep's trials (key=value: sweep or config keys)")
     parser.add_argument("--workers", type=int, default=1, help="with --sweep: worker processes on this machine")
     parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # a --workers helper's number
@@ -244,11 +304,26 @@ def main(argv: list[str] | None = None) -> int:
             if args.workers < 1:
                 raise UserError(f"--workers: expected a positive integer, got {args.workers}")
             extra = [f"nproc={args.nproc}"] if args.nproc else []
-            return sweep(args.sweep, overrides + extra, args.workers, args.worker_index)
+            return sweep(args.sweep, overrides + extra, args.workers, args.worker_index, args.slurm)
         if args.config is None:
             parser.error("the following arguments are required: config (or --sweep FILE)")
         if args.workers != 1:
             parser.error("--workers goes with --sweep")
+        if args.wait and not args.slurm:
+            parser.error("--wait goes with --slurm")
+        if args.slurm:
+            if args.nproc is not None:
+                raise UserError("--nproc goes without --slurm: a job's processes are slurm.tasks_per_node x nodes")
+            job_id, run_dir = submit_slurm(args.config, args.overrides)
+            if not args.wait:
+                return 0
+            from utils.slurm import wait_for_job
+
+            before = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the wait as Ctrl-C does: scancel
+            try:
+                return wait_for_job(job_id, run_dir)
+            finally:
+                signal.signal(signal.SIGTERM, before)
         if args.keys:
             sys.stdout.write(describe_keys(args.config, args.overrides) + "\n")
             return 0

@@ -18,6 +18,7 @@ from utils.config import (
     torch_object_key,
 )
 from utils.schedules import scheduler_key
+from utils.slurm import slurm_key
 
 COMMON_KEYS: dict[str, Key] = {
     "exp_name": Key(REQUIRED, str, "run directory name under experiments/", check=plain_name),
@@ -107,4 +108,5 @@ COMMON_KEYS: dict[str, Key] = {
     "scheduler_interval": Key(
         "epoch", str, "step the scheduler after every epoch or every optimizer step", choices=("epoch", "step")
     ),
+    "slurm": slurm_key(),
 }

@@ -16,6 +16,7 @@ What a block means to this test is written next to it in the tutorial:
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from agents import config_schemas
+from tests import slurm_cluster
 from tests.conftest import REPO
 from utils.config_reference import REFERENCE, render
 from utils.scaffold import new_project
@@ -136,9 +138,13 @@ def test_every_command_of_the_tutorial_works(tutorial, tmp_path):
                 steps.append({"run": command})
                 expected.append((error, offline))
     runner = [sys.executable, "tests/tutorial_runner.py"]
-    done = subprocess.run(
-        runner, cwd=root, env=env, input=json.dumps(steps), capture_output=True, text=True, timeout=900
-    )
+    # A tutorial of SLURM jobs runs against a one-node cluster of its own.
+    cluster = slurm_cluster.cluster(tmp_path / "slurm") if "--slurm" in markdown else contextlib.nullcontext({})
+    with cluster as cluster_env:
+        done = subprocess.run(
+            runner, cwd=root, env={**env, **cluster_env}, input=json.dumps(steps), capture_output=True, text=True,
+            timeout=900,
+        )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     for result, (error, offline) in zip(json.loads(done.stdout), expected, strict=True):
         where = f"{tutorial}: {result['command']}\n{result['stderr']}"

@@ -1,0 +1,265 @@
+"""./run.sh --slurm: settings checked like every key; jobs on a real one-node SLURM (tests/slurm_cluster.py).
+
+The cluster tests submit in this process (main.main) and wait for the job with a deadline; the
+jobs train the template agent on small random images with one torch thread, so that a job's
+weights can be compared with a run in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import main
+from tests import slurm_cluster
+from tests.conftest import EXAMPLE, REPO, assert_same_tensors, load, train
+from utils import slurm
+from utils.errors import UserError
+
+pytestmark = pytest.mark.slow
+TINY = ["image_size=16", "hidden=8", "torch_threads=1", "max_valid_batches=null"]
+
+
+def submit(capsys, *args: str) -> tuple[int, str, str]:
+    """``main.py --slurm args...`` in this process: (exit code, stdout, stderr)."""
+    code = main.main(["--slurm", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# ----- no cluster needed ----------------------------------------------------------------------
+
+
+def test_a_bad_slurm_key_is_one_line_and_nothing_is_submitted(exps, capsys):
+    cases = {
+        "slurm.partiton=gpu": "unknown key 'slurm.partiton' (did you mean 'partition'?)",
+        "slurm.nodes=0": "key 'slurm.nodes': must be at least 1",
+        "slurm.time=2h": "key 'slurm.time': expected minutes (an integer) or 'D-HH:MM:SS', got '2h'",
+        "slurm.mem=lots": "key 'slurm.mem': expected a size like '64G'",
+        'slurm.extra=["exclusive"]': "key 'slurm.extra': expected sbatch options like '--exclusive'",
+        "slurm.file=gpu_nod": "key 'slurm.file': no file",
+    }
+    for override, message in cases.items():
+        code, out, err = submit(capsys, str(EXAMPLE), f"experiments_dir={exps}", override)
+        assert code == 2 and out == "" and err.count("\n") == 1 and message in err, (override, err)
+        assert f"{EXAMPLE}: " in err
+    assert "did you mean 'gpu_node'" in submit(capsys, str(EXAMPLE), "slurm.file=gpu_nod")[2]
+    assert list(exps.iterdir()) == []
+    # A local run checks the block too: a mistake is found before the run, not when it is submitted later.
+    code = main.main([str(EXAMPLE), f"experiments_dir={exps}", "slurm.nodse=2"])
+    assert code == 2 and "unknown key 'slurm.nodse' (did you mean 'nodes'?)" in capsys.readouterr().err
+    code, _, err = submit(capsys, "--nproc", "2", str(EXAMPLE))
+    assert code == 2 and "--nproc goes without --slurm" in err
+
+
+def test_settings_come_from_a_file_in_configs_slurm_and_the_block_overrides_it():
+    settings = slurm.resolve({"file": "gpu_node", "time": 30, "partition": "a100"}, "x.json")
+    assert settings["gpus_per_node"] == 8 and settings["mem"] == "256G"  # the file's
+    assert settings["time"] == 30 and settings["partition"] == "a100"  # the block's
+    assert slurm.tasks_per_node(settings) == 8  # one process per GPU
+    assert slurm.tasks_per_node(slurm.resolve({"tasks_per_node": 2}, "x.json")) == 2
+    assert slurm.tasks_per_node(slurm.resolve({}, "x.json")) == 1
+    with pytest.raises(UserError, match="x.json: key 'slurm.file': no file .*configs/slurm/nope.json"):
+        slurm.resolve({"file": "nope"}, "x.json")
+    path = REPO / "configs" / "slurm" / "gpu_node.json"  # a path works as well as a name
+    assert slurm.resolve({"file": str(path)}, "x.json") == slurm.resolve({"file": "gpu_node"}, "x.json")
+
+
+def test_without_slurm_commands_submitting_is_one_line(exps, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch, sinfo, ...
+    code, out, err = submit(capsys, str(EXAMPLE), f"experiments_dir={exps}")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "'sbatch' not found" in err
+    assert list(exps.iterdir()) == []  # no run directory made
+
+
+def test_local_executor_two_tasks_ddp_then_the_warning_saves_requeues_and_resumes(exps, one_thread):
+    """The job's side without a cluster: submitit's local executor runs main.slurm_task in 2 tasks (DDP
+    from submitit's environment); USR2 to them mid-run: the run saves, rank 0 requeues (the local
+    executor starts the tasks again), the run resumes and finishes."""
+    import submitit
+
+    config, _ = main.load_config(str(EXAMPLE), [f"experiments_dir={exps}", "exp_name=local", *TINY, "max_epoch=2",
+                                                "random_size=2000", "log_every=1"])  # fmt: skip
+    run = exps / "local"
+    executor = submitit.LocalExecutor(folder=run / "slurm")
+    executor.update_parameters(tasks_per_node=2, timeout_min=10)
+    job = executor.submit(main.slurm_task, slurm.frozen_config(dict(config), slurm.resolve({}, "x")), str(run))
+    wait_for(lambda: (run / "metrics.csv").exists(), "epoch 1")
+    tasks = subprocess.run(["pgrep", "-P", str(job._process.pid)], capture_output=True, text=True, timeout=30)
+    for pid in tasks.stdout.split():
+        os.kill(int(pid), signal.SIGUSR2)
+    job.results()  # raises when a task failed
+    log = (run / "logs" / "run.log").read_text()
+    assert "x 2 process(es)" in log and log.count("saving a checkpoint") == 1 and log.count("resumed from") == 1
+    assert "requeued, it resumes" in job.task(0).stderr()
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 2
+
+
+# ----- on a real one-node SLURM ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """munged, slurmctld and slurmd in a temp folder, SLURM_CONF set for this process (and so for the jobs)."""
+    folder = Path(tmp_path_factory.mktemp("slurm"))
+    with slurm_cluster.cluster(folder) as env, pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        yield folder
+
+
+def scontrol(*args: str) -> str:
+    done = subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def wait_for(ready, what: str, timeout: float = 180, job: str | None = None):
+    """Poll ``ready()`` until it is truthy; a timeout fails with the job's state and log."""
+    deadline = time.monotonic() + timeout
+    while not (value := ready()):
+        if time.monotonic() > deadline:
+            state = slurm.job_state(job) if job else {}
+            pytest.fail(f"timed out waiting for {what}: job {job} {state}")
+        time.sleep(0.3)
+    return value
+
+
+def finished(job: str, timeout: float = 240) -> dict[str, str]:
+    ends = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+    return wait_for(lambda: (s := slurm.job_state(job)) and s["JobState"] in ends and s, "the job's end", timeout, job)
+
+
+def job_id(out: str) -> str:
+    assert out.startswith("submitted job "), out
+    return out.split()[2].rstrip(":")
+
+
+def restart_now(job: str, restarts: int) -> None:
+    """Once the requeued job waits, start it now (SLURM holds a requeued job back for two minutes)."""
+    wait_for(
+        lambda: (s := slurm.job_state(job)) and s["JobState"] == "PENDING" and s["Restarts"] == str(restarts),
+        f"requeue {restarts}",
+        job=job,
+    )
+    scontrol("update", f"JobId={job}", "StartTime=now")
+
+
+def test_a_job_trains_as_a_local_run_does_and_status_shows_it(cluster, exps, capsys, one_thread):
+    args = [str(EXAMPLE), f"experiments_dir={exps}", *TINY, "max_epoch=2", "random_size=320"]
+    code, out, err = submit(capsys, *args, "exp_name=job")
+    assert code == 0, err
+    job = job_id(out)
+    run = exps / "job"
+    assert f"tail -f {run / 'slurm' / f'{job}_0_log.out'}" in out and f"main.py status {run}" in out
+    train(EXAMPLE, exps, *args[1:], "exp_name=local")  # the same run in this process, meanwhile
+    state = finished(job)
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "0", run / "slurm" / f"{job}_0_log.err"
+    job_ckpt, local_ckpt = load(run / "checkpoints" / "last.pth"), load(exps / "local" / "checkpoints" / "last.pth")
+    for key in ("models", "optimizers", "epoch", "global_step", "best"):
+        assert_same_tensors(job_ckpt[key], local_ckpt[key], key)
+    assert (run / "metrics.csv").read_text() == (exps / "local" / "metrics.csv").read_text()
+    files = {p.name for p in (run / "slurm").iterdir()}
+    assert {"jobs.json", f"{job}_submission.sh", f"{job}_0_log.out", f"{job}_0_log.err", f"{job}_config.json"} <= files
+    assert json.loads((run / "slurm" / "jobs.json").read_text())[0]["job_id"] == job
+    assert json.loads((run / "config.json").read_text())["slurm"]["time"] == 60  # the settings it ran with
+    assert main.main(["status", str(run)]) == 0
+    status = capsys.readouterr().out
+    assert f"job {job} " in status and "COMPLETED, requeued 0 time(s), exit code 0:0" in status
+    assert f"log: {run / 'slurm' / f'{job}_0_log.out'}" in status and "run: finished after 2 epoch(s)" in status
+
+
+def test_a_two_task_job_trains_with_ddp_in_two_processes(cluster, exps, capsys):
+    args = [str(EXAMPLE), f"experiments_dir={exps}", *TINY, "max_epoch=1", "random_size=256", "exp_name=ddp"]
+    code, out, err = submit(capsys, *args, "slurm.tasks_per_node=2")
+    assert code == 0 and "1 node(s), 2 process(es)" in out, err
+    job = job_id(out)
+    assert finished(job)["JobState"] == "COMPLETED"
+    run = exps / "ddp"
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 2
+    assert "x 2 process(es)" in (run / "logs" / "run.log").read_text()
+    assert len(slurm.log_paths(run, job)) == 2  # one log per task
+    assert load(run / "checkpoints" / "last.pth")["world_size"] == 2
+
+
+def test_preemption_warning_and_a_requeue_resume_exactly(cluster, exps, capsys, one_thread):
+    """SLURM's warning (USR2, as before a time limit) in epoch 2: the job saves and requeues itself;
+    ``scontrol requeue`` (SIGTERM) in epoch 3: saves, SLURM requeues; the end equals a straight run."""
+    args = [str(EXAMPLE), f"experiments_dir={exps}", *TINY, "max_epoch=4", "random_size=8000", "log_every=1"]
+    code, out, err = submit(capsys, *args, "exp_name=preempted")
+    assert code == 0, err
+    job = job_id(out)
+    run = exps / "preempted"
+    rows = lambda: len((run / "metrics.csv").read_text().splitlines()) - 1 if (run / "metrics.csv").exists() else 0  # noqa: E731
+    wait_for(lambda: rows() >= 1, "epoch 1", job=job)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+    restart_now(job, 1)
+    wait_for(lambda: rows() >= 2, "epoch 2 after the requeue", job=job)
+    scontrol("requeue", job)
+    restart_now(job, 2)
+    state = finished(job)
+    log = (run / "logs" / "run.log").read_text()
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "2", state
+    assert log.count("resumed from") == 2 and log.count("saving a checkpoint") == 2
+    assert "requeued, it resumes" in (run / "slurm" / f"{job}_0_log.err").read_text()
+    assert rows() == 4
+    train(EXAMPLE, exps, *args[1:], "exp_name=straight")
+    job_ckpt, straight = load(run / "checkpoints" / "last.pth"), load(exps / "straight" / "checkpoints" / "last.pth")
+    for key in ("models", "optimizers", "epoch", "global_step"):
+        assert_same_tensors(job_ckpt[key], straight[key], key)
+
+
+def test_a_failed_run_is_not_requeued(cluster, exps, capsys, tmp_path):
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    args = [str(EXAMPLE), f"experiments_dir={exps}", "exp_name=broken", "data_mode=folder", f"data_root={empty}"]
+    code, out, err = submit(capsys, "--wait", *args, "slurm.time=3")  # waits for the job: its run's exit code
+    assert code == 2 and err.startswith("error: ") and str(empty) in err, err
+    job = job_id(out)
+    state = finished(job)
+    assert state["JobState"] == "FAILED" and state["ExitCode"] == "2:0" and state["Restarts"] == "0", state
+    errors = [line for line in (exps / "broken" / "slurm" / f"{job}_0_log.err").read_text().splitlines()]
+    assert any(line.startswith("error: ") and str(empty) in line for line in errors)
+
+
+def test_a_bad_partition_or_a_refused_job_is_one_line_and_nothing_is_submitted(cluster, exps, capsys):
+    code, out, err = submit(capsys, str(EXAMPLE), f"experiments_dir={exps}", "slurm.partition=debgu")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert (
+        "key 'slurm.partition': no partition 'debgu' on this cluster (there are: debug) (did you mean 'debug'?)" in err
+    )
+    code, out, err = submit(capsys, str(EXAMPLE), f"experiments_dir={exps}", "slurm.constraint=warp_drive")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "SLURM refused the job: " in err, err
+    assert list(exps.iterdir()) == []
+    queue = subprocess.run(["squeue", "-h", "-t", "all", "-n", "example_exp_0"], capture_output=True, text=True)
+    assert queue.stdout.strip() == "", queue.stdout
+    assert os.environ["SLURM_CONF"].startswith(str(cluster))
+
+
+def test_a_sweep_runs_each_trial_as_a_job(cluster, exps, capsys, tmp_path):
+    sweep = {
+        "name": "s",
+        "config": str(EXAMPLE),
+        "overrides": {"experiments_dir": str(exps), "random_size": 160, "image_size": 16, "hidden": 8,
+                      "max_epoch": 1, "torch_threads": 1, "slurm": {"time": 3}},
+        "parameters": {"optimizer.args.lr": [0.001, 0.01, 0.1]},
+        "method": "grid",
+    }  # fmt: skip
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(sweep))
+    assert main.main(["--sweep", str(path), "--slurm"]) == 0, capsys.readouterr().err
+    results = (exps / "s" / "results.csv").read_text().splitlines()
+    assert len(results) == 4 and all(",complete," in row for row in results[1:]), results
+    jobs = set()
+    for number in range(3):
+        trial = exps / "s" / f"trial_{number:04d}"
+        [entry] = json.loads((trial / "slurm" / "jobs.json").read_text())  # one job each
+        assert slurm.job_state(entry["job_id"])["JobState"] == "COMPLETED"
+        jobs.add(entry["job_id"])
+    assert len(jobs) == 3

@@ -1,0 +1,342 @@
+"""SLURM jobs through submitit: ``./run.sh --slurm CONFIG`` submits the run, the job trains it.
+
+The cluster settings are the config's ``slurm`` block (``SETTINGS``), optionally read from a file
+under ``configs/slurm/`` that the block's own keys override. The job runs one task per process
+(``tasks_per_node``, by default one per GPU) on every node; with more than one task, each exports
+the DDP environment of its task (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT, from submitit) and
+the run takes the same path as under torchrun. SLURM's warning before the time limit or a
+preemption (USR2, ``signal_delay_s`` ahead) stops the run as SIGTERM does (a checkpoint within
+``log_every`` steps) and requeues the job, which resumes from it; a run that fails is not requeued.
+Everything of the jobs lives in ``<run dir>/slurm/``: jobs.json (ids and commands), the submitted
+scripts, one stdout/stderr per task, the config each job runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from utils.config import REPO_ROOT, Key, did_you_mean, read_json, repo_path, validate
+from utils.errors import UserError
+
+SLURM_DIR = "configs/slurm"
+_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # sbatch --time: minutes, [D-]HH:MM[:SS], D-HH
+_MEM = re.compile(r"^\d+[KMGT]?$")
+
+
+def _check_time(value: int | str, where: str, source: str) -> None:
+    if isinstance(value, int) and value < 1 or isinstance(value, str) and not _TIME.match(value):
+        raise UserError(f"{source}: key '{where}': expected minutes (an integer) or 'D-HH:MM:SS', got {value!r}")
+
+
+def _check_mem(value: str | None, where: str, source: str) -> None:
+    if value is not None and not _MEM.match(value):
+        raise UserError(f"{source}: key '{where}': expected a size like '64G' or '500M', got {value!r}")
+
+
+def _check_extra(value: list, where: str, source: str) -> None:
+    for option in value:
+        if not isinstance(option, str) or not re.match(r"^--[a-z][a-z0-9-]*(=.+)?$", option):
+            raise UserError(f"{source}: key '{where}': expected sbatch options like '--exclusive', got {option!r}")
+
+
+def _check_lines(value: list, where: str, source: str) -> None:
+    if not all(isinstance(line, str) for line in value):
+        raise UserError(f"{source}: key '{where}': expected a list of shell lines (strings)")
+
+
+SETTINGS: dict[str, Key] = {
+    "partition": Key(None, str, "partition to run in (null: the cluster's default)", nullable=True),
+    "nodes": Key(1, int, "nodes", min=1, max=10**5),
+    "gpus_per_node": Key(0, int, "GPUs per node (one process each unless tasks_per_node says otherwise)", min=0),
+    "tasks_per_node": Key(
+        None, int, "processes per node (null: gpus_per_node, or 1 without GPUs)", min=1, max=1024, nullable=True
+    ),
+    "cpus_per_task": Key(None, int, "CPUs per process (null: the cluster's default)", min=1, nullable=True),
+    "mem": Key(None, str, "memory per node, e.g. '64G' (null: the cluster's default)", nullable=True, check=_check_mem),
+    "time": Key(60, (int, str), "time limit: minutes, or 'D-HH:MM:SS'", check=_check_time),
+    "account": Key(None, str, "account to charge", nullable=True),
+    "qos": Key(None, str, "quality of service", nullable=True),
+    "constraint": Key(None, str, "node features required, e.g. 'a100'", nullable=True),
+    "signal_delay_s": Key(
+        120, int, "seconds before the time limit when SLURM warns the job (it saves and requeues)", min=10
+    ),
+    "extra": Key([], list, "more sbatch options, e.g. ['--exclusive', '--mail-type=END']", check=_check_extra),
+    "setup": Key([], list, "shell lines the job runs first, e.g. ['module load cuda']", check=_check_lines),
+}
+
+
+def _settings_file(name: str, where: str, source: str) -> Path:
+    """The file ``slurm.file`` names: 'gpu' is configs/slurm/gpu.json; a path ending in .json as given."""
+    if "/" in name or name.endswith(".json"):
+        path = repo_path(name) if not Path(name).exists() else Path(name)
+    else:
+        path = REPO_ROOT / SLURM_DIR / f"{name}.json"
+    if not path.is_file():
+        names = sorted(p.stem for p in (REPO_ROOT / SLURM_DIR).glob("*.json"))
+        known = f" (files there: {', '.join(names)})" if names else ""
+        raise UserError(f"{source}: key '{where}': no file {path}{known}{did_you_mean(Path(name).stem, names)}")
+    return path
+
+
+def _check_block(value: dict, where: str, source: str) -> None:
+    if value.get("file"):
+        path = _settings_file(value["file"], f"{where}.file", source)
+        validate(read_json(path), SETTINGS, str(path))
+
+
+def slurm_key() -> Key:
+    """The config key ``slurm``: the cluster settings of ``./run.sh --slurm`` (unused by a local run)."""
+    schema = {
+        "file": Key(
+            None, str, f"settings from a file: a name in {SLURM_DIR}/ or a path; this block's keys override it",
+            nullable=True,
+        ),
+        **SETTINGS,
+    }  # fmt: skip
+    doc = "SLURM settings of ./run.sh --slurm (tutorials/09_slurm.md); a local run ignores them"
+    return Key(None, dict, doc, schema=schema, nullable=True, check=_check_block)
+
+
+def resolve(block: dict | None, source: str) -> dict:
+    """The settings a job is submitted with: the file's, then the keys the block itself gives."""
+    block = dict(block or {})
+    name = block.pop("file", None)
+    base = read_json(_settings_file(name, "slurm.file", source)) if name else {}
+    return validate({**base, **block}, SETTINGS, source)
+
+
+def tasks_per_node(settings: dict) -> int:
+    return settings["tasks_per_node"] or max(settings["gpus_per_node"], 1)
+
+
+def _check_partition(partition: str | None, source: str) -> None:
+    """A partition the cluster lacks is one line before anything is submitted."""
+    if partition is None:
+        return
+    out = _slurm_command(["sinfo", "-h", "-o", "%R"])
+    names = sorted(set(out.split()))
+    if partition not in names:
+        raise UserError(
+            f"{source}: key 'slurm.partition': no partition {partition!r} on this cluster "
+            f"(there are: {', '.join(names)}){did_you_mean(partition, names)}"
+        )
+
+
+def _slurm_command(argv: list[str], timeout: float = 60) -> str:
+    """Run a SLURM client command; its output, or a UserError when SLURM is missing or refuses."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"--slurm: '{' '.join(argv)}' did not answer within {timeout:.0f} s") from None
+    if done.returncode:
+        raise UserError(f"--slurm: {' '.join(argv)}: {_last_line(done.stderr)}")
+    return done.stdout
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else "(no message)"
+
+
+def submit(
+    entry: Callable[..., Any], config: dict, settings: dict, run_dir: Path, source: str, command: list[str]
+) -> str:
+    """Submit ``entry(config, run_dir)`` as a job of ``settings``; writes slurm/jobs.json; the job id."""
+    import submitit
+
+    missing = [c for c in ("sbatch", "srun", "sinfo", "scontrol") if shutil.which(c) is None]
+    if missing:
+        raise UserError(
+            f"--slurm: '{missing[0]}' not found: submit from a machine with SLURM's commands (a login node)"
+        )
+    _check_partition(settings["partition"], source)
+    folder = run_dir / "slurm"
+    made = [p for p in (run_dir, folder) if not p.exists()]
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
+    extra = {}
+    for option in settings["extra"]:
+        key, sep, value = option[2:].partition("=")
+        extra[key] = value if sep else True
+    gpus = settings["gpus_per_node"]
+    executor.update_parameters(
+        job_name=config["exp_name"],
+        partition=settings["partition"],
+        nodes=settings["nodes"],
+        ntasks_per_node=tasks_per_node(settings),
+        gpus_per_node=gpus or None,
+        cpus_per_task=settings["cpus_per_task"],
+        mem=settings["mem"],
+        time=settings["time"],
+        account=settings["account"],
+        qos=settings["qos"],
+        constraint=settings["constraint"],
+        signal_delay_s=settings["signal_delay_s"],
+        setup=settings["setup"],
+        # The job runs in the repository (the agents import from it); requeued after a preemption.
+        additional_parameters={"chdir": str(REPO_ROOT), "requeue": True, **extra},
+    )
+    stderr = io.StringIO()  # submitit prints sbatch's complaint itself: it becomes our one line instead
+    try:
+        with contextlib.redirect_stderr(stderr):
+            job = executor.submit(entry, config, str(run_dir))
+    except Exception as e:  # noqa: BLE001 (sbatch's refusal: the settings are the user's to fix)
+        for path in reversed(made):
+            shutil.rmtree(path, ignore_errors=True)
+        raise UserError(f"{source}: SLURM refused the job: {_last_line(str(e))}") from None
+    _record(folder, {"job_id": job.job_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": command})
+    return job.job_id
+
+
+def _record(folder: Path, entry: dict) -> None:
+    path = folder / "jobs.json"
+    jobs = json.loads(path.read_text()) if path.exists() else []
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps([*jobs, entry], indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def jobs(run_dir: Path) -> list[dict]:
+    """The jobs submitted for a run directory (slurm/jobs.json), oldest first."""
+    path = run_dir / "slurm" / "jobs.json"
+    if not path.exists():
+        raise UserError(f"{run_dir}: no SLURM jobs here ({path} is missing): submit one with ./run.sh --slurm CONFIG")
+    return json.loads(path.read_text())
+
+
+def log_paths(run_dir: Path, job_id: str) -> list[Path]:
+    """Each task's stdout of a job (stderr is next to it, .err)."""
+    return sorted((run_dir / "slurm").glob(f"{job_id}_*_log.out"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def job_state(job_id: str) -> dict[str, str]:
+    """SLURM's view of a job: JobState, Restarts, ExitCode, NodeList, Reason (empty when it forgot the job)."""
+    try:
+        done = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if done.returncode:
+        return {}
+    fields = dict(f.split("=", 1) for f in done.stdout.split() if "=" in f)
+    return {k: fields.get(k, "") for k in ("JobState", "Restarts", "ExitCode", "NodeList", "Reason")}
+
+
+def status(run_dir: Path) -> str:
+    """``main.py status RUN_DIR``: each job's state, requeues and log files, and the run's own state."""
+    lines = []
+    for entry in jobs(run_dir):
+        job_id = entry["job_id"]
+        state = job_state(job_id)
+        if state:
+            text = f"{state['JobState']}, requeued {state['Restarts']} time(s), exit code {state['ExitCode']}"
+            if state["Reason"] not in ("", "None"):
+                text += f", reason {state['Reason']}"
+        else:
+            text = "no longer known to SLURM (finished a while ago; sacct -j shows its accounting)"
+        lines.append(f"job {job_id} (submitted {entry['submitted']}): {text}")
+        lines += [f"  log: {p}" for p in log_paths(run_dir, job_id)] or [f"  log: none yet ({run_dir / 'slurm'})"]
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        s = json.loads(summary.read_text())
+        lines.append(f"run: {s.get('status')} after {s.get('epochs')} epoch(s), {s.get('steps')} steps ({summary})")
+    else:
+        lines.append("run: no summary.json yet")
+    return "\n".join(lines)
+
+
+class _Warned:
+    """SLURM's warning before a time limit or a preemption (USR2): stop the run as SIGTERM does."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received = True
+        sys.stderr.write("SLURM's warning (SIGUSR2: a time limit or a preemption): the run saves, the job requeues\n")
+        signal.raise_signal(signal.SIGTERM)  # the run's own handler: save within log_every steps, stop
+
+
+def run_task(config: dict, run_dir: str, run: Callable[[str], int]) -> None:
+    """One task of a job: the DDP environment of its task (several tasks), ``run(config file)``, requeued when warned.
+
+    ``run`` returns the exit code of the run; a non-zero one ends the task with it (SLURM marks the
+    job failed). After SLURM's warning, a run that stopped by saving (130) is requeued by rank 0.
+    """
+    import submitit
+
+    env = submitit.JobEnvironment()
+    if env.num_tasks > 1:
+        # CUDA_VISIBLE_DEVICES is left alone: each process takes the GPU of its LOCAL_RANK, as under torchrun.
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    # The config as submitted, whatever became of its file since: a requeued job goes on with the same run.
+    path = Path(run_dir) / "slurm" / f"{env.job_id}_config.json"
+    tmp = path.with_suffix(f".{env.global_rank}.tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, path)
+    warned = _Warned()
+    signal.signal(signal.SIGUSR2, warned)
+    code = run(str(path))
+    if warned.received and code == 130 and env.global_rank == 0:
+        sys.stderr.write(f"job {env.job_id}: requeued, it resumes from the checkpoint just saved\n")
+        env._requeue(0)  # the executor's own requeue (SLURM: scontrol requeue); submitit's checkpointing does the same
+    if code:
+        sys.exit(code)
+
+
+ENDED = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+)
+POLL_SECONDS = 2.0
+FORGOTTEN_SECONDS = 600  # a job SLURM no longer answers for this long is taken for lost
+
+
+def wait_for_job(job_id: str, run_dir: Path) -> int:
+    """Wait for a job to end (a requeued one runs again); the exit code of its run: 0, 2 (a mistake),
+    130 (cancelled) or 1, with the run's error line on stderr. Stopping the wait (Ctrl-C) cancels the job,
+    which saves a checkpoint."""
+    last_seen = time.monotonic()
+    try:
+        while (state := job_state(job_id)).get("JobState") not in ENDED:
+            if state:
+                last_seen = time.monotonic()
+            elif time.monotonic() - last_seen > FORGOTTEN_SECONDS:
+                sys.stderr.write(f"error: job {job_id}: SLURM has not known it for {FORGOTTEN_SECONDS} s\n")
+                return 1
+            time.sleep(POLL_SECONDS)
+    except BaseException:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
+        raise
+    if state["JobState"] == "COMPLETED":
+        return 0
+    log = run_dir / "slurm" / f"{job_id}_0_log.err"
+    errors = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("error: ")] if (
+        log.exists()) else []  # fmt: skip
+    sys.stderr.write((errors[-1] if errors else f"error: job {job_id} ended {state['JobState']}: see {log}") + "\n")
+    if state["JobState"] == "CANCELLED":
+        return 130
+    return 2 if state["ExitCode"].startswith("2:") else 1
+
+
+def frozen_config(config: dict, settings: dict) -> dict:
+    """The resolved config a job runs (the cluster settings in place of a file's name)."""
+    return {**config, "slurm": settings}
