@@ -42,6 +42,8 @@ EXAMPLES = {
             "datasets/mnist.py",
             "configs/mnist_exp_0.json",
             "tests/test_mnist.py",
+            "benchmarks/mnist_digits.py",
+            "docs/mnist.md",
         ),
         uses=(
             "benchmarks/data_path.py",
