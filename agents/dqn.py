@@ -162,7 +162,7 @@ class DQNAgent(BaseAgent):
         self.episode_actions: list[int] = []  # of the episode in progress: a resume replays them
         self.refill_steps = 0  # environment steps that refilled a replay memory lost by a resume
         self.recent_returns: deque[float] = deque(maxlen=100)
-        self.last_loss: float | None = None
+        self.last_loss: torch.Tensor | None = None  # on the device: read when validate reports it, not per step
         self.solved_at_step: int | None = None
         self.solved_at_seconds: float | None = None
         self.solve_mean: float | None = None
@@ -285,8 +285,7 @@ class DQNAgent(BaseAgent):
         if learning and step % c.train_frequency == 0:
             for _ in range(c.gradient_steps):
                 loss = self.learn()
-            logs["loss"] = loss
-            self.last_loss = float(loss)
+            logs["loss"] = self.last_loss = loss  # BaseAgent reads losses on the host every log_every steps
         if c.target_update == "soft":
             if learning:
                 self.soft_update(c.tau)
@@ -358,12 +357,15 @@ class DQNAgent(BaseAgent):
         metrics = {"test/mean_return": float(np.mean(returns)), "test/min_return": float(np.min(returns))}
         self._record_test(metrics, path)
 
+    def _last_loss(self) -> float | None:
+        return None if self.last_loss is None else float(self.last_loss)
+
     def training_stats(self) -> dict[str, float]:
         """What validate reports about training itself (no evaluation needed)."""
         return {
             "train/mean_return_100": float(np.mean(self.recent_returns)) if self.recent_returns else math.nan,
             "train/epsilon": self.epsilon(self.global_step),
-            "train/loss": self.last_loss if self.last_loss is not None else math.nan,
+            "train/loss": self._last_loss() if self.last_loss is not None else math.nan,
             "train/episodes": float(self.episodes),
         }
 
@@ -402,7 +404,7 @@ class DQNAgent(BaseAgent):
         state = {
             "episodes": self.episodes,
             "recent_returns": list(self.recent_returns),
-            "last_loss": self.last_loss,
+            "last_loss": self._last_loss(),
             "solved_at_step": self.solved_at_step,
             "solved_at_seconds": self.solved_at_seconds,
             "solve_mean": self.solve_mean,
@@ -416,7 +418,8 @@ class DQNAgent(BaseAgent):
     def load_extra_state(self, state: dict) -> None:
         self.episodes = state["episodes"]
         self.recent_returns.extend(state["recent_returns"])
-        self.last_loss, self.solved_at_step = state["last_loss"], state["solved_at_step"]
+        self.last_loss = None if state["last_loss"] is None else torch.tensor(state["last_loss"])
+        self.solved_at_step = state["solved_at_step"]
         self.solved_at_seconds, self.solve_mean = state["solved_at_seconds"], state["solve_mean"]
         self.episode_actions = list(state.get("episode_actions", []))
         self.refill_steps = state.get("refill_steps", 0)

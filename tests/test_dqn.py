@@ -312,6 +312,24 @@ def test_smoke_run_writes_dqn_summary(exps):
     assert set(state["models"]) == {"q", "target"} and len(state["extra"]["memory"]["actions"]) == 400
 
 
+def test_loss_is_read_on_the_host_every_log_every_steps_not_at_every_update(exps, monkeypatch):
+    """300 updates, log_every=100: a handful of host reads of floating tensors (each one waits for the device)."""
+    reads = []
+
+    def counted(original):
+        def counting(self, *args, **kwargs):
+            if self.is_floating_point():
+                reads.append(self.numel())
+            return original(self, *args, **kwargs)
+
+        return counting
+
+    for name in ("__float__", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, counted(getattr(torch.Tensor, name)))
+    train(DQN, exps, "exp_name=reads", *TINY, "log_every=100")
+    assert 0 < len(reads) <= 20, len(reads)  # was 309: one per update (300) and the checks
+
+
 def test_same_seed_same_learning_curve(exps):
     train(DQN, exps, "exp_name=a", *TINY)
     train(DQN, exps, "exp_name=b", *TINY)
