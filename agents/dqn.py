@@ -91,6 +91,7 @@ class DQNAgent(BaseAgent):
         "batch_size": Key(64, int, "transitions per gradient step", min=1),
         "buffer_size": Key(50_000, int, "replay memory capacity (transitions)", min=1),
         "gamma": Key(0.99, float, "discount factor", min=0.0, max=1.0),
+        "n_step": Key(1, int, "rewards summed per TD target (n-step returns; 1: one-step TD)", min=1, max=100),
         "eps_start": Key(1.0, float, "exploration rate at step 0", min=0.0, max=1.0),
         "eps_end": Key(0.05, float, "exploration rate from eps_decay_steps on", min=0.0, max=1.0),
         "eps_decay_steps": Key(5_000, int, "steps from eps_start to eps_end", min=1),
@@ -293,8 +294,11 @@ class DQNAgent(BaseAgent):
             self.target.load_state_dict(self.q.state_dict())
         return logs
 
-    def td_target(self, rewards: torch.Tensor, next_obs: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
-        """r + gamma * (1 - done) * Q_target(s', a'), a' = argmax of the online net (Double DQN) or of the target."""
+    def td_target(
+        self, rewards: torch.Tensor, next_obs: torch.Tensor, dones: torch.Tensor, steps: torch.Tensor | int = 1
+    ) -> torch.Tensor:
+        """r + gamma**steps * (1 - done) * Q_target(s', a'), a' = argmax of the online net (Double DQN) or of the
+        target; r sums ``steps`` discounted rewards (n-step returns)."""
         c = self.config
         with torch.no_grad():
             if c.double_dqn:  # the online net picks the action, the target net values it
@@ -302,13 +306,13 @@ class DQNAgent(BaseAgent):
                 next_q = self.target(next_obs).gather(1, next_actions).squeeze(1)
             else:
                 next_q = self.target(next_obs).max(dim=1).values
-            return rewards + c.gamma * (1.0 - dones) * next_q
+            return rewards + c.gamma**steps * (1.0 - dones) * next_q
 
     def learn(self) -> torch.Tensor:
-        """One gradient step on a uniform batch from replay: TD(0) with a target network."""
+        """One gradient step on a uniform batch from replay: n-step TD with a target network."""
         c = self.config
-        obs, actions, rewards, next_obs, dones = self.memory.sample(c.batch_size)
-        target = self.td_target(rewards, next_obs, dones)
+        obs, actions, rewards, next_obs, dones, steps = self.memory.sample_n_step(c.batch_size, c.n_step, c.gamma)
+        target = self.td_target(rewards, next_obs, dones, steps)
         with self.autocast():
             q = self.q(obs).gather(1, actions.unsqueeze(1)).squeeze(1).float()
         loss = F.smooth_l1_loss(q, target) if c.loss == "huber" else F.mse_loss(q, target)
