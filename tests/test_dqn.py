@@ -334,6 +334,7 @@ def test_a_short_run_learns_far_better_than_a_random_policy(exps):
         "target_update=hard",
         "target_update_every=100",
         "optimizer.args.lr=0.002",
+        "n_step=1",  # settings for a few seconds of one-step TD; the shipped 3-step config: the slow test below
         "eval_episodes=10",
         "solve_episodes=10",
         "stop_when_solved=false",
