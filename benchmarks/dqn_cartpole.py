@@ -58,8 +58,12 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. hidden=[64,64]")
     args = parser.parse_args()
     args.seeds = [s for word in args.seeds for s in seed_range(word)]
-    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(1 if args.in_process else args.jobs) as pool:
-        summaries = list(pool.map(lambda s: run_seed(s, Path(tmp), args.overrides, args.in_process), args.seeds))
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.in_process:  # in the main thread: the agent installs its Ctrl-C handler there
+            summaries = [run_seed(s, Path(tmp), args.overrides, in_process=True) for s in args.seeds]
+        else:
+            with ThreadPoolExecutor(args.jobs) as pool:
+                summaries = list(pool.map(lambda s: run_seed(s, Path(tmp), args.overrides), args.seeds))
     print(
         f"{'seed':>4} {'solved':>6} {'at step':>8} {'s to solve':>10} {'steps':>7} {'wall s':>7} {'steps/s':>8} "
         f"{'process s':>9}"
