@@ -66,6 +66,7 @@ EXAMPLES = {
             "configs/dqn_exp_0.json",
             "tests/test_dqn.py",
             "benchmarks/dqn_cartpole.py",
+            "docs/dqn.md",
         ),
     ),
     "condensenet": Example(
