@@ -92,6 +92,7 @@ class DQNAgent(BaseAgent):
         "batch_size": Key(64, int, "transitions per gradient step", min=1),
         "buffer_size": Key(50_000, int, "replay memory capacity (transitions)", min=1),
         "gamma": Key(0.99, float, "discount factor", min=0.0, max=1.0),
+        "n_step": Key(1, int, "rewards summed per TD target (n-step returns; 1: one-step TD)", min=1, max=100),
         "eps_start": Key(1.0, float, "exploration rate at step 0", min=0.0, max=1.0),
         "eps_end": Key(0.05, float, "exploration rate from eps_decay_steps on", min=0.0, max=1.0),
         "eps_decay_steps": Key(5_000, int, "steps from eps_start to eps_end", min=1),
@@ -163,7 +164,7 @@ class DQNAgent(BaseAgent):
         self.episode_actions: list[int] = []  # of the episode in progress: a resume replays them
         self.refill_steps = 0  # environment steps that refilled a replay memory lost by a resume
         self.recent_returns: deque[float] = deque(maxlen=100)
-        self.last_loss: float | None = None
+        self.last_loss: torch.Tensor | None = None  # on the device: read when validate reports it, not per step
         self.solved_at_step: int | None = None
         self.solved_at_seconds: float | None = None
         self.solve_mean: float | None = None
@@ -286,8 +287,7 @@ class DQNAgent(BaseAgent):
         if learning and step % c.train_frequency == 0:
             for _ in range(c.gradient_steps):
                 loss = self.learn()
-            logs["loss"] = loss
-            self.last_loss = float(loss)
+            logs["loss"] = self.last_loss = loss  # BaseAgent reads losses on the host every log_every steps
         if c.target_update == "soft":
             if learning:
                 self.soft_update(c.tau)
@@ -295,8 +295,11 @@ class DQNAgent(BaseAgent):
             self.target.load_state_dict(self.q.state_dict())
         return logs
 
-    def td_target(self, rewards: torch.Tensor, next_obs: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
-        """r + gamma * (1 - done) * Q_target(s', a'), a' = argmax of the online net (Double DQN) or of the target."""
+    def td_target(
+        self, rewards: torch.Tensor, next_obs: torch.Tensor, dones: torch.Tensor, steps: torch.Tensor | int = 1
+    ) -> torch.Tensor:
+        """r + gamma**steps * (1 - done) * Q_target(s', a'), a' = argmax of the online net (Double DQN) or of the
+        target; r sums ``steps`` discounted rewards (n-step returns)."""
         c = self.config
         with torch.no_grad():
             if c.double_dqn:  # the online net picks the action, the target net values it
@@ -306,13 +309,13 @@ class DQNAgent(BaseAgent):
                 next_q = self.target(next_obs).gather(1, next_actions).squeeze(1)
             else:
                 next_q = self.target(next_obs).max(dim=1).values
-            return rewards + c.gamma * (1.0 - dones) * next_q
+            return rewards + c.gamma**steps * (1.0 - dones) * next_q
 
     def learn(self) -> torch.Tensor:
-        """One gradient step on a uniform batch from replay: TD(0) with a target network."""
+        """One gradient step on a uniform batch from replay: n-step TD with a target network."""
         c = self.config
-        obs, actions, rewards, next_obs, dones = self.memory.sample(c.batch_size)
-        target = self.td_target(rewards, next_obs, dones)
+        obs, actions, rewards, next_obs, dones, steps = self.memory.sample_n_step(c.batch_size, c.n_step, c.gamma)
+        target = self.td_target(rewards, next_obs, dones, steps)
         with self.autocast():
             q = self.q(obs).gather(1, actions.unsqueeze(1)).squeeze(1).float()
         loss = F.smooth_l1_loss(q, target) if c.loss == "huber" else F.mse_loss(q, target)
@@ -361,6 +364,9 @@ class DQNAgent(BaseAgent):
         metrics = {"test/mean_return": float(np.mean(returns)), "test/min_return": float(np.min(returns))}
         self._record_test(metrics, path)
 
+    def _last_loss(self) -> float | None:
+        return None if self.last_loss is None else float(self.last_loss)
+
     def training_stats(self) -> dict[str, float]:
         """What validate reports about training itself (no evaluation needed)."""
         stats = {"train/epsilon": self.epsilon(self.global_step), "train/episodes": float(self.episodes)}
@@ -369,7 +375,7 @@ class DQNAgent(BaseAgent):
         if self.recent_returns:
             stats["train/mean_return_100"] = float(np.mean(self.recent_returns))
         if self.last_loss is not None:
-            stats["train/loss"] = self.last_loss
+            stats["train/loss"] = self._last_loss()
         return stats
 
     def metric_names(self) -> list[str]:
@@ -407,7 +413,7 @@ class DQNAgent(BaseAgent):
         state = {
             "episodes": self.episodes,
             "recent_returns": list(self.recent_returns),
-            "last_loss": self.last_loss,
+            "last_loss": self._last_loss(),
             "solved_at_step": self.solved_at_step,
             "solved_at_seconds": self.solved_at_seconds,
             "solve_mean": self.solve_mean,
@@ -421,7 +427,8 @@ class DQNAgent(BaseAgent):
     def load_extra_state(self, state: dict) -> None:
         self.episodes = state["episodes"]
         self.recent_returns.extend(state["recent_returns"])
-        self.last_loss, self.solved_at_step = state["last_loss"], state["solved_at_step"]
+        self.last_loss = None if state["last_loss"] is None else torch.tensor(state["last_loss"])
+        self.solved_at_step = state["solved_at_step"]
         self.solved_at_seconds, self.solve_mean = state["solved_at_seconds"], state["solve_mean"]
         self.episode_actions = list(state.get("episode_actions", []))
         self.refill_steps = state.get("refill_steps", 0)

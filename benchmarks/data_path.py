@@ -36,7 +36,7 @@ def main() -> None:
     for prefix, n in (("train", 60000), ("t10k", 10000)):
         write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
-    agent = build_agent("configs/mnist_exp_0.json", "data_mode=folder", f"data_root={root}")
+    agent = build_agent("configs/mnist_exp_0.json", "data_mode=folder", f"data_root={root}", "net=seed")
     loader, step = agent.data_loader.train_loader, plain_step(agent)
     preloaded, n_batches = epoch_in_memory(loader, step)  # the baseline: the same batches, precomputed
     agent.model.train()

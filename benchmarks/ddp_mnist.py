@@ -29,6 +29,7 @@ def samples_per_second(n: int, exps: str, name: str, epochs: int, overrides: lis
         str(n),
         str(REPO / "configs/mnist_exp_0.json"),
         "data_mode=random",
+        "net=seed",  # the net of the recorded figures
         "random_size=60000",
         f"max_epoch={epochs}",
         f"experiments_dir={exps}",

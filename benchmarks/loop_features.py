@@ -22,7 +22,7 @@ from common import build_agent, interleaved, report
 def agents(net: str, steps: int, device: str) -> dict[str, object]:
     common = [f"max_train_batches={steps}", "log_every=50", f"device={device}", "data_mode=random"]
     if net == "mnist":
-        config, common = "configs/mnist_exp_0.json", [*common, "random_size=20000"]
+        config, common = "configs/mnist_exp_0.json", [*common, "random_size=20000", "net=seed"]
     else:
         config, common = "configs/example_exp_0.json", [*common, "random_size=8192", "num_classes=10"]
     variants = {

@@ -25,6 +25,7 @@ def main() -> None:
     agent = build_agent(
         "configs/mnist_exp_0.json",
         "data_mode=random",
+        "net=seed",  # the net of the recorded figures
         "random_size=60000",
         f"max_train_batches={args.steps}",
         "log_every=50",

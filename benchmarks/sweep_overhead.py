@@ -29,6 +29,7 @@ CONFIG = str(REPO / "configs/mnist_exp_0.json")
 def _settings(args: argparse.Namespace) -> list[str]:
     return [
         "data_mode=random",
+        "net=seed",  # the net of the recorded figures
         f"random_size={args.random_size}",
         "valid_size=500",
         f"max_epoch={args.epochs}",

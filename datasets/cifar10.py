@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.common import fetched_root, hold_out, missing, random_images
+from datasets.common import fetched_root, hold_out, missing, random_crop, random_images
 from utils.config import Key
 from utils.data import TensorBatches, make_loader
 from utils.errors import UserError
@@ -111,23 +111,8 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 
 
 def crop_and_flip(images: torch.Tensor, padding: int = PADDING) -> torch.Tensor:
-    """Each image: a random crop of its zero-padded self, then a horizontal flip with probability 1/2.
-
-    One gather for the whole batch (offsets and flips drawn from torch's RNG).
-    """
-    b, c, h, w = images.shape
-    padded = torch.nn.functional.pad(images, (padding,) * 4)
-    top = torch.randint(0, 2 * padding + 1, (b, 1))
-    left = torch.randint(0, 2 * padding + 1, (b, 1))
-    flip = torch.rand(b, 1) < 0.5
-    columns = torch.where(flip, torch.arange(w - 1, -1, -1), torch.arange(w)) + left  # a flip reads columns backwards
-    rows = torch.arange(h) + top
-    return padded[
-        torch.arange(b).view(b, 1, 1, 1),
-        torch.arange(c).view(1, c, 1, 1),
-        rows.view(b, 1, h, 1),
-        columns.view(b, 1, 1, w),
-    ]
+    """Each image: a random crop of its zero-padded self, then a horizontal flip with probability 1/2."""
+    return random_crop(images, padding, flip=True)
 
 
 def train_transform(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

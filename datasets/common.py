@@ -70,3 +70,26 @@ def hold_out(train: tuple[torch.Tensor, torch.Tensor], test: tuple, valid_size: 
         "valid": (train[0][n_train:], train[1][n_train:]),
         "test": test,
     }
+
+
+def random_crop(images: torch.Tensor, padding: int, flip: bool = False) -> torch.Tensor:
+    """Each image of (B, C, H, W): a random H x W window of its zero-padded self (a shift of up to ``padding``
+    pixels each way), then, with ``flip``, a horizontal flip with probability 1/2.
+
+    One gather for the whole batch; offsets and flips are drawn from torch's RNG (which make_loader seeds
+    per batch, so a resume is exact).
+    """
+    b, c, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    top = torch.randint(0, 2 * padding + 1, (b, 1))
+    left = torch.randint(0, 2 * padding + 1, (b, 1))
+    columns = torch.arange(w)
+    if flip:  # a flip reads columns backwards
+        columns = torch.where(torch.rand(b, 1) < 0.5, torch.arange(w - 1, -1, -1), columns)
+    rows = torch.arange(h) + top
+    return padded[
+        torch.arange(b).view(b, 1, 1, 1),
+        torch.arange(c).view(1, c, 1, 1),
+        rows.view(b, 1, h, 1),
+        (columns + left).view(b, 1, 1, w),
+    ]

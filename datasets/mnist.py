@@ -3,18 +3,21 @@
 Modes: ``download`` (torchvision fetches the IDX files into data_root/MNIST/raw), ``folder``
 (the same IDX files already there, plain or .gz, as torchvision lays them out) and ``random``.
 Splits: train = the first 60000 - valid_size training images, valid = the last valid_size of
-them, test = the 10000 t10k images.
+them, test = the 10000 t10k images. With ``shift`` > 0, each training image is moved by a random
+offset of up to ``shift`` pixels each way (zeros, MNIST's background, fill in), drawn from torch's
+RNG, which make_loader seeds per (seed, epoch, batch), so a resume is exact.
 """
 
 from __future__ import annotations
 
 import gzip
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from datasets.common import fetched_root, hold_out, missing, random_images
+from datasets.common import fetched_root, hold_out, missing, random_crop, random_images
 from utils.config import Key
 from utils.data import TensorBatches, make_loader
 from utils.errors import UserError
@@ -93,6 +96,11 @@ def normalise(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return images.unsqueeze(1).float().div_(255).sub_(MEAN).div_(STD), labels
 
 
+def shift_and_normalise(images: torch.Tensor, labels: torch.Tensor, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each uint8 image (B, 28, 28) moved by up to ``pixels`` each way, then normalised."""
+    return normalise(random_crop(images.unsqueeze(1), pixels).squeeze(1), labels)
+
+
 class MnistDataLoader:
     """train_loader, valid_loader and test_loader over MNIST in the configured data_mode."""
 
@@ -101,6 +109,9 @@ class MnistDataLoader:
             5000, int, "training images held out for validation (best.pth is chosen on them)", min=1, max=59999
         ),
         "random_size": Key(6000, int, "data_mode=random: number of synthetic training images", min=2, max=200_000),
+        "shift": Key(
+            0, int, "training images: random shift of up to this many pixels each way (0: none)", min=0, max=8
+        ),
     }
 
     def __init__(self, config) -> None:
@@ -116,7 +127,10 @@ class MnistDataLoader:
         splits = hold_out(train, test, config.valid_size, "the training file")
         loaders = {}
         for name, (images, labels) in splits.items():
-            dataset = TensorBatches(images, labels, transform=normalise)
+            augment = name == "train" and config.shift > 0
+            dataset = TensorBatches(
+                images, labels, transform=partial(shift_and_normalise, pixels=config.shift) if augment else normalise
+            )
             loaders[name] = make_loader(
                 dataset, config.batch_size, train=name == "train", seed=config.seed, num_workers=config.num_workers
             )

@@ -117,6 +117,51 @@ def test_unwrapped_replay_memory_loads_into_a_larger_capacity():
     assert set(other.sample(200)[2].tolist()) == {0.0, 1.0, 2.0, 3.0}
 
 
+def n_step_by_first_obs(memory: ReplayMemory, n: int, gamma: float) -> dict[float, tuple]:
+    """Each stored transition's n-step sample, keyed by its obs (a large batch draws every slot)."""
+    obs, actions, returns, next_obs, dones, steps = memory.sample_n_step(500, n, gamma)
+    assert len({float(o) for o in obs[:, 0]}) == len(memory)
+    return {
+        float(o): (float(r), float(x), float(d), float(k))
+        for o, r, x, d, k in zip(obs[:, 0], returns, next_obs[:, 0], dones, steps, strict=True)
+    }
+
+
+def test_n_step_returns_stop_at_termination_truncation_and_the_newest_transition():
+    memory = ReplayMemory(8, (1,))
+    for o, r, done in [(0, 1, False), (1, 2, False), (2, 4, True)]:  # an episode that terminates at 3
+        memory.push([o], 0, r, [o + 1], done)
+    for o, r in [(10, 8), (11, 16)]:  # one truncated at 12: the next slot starts another episode (20)
+        memory.push([o], 0, r, [o + 1], False)
+    memory.push([20], 0, 32, [0], False)  # the newest: nothing follows it yet, not even the empty slot's zeros
+    # obs: (discounted return, next_obs, done, steps), gamma 0.5
+    assert n_step_by_first_obs(memory, 3, 0.5) == {
+        0: (1 + 0.5 * 2 + 0.25 * 4, 3, 1, 3),
+        1: (2 + 0.5 * 4, 3, 1, 2),
+        2: (4, 3, 1, 1),
+        10: (8 + 0.5 * 16, 12, 0, 2),
+        11: (16, 12, 0, 1),
+        20: (32, 0, 0, 1),
+    }
+
+
+def test_n_step_returns_follow_the_ring_across_its_end_and_n_1_is_sample():
+    memory = ReplayMemory(4, (1,))
+    for o in range(6):  # one episode 0 -> 6; slots hold transitions 4, 5, 2, 3 and 5 is the newest
+        memory.push([o], 0, float(o), [o + 1], False)
+    assert n_step_by_first_obs(memory, 3, 1.0) == {
+        2: (2 + 3 + 4, 5, 0, 3),
+        3: (3 + 4 + 5, 6, 0, 3),
+        4: (4 + 5, 6, 0, 2),
+        5: (5, 6, 0, 1),
+    }
+    torch.manual_seed(0)
+    one = memory.sample(16)
+    torch.manual_seed(0)
+    *same, steps = memory.sample_n_step(16, 1, 0.9)
+    assert all(torch.equal(a, b) for a, b in zip(one, same, strict=True)) and torch.equal(steps, torch.ones(16))
+
+
 def test_replay_memory_samples_on_its_device():
     memory = ReplayMemory(3, (2,), device="cpu")
     memory.push([1, 2], 1, 1.0, [2, 3], True)
@@ -291,6 +336,7 @@ def test_a_short_run_learns_far_better_than_a_random_policy(exps):
         "target_update=hard",
         "target_update_every=100",
         "optimizer.args.lr=0.002",
+        "n_step=1",  # settings for a few seconds of one-step TD; the shipped 3-step config: the slow test below
         "eval_episodes=10",
         "solve_episodes=10",
         "stop_when_solved=false",
@@ -312,6 +358,24 @@ def test_smoke_run_writes_dqn_summary(exps):
         assert column in header
     state = load(exps / "smoke" / "checkpoints" / "last.pth")
     assert set(state["models"]) == {"q", "target"} and len(state["extra"]["memory"]["actions"]) == 400
+
+
+def test_loss_is_read_on_the_host_every_log_every_steps_not_at_every_update(exps, monkeypatch):
+    """300 updates, log_every=100: a handful of host reads of floating tensors (each one waits for the device)."""
+    reads = []
+
+    def counted(original):
+        def counting(self, *args, **kwargs):
+            if self.is_floating_point():
+                reads.append(self.numel())
+            return original(self, *args, **kwargs)
+
+        return counting
+
+    for name in ("__float__", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, counted(getattr(torch.Tensor, name)))
+    train(DQN, exps, "exp_name=reads", *TINY, "log_every=100")
+    assert 0 < len(reads) <= 20, len(reads)  # was 309: one per update (300) and the checks
 
 
 def test_same_seed_same_learning_curve(exps):

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import main
-from datasets.mnist import MnistDataLoader, read_idx
-from graphs.models.mnist import Mnist
+from datasets.mnist import MnistDataLoader, normalise, read_idx
+from graphs.models.mnist import Mnist, SeedMnist
 from tests.conftest import CONFIGS, cli, train
+from utils.data import set_epoch
 from utils.errors import UserError
 
 MNIST = CONFIGS / "mnist_exp_0.json"
@@ -114,16 +115,65 @@ def test_read_idx_round_trip(tmp_path):
     assert torch.equal(read_idx(tmp_path / "a"), torch.from_numpy(array))
 
 
-def test_net_matches_the_seed_table():
-    net = Mnist()
-    assert net(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
-    assert net.fc1.in_features == 320 and net.conv1.out_channels == 10 and net.conv2.out_channels == 20
-    assert sum(p.numel() for p in net.parameters()) == 21840
+def test_default_net_is_todays_pytorch_examples_net(exps):
+    """The shipped config builds conv 32 -> conv 64 -> fc 128 (pytorch/examples, Keras's mnist_cnn: ~99.2%)."""
+    config, agent_class = main.load_config(
+        str(MNIST), [f"experiments_dir={exps}", "data_mode=random", "random_size=64"]
+    )
+    model = agent_class(config).model
+    assert type(model) is Mnist
+    assert (model.conv1.out_channels, model.conv2.out_channels, model.fc1.out_features) == (32, 64, 128)
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    assert sum(p.numel() for p in model.parameters()) == 1_199_882
+
+
+def test_seed_net_is_kept_selectable(exps):
+    config, agent_class = main.load_config(
+        str(MNIST), [f"experiments_dir={exps}", "data_mode=random", "random_size=64", "net=seed"]
+    )
+    model = agent_class(config).model
+    assert type(model) is SeedMnist and model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    assert model.fc1.in_features == 320 and model.conv1.out_channels == 10 and model.conv2.out_channels == 20
+    assert sum(p.numel() for p in model.parameters()) == 21840
+    with pytest.raises(UserError, match="'net'.*did you mean 'seed'"):
+        main.load_config(str(MNIST), ["net=seeed"])
+
+
+def test_shift_moves_training_images_only_and_repeats_per_epoch(tmp_path):
+    """shift=2: each training image is a window of its zero-padded self, offsets drawn per (seed, epoch, batch)."""
+    write_mnist(tmp_path)
+    overrides = ["data_mode=folder", f"data_root={tmp_path}", "valid_size=20", "batch_size=100", "shift=2"]
+    data = MnistDataLoader(main.load_config(str(MNIST), overrides)[0])
+    plain = MnistDataLoader(main.load_config(str(MNIST), [*overrides, "shift=0"])[0])
+
+    def epoch(loader, n):
+        set_epoch(loader, n, seed=1)
+        return next(iter(loader))[0]
+
+    original = epoch(plain.train_loader, 0)
+    shifted = epoch(data.train_loader, 0)
+    background = float(normalise(torch.zeros(1, 1, 1, dtype=torch.uint8), None)[0])
+    padded = torch.nn.functional.pad(original, (2,) * 4, value=background)
+    offsets = set()
+    for i in range(len(original)):
+        found = [
+            (t, left)
+            for t in range(5)
+            for left in range(5)
+            if torch.equal(shifted[i], padded[i, :, t : t + 28, left : left + 28])
+        ]
+        assert found, f"training image {i} is no shifted copy of itself"
+        offsets.add(found[0])
+    assert len(offsets) > 10  # of the 25 possible
+    assert torch.equal(epoch(data.train_loader, 0), shifted)  # the same epoch draws the same shifts
+    assert not torch.equal(epoch(data.train_loader, 1), epoch(plain.train_loader, 1))
+    for name in ("valid_loader", "test_loader"):  # evaluation sees the images as they are
+        assert torch.equal(next(iter(getattr(data, name)))[0], next(iter(getattr(plain, name)))[0])
 
 
 def test_random_mode_splits_share_their_classes(exps):
     """Random data is learnable, and what is learnt on train carries over to valid and test."""
-    args = ["exp_name=rnd", "data_mode=random", "valid_size=200", "max_epoch=2"]
+    args = ["exp_name=rnd", "data_mode=random", "valid_size=200", "random_size=640", "max_epoch=2"]
     train(MNIST, exps, *args)
     train(MNIST, exps, *args, "mode=test")
     import json

@@ -55,6 +55,31 @@ class ReplayMemory:
         idx = torch.randint(0, self.size, (batch_size,), device=self.device)
         return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx]
 
+    def sample_n_step(self, batch_size: int, n: int, gamma: float) -> tuple[torch.Tensor, ...]:
+        """A uniform random batch of n-step transitions: obs, actions, returns, next_obs, dones, steps.
+
+        From each sampled transition on, up to ``n`` rewards are summed, discounted by ``gamma``; the sum
+        stops early at the episode's end: a termination, or a next slot that does not continue this one
+        (its obs is not this one's next_obs: a truncated episode, or a memory refilled after a resume) or
+        that is not filled yet. ``next_obs`` and ``dones`` are those of the last transition summed and
+        ``steps`` (float) counts the rewards summed, so the target is returns + gamma**steps (1 - dones) Q(next_obs).
+        With n = 1 it is ``sample`` (the same draws), with steps all 1.
+        """
+        if self.size == 0:
+            raise ValueError("cannot sample from an empty replay memory")
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device)
+        k = torch.arange(n, device=self.device)
+        slots = (idx.unsqueeze(1) + k) % self.capacity  # (batch, n): the transitions that may follow
+        after = (self.pos - 1 - idx) % self.capacity  # filled slots after each sampled one (the newest is pos - 1)
+        prev, this = slots[:, :-1], slots[:, 1:]
+        same = (self.obs[this] == self.next_obs[prev]).flatten(2).all(dim=2)
+        follows = (k[1:] <= after.unsqueeze(1)) & (self.dones[prev] == 0) & same
+        alive = torch.cat([torch.ones_like(idx, dtype=torch.bool).unsqueeze(1), follows], dim=1).long().cumprod(dim=1)
+        returns = (self.rewards[slots] * alive * gamma ** k.float()).sum(dim=1)
+        steps = alive.sum(dim=1)
+        last = slots.gather(1, (steps - 1).unsqueeze(1)).squeeze(1)
+        return self.obs[idx], self.actions[idx], returns, self.next_obs[last], self.dones[last], steps.float()
+
     def state_dict(self) -> dict:
         """The filled slots as CPU tensors in slot order, and ``pos`` (where the oldest is, once full)."""
         n = self.size

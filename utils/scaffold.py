@@ -44,6 +44,7 @@ EXAMPLES = {
             "configs/mnist_exp_0.json",
             "tests/test_mnist.py",
             "docs/examples/mnist.md",
+            "benchmarks/mnist_digits.py",
         ),
         uses=(
             "benchmarks/data_path.py",
