@@ -89,8 +89,8 @@ def test_condensed_model_computes_the_masked_models_outputs(progress):
     x = torch.randn(8, 3, 8, 8)
     with torch.no_grad():
         assert (condensed(x) - model(x)).abs().max() <= 1e-4
-    layer = condensed.features.denseblock_1.denselayer_1.conv_1.conv
-    assert layer.groups == 4 and layer.in_channels == 4 * 8 * (1 - condensation_stage(progress, 4) / 4)
+    layer = condensed.features.denseblock_1.layers[0]
+    assert layer.groups == 4 and layer.groups * layer.kept == 4 * 8 * (1 - condensation_stage(progress, 4) / 4)
 
 
 def test_condensenet_86_counts_match_the_papers_table():
