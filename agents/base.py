@@ -37,6 +37,7 @@ from utils.data import ShardedSampler, batches_per_epoch, set_epoch
 from utils.early_stopping import EarlyStopping
 from utils.ema import EMA, averaged_weights, update_stepped
 from utils.errors import RunInterrupted, TrainingStopped, UserError
+from utils.export import ExportInput, checkpoint_source, export, first_inputs
 from utils.metrics import Accuracy, LossSums, Mean, Metric
 from utils.profiler import StepProfiler
 from utils.recorder import Recorder
@@ -268,16 +269,31 @@ class BaseAgent:
         """Agent-specific entries for summary.json."""
         return {}
 
+    def export_input(self) -> ExportInput:
+        """mode=export: the network to export and a batch of its inputs (utils/export.py); here the model and
+        the first validation inputs. An agent overrides it to export another network or to describe its inputs."""
+        return ExportInput(self.unwrap(self.model), first_inputs(self.data_loader.valid_loader))
+
     # ----- the seed's method names ----------------------------------------------------------
 
     def run(self) -> None:
-        """Train (resuming when a checkpoint is there) or, with mode=test/predict, evaluate or predict."""
+        """Train (resuming when a checkpoint is there) or, with mode=test/predict/export, evaluate, predict or
+        export (the model of best.pth or ``resume`` to experiments/<exp>/export/, verified: utils/export.py)."""
         # Training saves a checkpoint first; evaluation has nothing to save and stops at once.
         handler = self._on_signal if self.config.mode == "train" else self._stop_now
         handlers = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             if self.config.mode in ("test", "predict"):
                 self.test() if self.config.mode == "test" else self.predict()
+                return
+            if self.config.mode == "export":
+                if self.world_size > 1:
+                    raise UserError("config: key 'mode': mode=export runs in one process; run it without --nproc")
+                path = self._load_test_checkpoint()
+                spec = self.export_input()
+                spec.class_names = spec.class_names or getattr(self.data_loader, "class_names", None)
+                info = export(spec, self.run_dir / "export", checkpoint_source(path))
+                self.recorder.info(f"export: {info['network']} of {path} to {self.run_dir / 'export'}, verified")
                 return
             self._check_monitor()
             if self.world_size > 1:

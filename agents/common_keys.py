@@ -28,8 +28,8 @@ COMMON_KEYS: dict[str, Key] = {
         "train",
         str,
         "train; test: evaluate best.pth (or resume) on the test split; predict: outputs from inputs "
-        "(agents that make them)",
-        choices=("train", "test", "predict"),
+        "(agents that make them); export: the network to ONNX and torch.export files under export/, verified",
+        choices=("train", "test", "predict", "export"),
     ),
     "seed": Key(1, int, "seeds python, numpy, torch and loader workers", min=0, max=2**31 - 1),
     "deterministic": Key(False, bool, "enforce deterministic kernels (slower on GPU; off: cudnn.benchmark)"),
@@ -110,3 +110,6 @@ COMMON_KEYS: dict[str, Key] = {
     ),
     "slurm": slurm_key(),
 }
+
+# mode=predict's input, for the agents that predict from image files (a key of theirs, not a common one).
+PREDICT_INPUT = Key(None, str, "mode=predict: an image file or a folder of images", nullable=True)

@@ -17,11 +17,12 @@ import torch
 from torch import nn
 
 from agents.base import BaseAgent
-from datasets.cifar10 import Cifar10DataLoader
+from datasets.cifar10 import MEAN, STD, Cifar10DataLoader
 from graphs.models.condensenet import CondenseNet, condense, condensed_skeleton
 from utils import checkpoint, distributed
 from utils.config import Key, torch_object_key
 from utils.errors import UserError
+from utils.export import ExportInput, first_inputs
 from utils.flops import count_flops
 from utils.metrics import Accuracy, Mean, Metric
 
@@ -141,6 +142,17 @@ class CondenseNetAgent(BaseAgent):
             self.models.clear()
             self.model = self.prepare_model(condensed_skeleton(**self.arguments))
         super().load_checkpoint(path, weights_only)
+
+    def export_input(self) -> ExportInput:
+        """mode=export: the condensed network (of the checkpoint loaded: condensed.pth as it is, a masked one
+        converted here), normalised 32x32 CIFAR images as validation gets them -> class scores."""
+        net = self.unwrap(self.model)
+        if isinstance(net, CondenseNet):
+            net = condense(net)
+        size = self.input_shape[1]
+        preprocessing = {"colour_mode": "RGB", "size": [size, size], "scale": 1 / 255, "mean": MEAN, "std": STD}
+        images = first_inputs(self.data_loader.valid_loader)
+        return ExportInput(net, images, "image", "scores", preprocessing=preprocessing)
 
     def summary_extra(self) -> dict:
         """Multiply-adds and parameters (the authors' conventions, batch 1) of this net and of its condensed form."""

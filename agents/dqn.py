@@ -31,6 +31,7 @@ from graphs.models.dqn import QConv, QMlp
 from utils import distributed
 from utils.config import Key, check_monitor, torch_object_key
 from utils.errors import UserError
+from utils.export import ExportInput
 from utils.replay_memory import ReplayMemory
 from utils.seeding import derive_seed
 
@@ -122,6 +123,13 @@ class DQNAgent(BaseAgent):
             "max eval/mean_return", str, "'max <metric>' or 'min <metric>' choosing best.pth", check=check_monitor
         ),
         "log_every": Key(500, int, "log the training loss every N steps", min=1),
+        "num_episodes": Key(
+            10,
+            int,
+            "mode=predict: greedy episodes to play (returns in out/predict/returns.csv, the first as episode.gif)",
+            min=1,
+            max=1000,
+        ),
         "torch_threads": Key(1, int, "CPU threads for torch ops: 1 is fastest for a small MLP", min=1, nullable=True),
     }
 
@@ -366,6 +374,55 @@ class DQNAgent(BaseAgent):
 
     def _last_loss(self) -> float | None:
         return None if self.last_loss is None else float(self.last_loss)
+
+    def predict(self) -> None:
+        """mode=predict: num_episodes greedy episodes of best.pth (or ``resume``), as evaluations play them: their
+        returns in out/predict/returns.csv and the first episode, rendered, as out/predict/episode.gif."""
+        out = self.run_dir / "out" / "predict"
+        taken = [out / f for f in ("returns.csv", "episode.gif") if (out / f).exists()]
+        if taken:
+            raise UserError(f"{taken[0]}: written by an earlier mode=predict; move or delete it first")
+        path = self._load_test_checkpoint()
+        returns = self.evaluate(self.config.num_episodes)
+        frames, shown = self.play_rendered(derive_seed(self.config.seed, "eval", 0))
+        rows = "".join(f"{i},{r}\n" for i, r in enumerate(returns))
+        self.recorder.text("predict/returns.csv", "episode,return\n" + rows)
+        fps = self.env.metadata.get("render_fps") or 50
+        self.recorder.gif("predict/episode.gif", frames, seconds_per_frame=1 / fps)
+        self.status = "predicted"
+        self.recorder.info(
+            f"predict: {len(returns)} greedy episodes of {path}: mean return {np.mean(returns):.1f} "
+            f"(min {min(returns):.0f}, max {max(returns):.0f}); the first ({shown:.0f}) as {out / 'episode.gif'}"
+        )
+
+    def play_rendered(self, seed: int) -> tuple[list[torch.Tensor], float]:
+        """One greedy episode from ``seed``: its screens (uint8 (3, H, W), at half size) and its return."""
+        env = make_env(self.config.env_id, self.config.observation, render=True)
+        obs, _ = env.reset(seed=seed)
+        frames, total, done = [], 0.0, False
+        self.q.eval()
+        with torch.no_grad():
+            while not done:
+                screen = torch.from_numpy(np.ascontiguousarray(env.render()[::2, ::2])).permute(2, 0, 1)
+                frames.append(screen)
+                action = int(self.q(torch.as_tensor(obs, device=self.device).unsqueeze(0)).argmax(dim=1))
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total, done = total + float(reward), terminated or truncated
+        env.close()
+        return frames, total
+
+    def export_input(self) -> ExportInput:
+        """mode=export: the Q-network, observations (B, *observation shape) -> action values (act: the argmax)."""
+        seeds = [derive_seed(self.config.seed, "export", i) for i in range(5)]
+        observations = np.stack([self.env.reset(seed=s)[0] for s in seeds])
+        preprocessing = {"env_id": self.config.env_id, "observation": self.config.observation}
+        return ExportInput(
+            self.unwrap(self.q),
+            torch.as_tensor(observations),
+            "observation",
+            "action_values",
+            preprocessing=preprocessing,
+        )
 
     def training_stats(self) -> dict[str, float]:
         """What validate reports about training itself (no evaluation needed)."""

@@ -12,21 +12,23 @@
 from __future__ import annotations
 
 import dataclasses
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from agents.base import BaseAgent
-from datasets.image_files import JUNK, ImageFiles
+from agents.common_keys import PREDICT_INPUT
+from datasets.image_files import ImageFiles, predict_files
 from datasets.voc import IGNORE, MEAN, STD, VocDataLoader, class_names, class_weights, pad_to, padded_size
 from graphs.models.erfnet import ERFNet
 from utils import checkpoint, distributed
 from utils.config import Key, repo_path
 from utils.errors import UserError
+from utils.export import ExportInput
 from utils.metrics import ConfusionMatrix, Mean, Metric
 from utils.palette import colourise, overlay
 
@@ -59,7 +61,7 @@ class ERFNetAgent(BaseAgent):
             None, str, "a checkpoint of this template whose model holds an ERFNet encoder: start from it", nullable=True
         ),
         "show_images": Key(4, int, "validation images drawn into out/valid_epoch_NNN.png (0: none)", min=0, max=64),
-        "predict_input": Key(None, str, "mode=predict: an image file or a folder of images", nullable=True),
+        "predict_input": PREDICT_INPUT,
     }
 
     def __init__(self, config) -> None:
@@ -176,7 +178,29 @@ class ERFNetAgent(BaseAgent):
         summary = self.recorder.read_json("summary.json")
         self.recorder.write_json("summary.json", {**summary, "test/class_iou": self.class_iou})
 
-    # ----- predict --------------------------------------------------------------------------
+    # ----- predict and export -----------------------------------------------------------------
+
+    def export_input(self) -> ExportInput:
+        """mode=export: normalised RGB images (B, 3, H, W), H and W any multiples of 8 -> per-pixel class scores;
+        verified on the first validation images, cut to their common size."""
+        images = [x for x, _ in islice(self.data_loader.valid_loader, 5)]
+        h, w = (min(x.shape[d] for x in images) // 8 * 8 for d in (2, 3))
+        preprocessing = {
+            "colour_mode": "RGB",
+            "size": "any, multiples of 8",
+            "scale": 1 / 255,
+            "mean": MEAN,
+            "std": STD,
+        }
+        return ExportInput(
+            self.unwrap(self.model),
+            torch.cat([x[..., :h, :w] for x in images]),
+            "image",
+            "scores",
+            multiple_of={2: 8, 3: 8},
+            preprocessing=preprocessing,
+            class_names=self.class_names,
+        )
 
     def predict(self) -> None:
         """A colourised mask and an overlay per input image, in out/predict/<name>_{mask,overlay}.png."""
@@ -213,26 +237,11 @@ class ERFNetAgent(BaseAgent):
         )
 
     def _predict_files(self) -> list[Path]:
-        given = self.config.predict_input
-        if not given:
-            raise UserError("config: key 'predict_input': mode=predict needs an image file or a folder of images")
-        source = Path(given)
-        if source.is_file():
-            return [source]
-        if not source.is_dir():
-            raise UserError(f"config: key 'predict_input': {source} is neither a file nor a folder")
-        suffixes = set(Image.registered_extensions())
-        files = sorted(
-            p
-            for p in source.iterdir()
-            if p.is_file() and p.suffix.lower() in suffixes and p.name not in JUNK and not p.name.startswith(".")
-        )
-        if not files:
-            raise UserError(f"config: key 'predict_input': {source} holds no image files")
+        files = predict_files(self.config.predict_input)
         stems = [p.stem for p in files]
         twins = sorted({s for s in stems if stems.count(s) > 1})
         if twins:  # a.jpg and a.png would write the same a_mask.png
-            raise UserError(f"{source}: several images named '{twins[0]}' (different suffixes); rename one")
+            raise UserError(f"{files[0].parent}: several images named '{twins[0]}' (different suffixes); rename one")
         return files
 
 

@@ -7,11 +7,14 @@ Build every loader with ``make_loader``: that is what makes DDP and exact resume
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from datasets.common import data_root, held_out, random_images
-from datasets.image_files import SKIP_BAD_FILES, ImageFiles, class_folders
+from datasets.image_files import SKIP_BAD_FILES, ImageFiles, class_folders, predict_files
 from utils.config import Key
 from utils.data import TensorBatches, make_loader
 from utils.errors import UserError
@@ -20,6 +23,16 @@ from utils.errors import UserError
 def _to_float(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images -> float in [0, 1], as the folder mode's transform gives them."""
     return images.float().div_(255), labels
+
+
+def _transform(config) -> v2.Transform:
+    """What the folder mode (and mode=predict) does to an image file: resize, scale to [0, 1]."""
+    size = config.image_size
+    return v2.Compose([v2.Resize((size, size)), v2.ToDtype(torch.float32, scale=True)])
+
+
+def _colour_mode(config) -> str:
+    return "RGB" if config.channels == 3 else "L"
 
 
 class ExampleDataLoader:
@@ -54,6 +67,15 @@ class ExampleDataLoader:
             data = self._folders(config, splits)
         else:
             raise UserError("config: key 'data_mode': this dataset has nothing to download; use random or folder")
+        self.config = config
+        # What the network's input is made of (mode=export writes it to export.json).
+        self.preprocessing = {
+            "colour_mode": _colour_mode(config),
+            "size": [config.image_size, config.image_size],
+            "scale": 1 / 255,
+            "mean": [0.0] * config.channels,
+            "std": [1.0] * config.channels,
+        }
         kwargs = {"seed": config.seed, "num_workers": config.num_workers}
         if "train" in splits:
             self.train_loader = make_loader(data["train"], config.batch_size, train=True, **kwargs)
@@ -73,14 +95,20 @@ class ExampleDataLoader:
             "test": TensorBatches(images[n : 2 * n], labels[n : 2 * n], transform=_to_float),
         }
 
+    def predict_loader(self, given: str | None) -> tuple[list[Path], DataLoader]:
+        """The image files of ``given`` (a file or a folder) and batches of them as the folder mode reads images
+        (any size and colour mode made ``channels`` x image_size x image_size in [0, 1]); labels: file indices."""
+        files = predict_files(given)
+        images = ImageFiles([(f, i) for i, f in enumerate(files)], _colour_mode(self.config), _transform(self.config))
+        return files, make_loader(images, self.config.batch_size, train=False, seed=self.config.seed)
+
     def _folders(self, config, splits: tuple[str, ...]) -> dict[str, ImageFiles]:
         """data_root/example/<split>/<class>/<image>: any image format PIL reads.
 
         Without a valid/ folder, valid_fraction of train/ validates."""
         root = data_root(config) / "example"
         how = f"Put your images in {root}/<split>/<class>/ (train/; valid/, test/ optional), or use data_mode=random."
-        size, mode = config.image_size, "RGB" if config.channels == 3 else "L"
-        transform = v2.Compose([v2.Resize((size, size)), v2.ToDtype(torch.float32, scale=True)])
+        mode, transform = _colour_mode(config), _transform(config)
         if "valid" in splits and not (root / "valid").exists():
             splits = ("train",)
         data, class_names = {}, {}

@@ -49,9 +49,10 @@ class ScreenDifference(gym.ObservationWrapper):
         return diff.to(torch.float16).numpy()
 
 
-def make_env(env_id: str, observation: str = "state") -> gym.Env:
-    """Build ``env_id``; an unknown id, a missing renderer or a non-discrete action space is a UserError."""
-    render_mode = "rgb_array" if observation == "pixels" else None
+def make_env(env_id: str, observation: str = "state", render: bool = False) -> gym.Env:
+    """Build ``env_id`` (``render``: its ``render()`` returns the screen); an unknown id, a missing renderer or a
+    non-discrete action space is a UserError."""
+    render_mode = "rgb_array" if observation == "pixels" or render else None
     if observation == "pixels":
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # render off-screen, no window
         os.environ.setdefault("SDL_AUDIODRIVER", "dummy")

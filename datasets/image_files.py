@@ -82,6 +82,23 @@ def image_files(root: Path, how: str) -> list[Path]:
     return files
 
 
+def predict_files(given: str | None) -> list[Path]:
+    """The image files mode=predict reads: the file ``given``, or the images in the folder ``given`` (sorted)."""
+    if not given:
+        raise UserError("config: key 'predict_input': mode=predict needs an image file or a folder of images")
+    source = Path(given)
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise UserError(f"config: key 'predict_input': {source} is neither a file nor a folder")
+    suffixes = set(Image.registered_extensions())
+    files = sorted(p for p in source.iterdir() if p.suffix.lower() in suffixes and not _is_junk(p, source))
+    files = [p for p in files if p.is_file()]
+    if not files:
+        raise UserError(f"config: key 'predict_input': {source} holds no image files")
+    return files
+
+
 class _BadSample(Exception):
     """(path, why): a file that cannot serve as a sample."""
 

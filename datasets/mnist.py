@@ -16,8 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from datasets.common import fetched_root, hold_out, missing, random_crop, random_images
+from datasets.image_files import ImageFiles, predict_files
 from utils.config import Key
 from utils.data import TensorBatches, make_loader
 from utils.errors import UserError
@@ -104,6 +107,10 @@ def shift_and_normalise(images: torch.Tensor, labels: torch.Tensor, pixels: int)
 class MnistDataLoader:
     """train_loader, valid_loader and test_loader over MNIST in the configured data_mode."""
 
+    class_names = [str(digit) for digit in range(10)]
+    # What the network's input is made of (export.json): grey 28x28 pixels / 255, standardised.
+    preprocessing = {"colour_mode": "L", "size": [28, 28], "scale": 1 / 255, "mean": [MEAN], "std": [STD]}
+
     config_schema = {
         "valid_size": Key(
             5000, int, "training images held out for validation (best.pth is chosen on them)", min=1, max=59999
@@ -135,3 +142,13 @@ class MnistDataLoader:
                 dataset, config.batch_size, train=name == "train", seed=config.seed, num_workers=config.num_workers
             )
         self.train_loader, self.valid_loader, self.test_loader = loaders["train"], loaders["valid"], loaders["test"]
+        self.batch_size, self.seed = config.batch_size, config.seed
+
+    def predict_loader(self, given: str | None) -> tuple[list[Path], DataLoader]:
+        """The image files of ``given`` (a file or a folder) and batches of them as validation's: any size and
+        colour mode made grey 28x28 (MNIST's form), then ``normalise``d; the labels are the files' indices."""
+        files = predict_files(given)
+        images = ImageFiles([(f, i) for i, f in enumerate(files)], mode="L", transform=v2.Resize((28, 28)))
+        pixels = torch.stack([images[i][0][0] for i in range(len(images))])
+        dataset = TensorBatches(pixels, torch.arange(len(files)), transform=normalise)
+        return files, make_loader(dataset, self.batch_size, train=False, seed=self.seed)

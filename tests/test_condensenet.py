@@ -89,8 +89,22 @@ def test_condensed_model_computes_the_masked_models_outputs(progress):
     x = torch.randn(8, 3, 8, 8)
     with torch.no_grad():
         assert (condensed(x) - model(x)).abs().max() <= 1e-4
-    layer = condensed.features.denseblock_1.denselayer_1.conv_1.conv
-    assert layer.groups == 4 and layer.in_channels == 4 * 8 * (1 - condensation_stage(progress, 4) / 4)
+    layer = condensed.features.denseblock_1.layers[0]
+    assert layer.groups == 4 and layer.groups * layer.kept == 4 * 8 * (1 - condensation_stage(progress, 4) / 4)
+
+
+def test_condensed_model_keeps_the_outputs_with_negative_batch_norm_scales_also_reloaded():
+    """A batch norm whose scale is negative flips its clamp's bound (an upper one): still the same outputs, also
+    after condensed.pth's way back (a skeleton loading the state dict)."""
+    model = trained_tiny_model(1.0)
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.weight.data[::3] *= -1
+    condensed = condense(model).eval()
+    skeleton = condensed_skeleton(**TINY).eval()
+    skeleton.load_state_dict(condensed.state_dict())
+    x = torch.randn(8, 3, 8, 8)
+    with torch.no_grad():
+        assert (condensed(x) - model(x)).abs().max() <= 1e-4 and (skeleton(x) - model(x)).abs().max() <= 1e-4
 
 
 def test_condensenet_86_counts_match_the_papers_table():

@@ -8,6 +8,7 @@ import signal
 import gymnasium as gym
 import pytest
 import torch
+from PIL import Image
 
 import main
 from agents.dqn import DQNAgent
@@ -590,3 +591,22 @@ def test_no_loss_is_reported_before_the_first_update(exps):
     first, second = (dict(zip(header, row.split(","), strict=True)) for row in rows[1:3])
     assert first["train/loss"] == "" and float(second["train/loss"]) >= 0
     assert "nan" not in (exps / "late" / "metrics.csv").read_text().lower()
+
+
+def test_predict_plays_greedy_episodes_and_writes_returns_and_a_gif_of_the_first(exps):
+    train(DQN, exps, "exp_name=play", *TINY, "total_steps=200")
+    train(DQN, exps, "exp_name=play", *TINY, "total_steps=200", "mode=predict", "num_episodes=3")
+    out = exps / "play" / "out" / "predict"
+    lines = (out / "returns.csv").read_text().splitlines()
+    assert lines[0] == "episode,return" and len(lines) == 4
+    first = float(lines[1].split(",")[1])
+    with Image.open(out / "episode.gif") as gif:
+        # CartPole pays 1 per step: the GIF lasts as many frames of 1/50 s as the first episode has steps (PIL
+        # merges identical neighbours into one longer frame), rendered at half size.
+        durations = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            durations.append(gif.info["duration"])
+        assert sum(durations) == 20 * first and gif.size == (300, 200)
+    with pytest.raises(UserError, match="returns.csv: written by an earlier mode=predict"):
+        train(DQN, exps, "exp_name=play", *TINY, "total_steps=200", "mode=predict")

@@ -1,5 +1,6 @@
 """Template agent's tests: it learns its random images, trains on class folders, evaluates the test split."""
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -52,3 +53,28 @@ def test_one_folder_of_class_folders_is_enough(exps, tmp_path):
     assert json.loads((run / "class_names.json").read_text()) == {"class_names": ["cat", "dog"]}
     assert load(run / "checkpoints" / "last.pth")["models"]["model"]["classifier.weight"].shape[0] == 2
     assert "train 16 samples, valid 4 samples" in (run / "logs" / "run.log").read_text()
+
+
+def test_exports_and_predicts_the_class_folders_it_trained_on(exps, tmp_path):
+    """mode=export: verified ONNX and torch.export files naming the classes; mode=predict: a CSV row per image,
+    images of any size and colour mode read as the folder mode reads its own."""
+    write_class_folders(tmp_path / "data")
+    args = [f"data_root={tmp_path / 'data'}", "data_mode=folder", "num_classes=3", "exp_name=f", "image_size=12"]
+    train(CONFIG, exps, *args, "max_epoch=1")
+    train(CONFIG, exps, *args, "mode=export")
+    info = json.loads((exps / "f" / "export" / "export.json").read_text())
+    assert info["class_names"] == ["a", "b", "c"] and info["input"]["shape"] == ["batch", 3, 12, 12]
+    assert max(info["verified"]["max_abs_diff"].values()) <= 1e-4
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("L", (30, 17), 90).save(photos / "grey.png")
+    Image.new("RGBA", (9, 40), (200, 10, 10, 128)).save(photos / "clear.png")
+    Image.new("P", (12, 12)).save(photos / "palette.gif")
+    train(CONFIG, exps, *args, "mode=predict", f"predict_input={photos}")
+    with open(exps / "f" / "out" / "predict" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["file"]).name for r in rows] == ["clear.png", "grey.png", "palette.gif"]
+    for row in rows:
+        top = [pair.split(":") for pair in row["top5"].split()]
+        assert row["class"] == top[0][0] and row["probability"] == top[0][1] and len(top) == 3
+        assert {name for name, _ in top} == {"a", "b", "c"} and abs(sum(float(p) for _, p in top) - 1) < 1e-4

@@ -1,11 +1,14 @@
 """MNIST's real loading code on tiny IDX files written in the true format; the net's shapes."""
 
+import csv
 import gzip
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import main
 from datasets.mnist import MnistDataLoader, normalise, read_idx
@@ -197,3 +200,41 @@ def test_empty_mnist_folder_says_where_to_put_files(tmp_path, exps):
         train(MNIST, exps, "data_mode=folder", f"data_root={tmp_path}", "exp_name=offline")
     assert str(tmp_path / "MNIST" / "raw") in str(info.value)
     assert not (exps / "offline").exists()  # a run that wrote nothing leaves no empty run directory behind
+
+
+def test_predict_reads_any_image_as_validation_reads_mnist_and_overwrites_nothing(exps, tmp_path):
+    """Validation images saved as grey PNGs get the probabilities validation's own path gives them; a colour
+    image of another size is converted; a second predict refuses to replace predictions.csv."""
+    args = ["exp_name=p", "data_mode=random", "random_size=64", "valid_size=16", "batch_size=16", "torch_threads=1"]
+    train(MNIST, exps, *args, "max_epoch=1")
+    config, cls = main.load_config(str(MNIST), [f"experiments_dir={exps}", *args, "mode=test"])
+    agent = cls(config)
+    try:
+        agent.load_checkpoint(exps / "p" / "checkpoints" / "best.pth", weights_only=True)
+        images, labels = next(iter(agent.data_loader.valid_loader))
+        with torch.no_grad():
+            expected = torch.softmax(agent.model.eval()(images), dim=1)
+        raw = agent.data_loader.valid_loader.dataset.dataset.tensors[0][:3]  # the uint8 images behind the batch
+    finally:
+        agent.finalize()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, pixels in enumerate(raw):
+        Image.fromarray(pixels.numpy(), mode="L").save(photos / f"{i}.png")
+    Image.fromarray(np.stack([raw[0].numpy()] * 3 + [np.full((28, 28), 255, np.uint8)], 2)).resize((56, 70)).save(
+        photos / "rgba_large.png"
+    )
+    train(MNIST, exps, *args, "mode=predict", f"predict_input={photos}")
+    out = exps / "p" / "out" / "predict" / "predictions.csv"
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["file"]).name for r in rows] == ["0.png", "1.png", "2.png", "rgba_large.png"]
+    for i, row in enumerate(rows[:3]):
+        top = [pair.split(":") for pair in row["top5"].split()]
+        assert [name for name, _ in top] == [str(int(k)) for k in expected[i].topk(5).indices]
+        assert float(row["probability"]) == pytest.approx(float(expected[i].max()), abs=2e-6)
+    assert rows[3]["class"] in [str(d) for d in range(10)]
+    before = out.read_bytes()
+    with pytest.raises(UserError, match="predictions.csv: written by an earlier mode=predict"):
+        train(MNIST, exps, *args, "mode=predict", f"predict_input={photos}")
+    assert out.read_bytes() == before

@@ -168,13 +168,28 @@ class Recorder:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(path, buf.getvalue())
 
-    def gif(self, file: str, frames: list[str], seconds_per_frame: float = 0.5) -> None:
-        """An animated GIF ``out/<file>`` of the PNGs ``out/<frame>`` that exist, in the order given (looping)."""
+    def text(self, file: str, text: str) -> None:
+        """``text`` as ``out/<file>`` (folders in ``file`` are made), written atomically."""
+        if not self.enabled:
+            return
+        path = self.run_dir / "out" / file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, text)
+
+    def gif(self, file: str, frames: list[str | torch.Tensor], seconds_per_frame: float = 0.5) -> None:
+        """An animated GIF ``out/<file>`` (looping) of ``frames`` in order: uint8 (C, H, W) images, or names of
+        PNGs ``out/<frame>`` (those that exist)."""
         if not self.enabled:
             return
         from PIL import Image
 
-        images = [Image.open(path) for path in (self.run_dir / "out" / f for f in frames) if path.exists()]
+        images = [
+            Image.fromarray(f.cpu().permute(1, 2, 0).squeeze(2).numpy())
+            if isinstance(f, torch.Tensor)
+            else Image.open(self.run_dir / "out" / f)
+            for f in frames
+            if isinstance(f, torch.Tensor) or (self.run_dir / "out" / f).exists()
+        ]
         if not images:
             return
         buf = io.BytesIO()
@@ -188,7 +203,9 @@ class Recorder:
         )
         for image in images:
             image.close()
-        write_bytes_atomic(self.run_dir / "out" / file, buf.getvalue())
+        path = self.run_dir / "out" / file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, buf.getvalue())
 
     def metrics_row(self, row: dict[str, Any]) -> None:
         """Append one row to metrics.csv; the file is rewritten only when a row brings a new column."""

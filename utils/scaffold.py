@@ -58,6 +58,8 @@ EXAMPLES = {
             "tutorials/01_getting_started.md",
             "tutorials/02_port_a_script.md",
             "tutorials/06_sweeps.md",
+            "tutorials/08_export.md",  # MNIST and DQN
+            "tests/test_export.py",  # every example's export (the template's: tests/test_example.py)
         ),
     ),
     "dqn": Example(

@@ -22,8 +22,10 @@ Condensation: ``update_condensation(progress)`` is called every iteration with p
 fraction of training done; each learned group conv prunes at progress k / (2(C-1)), k = 1..C-1,
 and the classifier drops half its input features at progress 1/2 (the authors drop them after
 training, without the fine-tuning the second half of training gives here). ``condense(model)``
-returns the test-time network: index gathers, grouped 1x1 convolutions and channel shuffles,
-computing the same outputs as the masked network.
+returns the test-time network, computing the same outputs as the masked network: per dense layer
+one index gather, batch norms folded (the first with its ReLU into a clamp), the grouped 1x1
+convolution as one batched matrix product, the channel shuffle absorbed into the 3x3 convolution
+(``CondensedLayer``); each block writes its layers' channels into one tensor (``CondensedBlock``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from graphs.models.custom_layers.learned_group_conv import LearnedGroupConv, LearnedLinear
+from graphs.models.custom_layers.learned_group_conv import CondensedLayer, LearnedGroupConv, LearnedLinear
 
 
 def _conv(in_channels: int, out_channels: int, groups: int) -> nn.Sequential:
@@ -156,18 +158,37 @@ def check_arguments(
         channels += layers * k
 
 
+class CondensedBlock(nn.Module):
+    """Test-time dense block: each layer writes its new channels into one output tensor (no concatenation per
+    layer, which copies every channel so far again)."""
+
+    def __init__(self, layers: Sequence[CondensedLayer]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.growth = [layer.weight3.shape[0] for layer in layers]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting():  # a graph has no in-place writes: each would copy the whole tensor
+            for layer in self.layers:
+                x = torch.cat([x, layer(x)], 1)
+            return x
+        b, c, h, w = x.shape
+        out = x.new_empty(b, c + sum(self.growth), h, w)
+        out[:, :c] = x
+        for layer, k in zip(self.layers, self.growth, strict=True):
+            out[:, c : c + k] = layer(out)  # reads only the c channels written so far
+            c += k
+        return out
+
+
 def condense(model: CondenseNet) -> nn.Module:
     """The test-time network of a trained ``model`` (left unchanged): the same outputs, fewer operations."""
     condensed = copy.deepcopy(model)
-
-    def replace(module: nn.Module) -> None:
-        for name, child in module.named_children():
-            if isinstance(child, (LearnedGroupConv, LearnedLinear)):
-                setattr(module, name, child.condensed())
-            else:
-                replace(child)
-
-    replace(condensed)
+    for name, block in model.features.named_children():
+        if name.startswith("denseblock_"):
+            layers = [CondensedLayer.of(m.conv_1, m.conv_2.norm, m.conv_2.conv) for m in block]
+            setattr(condensed.features, name, CondensedBlock(layers))
+    condensed.classifier = model.classifier.condensed()
     return condensed
 
 

@@ -43,4 +43,4 @@ class DCGANGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Images (N, channels, image_size, image_size) in [-1, 1] from noise (N, nz) or (N, nz, 1, 1)."""
-        return self.main(z.view(len(z), self.nz, 1, 1))
+        return self.main(z.view(z.shape[0], self.nz, 1, 1))  # shape[0], not len(): a dynamic batch under torch.export
