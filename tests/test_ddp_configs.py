@@ -47,7 +47,7 @@ def example(tmp: Path) -> tuple[list[str], dict, list[str], str | None]:
         "random": ["data_mode=random"],
         "folder": ["data_mode=folder", f"data_root={tmp / 'data'}", "num_classes=3"],
     }
-    return tiny, modes, [], NO_PREDICT
+    return tiny, modes, [f"predict_input={images(tmp / 'inputs')}"], None
 
 
 def mnist(tmp: Path) -> tuple[list[str], dict, list[str], str | None]:
@@ -59,7 +59,7 @@ def mnist(tmp: Path) -> tuple[list[str], dict, list[str], str | None]:
         "folder": ["data_mode=folder", *tree],
         "download": ["data_mode=download", *tree],
     }
-    return tiny, modes, [], NO_PREDICT
+    return tiny, modes, [f"predict_input={images(tmp / 'inputs')}"], None
 
 
 def condensenet(tmp: Path) -> tuple[list[str], dict, list[str], str | None]:
