@@ -28,7 +28,6 @@ from pathlib import Path
 from easydict import EasyDict
 
 from agents import config_schemas, get_agent_class
-from agents.common_keys import COMMON_KEYS
 from utils.config import (
     apply_overrides,
     blame_override,
@@ -57,6 +56,8 @@ def load_config(path: str, overrides: list[str] = ()) -> tuple[EasyDict, type]:
         if not isinstance(agent, str):
             raise UserError(f"{path}: missing required key 'agent' (a string naming the agent class)")
         agent_class = get_agent_class(agent, source=path)
+        from agents.common_keys import COMMON_KEYS  # imports torch: after the config is read (Ctrl-C at start-up)
+
         schema = agent_class.config_schema
         for key in apply_overrides(raw, overrides):
             if key in COMMON_KEYS and key not in schema:  # a did-you-mean would mislead here
@@ -86,9 +87,11 @@ def run(path: str, overrides: list[str] = (), after_validation: Callable | None 
         finally:
             agent.finalize()
     except UserError as e:
-        # Agents report config problems found at build time as "config: key ..."; name the file instead.
+        # Agents report config problems found at build time as "config: key ..."; name the file, or the
+        # override that set the key.
         if str(e).startswith("config: "):
-            raise UserError(f"{path}: {str(e)[len('config: ') :]}") from None
+            where = run_config(path)
+            raise blame_override(UserError(f"{where}: {str(e)[len('config: ') :]}"), where, list(overrides)) from None
         raise
 
 

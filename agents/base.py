@@ -269,6 +269,12 @@ class BaseAgent:
         """Agent-specific entries for summary.json."""
         return {}
 
+    def class_names(self) -> list[str] | None:
+        """The classes this run trained on (its class_names.json), else the data loader's; for predict, export."""
+        return self.recorder.read_json("class_names.json").get("class_names") or getattr(
+            self.data_loader, "class_names", None
+        )
+
     def export_input(self) -> ExportInput:
         """mode=export: the network to export and a batch of its inputs (utils/export.py); here the model and
         the first validation inputs. An agent overrides it to export another network or to describe its inputs."""
@@ -291,7 +297,7 @@ class BaseAgent:
                     raise UserError("config: key 'mode': mode=export runs in one process; run it without --nproc")
                 path = self._load_test_checkpoint()
                 spec = self.export_input()
-                spec.class_names = spec.class_names or getattr(self.data_loader, "class_names", None)
+                spec.class_names = spec.class_names or self.class_names()
                 info = export(spec, self.run_dir / "export", checkpoint_source(path))
                 self.recorder.info(f"export: {info['network']} of {path} to {self.run_dir / 'export'}, verified")
                 return
@@ -743,6 +749,9 @@ class BaseAgent:
             f"batch_size {cfg.batch_size} per process, global batch {cfg.batch_size * self.world_size}; "
             f"{self.num_params():,} parameters; run directory {self.run_dir}"
         )
+        limits = [f"{k}={cfg[k]}" for k in ("max_train_batches", "max_valid_batches") if cfg.get(k)]
+        if limits:  # kept in the run's config.json: a later run of its folder has them too
+            self.recorder.warning(f"debug limits on: {', '.join(limits)} (set them to null for whole epochs)")
         if self.data_loader is not None:
             sizes = ", ".join(
                 f"{split} {len(loader.dataset):,} samples"

@@ -19,6 +19,7 @@ from torch import nn
 from agents.base import BaseAgent
 from datasets.cifar10 import MEAN, STD, Cifar10DataLoader
 from graphs.models.condensenet import CondenseNet, condense, condensed_skeleton
+from graphs.models.custom_layers.learned_group_conv import CondensedBlock
 from utils import checkpoint, distributed
 from utils.config import Key, torch_object_key
 from utils.errors import UserError
@@ -147,7 +148,7 @@ class CondenseNetAgent(BaseAgent):
         """mode=export: the condensed network (of the checkpoint loaded: condensed.pth as it is, a masked one
         converted here), normalised 32x32 CIFAR images as validation gets them -> class scores."""
         net = self.unwrap(self.model)
-        if isinstance(net, CondenseNet):
+        if not any(isinstance(m, CondensedBlock) for m in net.modules()):  # a masked network: condense it here
             net = condense(net)
         size = self.input_shape[1]
         preprocessing = {"colour_mode": "RGB", "size": [size, size], "scale": 1 / 255, "mean": MEAN, "std": STD}

@@ -413,8 +413,13 @@ class DQNAgent(BaseAgent):
 
     def export_input(self) -> ExportInput:
         """mode=export: the Q-network, observations (B, *observation shape) -> action values (act: the argmax)."""
-        seeds = [derive_seed(self.config.seed, "export", i) for i in range(5)]
-        observations = np.stack([self.env.reset(seed=s)[0] for s in seeds])
+        observations = []
+        for i in range(5):
+            obs, _ = self.env.reset(seed=derive_seed(self.config.seed, "export", i))
+            for _ in range(3):  # a few steps in: a pixels observation (a screen difference) is zero at reset
+                obs, *_ = self.env.step(i % self.env.action_space.n)
+            observations.append(obs)
+        observations = np.stack(observations)
         preprocessing = {"env_id": self.config.env_id, "observation": self.config.observation}
         return ExportInput(
             self.unwrap(self.q),

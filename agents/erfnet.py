@@ -188,7 +188,7 @@ class ERFNetAgent(BaseAgent):
         h, w = (min(x.shape[d] for x in images) // 8 * 8 for d in (2, 3))
         preprocessing = {
             "colour_mode": "RGB",
-            "size": "any, multiples of 8",
+            "size": "any multiple of 8, from 16",
             "scale": 1 / 255,
             "mean": MEAN,
             "std": STD,

@@ -108,6 +108,8 @@ class ExampleDataLoader:
         Without a valid/ folder, valid_fraction of train/ validates."""
         root = data_root(config) / "example"
         how = f"Put your images in {root}/<split>/<class>/ (train/; valid/, test/ optional), or use data_mode=random."
+        if splits == ("test",):
+            how = f"mode=test evaluates the test split: put its images in {root}/test/<class>/"
         mode, transform = _colour_mode(config), _transform(config)
         if "valid" in splits and not (root / "valid").exists():
             splits = ("train",)

@@ -156,6 +156,10 @@ def test_tiny_condensenet_trains_through_every_stage_and_exports_the_condensed_m
     before = (run / "checkpoints" / "condensed.pth").read_bytes()
     train(CONFIG, exps, "exp_name=tiny", *QUICK)  # a finished run, run again, rewrites nothing
     assert (run / "checkpoints" / "condensed.pth").read_bytes() == before
+    # mode=export of condensed.pth exports it as it is (it was condensed a second time, and crashed).
+    train(CONFIG, exps, "exp_name=tiny", *QUICK, "mode=export", f"resume={run / 'checkpoints' / 'condensed.pth'}")
+    info = json.loads((run / "export" / "export.json").read_text())
+    assert info["checkpoint"].endswith("condensed.pth") and max(info["verified"]["max_abs_diff"].values()) <= 1e-4
 
 
 def stop_at(monkeypatch, step: int) -> None:

@@ -524,7 +524,7 @@ def test_pixels_mode_smoke(exps):
         (["env_id=Pendulum-v1"], "Box action space; DQN needs a Discrete one"),
         (["hidden=[0]"], "key 'hidden': expected a non-empty list of integers in 1..65536"),
         (["eps_schedule=exponential", "eps_end=0"], "exponential schedule needs eps_end > 0"),
-        (["max_epoch=3"], "unknown key 'max_epoch'"),
+        (["max_epoch=3"], "key 'max_epoch' does not apply to DQNAgent"),
         (["monitor=eval/mean_return"], "key 'monitor': expected 'max <metric>' or 'min <metric>'"),
         (["monitor=foo x"], "key 'monitor': expected 'max <metric>' or 'min <metric>'"),
         (["monitor=max eval/mean_retrun"], "no metric 'eval/mean_retrun' .* (did you mean 'eval/mean_return'?)"),
@@ -535,7 +535,7 @@ def test_pixels_mode_smoke(exps):
 )
 def test_bad_env_or_config_is_a_user_error(exps, overrides, message):
     pattern = message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")
-    with pytest.raises(UserError, match=f"^(override '[^']*'|{DQN}): .*{pattern}"):
+    with pytest.raises(UserError, match=f"^(override '[^']*'|command line|{DQN}): .*{pattern}"):
         train(DQN, exps, *TINY, *overrides)
 
 

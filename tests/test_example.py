@@ -5,10 +5,12 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
 from tests.conftest import CONFIGS, load, train
+from utils.errors import UserError
 
 CONFIG = CONFIGS / "example_exp_0.json"
 
@@ -53,6 +55,8 @@ def test_one_folder_of_class_folders_is_enough(exps, tmp_path):
     assert json.loads((run / "class_names.json").read_text()) == {"class_names": ["cat", "dog"]}
     assert load(run / "checkpoints" / "last.pth")["models"]["model"]["classifier.weight"].shape[0] == 2
     assert "train 16 samples, valid 4 samples" in (run / "logs" / "run.log").read_text()
+    with pytest.raises(UserError, match=r"mode=test evaluates the test split: put its images in .*/test/<class>/"):
+        train(CONFIG, exps, f"data_root={tmp_path / 'data'}", "data_mode=folder", "exp_name=one", "mode=test")
 
 
 def test_exports_and_predicts_the_class_folders_it_trained_on(exps, tmp_path):

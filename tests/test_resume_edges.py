@@ -160,11 +160,11 @@ def test_stop_and_resume_number_the_epoch_alike_and_only_a_total_schedule_warns_
     train(EXAMPLE, exps, "exp_name=cut", "max_epoch=4", *SMALL)  # a longer run, a StepLR without "total"
     log = (exps / "cut" / "logs" / "run.log").read_text()
     assert "in epoch 2 after batch 3, step 9" in log.split("resumed from", 1)[1].split("\n", 1)[0]
-    assert "length changed" not in log
+    assert "new length" not in log
     cosine = 'scheduler={"type": "CosineAnnealingLR", "args": {"T_max": "total"}}'
     train(EXAMPLE, exps, "exp_name=cos", "max_epoch=1", *SMALL, cosine)
     train(EXAMPLE, exps, "exp_name=cos", "max_epoch=2", *SMALL, cosine)
-    assert "the run's length changed" in (exps / "cos" / "logs" / "run.log").read_text()
+    assert "rebuilt for the run's new length" in (exps / "cos" / "logs" / "run.log").read_text()
 
 
 def test_a_forked_loader_worker_ignores_the_signal_the_main_process_saves_on(exps, monkeypatch):

@@ -150,9 +150,16 @@ def test_override_a_list_item_by_its_index_and_errors_name_it_so():
         main.load_config(str(EXAMPLE), [*phases, "scheduler.2.steps=1"])
 
 
+class OneStepAgent(ExampleAgent):
+    """The template agent without gradient accumulation (as DCGAN and DQN drop it)."""
+
+    config_schema = {k: v for k, v in ExampleAgent.config_schema.items() if k != "accumulate_grad_batches"}
+
+
 def test_a_common_key_an_agent_does_not_read_is_named_so_not_given_a_did_you_mean():
-    with pytest.raises(UserError, match="key 'accumulate_grad_batches' does not apply to DCGANAgent") as e:
-        main.load_config(str(EXAMPLE.parent / "dcgan_exp_0.json"), ["accumulate_grad_batches=2"])
+    agent = "agent=tests.test_resume_policy:OneStepAgent"
+    with pytest.raises(UserError, match="key 'accumulate_grad_batches' does not apply to OneStepAgent") as e:
+        main.load_config(str(EXAMPLE), [agent, "accumulate_grad_batches=2"])
     assert "did you mean" not in str(e.value) and str(e.value).startswith("command line:")
 
 
@@ -219,3 +226,14 @@ def test_a_new_lr_under_a_schedule_that_owns_the_lr_is_said_to_have_no_effect(ex
     assert "optimizer.args.lr changed since the checkpoint, but OneCycleLR sets the LR from its own args" in log(
         exps, "o"
     )
+
+
+def test_debug_limits_are_said_in_the_log(exps):
+    """max_train_batches stays in the run's config.json: every later run of its folder says it is on."""
+    train(EXAMPLE, exps, *SMALL, "exp_name=lim", "max_epoch=1", "max_train_batches=1")
+    assert "debug limits on: max_train_batches=1" in log(exps, "lim")
+
+
+def test_a_mistake_found_when_the_agent_is_built_names_the_override_that_made_it(exps, capsys):
+    code = main.main([str(EXAMPLE), *SMALL, f"experiments_dir={exps}", "monitor=max valid/top3"])
+    assert code == 2 and capsys.readouterr().err.startswith("error: override 'monitor=max valid/top3': key 'monitor'")

@@ -48,7 +48,7 @@ def test_a_bad_slurm_key_is_one_line_and_nothing_is_submitted(exps, capsys):
     for override, message in cases.items():
         code, out, err = submit(capsys, str(EXAMPLE), f"experiments_dir={exps}", override)
         assert code == 2 and out == "" and err.count("\n") == 1 and message in err, (override, err)
-        assert f"{EXAMPLE}: " in err
+        assert f"override '{override}': " in err  # the command line's mistake, named as typed
     assert "did you mean 'gpu_node'" in submit(capsys, str(EXAMPLE), "slurm.file=gpu_nod")[2]
     assert list(exps.iterdir()) == []
     # A local run checks the block too: a mistake is found before the run, not when it is submitted later.
@@ -85,7 +85,7 @@ def test_local_executor_two_tasks_ddp_then_the_warning_saves_requeues_and_resume
     import submitit
 
     config, _ = main.load_config(str(EXAMPLE), [f"experiments_dir={exps}", "exp_name=local", *TINY, "max_epoch=2",
-                                                "random_size=2000", "log_every=1"])  # fmt: skip
+                                                "random_size=12000", "log_every=1"])  # fmt: skip
     run = exps / "local"
     executor = submitit.LocalExecutor(folder=run / "slurm")
     executor.update_parameters(tasks_per_node=2, timeout_min=10)

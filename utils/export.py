@@ -111,7 +111,7 @@ def export(spec: ExportInput, out_dir: Path, source: dict[str, Any]) -> dict[str
     inputs = inputs.repeat(-(-max(BATCHES) // len(inputs)), *[1] * (inputs.dim() - 1))[: max(BATCHES)]
     dims = {0: torch.export.Dim("batch", min=1, max=MAX_SIZE)}
     for dim, step in spec.multiple_of.items():
-        dims[dim] = step * torch.export.Dim(f"{spec.input_name}_{dim}", min=1, max=MAX_SIZE // step)
+        dims[dim] = step * torch.export.Dim(f"{spec.input_name}_{dim}", min=2, max=MAX_SIZE // step)
     example = (inputs[:2],)
     try:
         with torch.no_grad():
@@ -138,7 +138,7 @@ def export(spec: ExportInput, out_dir: Path, source: dict[str, Any]) -> dict[str
         info = {
             "network": name,
             "input": _tensor_info(spec.input_name, inputs[:2], spec.multiple_of),
-            "output": _tensor_info(spec.output_name, output, {}),
+            "output": _tensor_info(spec.output_name, output, spec.multiple_of, follows=inputs[:2]),
             "preprocessing": spec.preprocessing,
             "class_names": spec.class_names,
             **source,
@@ -190,12 +190,18 @@ def verify(model: nn.Module, folder: Path, spec: ExportInput, inputs: torch.Tens
     return differences
 
 
-def _tensor_info(name: str, tensor: torch.Tensor, multiple_of: dict[int, int]) -> dict[str, Any]:
-    """Name, shape (dynamic dimensions as strings) and dtype, as export.json lists them."""
+def _tensor_info(
+    name: str, tensor: torch.Tensor, multiple_of: dict[int, int], follows: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """Name, shape (dynamic dimensions as strings) and dtype, as export.json lists them; ``follows``: the input,
+    whose dynamic dimensions an output of the same size at the same place has too (a segmentation's H, W)."""
     shape: list[int | str] = list(tensor.shape)
     shape[0] = "batch"
     for dim, step in multiple_of.items():
-        shape[dim] = f"multiple of {step}"
+        if follows is None:
+            shape[dim] = f"multiple of {step}, from {2 * step}"
+        elif tensor.dim() > dim and tensor.shape[dim] == follows.shape[dim]:
+            shape[dim] = f"as the input's dimension {dim}"
     return {"name": name, "shape": shape, "dtype": str(tensor.dtype).removeprefix("torch.")}
 
 

@@ -60,6 +60,7 @@ EXAMPLES = {
             "tutorials/06_sweeps.md",
             "tutorials/08_export.md",  # MNIST and DQN
             "tests/test_export.py",  # every example's export (the template's: tests/test_example.py)
+            "tests/test_ddp_configs.py",  # every shipped config under --nproc 2
         ),
     ),
     "dqn": Example(
