@@ -18,8 +18,7 @@ from torch import nn
 
 from agents.base import BaseAgent
 from datasets.cifar10 import MEAN, STD, Cifar10DataLoader
-from graphs.models.condensenet import CondenseNet, condense, condensed_skeleton
-from graphs.models.custom_layers.learned_group_conv import CondensedBlock
+from graphs.models.condensenet import CondensedBlock, CondenseNet, condense, condensed_skeleton
 from utils import checkpoint, distributed
 from utils.config import Key, torch_object_key
 from utils.errors import UserError

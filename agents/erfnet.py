@@ -267,6 +267,6 @@ def labelled_grid(rows: list[list[torch.Tensor]]) -> torch.Tensor:
     draw = ImageDraw.Draw(header)
     for i, label in enumerate(COLUMNS):
         draw.text((i * width + 3, 1), label, fill=(255, 255, 255))
-    lines = [torch.from_numpy(np.asarray(header)).permute(2, 0, 1)]
+    lines = [torch.from_numpy(np.array(header)).permute(2, 0, 1)]
     lines += [torch.cat([nn.functional.pad(p, (0, width - p.shape[-1])) for p in row], dim=2) for row in rows]
     return torch.cat(lines, dim=1)
