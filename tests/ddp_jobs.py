@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_ddp_configs.py: several runs of main.run, one after the other, in the same
+"""Run under torchrun by the test of every shipped config under DDP: several runs of main.run, one after the other, in the same
 processes.
 
     torchrun --nproc_per_node 2 tests/ddp_jobs.py JOBS.json OUT_DIR
