@@ -1,5 +1,5 @@
-"""Run under torchrun by the test of every shipped config under DDP: several runs of main.run, one after the other, in the same
-processes.
+"""Run under torchrun by the test of every shipped config under DDP: several runs of main.run, one after
+the other, in the same processes.
 
     torchrun --nproc_per_node 2 tests/ddp_jobs.py JOBS.json OUT_DIR
 
