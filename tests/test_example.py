@@ -82,3 +82,9 @@ def test_exports_and_predicts_the_class_folders_it_trained_on(exps, tmp_path):
         top = [pair.split(":") for pair in row["top5"].split()]
         assert row["class"] == top[0][0] and row["probability"] == top[0][1] and len(top) == 3
         assert {name for name, _ in top} == {"a", "b", "c"} and abs(sum(float(p) for _, p in top) - 1) < 1e-4
+    # The run's own class names (class_names.json), also when the data at hand has none (random images).
+    (exps / "f" / "out" / "predict" / "predictions.csv").unlink()
+    train(CONFIG, exps, "data_mode=random", "num_classes=3", "exp_name=f", "image_size=12", "mode=predict",
+          f"predict_input={photos}")  # fmt: skip
+    with open(exps / "f" / "out" / "predict" / "predictions.csv", newline="") as f:
+        assert {row["class"] for row in csv.DictReader(f)} <= {"a", "b", "c"}

@@ -62,6 +62,9 @@ def test_every_example_exports_verified_files_with_a_dynamic_batch(exps, name):
     (by_onnx,) = session.run(None, {info["input"]["name"]: x.numpy()})
     by_pt2 = program.module()(x).detach().numpy()
     assert by_onnx.shape[0] == 3 and np.abs(by_onnx - by_pt2).max() <= 1e-4
+    if name == "erfnet":  # per-pixel scores: the output's height and width are the input's, from 16 pixels up
+        assert info["output"]["shape"][2:] == ["as the input's dimension 2", "as the input's dimension 3"]
+        assert program.module()(torch.randn(1, 3, 16, 24)).shape == (1, 4, 16, 24)
 
 
 def test_export_json_names_the_preprocessing_and_classes(exps):
