@@ -52,14 +52,15 @@ def load_config(path: str, overrides: list[str] = ()) -> tuple[EasyDict, type]:
     if folder:  # the run's own checkpoints (not those its training may have started from): best.pth, last.pth
         raw["resume"] = "auto"
     try:
-        agent = apply_overrides(raw, overrides).get("agent")
+        given = apply_overrides(raw, overrides)  # the file and the command line, before the schema's defaults
+        agent = given.get("agent")
         if not isinstance(agent, str):
             raise UserError(f"{path}: missing required key 'agent' (a string naming the agent class)")
         agent_class = get_agent_class(agent, source=path)
         from agents.common_keys import COMMON_KEYS  # imports torch: after the config is read (Ctrl-C at start-up)
 
         schema = agent_class.config_schema
-        for key in apply_overrides(raw, overrides):
+        for key in given:
             if key in COMMON_KEYS and key not in schema:  # a did-you-mean would mislead here
                 where = path if key in raw else "command line"
                 raise UserError(f"{where}: key '{key}' does not apply to {agent_class.__name__} (not read); remove it")
