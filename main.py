@@ -4,8 +4,8 @@ Loads and validates the config, looks up the agent by name, runs it and finalize
 ``--sweep FILE [key=value ...] [--workers K]`` runs a sweep's trials (utils/sweep/). Other
 commands (``python main.py COMMAND --help``): ``new NAME`` makes a model from the template agent,
 ``new-project DIR`` copies the template, ``keys`` prints the config reference, ``report RUN_DIR ...``
-plots runs and tabulates their summaries (utils/report.py), ``status RUN_DIR`` shows a run's SLURM jobs.
-``--slurm CONFIG [key=value ...]`` submits the run as a SLURM job (utils/slurm.py).
+plots runs and tabulates their summaries (utils/run/report.py), ``status RUN_DIR`` shows a run's SLURM jobs.
+``--slurm CONFIG [key=value ...]`` submits the run as a SLURM job (utils/project/slurm.py).
 Exit codes: 0 success, 2 a user mistake (one line, no traceback), 1 anything else,
 130 stopped by Ctrl-C/SIGTERM after saving a checkpoint.
 """
@@ -38,9 +38,9 @@ from utils.config import (
     to_plain,
     validate,
 )
-from utils.config_reference import keys_command
 from utils.errors import RunInterrupted, TrainingStopped, UserError
-from utils.scaffold import new_command, new_project_command
+from utils.project.config_reference import keys_command
+from utils.project.scaffold import new_command, new_project_command
 
 
 def load_config(path: str, overrides: list[str] = ()) -> tuple[EasyDict, type]:
@@ -209,7 +209,7 @@ def _run_trial(config: str, overrides: list[str], run_dir: Path, after_validatio
 
 def report_main(argv: list[str]) -> int:
     """``python main.py report RUN_DIR [RUN_DIR ...] [--out DIR]``: curves.png and report.md."""
-    from utils.report import write_report
+    from utils.run.report import write_report
 
     parser = argparse.ArgumentParser(prog="main.py report", description="Plots and a table of finished runs.")
     parser.add_argument("runs", nargs="+", help="run directories, or a sweep's directory (all of its trials)")
@@ -229,7 +229,7 @@ def report_main(argv: list[str]) -> int:
 
 def submit_slurm(path: str, overrides: list[str]) -> tuple[str, Path]:
     """``--slurm``: check the config and its cluster settings, submit the run as a job, say how to follow it."""
-    from utils import slurm
+    from utils.project import slurm
 
     config, _ = load_config(path, overrides)
     settings = slurm.resolve(apply_overrides(read_config(run_config(path))[0], list(overrides)).get("slurm"), path)
@@ -249,14 +249,14 @@ def submit_slurm(path: str, overrides: list[str]) -> tuple[str, Path]:
 
 def slurm_task(config: dict, run_dir: str) -> None:
     """A task of a job --slurm submitted: one process of the run of ``config``; requeued when SLURM warns."""
-    from utils.slurm import run_task
+    from utils.project.slurm import run_task
 
     run_task(config, run_dir, lambda path: main([path]))
 
 
 def status_main(argv: list[str]) -> int:
     """``python main.py status RUN_DIR``: the state of the run's SLURM jobs and where their logs are."""
-    from utils.slurm import status
+    from utils.project.slurm import status
 
     parser = argparse.ArgumentParser(prog="main.py status", description="The SLURM jobs of a run directory.")
     parser.add_argument("run_dir", help="the run directory, e.g. experiments/example_exp_0")
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             job_id, run_dir = submit_slurm(args.config, args.overrides)
             if not args.wait:
                 return 0
-            from utils.slurm import wait_for_job
+            from utils.project.slurm import wait_for_job
 
             before = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the wait as Ctrl-C does: scancel
             try:
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--nproc: expected a positive integer, got {nproc}")
         if nproc > 1:
             config, _ = load_config(args.config, args.overrides)  # a mistake is one line here, not one per process
-            from utils import distributed  # imports torch: after the config's check, inside Ctrl-C's handling
+            from utils.training import distributed  # imports torch: after the config's check, inside Ctrl-C's handling
 
             started = time.time() - 1  # file times may be rounded down to the second
             code = distributed.launch(nproc, [__file__, args.config, *args.overrides])

@@ -30,19 +30,20 @@ from torch import nn
 from tqdm import tqdm
 
 from agents.common_keys import COMMON_KEYS
-from utils import checkpoint, distributed
-from utils.compile import compile_model, unwrap_compiled
 from utils.config import Key, build_torch_object, did_you_mean, repo_path, to_plain
-from utils.data import ShardedSampler, batches_per_epoch, set_epoch
-from utils.early_stopping import EarlyStopping
-from utils.ema import EMA, averaged_weights, update_stepped
 from utils.errors import RunInterrupted, TrainingStopped, UserError
-from utils.export import ExportInput, checkpoint_source, export, first_inputs
-from utils.metrics import Accuracy, LossSums, Mean, Metric
-from utils.profiler import StepProfiler
-from utils.recorder import Recorder
-from utils.schedules import build_scheduler
-from utils.seeding import derive_seed, seed_everything
+from utils.run import checkpoint
+from utils.run.export import ExportInput, checkpoint_source, export, first_inputs
+from utils.run.recorder import Recorder
+from utils.training import distributed
+from utils.training.compile import compile_model, unwrap_compiled
+from utils.training.data import ShardedSampler, batches_per_epoch, set_epoch
+from utils.training.early_stopping import EarlyStopping
+from utils.training.ema import EMA, averaged_weights, update_stepped
+from utils.training.metrics import Accuracy, LossSums, Mean, Metric
+from utils.training.profiler import StepProfiler
+from utils.training.schedules import build_scheduler
+from utils.training.seeding import derive_seed, seed_everything
 
 
 class BaseAgent:
@@ -276,7 +277,7 @@ class BaseAgent:
         )
 
     def export_input(self) -> ExportInput:
-        """mode=export: the network to export and a batch of its inputs (utils/export.py); here the model and
+        """mode=export: the network to export and a batch of its inputs (utils/run/export.py); here the model and
         the first validation inputs. An agent overrides it to export another network or to describe its inputs."""
         return ExportInput(self.unwrap(self.model), first_inputs(self.data_loader.valid_loader))
 
@@ -284,7 +285,7 @@ class BaseAgent:
 
     def run(self) -> None:
         """Train (resuming when a checkpoint is there) or, with mode=test/predict/export, evaluate, predict or
-        export (the model of best.pth or ``resume`` to experiments/<exp>/export/, verified: utils/export.py)."""
+        export (the model of best.pth or ``resume`` to experiments/<exp>/export/, verified: utils/run/export.py)."""
         # Training saves a checkpoint first; evaluation has nothing to save and stops at once.
         handler = self._on_signal if self.config.mode == "train" else self._stop_now
         handlers = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -491,7 +492,7 @@ class BaseAgent:
         if weights_only:
             checkpoint.restore_models(path, state, models, averaged=True)
             return
-        # The config may differ from the checkpoint's: utils/checkpoint.py's table says what each change does.
+        # The config may differ from the checkpoint's: utils/run/checkpoint.py's table says what each change does.
         keys = {name: key for name, (_, key) in self._scheduler_specs.items()}
         plan = checkpoint.scheduler_plan(state, self.config, keys, self._schedule_total)
         restored = {name: s for name, s in self.schedulers.items() if plan[name] == "restore"}

@@ -5,7 +5,6 @@ the ones that mean nothing to it, as DQN drops the data-loader keys). ``python m
 --keys`` prints it with a config's values.
 """
 
-from utils.compile import compile_key
 from utils.config import (
     REQUIRED,
     Key,
@@ -17,8 +16,9 @@ from utils.config import (
     relative_path,
     torch_object_key,
 )
-from utils.schedules import scheduler_key
-from utils.slurm import slurm_key
+from utils.project.slurm import slurm_key
+from utils.training.compile import compile_key
+from utils.training.schedules import scheduler_key
 
 COMMON_KEYS: dict[str, Key] = {
     "exp_name": Key(REQUIRED, str, "run directory name under experiments/", check=plain_name),

@@ -19,12 +19,13 @@ from torch import nn
 from agents.base import BaseAgent
 from datasets.cifar10 import MEAN, STD, Cifar10DataLoader
 from graphs.models.condensenet import CondensedBlock, CondenseNet, condense, condensed_skeleton
-from utils import checkpoint, distributed
 from utils.config import Key, torch_object_key
 from utils.errors import UserError
-from utils.export import ExportInput, first_inputs
-from utils.flops import count_flops
-from utils.metrics import Accuracy, Mean, Metric
+from utils.run import checkpoint
+from utils.run.export import ExportInput, first_inputs
+from utils.training import distributed
+from utils.training.flops import count_flops
+from utils.training.metrics import Accuracy, Mean, Metric
 
 
 def _positive_ints(value: list, where: str, source: str) -> None:

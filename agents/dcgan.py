@@ -3,7 +3,7 @@
 What differs from the supervised loop, and nothing else:
 - ``train_step``: a discriminator step (real images vs detached fakes, BCE-with-logits), then a
   generator step with the non-saturating loss (the fakes labelled real);
-- ``validate``: the sliced Wasserstein distance (``utils/swd.py``) between the held-out images and
+- ``validate``: the sliced Wasserstein distance (``utils/examples/swd.py``) between the held-out images and
   as many generated ones; ``monitor: "min valid/swd"`` keeps the best generator in best.pth;
 - after every epoch the fixed noise batch is rendered to ``out/samples_epoch_NNN.png`` (an 8x8 grid,
   also in TensorBoard) and ``out/progress.gif`` is rebuilt from all grids so far;
@@ -26,12 +26,12 @@ from agents.base import BaseAgent
 from datasets.celeba import CelebADataLoader
 from graphs.models.dcgan_discriminator import DCGANDiscriminator
 from graphs.models.dcgan_generator import DCGANGenerator
-from utils import distributed
 from utils.config import Key, torch_object_key
 from utils.errors import UserError
-from utils.export import ExportInput
-from utils.seeding import derive_seed
-from utils.swd import resolutions, swd
+from utils.examples.swd import resolutions, swd
+from utils.run.export import ExportInput
+from utils.training import distributed
+from utils.training.seeding import derive_seed
 
 # The paper's Adam: lr 2e-4, beta1 0.5 (0.9 oscillated and was unstable in their runs).
 ADAM = {"type": "Adam", "args": {"lr": 0.0002, "betas": [0.5, 0.999]}}

@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from agents.base import BaseAgent
 from datasets.gym_env import make_env
 from graphs.models.dqn import QConv, QMlp
-from utils import distributed
 from utils.config import Key, check_monitor, torch_object_key
 from utils.errors import UserError
-from utils.export import ExportInput
-from utils.replay_memory import ReplayMemory
-from utils.seeding import derive_seed
+from utils.examples.replay_memory import ReplayMemory
+from utils.run.export import ExportInput
+from utils.training import distributed
+from utils.training.seeding import derive_seed
 
 # Keys of the supervised loop that mean nothing here (an agent learning by acting has no data loader,
 # and its networks act on single observations between updates).

@@ -26,12 +26,13 @@ from agents.common_keys import PREDICT_INPUT
 from datasets.image_files import ImageFiles, predict_files
 from datasets.voc import IGNORE, MEAN, STD, VocDataLoader, class_names, class_weights, pad_to, padded_size
 from graphs.models.erfnet import ERFNet
-from utils import checkpoint, distributed
 from utils.config import Key, repo_path
 from utils.errors import UserError
-from utils.export import ExportInput
-from utils.metrics import ConfusionMatrix, Mean, Metric
-from utils.palette import colourise, overlay
+from utils.examples.palette import colourise, overlay
+from utils.run import checkpoint
+from utils.run.export import ExportInput
+from utils.training import distributed
+from utils.training.metrics import ConfusionMatrix, Mean, Metric
 
 FIRST_WEIGHT = "initial_block.conv.weight"  # how an ERFNet encoder is recognised in a checkpoint's model
 

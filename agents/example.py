@@ -5,7 +5,7 @@ Build your pieces in __init__; override a method only where your training differ
 - ``train_step(batch)``: one optimisation step (a GAN updates two models here);
 - ``make_metrics()`` / ``eval_step(batch, metrics)``: what validation measures;
 - ``extra_state()`` / ``load_extra_state(state)``: anything else a checkpoint must hold;
-- ``export_input()``: what mode=export exports (utils/export.py): the network, a batch of the inputs it
+- ``export_input()``: what mode=export exports (utils/run/export.py): the network, a batch of the inputs it
   takes (validation's), their names and preprocessing; ``predict()``: mode=predict's outputs.
 Images and files a run writes go through ``self.recorder`` (it writes on rank 0 only).
 """
@@ -17,8 +17,8 @@ from agents.common_keys import PREDICT_INPUT
 from datasets.example import ExampleDataLoader
 from graphs.models.example import Example
 from utils.config import Key
-from utils.export import ExportInput, first_inputs
-from utils.predict import classify
+from utils.run.export import ExportInput, first_inputs
+from utils.run.predict import classify
 
 
 class ExampleAgent(BaseAgent):

@@ -7,8 +7,8 @@ from datasets.mnist import MnistDataLoader
 from graphs.losses.nll import NLLLoss
 from graphs.models.mnist import Mnist, SeedMnist
 from utils.config import Key
-from utils.export import ExportInput, first_inputs
-from utils.predict import classify
+from utils.run.export import ExportInput, first_inputs
+from utils.run.predict import classify
 
 NETS = {"examples": Mnist, "seed": SeedMnist}
 

@@ -25,8 +25,8 @@ from common import build_agent, epoch_in_memory, epoch_over, interleaved, plain_
 from PIL import Image
 
 from graphs.models.erfnet import ERFNet
-from utils.data import make_loader
-from utils.palette import VOC_PALETTE
+from utils.examples.palette import VOC_PALETTE
+from utils.training.data import make_loader
 
 
 def write_voc(root: Path, n: int) -> None:

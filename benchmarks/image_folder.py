@@ -21,7 +21,7 @@ from common import build_agent, epoch_in_memory, epoch_over, interleaved, plain_
 from PIL import Image
 
 from datasets.image_files import ImageFiles, class_folders
-from utils.data import make_loader
+from utils.training.data import make_loader
 
 
 def write_images(root: Path, n: int) -> None:

@@ -22,9 +22,9 @@ from torchvision.transforms import v2
 from datasets.common import fetched_root, held_out
 from datasets.image_files import SKIP_BAD_FILES, ImageFiles, image_files
 from utils.config import Key, relative_path
-from utils.data import TensorBatches, make_loader
 from utils.errors import UserError
-from utils.seeding import derive_seed
+from utils.training.data import TensorBatches, make_loader
+from utils.training.seeding import derive_seed
 
 CELEBA_PAGE = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 TORCHVISION_FOLDER = Path("celeba") / "img_align_celeba"  # where torchvision's CelebA puts the images

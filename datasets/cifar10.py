@@ -21,8 +21,8 @@ import torch
 
 from datasets.common import fetched_root, hold_out, missing, random_crop, random_images
 from utils.config import Key
-from utils.data import TensorBatches, make_loader
 from utils.errors import UserError
+from utils.training.data import TensorBatches, make_loader
 
 MEAN = (0.4914, 0.4824, 0.4467)  # the CondenseNet authors' CIFAR-10 statistics
 STD = (0.2471, 0.2435, 0.2616)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from utils import distributed
 from utils.config import repo_path
 from utils.errors import UserError
-from utils.seeding import derive_seed
+from utils.training import distributed
+from utils.training.seeding import derive_seed
 
 
 def data_root(config) -> Path:

@@ -16,8 +16,8 @@ from torchvision.transforms import v2
 from datasets.common import data_root, held_out, random_images
 from datasets.image_files import SKIP_BAD_FILES, ImageFiles, class_folders, predict_files
 from utils.config import Key
-from utils.data import TensorBatches, make_loader
 from utils.errors import UserError
+from utils.training.data import TensorBatches, make_loader
 
 
 def _to_float(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,7 +30,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from datasets.common import missing
 from utils.config import Key
 from utils.errors import UserError
-from utils.recorder import DATA_LOG as log
+from utils.run.recorder import DATA_LOG as log
 
 SKIP_BAD_FILES = Key(
     False, bool, "folder data: leave out unreadable images and mismatched masks (each one logged) instead of stopping"

@@ -22,8 +22,8 @@ from torchvision.transforms import v2
 from datasets.common import fetched_root, hold_out, missing, random_crop, random_images
 from datasets.image_files import ImageFiles, predict_files
 from utils.config import Key
-from utils.data import TensorBatches, make_loader
 from utils.errors import UserError
+from utils.training.data import TensorBatches, make_loader
 
 MEAN, STD = 0.1307, 0.3081
 FILES = {

@@ -37,12 +37,12 @@ from torchvision.transforms import v2
 from datasets.common import data_root, fetched_root, missing
 from datasets.image_files import SKIP_BAD_FILES, ImageFiles
 from utils.config import Key, repo_path
-from utils.data import make_loader
 from utils.errors import UserError
-from utils.palette import VOC_PALETTE
-from utils.recorder import DATA_LOG as log
-from utils.recorder import write_text_atomic
-from utils.seeding import derive_seed
+from utils.examples.palette import VOC_PALETTE
+from utils.run.recorder import DATA_LOG as log
+from utils.run.recorder import write_text_atomic
+from utils.training.data import make_loader
+from utils.training.seeding import derive_seed
 
 CLASSES = (
     "background",

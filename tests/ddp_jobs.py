@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import main  # noqa: E402
-from utils import distributed  # noqa: E402
 from utils.errors import UserError  # noqa: E402
+from utils.training import distributed  # noqa: E402
 
 
 def run_jobs(jobs_file: Path, out: Path) -> None:

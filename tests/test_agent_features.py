@@ -6,7 +6,7 @@ import torch
 
 import main
 from tests.conftest import CONFIGS, load, train
-from utils import checkpoint
+from utils.run import checkpoint
 
 EXAMPLE = CONFIGS / "example_exp_0.json"
 
@@ -94,7 +94,7 @@ def test_plateau_scheduler_gets_the_monitored_metric(exps):
 def test_recorder_png_keeps_every_pixel_of_grey_and_colour_images(tmp_path, channels):
     from PIL import Image
 
-    from utils.recorder import Recorder
+    from utils.run.recorder import Recorder
 
     image = torch.randint(0, 256, (channels, 5, 7), dtype=torch.uint8)
     recorder = Recorder(tmp_path / "run", enabled=True)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.conftest import EXAMPLE, MAIN_WITH_TEST_AGENTS, REPO, assert_same_tensors, load, train
-from utils import checkpoint
 from utils.errors import TrainingStopped, UserError
+from utils.run import checkpoint
 
 pytestmark = pytest.mark.usefixtures("test_agents_registered")  # DropoutAgent
 

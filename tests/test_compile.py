@@ -1,12 +1,12 @@
-"""utils.compile: the compile key, a one-line error without a compiler, plain state-dict names, same outputs."""
+"""utils.training.compile: the compile key, a one-line error without a compiler, plain state-dict names, outputs."""
 
 import pytest
 import torch
 from torch import nn
 
-from utils.compile import MODES, compile_key, compile_model, plain_state_dict, unwrap_compiled
 from utils.config import validate
 from utils.errors import UserError
+from utils.training.compile import MODES, compile_key, compile_model, plain_state_dict, unwrap_compiled
 
 CPU = torch.device("cpu")
 

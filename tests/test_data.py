@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from utils.data import EpochSeeded, ShardedSampler, batches_per_epoch, make_loader, set_epoch
 from utils.errors import UserError
+from utils.training.data import EpochSeeded, ShardedSampler, batches_per_epoch, make_loader, set_epoch
 
 
 def sampler(length: int, rank: int, world: int, pad: bool = True, epoch: int = 5) -> ShardedSampler:
@@ -121,7 +121,7 @@ def test_batches_per_epoch_ignores_a_mid_epoch_skip():
 def test_num_workers_auto_follows_the_cores_this_process_may_use(monkeypatch, exps):
     import main
     from tests.conftest import EXAMPLE, train
-    from utils.data import auto_workers
+    from utils.training.data import auto_workers
 
     for cores, local_world, expected in [
         ({0}, None, 0),

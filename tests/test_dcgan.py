@@ -20,7 +20,7 @@ from graphs.models.dcgan_generator import DCGANGenerator
 from tests.conftest import CONFIGS, REPO, assert_same_tensors, load, train
 from utils.config import to_easydict, validate
 from utils.errors import UserError
-from utils.swd import laplacian_pyramid, pyr_down, pyr_up, swd
+from utils.examples.swd import laplacian_pyramid, pyr_down, pyr_up, swd
 
 DCGAN = CONFIGS / "dcgan_exp_0.json"
 # Tiny networks on 32x32 synthetic blobs: each epoch is 8 steps of 16 images, validation on 32 held-out images.

@@ -16,8 +16,8 @@ from graphs.models.dqn import QConv
 from tests.conftest import CONFIGS, assert_same_tensors, load, train
 from tests.test_distributed import torchrun
 from utils.errors import RunInterrupted, UserError
-from utils.replay_memory import ReplayMemory
-from utils.seeding import derive_seed
+from utils.examples.replay_memory import ReplayMemory
+from utils.training.seeding import derive_seed
 
 DQN = CONFIGS / "dqn_exp_0.json"
 TINY = [

@@ -1,4 +1,4 @@
-"""utils.early_stopping.EarlyStopping: patience counted in a row, min_delta's edge, NaN, resume mid-count."""
+"""utils.training.early_stopping.EarlyStopping: patience counted in a row, min_delta's edge, NaN, resume mid-count."""
 
 import io
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from utils.early_stopping import EarlyStopping
+from utils.training.early_stopping import EarlyStopping
 
 
 def steps(stopper: EarlyStopping, values: list[float]) -> list[bool]:

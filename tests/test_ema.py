@@ -1,4 +1,4 @@
-"""utils.ema.EMA: the closed form after a few updates, buffers copied, exact state round trip."""
+"""utils.training.ema.EMA: the closed form after a few updates, buffers copied, exact state round trip."""
 
 import io
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from utils.ema import EMA
+from utils.training.ema import EMA
 
 
 def set_weights(model: nn.Linear, value: float) -> None:

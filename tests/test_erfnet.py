@@ -25,8 +25,8 @@ from datasets.voc import IGNORE, MEAN, STD, VocDataLoader, pad_collate, train_tr
 from graphs.models.erfnet import ERFNet
 from tests.conftest import CONFIGS, REPO, assert_same_tensors, load, train
 from utils.errors import UserError
-from utils.metrics import ConfusionMatrix
-from utils.palette import VOC_PALETTE
+from utils.examples.palette import VOC_PALETTE
+from utils.training.metrics import ConfusionMatrix
 
 ERFNET = CONFIGS / "erfnet_exp_0.json"
 # Tiny synthetic runs: 32x32 crops of images up to 40x40, one torch thread (exact and fast on a shared CPU).

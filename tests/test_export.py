@@ -20,8 +20,8 @@ from tests.test_condensenet import QUICK as CONDENSENET
 from tests.test_dcgan import TINY as DCGAN
 from tests.test_dqn import TINY as DQN
 from tests.test_erfnet import TINY as ERFNET
-from utils import export as export_module
 from utils.errors import UserError
+from utils.run import export as export_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 import main
 from tests.conftest import EXAMPLE, MAIN_WITH_TEST_AGENTS, REPO, assert_same_tensors, load, train
-from utils import checkpoint
 from utils.errors import TrainingStopped, UserError
+from utils.run import checkpoint
 
 pytestmark = pytest.mark.usefixtures("test_agents_registered")  # DropoutAgent
 
@@ -100,7 +100,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_file(tmp_path):
     path = tmp_path / "last.pth"
     checkpoint.atomic_save({"models": {}, "epoch": 1}, path)
     code = (
-        f"import sys, torch; sys.path.insert(0, {str(REPO)!r}); from utils.checkpoint import atomic_save; "
+        f"import sys, torch; sys.path.insert(0, {str(REPO)!r}); from utils.run.checkpoint import atomic_save; "
         f"atomic_save({{'models': {{'w': torch.ones(300_000_000 // 4)}}, 'epoch': 2}}, {str(path)!r})"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], env=ENV)
@@ -371,7 +371,7 @@ def test_checkpoint_files_load_lazily_by_memory_map(exps):
 
 
 def test_a_finished_run_leaves_no_lock_file_and_the_lock_still_excludes(exps):
-    from utils.recorder import LOCK_NAME, Recorder, _same_file
+    from utils.run.recorder import LOCK_NAME, Recorder, _same_file
 
     train(EXAMPLE, exps, "exp_name=done", "max_epoch=1", "random_size=40")
     assert (exps / "done" / "summary.json").exists() and not (exps / "done" / LOCK_NAME).exists()

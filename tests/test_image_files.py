@@ -19,7 +19,7 @@ import main
 from datasets.image_files import ImageFiles
 from tests.conftest import CONFIGS, train
 from utils.errors import UserError
-from utils.recorder import DATA_LOG
+from utils.run.recorder import DATA_LOG
 
 EXAMPLE = CONFIGS / "example_exp_0.json"
 FOLDER = ("data_mode=folder", "image_size=16", "batch_size=8", "num_classes=2")

@@ -14,8 +14,8 @@ import main
 from datasets.mnist import MnistDataLoader, normalise, read_idx
 from graphs.models.mnist import Mnist, SeedMnist
 from tests.conftest import CONFIGS, cli, train
-from utils.data import set_epoch
 from utils.errors import UserError
+from utils.training.data import set_epoch
 
 MNIST = CONFIGS / "mnist_exp_0.json"
 

@@ -1,11 +1,11 @@
-"""utils.profiler.StepProfiler: a valid Chrome trace and an operator table; short runs end cleanly."""
+"""utils.training.profiler.StepProfiler: a valid Chrome trace and an operator table; short runs end cleanly."""
 
 import json
 
 import torch
 from torch import nn
 
-from utils.profiler import StepProfiler
+from utils.training.profiler import StepProfiler
 
 
 def train(profiler: StepProfiler, steps: int, close: bool = True) -> None:

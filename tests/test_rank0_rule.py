@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from utils import distributed
+from utils.training import distributed
 
 COLLECTIVES = {
     "all_reduce_sum": lambda: distributed.all_reduce_sum(torch.ones(1)),

@@ -1,4 +1,4 @@
-"""What a resume does when the config changed since the checkpoint: each row of utils/checkpoint.py's table."""
+"""What a resume does when the config changed since the checkpoint: each row of utils/run/checkpoint.py's table."""
 
 import json
 import math
@@ -165,7 +165,7 @@ def test_a_common_key_an_agent_does_not_read_is_named_so_not_given_a_did_you_mea
 
 def test_nproc_evaluation_stopped_by_a_signal_is_130_without_a_checkpoint_claim(monkeypatch, capsys):
     """mode=test has nothing to save: the launcher's "ended before they saved" error is for training only."""
-    from utils import distributed
+    from utils.training import distributed
 
     monkeypatch.setattr(distributed, "launch", lambda nproc, argv: 130)
     assert main.main(["--nproc", "2", str(EXAMPLE), "mode=test"]) == 130

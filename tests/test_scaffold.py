@@ -13,9 +13,9 @@ import pytest
 
 from agents import config_schemas
 from tests.conftest import REPO
-from utils.config_reference import REFERENCE, render
 from utils.errors import UserError
-from utils.scaffold import EXAMPLES, class_prefix, new_model, new_project, registry_entries
+from utils.project.config_reference import REFERENCE, render
+from utils.project.scaffold import EXAMPLES, class_prefix, new_model, new_project, registry_entries
 
 PACKAGES = {"agents", "datasets", "graphs", "utils", "tests", "main"}
 # The template's own tests, on the template agent: a project without the examples keeps them all.
@@ -248,13 +248,13 @@ def test_new_project_registers_only_copied_agents_and_a_broken_registry_line_is_
 def test_new_says_where_pytest_comes_from_when_it_is_missing(tmp_path, monkeypatch, capsys):
     import importlib.util
 
-    import utils.scaffold
+    import utils.project.scaffold
 
     target = tmp_path / "project"
     new_project(target)
-    monkeypatch.setattr(utils.scaffold, "REPO_ROOT", target)
-    monkeypatch.setattr(utils.scaffold, "new_model", lambda name: new_model(name, root=target))
+    monkeypatch.setattr(utils.project.scaffold, "REPO_ROOT", target)
+    monkeypatch.setattr(utils.project.scaffold, "new_model", lambda name: new_model(name, root=target))
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "pytest" else find_spec(name))
-    assert utils.scaffold.new_command(["tulips"]) == 0
+    assert utils.project.scaffold.new_command(["tulips"]) == 0
     assert "pip install -r requirements-dev.txt" in capsys.readouterr().out

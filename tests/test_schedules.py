@@ -1,4 +1,4 @@
-"""utils.schedules: "total" resolved, warm-up then decay by the closed form, exact resume, one-line errors."""
+"""utils.training.schedules: "total" resolved, warm-up then decay by the closed form, exact resume, one-line errors."""
 
 import io
 import math
@@ -8,7 +8,7 @@ import torch
 
 from utils.config import validate
 from utils.errors import UserError
-from utils.schedules import build_scheduler, scheduler_key
+from utils.training.schedules import build_scheduler, scheduler_key
 
 LR = 0.1
 WARMUP_COSINE = [

@@ -19,8 +19,8 @@ import pytest
 import main
 from tests import slurm_cluster
 from tests.conftest import EXAMPLE, REPO, assert_same_tensors, load, train
-from utils import slurm
 from utils.errors import UserError
+from utils.project import slurm
 
 pytestmark = pytest.mark.slow
 TINY = ["image_size=16", "hidden=8", "torch_threads=1", "max_valid_batches=null"]

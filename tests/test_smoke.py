@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tests.conftest import CONFIGS, load, train
-from utils.report import plot_curves, read_run
+from utils.run.report import plot_curves, read_run
 
 # Per-agent overrides that make a run take seconds.
 FAST = {

@@ -200,12 +200,12 @@ def test_report_tells_apart_runs_of_one_folder_name_and_takes_a_run_once(exps, c
 
 
 def test_a_failing_plot_does_not_fail_the_run(exps, monkeypatch):
-    import utils.report
+    import utils.run.report
 
     def broken(run_dir):
         raise RuntimeError("no fonts")
 
-    monkeypatch.setattr(utils.report, "write_run_curves", broken)
+    monkeypatch.setattr(utils.run.report, "write_run_curves", broken)
     train(EXAMPLE, exps, "exp_name=t", *(f"{k}={json.dumps(v)}" for k, v in TINY.items()))
     assert json.loads((exps / "t" / "summary.json").read_text())["status"] == "finished"
     assert "out/curves.png not written: RuntimeError: no fonts" in (exps / "t" / "logs" / "run.log").read_text()

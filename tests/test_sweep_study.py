@@ -16,7 +16,7 @@ import utils.sweep.study
 import utils.sweep.subprocess
 from tests.conftest import REPO
 from tests.test_sweep import TINY, rows, sweep_file
-from utils.recorder import LOCK_NAME
+from utils.run.recorder import LOCK_NAME
 from utils.sweep.spec import load_sweep
 from utils.sweep.subprocess import holder
 

@@ -31,8 +31,8 @@ import pytest
 from agents import config_schemas
 from tests import slurm_cluster
 from tests.conftest import REPO
-from utils.config_reference import REFERENCE, render
-from utils.scaffold import new_project
+from utils.project.config_reference import REFERENCE, render
+from utils.project.scaffold import new_project
 
 TUTORIALS = sorted((REPO / "tutorials").glob("[0-9][0-9]_*.md"))
 README_PATH = "README.md#first-five-minutes"  # the README's first section, run as a tutorial

@@ -7,8 +7,8 @@ from torch import nn
 from agents.base import BaseAgent
 from tests.conftest import assert_same_tensors, load
 from utils.config import Key, to_easydict, torch_object_key, validate
-from utils.data import TensorBatches, make_loader
-from utils.metrics import Mean
+from utils.training.data import TensorBatches, make_loader
+from utils.training.metrics import Mean
 
 
 class TinyGanAgent(BaseAgent):

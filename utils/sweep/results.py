@@ -11,7 +11,7 @@ import warnings
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from utils.recorder import write_bytes_atomic, write_text_atomic
+from utils.run.files import write_bytes_atomic, write_text_atomic
 from utils.sweep.spec import Sweep
 from utils.sweep.study import first_number, latest, trial_name, tries
 

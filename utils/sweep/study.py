@@ -32,10 +32,10 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from utils.errors import RunInterrupted, TrainingStopped, UserError
-from utils.report import read_run
-from utils.seeding import derive_seed
+from utils.run.report import read_run
 from utils.sweep.spec import Sweep
 from utils.sweep.subprocess import popen_tied, stop_earlier_process
+from utils.training.seeding import derive_seed
 
 # run_trial(overrides, run_dir, after_validation): a trial's run to its end; raises UserError or TrainingStopped
 # when it fails, RunInterrupted when stopped by a signal. after_validation(epoch, metrics) -> True: pruned.

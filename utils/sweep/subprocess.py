@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from utils.errors import RunInterrupted, TrainingStopped, UserError
-from utils.recorder import LOCK_NAME
-from utils.report import read_run
+from utils.run.recorder import LOCK_NAME
+from utils.run.report import read_run
 
 POLL_SECONDS = 0.5
 STOP_GRACE_SECONDS = 60.0  # for a trial's earlier process to save its checkpoint and end

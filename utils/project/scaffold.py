@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.config import REPO_ROOT, Key
-from utils.config_reference import REFERENCE, render
 from utils.errors import UserError
+from utils.project.config_reference import REFERENCE, render
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ EXAMPLES = {
             "graphs/models/dcgan_generator.py",
             "graphs/models/dcgan_discriminator.py",
             "graphs/models/custom_layers/dcgan_init.py",
-            "utils/swd.py",
+            "utils/examples/swd.py",
             "datasets/celeba.py",
             "configs/dcgan_exp_*.json",
             "tests/test_dcgan.py",

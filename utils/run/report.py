@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import UserError
-from utils.recorder import write_bytes_atomic
+from utils.run.files import write_bytes_atomic
 
 AXES = ("epoch", "step")
 # Config keys that differ between any two runs without saying anything about them.

@@ -22,6 +22,7 @@ from typing import IO, Any
 import torch
 
 from utils.errors import UserError
+from utils.run.files import write_bytes_atomic, write_text_atomic
 
 DATA_LOG = logging.getLogger("ppt.data")  # datasets log here; the main rank's Recorder writes it to the run log
 DATA_LOG.propagate = False  # printed once, by the Recorder (or Python's last-resort stderr handler without one)
@@ -34,17 +35,6 @@ def _same_file(file: IO, path: Path) -> bool:
         return os.fstat(file.fileno()).st_ino == os.stat(path).st_ino
     except FileNotFoundError:
         return False
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """``data`` to ``path`` through a temp file of this process and a rename: readers see old or new, whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode())
 
 
 def _jsonable(value: Any) -> Any:
@@ -257,7 +247,7 @@ class Recorder:
         if not self.enabled:
             return
         try:
-            from utils.report import write_run_curves
+            from utils.run.report import write_run_curves
 
             write_run_curves(self.run_dir)
         except Exception as e:  # noqa: BLE001 (a plot must never cost a finished run: matplotlib missing, a font...)

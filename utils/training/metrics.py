@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from utils.distributed import all_reduce_sum
+from utils.training.distributed import all_reduce_sum
 
 
 class Metric:

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils import distributed
 from utils.config import repo_path
 from utils.errors import UserError
-from utils.schedules import uses_total
+from utils.training import distributed
+from utils.training.schedules import uses_total
 
 # Schedulers that compute the LR from their own args (max_lr, base_lr), not from the optimizer's lr.
 OWN_LR = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)

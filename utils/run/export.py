@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils import checkpoint
 from utils.errors import UserError
+from utils.run import checkpoint
 
 TOLERANCE = 1e-4
 BATCHES = (1, 5)  # batch sizes every export is verified at

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from utils.errors import UserError
-from utils.recorder import Recorder
+from utils.run.recorder import Recorder
 
 FILE = "predict/predictions.csv"
 TOP = 5

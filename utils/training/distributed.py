@@ -1,7 +1,7 @@
 """Process-group setup from torchrun's environment, and the few collectives the agents need.
 
 Run under ``torchrun`` (``./run.sh --nproc N``) and RANK/WORLD_SIZE/LOCAL_RANK are set (a SLURM job's
-tasks set the same, utils/slurm.py); run plainly and every helper here degrades to the single-process answer.
+tasks set the same, utils/project/slurm.py); run plainly and every helper here degrades to the single-process answer.
 
 The contract of the collectives (``all_reduce_sum``, ``any_rank``, ``gather_to_main``, ``from_main``,
 ``on_main``, ``main_first``): every rank calls them, in the same order. Code that only rank 0 runs goes

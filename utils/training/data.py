@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from utils.distributed import rank, world_size
-from utils.seeding import derive_seed
+from utils.training.distributed import rank, world_size
+from utils.training.seeding import derive_seed
 
 
 class ShardedSampler(Sampler[int]):

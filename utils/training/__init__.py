@@ -1,0 +1,1 @@
+"""The training loop's pieces: callbacks, DDP helpers, data sampling, seeding, schedules, metrics, EMA."""
