@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import functools
 import importlib
 import json
@@ -21,7 +22,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -56,8 +57,9 @@ def load_config(path: str, overrides: list[str] = ()) -> tuple[EasyDict, type]:
         agent = given.get("agent")
         if not isinstance(agent, str):
             raise UserError(f"{path}: missing required key 'agent' (a string naming the agent class)")
-        agent_class = get_agent_class(agent, source=path)
-        from agents.common_keys import COMMON_KEYS  # imports torch: after the config is read (Ctrl-C at start-up)
+        with _imports_whole():  # torch is imported here, after the config is read
+            agent_class = get_agent_class(agent, source=path)
+            from agents.common_keys import COMMON_KEYS
 
         schema = agent_class.config_schema
         for key in given:
@@ -74,7 +76,7 @@ def load_config(path: str, overrides: list[str] = ()) -> tuple[EasyDict, type]:
 def run(path: str, overrides: list[str] = (), after_validation: Callable | None = None) -> None:
     """Load the config and run its agent to the end (what main does, minus exit codes).
 
-    ``after_validation(epoch, metrics) -> stop`` is BaseAgent's hook (a sweep's pruner).
+    ``after_validation(epoch, metrics) -> stop`` runs after each validation (a sweep's pruner, as a callback).
     """
     config, agent_class = load_config(path, overrides)
     # Created in two steps so that finalize (which releases the run's lock and log files) runs even
@@ -83,7 +85,10 @@ def run(path: str, overrides: list[str] = (), after_validation: Callable | None 
     try:
         try:
             agent.__init__(config)
-            agent.after_validation = after_validation
+            if after_validation is not None:
+                from utils.training.callbacks import AfterValidation
+
+                agent.callbacks.append(AfterValidation(after_validation))
             agent.run()
         finally:
             agent.finalize()
@@ -99,6 +104,17 @@ def run(path: str, overrides: list[str] = (), after_validation: Callable | None 
 def one_line(text: str) -> str:
     """The message with control characters (newlines included) escaped, so it stays one line."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+@contextlib.contextmanager
+def _imports_whole() -> Iterator[None]:
+    """Ctrl-C waits until the imports inside are done, then raises as usual: a KeyboardInterrupt in the middle of
+    numpy's or torch's import leaves a module half-made, and the next import fails with a traceback."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -1,14 +1,18 @@
-"""BaseAgent: the one training loop every example shares.
+"""BaseAgent: the one training loop every example shares, read top to bottom.
 
-An agent subclass builds its pieces in ``__init__`` (models through ``prepare_model``,
-optimizers through ``make_optimizer``, a data loader) and overrides only what differs:
-``train_step`` for a GAN's two updates, ``train_batches``/``validate`` for an RL agent. Device,
-seeding, AMP, gradient accumulation and clipping, EMA, LR schedules, DDP, checkpoints, resume,
-logging and Ctrl-C live here or in the small ``utils`` modules it calls.
+``__init__`` sets up the device, the run directory and the callbacks; a subclass then builds its pieces with
+``prepare_model``, ``make_optimizer``, ``make_scheduler`` and a data loader. ``run`` trains (resuming when a
+checkpoint is there) or, with mode=test/predict/export, evaluates, predicts or exports; ``train`` is the epochs:
+``train_one_epoch`` (``train_step`` per batch), ``validate``, the epoch's checkpoint.
 
-Counters: ``global_step`` counts batches (``train_step`` calls), ``optimizer_steps`` counts
-optimizer updates (one per ``accumulate_grad_batches`` batches); per-step LR schedules follow
-the latter.
+Override for what an agent computes: ``train_step`` (a GAN's two updates), ``make_metrics``/``eval_step`` (other
+metrics), ``train_batches``/``validate`` (an RL agent's steps and evaluation), ``extra_state`` (more to save).
+Add a callback (utils/training/callbacks.py) for what cuts across the loop: early stopping, the EMA, the profiler
+and the loggers are callbacks the config turns on; a user's come from its ``callbacks`` key. What a checkpoint
+holds is ``checkpoint.Parts``; what a resume does where the config changed is utils/run/resume.py.
+
+Counters: ``global_step`` counts batches (``train_step`` calls), ``optimizer_steps`` counts optimizer updates (one
+per ``accumulate_grad_batches`` batches); per-step LR schedules follow the latter.
 """
 
 from __future__ import annotations
@@ -16,11 +20,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import signal
 import time
-import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -34,15 +36,18 @@ from utils.config import Key, build_torch_object, did_you_mean, repo_path, to_pl
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 from utils.run import checkpoint
 from utils.run.export import ExportInput, checkpoint_source, export, first_inputs
+from utils.run.loggers import build_loggers
 from utils.run.recorder import Recorder
+from utils.run.resume import check_matches, resume
 from utils.training import distributed
+from utils.training.callbacks import Callbacks, build_callback
 from utils.training.compile import compile_model, unwrap_compiled
 from utils.training.data import ShardedSampler, batches_per_epoch, set_epoch
 from utils.training.early_stopping import EarlyStopping
-from utils.training.ema import EMA, averaged_weights, update_stepped
+from utils.training.ema import EMACallback
 from utils.training.metrics import Accuracy, LossSums, Mean, Metric
-from utils.training.profiler import StepProfiler
-from utils.training.schedules import build_scheduler
+from utils.training.profiler import ProfileSteps
+from utils.training.schedules import Schedules
 from utils.training.seeding import derive_seed, seed_everything
 
 
@@ -55,15 +60,8 @@ class BaseAgent:
 
     def __init__(self, config) -> None:
         self.config = config
-        self.device = distributed.pick_device(config.device)
-        distributed.init(self.device.type)
+        self.device = distributed.setup(config.device)  # joins torchrun's process group; each process its GPU
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
-        if self.world_size > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", distributed.local_rank())
-        if self.device.type == "cuda":  # stray .cuda() calls and pinned memory go to this GPU, not GPU 0
-            if self.device.index is None:
-                self.device = torch.device("cuda", torch.cuda.current_device())
-            torch.cuda.set_device(self.device)
         self.run_dir = repo_path(config.experiments_dir) / config.exp_name
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.recorder = Recorder(self.run_dir, enabled=distributed.is_main(), name=config.exp_name)
@@ -75,21 +73,19 @@ class BaseAgent:
         self._threads_before = torch.get_num_threads()
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
+        self.monitor_mode, self.monitor_metric = config.monitor.split()  # "max valid/accuracy"
 
         self.models: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        self._optimizer_keys: dict[str, str] = {}  # optimizer name -> its config key
-        self.schedulers: dict[str, Any] = {}  # built when training starts: "total" needs the data's length
-        self._scheduler_specs: dict[str, tuple[torch.optim.Optimizer, str]] = {}
-        self._schedule_total: int | None = None  # what "total" in the schedulers' args stood for
-        self.ema: dict[str, EMA] = {}  # model name -> its average (ema_decay)
+        self.optimizer_keys: dict[str, str] = {}  # optimizer name -> its config key
+        self.schedules = Schedules(config)  # built when training starts: "total" needs the data's length
         self.scaler = torch.amp.GradScaler(self.device.type) if config.amp == "fp16" else None
+        self.callbacks = self.build_callbacks()
         self.data_loader = None
-        self.profiler: StepProfiler | None = None  # started with training (profile_steps)
 
         self.epoch = 0  # completed epochs
         self.batch_in_epoch = 0  # batches done in the current epoch (non-zero after a mid-epoch stop)
-        self._resume_samples = 0  # samples of the epoch's order a mid-epoch checkpoint had consumed
+        self.resume_samples = 0  # samples of the epoch's order a mid-epoch checkpoint had consumed
         self._batches_at_skip = 0  # batch_in_epoch when this epoch's loader skipped them
         self.global_step = 0  # batches trained on (train_step calls)
         self.optimizer_steps = 0  # optimizer updates (fewer than global_step with accumulate_grad_batches)
@@ -99,17 +95,32 @@ class BaseAgent:
         self.best_epoch: int | None = None
         self.last_metrics: dict[str, float] = {}
         self._train_loss: float | None = None  # this process's mean training loss over the epoch (metrics.csv)
-        self.monitor_mode, self.monitor_metric = config.monitor.split()  # "max valid/accuracy"
-        self.early_stopping = self._new_early_stopping()
         self.status = "started"
         self._progress_at_start: tuple[int, int] | None = None  # (epoch, global_step) when training began here
-        self.stop_training = False  # an agent sets it to end training early (e.g. DQN solved)
-        # Called with (epoch, metrics) after each validation's checkpoint; True stops training (a sweep's pruner).
-        self.after_validation: Callable[[int, dict[str, float]], bool] | None = None
-        self._wall_before = 0.0
+        self.stop_training = False  # an agent or a callback sets it to end training early (DQN solved, pruned)
+        self.wall_before = 0.0  # training seconds of the runs this one resumed
         self._started = time.time()
         self._stop_signal: int | None = None
         self._pid = os.getpid()  # the process whose signal handler saves (not a forked loader worker)
+
+    def build_callbacks(self) -> Callbacks:
+        """The callbacks the config turns on, in this order: EMA, early stopping, profiler, loggers, the user's."""
+        c = self.config
+        callbacks = Callbacks()
+        if c.get("ema_decay") is not None:
+            callbacks.append(EMACallback(c.ema_decay))
+        if c.get("early_stop_patience"):
+            patience, delta = c.early_stop_patience, c.get("early_stop_min_delta", 0.0)
+            callbacks.append(EarlyStopping(patience, delta, self.monitor_mode, self.monitor_metric))
+        if c.get("profile_steps"):
+            callbacks.append(ProfileSteps(c.profile_steps))
+        if self.recorder.enabled:  # rank 0 logs
+            for logger in build_loggers(c.get("loggers", ["tensorboard"]), self.run_dir):
+                self.recorder.loggers.append(logger)
+                callbacks.append(logger)
+        for i, spec in enumerate(c.get("callbacks") or []):
+            callbacks.append(build_callback(spec, f"callbacks[{i}]"))
+        return callbacks
 
     # ----- building blocks for subclasses -----------------------------------------------------
 
@@ -119,8 +130,9 @@ class BaseAgent:
         model = model.to(self.device)
         if self.config.get("channels_last"):
             model = model.to(memory_format=torch.channels_last)
-        if average and self.config.get("ema_decay") is not None:
-            self.ema[name] = EMA(model, self.config.ema_decay)
+        ema = self.callbacks.find(EMACallback)
+        if average and ema is not None:
+            ema.track(name, model)
         if self.world_size > 1:
             if self.config.sync_batchnorm:
                 if self.device.type != "cuda":
@@ -141,13 +153,13 @@ class BaseAgent:
         """Build the optimizer named by config[key] (``{"type", "args"}`` from torch.optim)."""
         optimizer = build_torch_object("torch.optim", self.config[key], params, key)
         self.optimizers[name] = optimizer
-        self._optimizer_keys[name] = key
+        self.optimizer_keys[name] = key
         return optimizer
 
     def make_scheduler(self, optimizer: torch.optim.Optimizer, name: str = "scheduler", key: str = "scheduler") -> None:
-        """Register the LR scheduler named by config[key] (none when null); built in ``self.schedulers[name]``
+        """Register the LR scheduler named by config[key] (none when null); built in ``self.schedules.built[name]``
         when training starts, when the run's length ("total") is known."""
-        self._scheduler_specs[name] = (optimizer, key)  # null too: a resume sees a scheduler removed
+        self.schedules.register(name, optimizer, key)
 
     @staticmethod
     def unwrap(model: nn.Module) -> nn.Module:
@@ -157,7 +169,8 @@ class BaseAgent:
 
     def averaged(self) -> contextlib.AbstractContextManager:
         """Inside, the models kept with an EMA (ema_decay) hold their averaged weights (validation, samples)."""
-        return averaged_weights({n: self.unwrap(self.models[n]) for n in self.ema}, self.ema)
+        ema = self.callbacks.find(EMACallback)
+        return ema.averaged(self) if ema is not None else contextlib.nullcontext()
 
     def to_device(self, batch: Any) -> Any:
         if isinstance(batch, torch.Tensor):
@@ -180,7 +193,7 @@ class BaseAgent:
 
     def optimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         """Backward ``loss`` into ``optimizer``'s parameters; on the last batch of an accumulation group,
-        clip to grad_clip_norm and step (then the fp16 scaler, the EMA and per-step schedules follow)."""
+        clip to grad_clip_norm and step (then the fp16 scaler, per-step schedules and on_optimizer_step follow)."""
         index, size = self._group
         if index == 0:  # also clears what other losses left there (a GAN's generator loss in D's gradients)
             optimizer.zero_grad(set_to_none=True)
@@ -207,7 +220,9 @@ class BaseAgent:
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)  # after the step: the next group starts from nothing
-        self._after_step(optimizer)
+        self.optimizer_steps += 1
+        self.schedules.after_optimizer_step(optimizer)
+        self.callbacks.call("on_optimizer_step", self, optimizer)
 
     # ----- the supervised case: override these for other kinds of training -----------------
 
@@ -238,10 +253,10 @@ class BaseAgent:
         """This epoch's batches (the rest of them after a mid-epoch resume) and how many."""
         loader = self.data_loader.train_loader
         set_epoch(loader, self.epoch, self.config.seed)
-        if self._resume_samples:  # a mid-epoch resume: the rest of this epoch's order, whatever the layout now
-            loader.sampler.skip(self._resume_samples)
-            self.batch_in_epoch = -(-self._resume_samples // (loader.batch_size * self.world_size))
-            self._resume_samples = 0
+        if self.resume_samples:  # a mid-epoch resume: the rest of this epoch's order, whatever the layout now
+            loader.sampler.skip(self.resume_samples)
+            self.batch_in_epoch = -(-self.resume_samples // (loader.batch_size * self.world_size))
+            self.resume_samples = 0
         self._batches_at_skip = self.batch_in_epoch
         total = len(loader)
         if self.config.max_train_batches:
@@ -252,6 +267,12 @@ class BaseAgent:
         """Batches in a whole epoch (sets the length of schedules whose args say "total")."""
         batches = batches_per_epoch(self.data_loader.train_loader)
         return min(batches, self.config.max_train_batches or batches)
+
+    def schedule_length(self) -> int:
+        """The run's length in scheduler steps: what an argument "total" of a scheduler stands for."""
+        if not self.schedules.per_step:
+            return self.max_epochs()
+        return self.max_epochs() * -(-self.batches_per_epoch() // self.config.get("accumulate_grad_batches", 1))
 
     def max_epochs(self) -> int:
         return self.config.max_epoch
@@ -281,7 +302,7 @@ class BaseAgent:
         the first validation inputs. An agent overrides it to export another network or to describe its inputs."""
         return ExportInput(self.unwrap(self.model), first_inputs(self.data_loader.valid_loader))
 
-    # ----- the seed's method names ----------------------------------------------------------
+    # ----- the run ----------------------------------------------------------------------------
 
     def run(self) -> None:
         """Train (resuming when a checkpoint is there) or, with mode=test/predict/export, evaluate, predict or
@@ -296,7 +317,7 @@ class BaseAgent:
             if self.config.mode == "export":
                 if self.world_size > 1:
                     raise UserError("config: key 'mode': mode=export runs in one process; run it without --nproc")
-                path = self._load_test_checkpoint()
+                path = self.load_test_checkpoint()
                 spec = self.export_input()
                 spec.class_names = spec.class_names or self.class_names()
                 info = export(spec, self.run_dir / "export", checkpoint_source(path))
@@ -304,14 +325,11 @@ class BaseAgent:
                 return
             self._check_monitor()
             if self.world_size > 1:
-                self._seed_rank(step=0)
-            self._build_schedulers()
+                self.seed_rank(step=0)
+            self.schedules.build(self.schedule_length())
             path = checkpoint.resume_path(self.checkpoint_dir, self.config.resume)  # rank 0's choice on every rank
             if path is not None:
                 self.load_checkpoint(path)
-                if path.resolve().parent != self.checkpoint_dir.resolve():
-                    self.best = self.best_epoch = None  # another run's best: this run picks its own best.pth
-                    self.early_stopping = self._new_early_stopping()
             self.recorder.write_config(to_plain(self.config))
             names = getattr(self.data_loader, "class_names", None)  # class folders' names: predictions use them
             if names and self.recorder.read_json("class_names.json").get("class_names") != names:
@@ -332,9 +350,8 @@ class BaseAgent:
     def train(self) -> None:
         """Epochs until max_epochs: train, validate when due, step schedulers, checkpoint."""
         self._log_start()
-        if self.config.get("profile_steps"):
-            out, enabled = self.run_dir / "out", distributed.is_main()
-            self.profiler = StepProfiler(self.config.profile_steps, out, self.recorder.info, enabled=enabled)
+        self._training = True  # on_train_end is due (finalize calls it, also after a failure)
+        self.callbacks.call("on_train_start", self)
         while self.epoch < self.max_epochs() and not self.stop_training:
             self.train_one_epoch()
             self.epoch += 1
@@ -348,14 +365,12 @@ class BaseAgent:
                 trained = {"train/loss": self._train_loss} if self._train_loss is not None else {}
                 self.recorder.metrics_row({"epoch": self.epoch, "step": self.global_step, **trained, **metrics})
                 self.recorder.info(f"epoch {self.epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-            self._step_schedulers(metrics)
-            self._check_early_stop(metrics)
+            self.schedules.after_epoch(metrics, self.monitor_metric, optimizer_stepped=self.optimizer_steps > 0)
+            if metrics:
+                self.callbacks.call("on_validation_end", self, metrics)
             self._check_finite_weights()
             self.save_checkpoint(self._update_best(metrics))
-            if metrics and self.after_validation is not None and self.after_validation(self.epoch, metrics):
-                self.stop_training = True
-        if self.profiler is not None:
-            self.profiler.close()
+            self.callbacks.call("on_epoch_end", self, metrics)
         if self.status == "started":
             self.status = "finished"
 
@@ -381,8 +396,7 @@ class BaseAgent:
                 logs = self.train_step(batch)
             self.global_step += 1
             self.batch_in_epoch += 1
-            if self.profiler is not None:
-                self.profiler.step()
+            self.callbacks.call("on_train_batch_end", self, logs)
             losses.add(logs.get("loss"))
             due = due or self.global_step % self.config.log_every == 0
             # Checked between accumulation groups only: a checkpoint never holds half-summed gradients.
@@ -414,11 +428,11 @@ class BaseAgent:
 
     def test(self) -> None:
         """mode=test: load best.pth (or ``resume``) and evaluate the test split into summary.json."""
-        path = self._load_test_checkpoint()
+        path = self.load_test_checkpoint()
         loader = getattr(self.data_loader, "test_loader", None)
         if loader is None:
             raise UserError(f"config: key 'mode': {type(self.data_loader).__name__} has no test split")
-        self._record_test(self.validate(loader, split="test", limit=self.config.get("max_test_batches")), path)
+        self.record_test(self.validate(loader, split="test", limit=self.config.get("max_test_batches")), path)
 
     def predict(self) -> None:
         """mode=predict: outputs from inputs (segmentation masks, generated samples) under out/predict/."""
@@ -428,12 +442,10 @@ class BaseAgent:
         """last.pth (and best.pth, epoch_N.pth when due), written atomically by rank 0; call it on every rank."""
         # Under DDP each rank's RNG, gathered to rank 0, goes in too: a DDP resume is exact as well.
         rng_ranks = distributed.gather_to_main(checkpoint.rng_state()) if self.world_size > 1 else None
-        if distributed.is_main():
-            with distributed.main_only():  # extra_state runs on rank 0 alone: no collective in it
-                self._write_checkpoint(is_best, rng_ranks)
-
-    def _write_checkpoint(self, is_best: bool, rng_ranks: list | None) -> None:
-        state = self.checkpoint_state()
+        if not distributed.is_main():
+            return
+        with distributed.main_only():  # extra_state runs on rank 0 alone: no collective in it
+            state = self.checkpoint_state()
         if rng_ranks:
             state["rng_ranks"] = rng_ranks
         last = self.checkpoint_dir / "last.pth"
@@ -464,86 +476,60 @@ class BaseAgent:
             "best": self.best,
             "best_epoch": self.best_epoch,
             "wall_seconds": self.wall_seconds(),
-            "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
-            "schedule_total": self._schedule_total,
+            "schedule_total": self.schedules.total,
         }
-        parts = {name: self.unwrap(m) for name, m in self.models.items()}
         return checkpoint.assemble(
-            type(self).__name__,
-            counters,
-            parts,
-            self.optimizers,
-            self.schedulers,
-            self.scaler,
-            self.ema,
-            self.extra_state(),
-            to_plain(self.config),
+            type(self).__name__, counters, self.parts(), self.extra_state(), to_plain(self.config)
         )
+
+    def parts(self) -> checkpoint.Parts:
+        """The objects a checkpoint saves and a resume restores."""
+        models = {name: self.unwrap(m) for name, m in self.models.items()}
+        return checkpoint.Parts(models, self.optimizers, self.schedules.built, self.callbacks, self.scaler)
+
+    def read_checkpoint(self, path: Path) -> dict:
+        """``path``'s checkpoint, rank 0's copy on every rank (an agent may look at it before it is restored)."""
+        return checkpoint.load_on_every_rank(path, self.recorder.info)
 
     def load_checkpoint(self, path: str | Path, weights_only: bool = False) -> None:
-        """Restore models (and, unless ``weights_only``, the whole training state) from ``path``.
-
-        ``weights_only`` (mode=test/predict) loads the averaged weights where the run kept an EMA.
-        """
-        state = checkpoint.load_on_every_rank(path, self.recorder.info)
-        optimizer_keys = self._optimizer_keys.values()
-        checkpoint.check_matches(path, state, type(self).__name__, self.config, optimizer_keys, not weights_only)
-        models = {name: self.unwrap(m) for name, m in self.models.items()}
-        if weights_only:
-            checkpoint.restore_models(path, state, models, averaged=True)
+        """Restore the whole training state from ``path`` (utils/run/resume.py), or with ``weights_only``
+        (mode=test/predict/export) the models, with their averaged weights where the run kept an EMA."""
+        path = Path(path)
+        if not weights_only:
+            resume(self, path)
             return
-        # The config may differ from the checkpoint's: utils/run/checkpoint.py's table says what each change does.
-        keys = {name: key for name, (_, key) in self._scheduler_specs.items()}
-        plan = checkpoint.scheduler_plan(state, self.config, keys, self._schedule_total)
-        restored = {name: s for name, s in self.schedulers.items() if plan[name] == "restore"}
-        checkpoint.restore(path, state, models, self.optimizers, restored, self.scaler, self.ema)
-        log = self.recorder.info
-        checkpoint.apply_changed_args(
-            self.optimizers, self._optimizer_keys, self.config, state, log, self.schedulers.values(), restored.values()
-        )
-        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
-        self._resume_samples = state.get("samples_in_epoch", 0) if self.batch_in_epoch else 0
-        self._log_layout_change(state)
-        self.global_step, self.optimizer_steps = state["global_step"], state.get("optimizer_steps", 0)
-        self._restart_schedulers(plan)
-        self.best, self.best_epoch = state["best"], state["best_epoch"]
-        self._wall_before = state["wall_seconds"]
-        old_monitor = state.get("config", {}).get("monitor", self.config.monitor)
-        if old_monitor != self.config.monitor:
-            self.best = self.best_epoch = None
-            state["early_stopping"] = None
-            log(
-                f"monitor changed since the checkpoint ({old_monitor} -> {self.config.monitor}): "
-                "best.pth and early stopping start afresh"
-            )
-        if self.early_stopping and state.get("early_stopping"):
-            self.early_stopping.load_state_dict(state["early_stopping"])
-            if self.early_stopping.bad_count >= self.early_stopping.patience:
-                self.stop_training, self.status = True, "early stopped"
-                self.recorder.info(f"stopped early before (epoch {self.epoch}): raise early_stop_patience to go on")
-        self.load_extra_state(state.get("extra", {}))
-        rng_ranks = state.get("rng_ranks", [state["rng"]])
-        if len(rng_ranks) == self.world_size:
-            checkpoint.set_rng_state(rng_ranks[self.rank])
-        else:  # saved by another number of processes: fresh streams per rank, still reproducible
-            self._seed_rank(step=self.global_step)
-        self.recorder.truncate_metrics(after_epoch=self.epoch)
-        self.recorder.info(f"resumed from {path} {self._where()}, step {self.global_step}")
-        if self.epoch >= self.max_epochs() and not self.batch_in_epoch:
-            self.recorder.info(
-                f"already trained ({self.epoch} epochs, step {self.global_step}): raise {self.length_key} to continue"
-            )
+        state = self.read_checkpoint(path)
+        check_matches(path, state, type(self).__name__, self.config, (), training=False)
+        checkpoint.restore_models(path, state, {n: self.unwrap(m) for n, m in self.models.items()}, averaged=True)
+
+    def load_test_checkpoint(self) -> Path:
+        """Load the models of ``resume`` (a path), else best.pth, else last.pth; returns which."""
+        path = checkpoint.test_path(self.checkpoint_dir, self.config.resume)
+        self.load_checkpoint(path, weights_only=True)
+        return path
+
+    def record_test(self, metrics: dict[str, float], path: Path) -> None:
+        """mode=test's metrics to the log and summary.json (the latest at the top, each checkpoint's under tests)."""
+        self.recorder.info("test: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        self.last_metrics, self.status = metrics, "tested"
+        summary = self.recorder.read_json("summary.json")
+        where, run = Path(path).resolve(), self.run_dir.resolve()
+        name = str(where.relative_to(run)) if where.is_relative_to(run) else str(where)
+        tests = {**summary.get("tests", {}), name: metrics}
+        self.recorder.write_json("summary.json", {**summary, **metrics, "tested_checkpoint": str(path), "tests": tests})
 
     def finalize(self) -> None:
-        """Write summary.json, close writers, leave the process group (also after a failed __init__)."""
+        """Write summary.json, end the callbacks, close writers, leave the process group (also after a failed
+        __init__)."""
         recorder = getattr(self, "recorder", None)
         try:
             if recorder is not None and self.config.mode == "train" and self._has_news():
                 recorder.write_json("summary.json", self.summary())
                 recorder.curves()
+            if getattr(self, "_training", False):
+                self._training = False
+                self.callbacks.call("on_train_end", self)
         finally:
-            if getattr(self, "profiler", None) is not None:
-                self.profiler.close()  # an interrupted run writes what it recorded
             if recorder is not None:
                 recorder.close()
             if hasattr(self, "_threads_before"):
@@ -551,7 +537,6 @@ class BaseAgent:
             distributed.teardown()
 
     def summary(self) -> dict:
-        metric = self.monitor_metric
         stopped = self.status == "early stopped"
         return {
             "status": self.status,
@@ -564,7 +549,7 @@ class BaseAgent:
             "num_params": self.num_params(),
             "world_size": self.world_size,
             "final": self.last_metrics,
-            "best": {"metric": metric, "value": self.best, "epoch": self.best_epoch},
+            "best": {"metric": self.monitor_metric, "value": self.best, "epoch": self.best_epoch},
             **({"early_stopped_epoch": self.epoch} if stopped else {}),
             **self.summary_extra(),
         }
@@ -575,63 +560,17 @@ class BaseAgent:
         return sum(p.numel() for m in self.models.values() for p in self.unwrap(m).parameters())
 
     def wall_seconds(self) -> float:
-        return self._wall_before + time.time() - self._started
+        return self.wall_before + time.time() - self._started
 
-    def _seed_rank(self, step: int) -> None:
+    def seed_rank(self, step: int) -> None:
         """Seed this rank apart from the others (initial weights agree, dropout and augmentation must not)."""
         seed_everything(derive_seed(self.config.seed, "rank", self.rank, step), self.config.deterministic)
 
-    def _build_schedulers(self) -> None:
-        """Build the registered schedulers; "total" is the run's optimizer steps (or epochs)."""
-        per_step = self.config.get("scheduler_interval") == "step"
-        total = self.max_epochs()
-        if per_step:
-            total *= -(-self.batches_per_epoch() // self.config.get("accumulate_grad_batches", 1))
-        for name, (optimizer, key) in self._scheduler_specs.items():
-            if not self.config[key]:
-                continue
-            self.schedulers[name] = build_scheduler(self.config[key], optimizer, total, where=key, per_step=per_step)
-            self._schedule_total = total
-
-    def _restart_schedulers(self, plan: dict[str, str]) -> None:
-        """After a resume: schedulers added or changed since the checkpoint start afresh at this step (a "total"
-        is the steps left); a "total" schedule for another run length is rebuilt and advanced to this step."""
-        per_step = self.config.get("scheduler_interval") == "step"
-        done = self.optimizer_steps if per_step else self.epoch
-        for name, action in plan.items():
-            if action in ("restore", "none"):
-                continue
-            optimizer, key = self._scheduler_specs[name]
-            before = optimizer.param_groups[0]["lr"]
-            for group in optimizer.param_groups:  # back to the schedule's base LR (optimizer.args.lr)
-                group["lr"] = group.pop("initial_lr", group["lr"])
-            if action == "removed":
-                lr = optimizer.param_groups[0]["lr"]
-                self.recorder.info(f"{key} removed since the checkpoint: the optimizer's LR from here on ({lr:.6g})")
-                continue
-            total = self._schedule_total if action == "stretch" else max(1, self._schedule_total - done)
-            scheduler = build_scheduler(self.config[key], optimizer, total, where=key, per_step=per_step)
-            with warnings.catch_warnings():  # advancing a scheduler alone is what torch's order check warns of
-                warnings.simplefilter("ignore", UserWarning)
-                for _ in range(done if action == "stretch" else 0):
-                    scheduler.step()
-            self.schedulers[name] = scheduler
-            what = (
-                f"rebuilt for the run's new length ({total} steps) and advanced to step {done}"
-                if action == "stretch"
-                else f"added or changed since the checkpoint: it starts afresh here ({total} steps left)"
-            )
-            self.recorder.info(f"{key} {what}; LR {before:.6g} -> {optimizer.param_groups[0]['lr']:.6g}")
-
-    def _after_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """What follows an optimizer step: the EMA of the models it updates, per-step LR schedules."""
-        self.optimizer_steps += 1
-        if self.ema:
-            update_stepped(optimizer, {n: self.unwrap(self.models[n]) for n in self.ema}, self.ema)
-        if self.config.get("scheduler_interval") == "step":
-            for scheduler in self.schedulers.values():
-                if scheduler.optimizer is optimizer:
-                    scheduler.step()
+    def where(self) -> str:
+        """Where training stands, numbered as the progress bar numbers epochs: 'in epoch 2 after batch 6'."""
+        if self.batch_in_epoch:
+            return f"in epoch {self.epoch + 1} after batch {self.batch_in_epoch}"
+        return f"after epoch {self.epoch}"
 
     def _check_in(self, logs: dict, losses: LossSums, bar: tqdm) -> None:
         """The host's look at training (every log_every steps): NaN, Ctrl-C on any rank, scalars, progress bar."""
@@ -648,27 +587,11 @@ class BaseAgent:
         if interrupted:
             self._interrupted()
 
-    def _new_early_stopping(self) -> EarlyStopping | None:
-        patience, delta = self.config.get("early_stop_patience"), self.config.get("early_stop_min_delta", 0.0)
-        return EarlyStopping(patience, delta, self.monitor_mode) if patience else None
-
     def _check_finite_weights(self) -> None:
         """Stop before saving weights that a last step of the epoch made NaN or infinite (one host sync)."""
         flags = [p.detach().isfinite().all() for m in self.models.values() for p in self.unwrap(m).parameters()]
         if flags and not bool(torch.stack(flags).all()):
             self._diverged("the weights are not finite", epoch=self.epoch)
-
-    def _check_early_stop(self, metrics: dict[str, float]) -> None:
-        value = metrics.get(self.monitor_metric)
-        if self.early_stopping is None or value is None or not self.early_stopping.step(value):
-            return
-        self.stop_training, self.status = True, "early stopped"
-        best = self.early_stopping.best
-        self.recorder.info(
-            f"early stop at epoch {self.epoch}: {self.monitor_metric} has not improved for "
-            f"{self.config.early_stop_patience} validations "
-            + (f"(best {best:.4g})" if best is not None else "(it was never a finite number)")
-        )
 
     def _check_monitor(self) -> None:
         metric = self.monitor_metric
@@ -689,51 +612,12 @@ class BaseAgent:
             self.best, self.best_epoch = value, self.epoch
         return better
 
-    def _step_schedulers(self, metrics: dict[str, float]) -> None:
-        if self.config.get("scheduler_interval") == "step":
-            return
-        metric = self.monitor_metric
-        for scheduler in self.schedulers.values():
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                if metric in metrics:
-                    scheduler.step(metrics[metric])
-                continue
-            with warnings.catch_warnings():
-                if self.optimizer_steps:  # torch cannot know that a resumed run's optimizer stepped before
-                    warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"))
-                scheduler.step()
-
-    def _load_test_checkpoint(self) -> Path:
-        """Load the models of ``resume`` (a path), else best.pth, else last.pth; returns which."""
-        path = checkpoint.test_path(self.checkpoint_dir, self.config.resume)
-        self.load_checkpoint(path, weights_only=True)
-        return path
-
-    def _record_test(self, metrics: dict[str, float], path: Path) -> None:
-        self.recorder.info("test: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        self.last_metrics, self.status = metrics, "tested"
-        summary = self.recorder.read_json("summary.json")
-        # The latest test at the top level; every checkpoint tested keeps its own entry under "tests".
-        where, run = Path(path).resolve(), self.run_dir.resolve()
-        name = str(where.relative_to(run)) if where.is_relative_to(run) else str(where)
-        tests = {**summary.get("tests", {}), name: metrics}
-        self.recorder.write_json("summary.json", {**summary, **metrics, "tested_checkpoint": str(path), "tests": tests})
-
     def _samples_in_epoch(self) -> int:
         """How much of this epoch's global sample order has been trained on (for a mid-epoch resume)."""
         loader = getattr(self.data_loader, "train_loader", None)
         if not self.batch_in_epoch or loader is None or not isinstance(loader.sampler, ShardedSampler):
             return 0
         return loader.sampler.consumed(self.batch_in_epoch - self._batches_at_skip, loader.batch_size)
-
-    def _log_layout_change(self, state: dict) -> None:
-        old = (state.get("world_size", 1), state.get("config", {}).get("batch_size"))
-        new = (self.world_size, self.config.get("batch_size"))
-        if self._resume_samples and old != new:
-            self.recorder.info(
-                f"resuming mid-epoch with {new[0]} process(es) x batch_size {new[1]} (saved with {old[0]} x {old[1]}): "
-                f"the {self._resume_samples} samples of epoch {self.epoch + 1} already trained on are skipped"
-            )
 
     def _has_news(self) -> bool:
         """Whether summary.json needs writing: not when a finished run was merely run again."""
@@ -767,12 +651,6 @@ class BaseAgent:
                 f"data: data_mode={cfg.data_mode} from {type(self.data_loader).__name__}: {sizes}{chosen}"
             )
 
-    def _where(self) -> str:
-        """Where training stands, numbered as the progress bar numbers epochs: 'in epoch 2 after batch 6'."""
-        if self.batch_in_epoch:
-            return f"in epoch {self.epoch + 1} after batch {self.batch_in_epoch}"
-        return f"after epoch {self.epoch}"
-
     def _on_signal(self, signum: int, frame) -> None:
         if os.getpid() != self._pid:  # a loader worker (forked with this handler): the main process saves
             return
@@ -796,7 +674,7 @@ class BaseAgent:
         self.save_checkpoint()
         self.status = "interrupted"
         raise RunInterrupted(
-            f"stopped by {signal.Signals(self._stop_signal or signal.SIGINT).name} {self._where()}, "
+            f"stopped by {signal.Signals(self._stop_signal or signal.SIGINT).name} {self.where()}, "
             f"step {self.global_step}; checkpoint saved to {self.checkpoint_dir / 'last.pth'}: "
             "run the same command to resume"
         )

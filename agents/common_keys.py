@@ -17,6 +17,8 @@ from utils.config import (
     torch_object_key,
 )
 from utils.project.slurm import slurm_key
+from utils.run.loggers import check_loggers
+from utils.training.callbacks import check_callbacks
 from utils.training.compile import compile_key
 from utils.training.schedules import scheduler_key
 
@@ -107,6 +109,18 @@ COMMON_KEYS: dict[str, Key] = {
     ),
     "scheduler_interval": Key(
         "epoch", str, "step the scheduler after every epoch or every optimizer step", choices=("epoch", "step")
+    ),
+    "loggers": Key(
+        ["tensorboard"],
+        list,
+        "where scalars and images go besides metrics.csv and summary.json (always written): tensorboard",
+        check=check_loggers,
+    ),
+    "callbacks": Key(
+        [],
+        list,
+        'your own callbacks (utils/training/callbacks.py): [{"type": "package.module.Class", "args": {...}}]',
+        check=check_callbacks,
     ),
     "slurm": slurm_key(),
 }

@@ -24,6 +24,7 @@ from utils.errors import UserError
 from utils.run import checkpoint
 from utils.run.export import ExportInput, first_inputs
 from utils.training import distributed
+from utils.training.ema import EMACallback
 from utils.training.flops import count_flops
 from utils.training.metrics import Accuracy, Mean, Metric
 
@@ -116,7 +117,8 @@ class CondenseNetAgent(BaseAgent):
     def save_condensed(self) -> None:
         """The test-time network in BaseAgent's checkpoint format, marked ``condensed``: of the averaged
         weights when the run keeps an EMA (what validation and mode=test on last.pth evaluate)."""
-        net = self.ema["model"].module if "model" in self.ema else self.unwrap(self.model)
+        ema = self.callbacks.find(EMACallback)
+        net = ema.averages["model"].module if ema is not None else self.unwrap(self.model)
         if not net.fully_condensed():
             self.recorder.warning(
                 f"not fully condensed after {self.global_step} steps (the last stage comes at half of training): "
@@ -127,22 +129,23 @@ class CondenseNetAgent(BaseAgent):
             return
         with distributed.main_only():
             state = self.checkpoint_state()
-        state.update(models={"model": condense(net).state_dict()}, optimizers={}, schedulers={}, ema={}, condensed=True)
+        state.update(models={"model": condense(net).state_dict()}, optimizers={}, schedulers={}, callbacks={})
+        state["condensed"] = True
         checkpoint.atomic_save(state, self.condensed_path)
         self.recorder.info(f"condensed test-time model written to {self.condensed_path}")
 
-    def load_checkpoint(self, path: str | Path, weights_only: bool = False) -> None:
-        """A condensed checkpoint (``mode=test`` only) swaps in the condensed architecture before loading."""
-        # Rank 0 reads the mark: another machine may not see the file (BaseAgent sends it rank 0's copy).
-        if distributed.on_main(lambda: checkpoint.load(path).get("condensed")):
-            if not weights_only:
+    def read_checkpoint(self, path: Path) -> dict:
+        """A condensed checkpoint (``mode=test`` only) swaps in the condensed architecture before it is loaded."""
+        state = super().read_checkpoint(path)
+        if state.get("condensed"):
+            if self.config.mode == "train":
                 raise UserError(
                     f"{path}: a condensed test-time model cannot be trained further; evaluate it with mode=test, "
                     "or resume training from last.pth"
                 )
             self.models.clear()
             self.model = self.prepare_model(condensed_skeleton(**self.arguments))
-        super().load_checkpoint(path, weights_only)
+        return state
 
     def export_input(self) -> ExportInput:
         """mode=export: the condensed network (of the checkpoint loaded: condensed.pth as it is, a masked one

@@ -168,7 +168,7 @@ class DCGANAgent(BaseAgent):
 
     def predict(self) -> None:
         """mode=predict: ``num_samples`` images from best.pth (or ``resume``) as PNG files in out/predict/."""
-        path = self._load_test_checkpoint()
+        path = self.load_test_checkpoint()
         out = self.run_dir / "out" / "predict"
 
         def refuse_earlier() -> None:  # rank 0 looks, before any rank writes: no rank sees another's files

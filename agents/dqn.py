@@ -367,10 +367,10 @@ class DQNAgent(BaseAgent):
 
     def test(self) -> None:
         """mode=test: greedy mean return of best.pth (or ``resume``) over solve_episodes episodes."""
-        path = self._load_test_checkpoint()
+        path = self.load_test_checkpoint()
         returns = self.evaluate(self.config.solve_episodes)
         metrics = {"test/mean_return": float(np.mean(returns)), "test/min_return": float(np.min(returns))}
-        self._record_test(metrics, path)
+        self.record_test(metrics, path)
 
     def _last_loss(self) -> float | None:
         return None if self.last_loss is None else float(self.last_loss)
@@ -382,7 +382,7 @@ class DQNAgent(BaseAgent):
         taken = [out / f for f in ("returns.csv", "episode.gif") if (out / f).exists()]
         if taken:
             raise UserError(f"{taken[0]}: written by an earlier mode=predict; move or delete it first")
-        path = self._load_test_checkpoint()
+        path = self.load_test_checkpoint()
         returns = self.evaluate(self.config.num_episodes)
         frames, shown = self.play_rendered(derive_seed(self.config.seed, "eval", 0))
         rows = "".join(f"{i},{r}\n" for i, r in enumerate(returns))

@@ -109,7 +109,7 @@ class ERFNetAgent(BaseAgent):
         """The encoder weights of ``path``'s model (its average where the run kept an EMA; any prefix); its
         classifier only where the classes match."""
         state = checkpoint.load_on_every_rank(path, self.recorder.info)
-        averaged = state.get("ema") or {}
+        averaged = state["callbacks"].get("ema", {})
         for name, weights in state["models"].items():
             weights = averaged[name]["module"] if name in averaged else weights
             prefixes = [k[: -len(FIRST_WEIGHT)] for k in weights if k.endswith(FIRST_WEIGHT)]
@@ -219,7 +219,7 @@ class ERFNetAgent(BaseAgent):
                 )
 
         distributed.on_main(refuse_earlier)
-        path = self._load_test_checkpoint()
+        path = self.load_test_checkpoint()
         model = self.unwrap(self.model).eval()
         images = ImageFiles([(f, 0) for f in files], mode="RGB")
         mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)

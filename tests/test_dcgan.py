@@ -338,7 +338,7 @@ def test_sample_grids_show_the_averaged_generator_when_the_run_keeps_one(exps):
     state = load(exps / "ema" / "checkpoints" / "last.pth")
     agent = build(exps, "exp_name=render")
     try:
-        agent.unwrap(agent.netG).load_state_dict(state["ema"]["generator"]["module"])
+        agent.unwrap(agent.netG).load_state_dict(state["callbacks"]["ema"]["generator"]["module"])
         expected = make_grid(agent.render(state["extra"]["fixed_noise"]), nrow=8, padding=2)
     finally:
         agent.finalize()

@@ -375,7 +375,7 @@ def test_the_encoder_checkpoint_gives_its_average_on_a_fresh_start_only(tmp_path
     try:
         args = ["exp_name=fine", *TINY, f"encoder_checkpoint={inside.relative_to(REPO)}", "max_train_batches=1"]
         agent = ERFNetAgent(config(f"experiments_dir={exps}", *args))
-        mine, averaged = agent.unwrap(agent.model).state_dict(), source["ema"]["model"]["module"]
+        mine, averaged = agent.unwrap(agent.model).state_dict(), source["callbacks"]["ema"]["model"]["module"]
         agent.finalize()
         encoder = [k for k in averaged if k.startswith("encoder.") and "output_conv" not in k]
         assert all(torch.equal(mine[k], averaged[k]) for k in encoder)

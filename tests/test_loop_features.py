@@ -129,13 +129,13 @@ def test_ema_weights_serve_validation_best_and_test_and_resume_exactly(exps, mon
     ]
     train(EXAMPLE, exps, "exp_name=straight", "max_epoch=2", *common)
     state = load(exps / "straight" / "checkpoints" / "last.pth")
-    averaged, trained = state["ema"]["model"]["module"], state["models"]["model"]
+    averaged, trained = state["callbacks"]["ema"]["model"]["module"], state["models"]["model"]
     assert not torch.equal(averaged["features.0.weight"], trained["features.0.weight"])
-    assert state["ema"]["model"]["updates"] == state["optimizer_steps"] == 12
+    assert state["callbacks"]["ema"]["model"]["updates"] == state["optimizer_steps"] == 12
     train(EXAMPLE, exps, "exp_name=resumed", "max_epoch=1", *common)
     train(EXAMPLE, exps, "exp_name=resumed", "max_epoch=2", *common)
     resumed = load(exps / "resumed" / "checkpoints" / "last.pth")
-    assert_same_tensors(state["ema"], resumed["ema"], "ema")
+    assert_same_tensors(state["callbacks"]["ema"], resumed["callbacks"]["ema"], "ema")
     assert_same_tensors(state["models"], resumed["models"], "models")
     # Validation ran on the average: evaluating the averaged weights by hand gives the logged metric.
     from main import load_config
@@ -154,7 +154,9 @@ def test_ema_weights_serve_validation_best_and_test_and_resume_exactly(exps, mon
     tested = json.loads((exps / "straight" / "summary.json").read_text())
     agent = cls(test_config)  # the template's data loader builds the test split for mode=test only
     try:
-        agent.model.load_state_dict(load(exps / "straight" / "checkpoints" / "best.pth")["ema"]["model"]["module"])
+        agent.model.load_state_dict(
+            load(exps / "straight" / "checkpoints" / "best.pth")["callbacks"]["ema"]["model"]["module"]
+        )
         expected = agent.validate(agent.data_loader.test_loader, split="test", limit=None)
     finally:
         agent.finalize()
@@ -256,7 +258,9 @@ def test_ema_turned_on_at_a_resume_starts_from_the_restored_weights(exps):
     train(EXAMPLE, exps, "exp_name=late", *PLAIN, "max_epoch=1")
     trained = weights(exps, "late")
     train(EXAMPLE, exps, "exp_name=late", *PLAIN, "max_epoch=2", "ema_decay=1.0")  # 1.0: the average never moves
-    assert_same_tensors(load(exps / "late" / "checkpoints" / "last.pth")["ema"]["model"]["module"], trained)
+    assert_same_tensors(
+        load(exps / "late" / "checkpoints" / "last.pth")["callbacks"]["ema"]["model"]["module"], trained
+    )
 
 
 def test_weights_made_nan_by_an_epochs_last_step_are_never_saved(exps, monkeypatch):

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,8 @@ import torch
 from utils.config import repo_path
 from utils.errors import UserError
 from utils.training import distributed
-from utils.training.schedules import uses_total
 
-# Schedulers that compute the LR from their own args (max_lr, base_lr), not from the optimizer's lr.
-OWN_LR = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
+FORMAT = 3  # 3: callbacks' states under "callbacks" (2 had "ema" and "early_stopping" at the top level)
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -66,30 +65,56 @@ def load(path: str | Path) -> dict:
         raise UserError(f"{path}: damaged or not a checkpoint ({first})") from None
     if not isinstance(state, dict) or "models" not in state or "epoch" not in state:
         raise UserError(f"{path}: not a checkpoint of this template (no 'models'/'epoch' entries)")
+    if state.get("format", 2) < 3:  # format 2 kept the callbacks' states at the top level
+        state["callbacks"] = {k: state.pop(k) for k in ("ema", "early_stopping") if state.get(k)}
+        if "early_stopping" in state["callbacks"]:  # the metric it counted
+            state["callbacks"]["early_stopping"]["monitor"] = state.get("config", {}).get("monitor")
     return state
 
 
-def assemble(
-    agent: str,
-    counters: dict,
-    models: dict[str, torch.nn.Module],
-    optimizers: dict[str, torch.optim.Optimizer],
-    schedulers: dict[str, Any],
-    scaler: torch.amp.GradScaler | None,
-    ema: dict[str, Any],
-    extra: dict,
-    config: dict,
-) -> dict:
-    """A checkpoint: plain tensors and values only, so that ``torch.load(weights_only=True)`` reads it."""
+@dataclass
+class Parts:
+    """The objects a checkpoint saves and a resume restores, gathered once: plain models (unwrapped from DDP and
+    torch.compile), optimizers, schedulers, the fp16 grad scaler and the callbacks (EMA, early stopping, ...)."""
+
+    models: dict[str, torch.nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, Any]
+    callbacks: Any  # utils/training/callbacks.Callbacks
+    scaler: torch.amp.GradScaler | None = None
+
+    def state_dict(self) -> dict:
+        """Plain tensors and values only, so that ``torch.load(weights_only=True)`` reads them."""
+        return {
+            "models": {k: m.state_dict() for k, m in self.models.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "callbacks": self.callbacks.state_dict(),
+        }
+
+    def load_state_dict(self, path: Path, state: dict, schedulers: Iterable[str]) -> None:
+        """Restore every part (of the schedulers, those named); what does not match is a UserError naming it."""
+        restore_models(path, state, self.models)
+        parts = (("optimizers", self.optimizers), ("schedulers", {k: self.schedulers[k] for k in schedulers}))
+        for kind, objects in parts:
+            for name, obj in objects.items():
+                try:
+                    obj.load_state_dict(state[kind][name])
+                except (ValueError, KeyError, RuntimeError) as e:
+                    raise UserError(f"{path}: {kind.rstrip('s')} '{name}' does not match the config's: {e}") from None
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.callbacks.load_state_dict(state["callbacks"])
+
+
+def assemble(agent: str, counters: dict, parts: Parts, extra: dict, config: dict) -> dict:
+    """A checkpoint: the counters, the parts' states, the RNG streams, the agent's extra state and the config."""
     return {
-        "format": 2,
+        "format": FORMAT,
         "agent": agent,
         **counters,
-        "models": {k: m.state_dict() for k, m in models.items()},
-        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-        "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "ema": {k: e.state_dict() for k, e in ema.items()},
+        **parts.state_dict(),
         "rng": rng_state(),
         "extra": extra,
         "config": config,
@@ -101,8 +126,8 @@ def restore_models(path: Path, state: dict, models: dict[str, torch.nn.Module], 
     """Load each model's weights (``averaged``: its EMA where the run kept one); a mismatch is a UserError."""
     for name, model in models.items():
         weights = state["models"].get(name)
-        if averaged and name in (state.get("ema") or {}):
-            weights = state["ema"][name]["module"]
+        if averaged and name in state["callbacks"].get("ema", {}):
+            weights = state["callbacks"]["ema"][name]["module"]
         try:
             if weights is None:
                 raise KeyError(f"no model '{name}' in the checkpoint (it has {', '.join(state['models'])})")
@@ -131,32 +156,6 @@ def model_difference(saved: dict[str, torch.Tensor], own: dict[str, torch.Tensor
     if not found:
         return None
     return f"{len(found)} tensor{'s' if len(found) > 1 else ''} (checkpoint -> config), e.g. {found[0]}"
-
-
-def restore(
-    path: Path,
-    state: dict,
-    models: dict[str, torch.nn.Module],
-    optimizers: dict[str, torch.optim.Optimizer],
-    schedulers: dict[str, Any],
-    scaler: torch.amp.GradScaler | None,
-    ema: dict[str, Any],
-) -> None:
-    """Load what ``assemble`` saved into the run's objects; what does not match is a UserError naming it."""
-    restore_models(path, state, models)
-    parts = (("optimizers", optimizers), ("schedulers", schedulers), ("ema", ema))
-    for kind, objects in parts:
-        for name, obj in objects.items():
-            if kind == "ema" and name not in (state.get("ema") or {}):
-                obj.module.load_state_dict(models[name].state_dict())  # ema_decay new to this run: from here on
-                obj.updates = 0
-                continue
-            try:
-                obj.load_state_dict(state[kind][name])
-            except (ValueError, KeyError, RuntimeError) as e:
-                raise UserError(f"{path}: {kind.rstrip('s')} '{name}' does not match the config's: {e}") from None
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
@@ -304,111 +303,3 @@ def load_on_every_rank(path: str | Path, log: Callable[[str], None]) -> dict:
     if distributed.is_main():
         log(f"{path}: not the same on every machine; rank 0 sends its copy to the others")
     return distributed.from_main(state if distributed.is_main() else None)
-
-
-# What a resume does when the config differs from the checkpoint's (the README's docs page has the same table).
-# mode=test/predict load the model weights only: every training row is ignored there.
-#
-# | what differs                            | a training run resumes ...                                         |
-# |-----------------------------------------|--------------------------------------------------------------------|
-# | agent, the model's tensors              | refused: one line, exit 2 (another exp_name, or resume=false)      |
-# | optimizer type                          | refused: one line, exit 2                                          |
-# | optimizer args (lr, momentum, ...)      | kept and applied; a new lr scales the restored LR schedule with it |
-# | scheduler added, changed or removed     | restarted from the resumed step, from optimizer.args.lr; logged    |
-# | run length, under a "total" schedule    | stretched: rebuilt for the new length, advanced to the resumed step|
-# | monitor                                 | restarted: best.pth and early stopping start afresh; logged        |
-# | ema_decay added                         | the average starts from the resumed weights                        |
-# | batch_size, process count, num_workers  | kept: the rest of the epoch's sample order, each sample once       |
-# | anything else (data, logging, limits)   | the new value applies                                              |
-
-
-def check_matches(
-    path: Path, state: dict, agent: str, config: dict, optimizer_keys: Iterable[str], training: bool = True
-) -> None:
-    """The checkpoint is of this agent and, when ``training`` resumes, of the config's optimizer types."""
-    if state.get("agent") != agent:
-        raise UserError(f"{path}: checkpoint of {state.get('agent')}, but the config's agent is {agent}")
-    old = state.get("config", {})
-    for key in optimizer_keys if training else ():
-        if old.get(key) and old[key]["type"] != config[key]["type"]:
-            raise UserError(
-                f"{path}: checkpoint optimizer '{key}' is {old[key]['type']}, the config's is {config[key]['type']}; "
-                "use another exp_name (or resume=false) to train with another optimizer"
-            )
-
-
-def scheduler_plan(state: dict, config: dict, keys: dict[str, str], total: int | None) -> dict[str, str]:
-    """For each scheduler name (its config key in ``keys``): "restore" its saved state, "fresh" (added or changed
-    since the checkpoint, or following a metric that ``monitor`` no longer names), "removed" (set to null), or
-    "stretch" (a "total" that now stands for ``total`` steps)."""
-    old = state.get("config", {})
-    same_interval = old.get("scheduler_interval", "epoch") == config.get("scheduler_interval", "epoch")
-    same_monitor = old.get("monitor", config["monitor"]) == config["monitor"]
-    plan = {}
-    for name, key in keys.items():
-        spec, saved = config[key], name in (state.get("schedulers") or {})
-        plateau = isinstance(spec, dict) and spec.get("type") == "ReduceLROnPlateau"
-        if not spec:
-            plan[name] = "removed" if old.get(key) else "none"
-        elif not saved or old.get(key) != spec or not same_interval or (plateau and not same_monitor):
-            plan[name] = "fresh"
-        elif uses_total(spec) and state.get("schedule_total") != total:
-            plan[name] = "stretch"
-        else:
-            plan[name] = "restore"
-    return plan
-
-
-def apply_changed_args(
-    optimizers: dict[str, torch.optim.Optimizer],
-    keys: dict[str, str],
-    config: dict,
-    state: dict,
-    log: Callable,
-    schedulers: Iterable[Any] = (),
-    restored: Iterable[Any] = (),
-) -> None:
-    """Optimizer args changed since the checkpoint (say, a lower lr to fine-tune) win over its state. A new lr
-    scales every param group's LR, and the ``restored`` schedulers of that optimizer (their base LRs), so that no
-    later milestone undoes it; under a scheduler that sets the LR from its own args it has no effect (said so)."""
-    old_config = state.get("config", {})
-    for name, key in keys.items():
-        old_args = (old_config.get(key) or {}).get("args", {})
-        optimizer = optimizers[name]
-        groups = optimizer.param_groups
-        mine = [s for s in restored if s.optimizer is optimizer]
-        built = [s for s in schedulers if s.optimizer is optimizer]
-        for arg, value in config[key]["args"].items():
-            old = old_args.get(arg)
-            if old == value or arg not in groups[0]:
-                continue
-            owner = next((type(s).__name__ for s in built if isinstance(s, OWN_LR)), None)
-            if arg == "lr" and owner:
-                log(f"{key}.args.lr changed since the checkpoint, but {owner} sets the LR from its own args: no effect")
-                continue
-            if arg == "lr" and isinstance(old, (int, float)) and old > 0:  # groups keep their ratios (lr/10 ...)
-                _scale_lr(groups, mine, value / old)
-                scaled = " and the LR schedule restored with it" if mine else ""
-                log(
-                    f"{key}.args.lr changed since the checkpoint ({old} -> {value}): every param group's LR is "
-                    f"scaled to it{scaled}; the LR is now {groups[0]['lr']:.6g}"
-                )
-                continue
-            for group in groups:
-                group[arg] = value
-                if arg == "lr" and "initial_lr" in group:  # the base a restarted schedule starts from
-                    group["initial_lr"] = value
-            log(f"{key}.args.{arg} changed since the checkpoint: now {value}")
-
-
-def _scale_lr(groups: list[dict], schedulers: list[Any], ratio: float) -> None:
-    for group in groups:
-        group["lr"] *= ratio
-        if "initial_lr" in group:
-            group["initial_lr"] *= ratio
-    for scheduler in schedulers:  # a SequentialLR's phases keep base LRs of their own
-        for phase in [scheduler, *getattr(scheduler, "_schedulers", [])]:
-            if hasattr(phase, "base_lrs"):
-                phase.base_lrs = [lr * ratio for lr in phase.base_lrs]
-            if hasattr(phase, "_last_lr"):
-                phase._last_lr = [lr * ratio for lr in phase._last_lr]

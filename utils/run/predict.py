@@ -25,7 +25,7 @@ def classify(agent, predict_loader: Callable[[str | None], tuple[list[Path], Ite
     if out.exists():
         raise UserError(f"{out}: written by an earlier mode=predict; move or delete it first (nothing is overwritten)")
     files, batches = predict_loader(agent.config.predict_input)
-    path = agent._load_test_checkpoint()
+    path = agent.load_test_checkpoint()
     names = agent.class_names()
     rows = class_predictions(agent.unwrap(agent.model), batches, files, names, agent.device)
     write_predictions(agent.recorder, rows)

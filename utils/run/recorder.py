@@ -53,7 +53,7 @@ class Recorder:
         self.logger = logging.getLogger(f"ppt.{name}.{id(self)}")
         self.logger.propagate = False
         self.logger.setLevel(logging.INFO if enabled else logging.WARNING)
-        self._writer = None
+        self.loggers: list = []  # utils/run/loggers.py: TensorBoard and the others the config names (rank 0)
         self._pending: list[tuple[dict[str, float], int]] = []
         self._last_flush = time.monotonic()
         self._lock_file = None
@@ -104,19 +104,11 @@ class Recorder:
     def warning(self, msg: str) -> None:
         self.logger.warning(msg)
 
-    @property
-    def writer(self):  # -> tensorboardX.SummaryWriter, imported on first use
-        if self._writer is None and self.enabled:
-            from tensorboardX import SummaryWriter
-
-            self._writer = SummaryWriter(str(self.run_dir / "summaries"))
-        return self._writer
-
     def scalars(self, values: dict[str, float], step: int, flush: bool = False) -> None:
-        """Queue TensorBoard scalars; they are written in bursts (every few seconds, on ``flush``, at close).
+        """Queue scalars for the loggers; they are written in bursts (every few seconds, on ``flush``, at close).
 
-        Writing each as it comes costs the training loop far more than its share: tensorboardX wakes
-        its writer thread for every event, and that thread competes with the loop for the GIL.
+        Writing each as it comes costs the training loop far more than its share: tensorboardX wakes its writer
+        thread for every event (competing with the loop for the GIL), and a tracking server takes a request each.
         """
         if not self.enabled:
             return
@@ -125,25 +117,23 @@ class Recorder:
             self.flush()
 
     def flush(self) -> None:
-        """Write the queued scalars to TensorBoard now."""
+        """Hand the queued scalars to the loggers now."""
         if not self._pending:
             return
-        writer = self.writer
-        for values, step in self._pending:
-            for name, value in values.items():
-                writer.add_scalar(name, value, step)
-        writer.flush()
-        self._pending.clear()
+        for logger in self.loggers:
+            logger.log_scalars(self._pending)
+        self._pending = []
         self._last_flush = time.monotonic()
 
     def image(self, tag: str, image: torch.Tensor, step: int, file: str | None = None) -> None:
-        """A uint8 (C, H, W) image to TensorBoard under ``tag`` and, with ``file``, as ``out/<file>`` (a PNG)."""
+        """A uint8 (C, H, W) image to the loggers under ``tag`` and, with ``file``, as ``out/<file>`` (a PNG)."""
         if not self.enabled:
             return
         image = image.detach().cpu()
         if file is not None:
             self.png(file, image)
-        self.writer.add_image(tag, image, step)
+        for logger in self.loggers:
+            logger.log_image(tag, image, step)
 
     def png(self, file: str, image: torch.Tensor) -> None:
         """A uint8 (C, H, W) image as ``out/<file>`` (a PNG; folders in ``file`` are made), not to TensorBoard."""
@@ -280,9 +270,9 @@ class Recorder:
     def close(self) -> None:
         if self.enabled:
             self.flush()
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        for logger in self.loggers:
+            logger.close()
+        self.loggers = []
         for handler in list(self.logger.handlers):
             handler.close()
             self.logger.removeHandler(handler)

@@ -69,6 +69,20 @@ def init(device_type: str) -> None:
     dist.init_process_group(backend=backend)
 
 
+def setup(name: str) -> torch.device:
+    """The run's device (config key ``device``), after joining torchrun's process group: under DDP each process's
+    own GPU; a CUDA device is made current, so that stray .cuda() calls and pinned memory go to it, not GPU 0."""
+    device = pick_device(name)
+    init(device.type)
+    if world_size() > 1 and device.type == "cuda":
+        device = torch.device("cuda", local_rank())
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)
+    return device
+
+
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

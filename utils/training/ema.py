@@ -19,6 +19,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from utils.training.callbacks import Callback
+
 
 class EMA:
     """Holds ``module``, an averaged copy of a model (eval mode, no gradients)."""
@@ -76,9 +78,40 @@ def averaged_weights(models: dict[str, nn.Module], averages: dict[str, EMA]) -> 
             models[name].load_state_dict(state)
 
 
-def update_stepped(optimizer: torch.optim.Optimizer, models: dict[str, nn.Module], averages: dict[str, EMA]) -> None:
-    """Update the averages of the models (plain modules) whose parameters ``optimizer`` has just stepped."""
-    params = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    for name, average in averages.items():
-        if any(id(p) in params for p in models[name].parameters()):
-            average.update(models[name])
+class EMACallback(Callback):
+    """ema_decay: an average of each model registered with ``track``, moved after every optimizer step that
+    updates the model; validation, best.pth and mode=test use the averages (``averaged``)."""
+
+    state_key = "ema"
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.averages: dict[str, EMA] = {}
+
+    def track(self, name: str, model: nn.Module) -> None:
+        self.averages[name] = EMA(model, self.decay)
+
+    def averaged(self, agent) -> contextlib.AbstractContextManager:
+        return averaged_weights({n: agent.unwrap(agent.models[n]) for n in self.averages}, self.averages)
+
+    def on_train_start(self, agent) -> None:
+        """An average not updated yet starts from the weights training starts from: a resume's (ema_decay new
+        since the checkpoint), or what the agent loaded after building the model (ERFNet's pretrained encoder)."""
+        for name, average in self.averages.items():
+            if average.updates == 0:
+                average.module.load_state_dict(agent.unwrap(agent.models[name]).state_dict())
+
+    def on_optimizer_step(self, agent, optimizer: torch.optim.Optimizer) -> None:
+        params = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        for name, average in self.averages.items():
+            model = agent.unwrap(agent.models[name])
+            if any(id(p) in params for p in model.parameters()):
+                average.update(model)
+
+    def state_dict(self) -> dict:
+        return {name: average.state_dict() for name, average in self.averages.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, average in self.averages.items():
+            if name in state:
+                average.load_state_dict(state[name])

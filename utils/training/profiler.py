@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity
 
+from utils.training.callbacks import Callback
+
 TRACE_FILE = "profile_trace.json"
 TOP_OPERATORS = 15
 
@@ -94,3 +96,22 @@ class StepProfiler:
             lines.append(f"top {TOP_OPERATORS} operators by {sort_by}:")
             lines.append(averages.table(sort_by=sort_by, row_limit=TOP_OPERATORS))
         self.log("\n".join(lines))
+
+
+class ProfileSteps(Callback):
+    """profile_steps: a StepProfiler over the first training steps of this run (rank 0 only)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.profiler: StepProfiler | None = None
+
+    def on_train_start(self, agent) -> None:
+        out, log = agent.run_dir / "out", agent.recorder.info
+        self.profiler = StepProfiler(self.steps, out, log, enabled=agent.rank == 0, cuda=agent.device.type == "cuda")
+
+    def on_train_batch_end(self, agent, logs: dict) -> None:
+        self.profiler.step()
+
+    def on_train_end(self, agent) -> None:
+        if self.profiler is not None:
+            self.profiler.close()  # an interrupted run writes what it recorded

@@ -17,7 +17,11 @@ value (cosine's ``eta_min``, 0 for PolynomialLR); the last optimizer step used t
 from __future__ import annotations
 
 import importlib
+import re
+import warnings
+from collections.abc import Callable
 from itertools import accumulate
+from typing import Any
 
 import torch
 
@@ -92,6 +96,79 @@ def build_scheduler(
     if not isinstance(spec, list):
         return schedulers[0]
     return torch.optim.lr_scheduler.SequentialLR(optimizer, schedulers, milestones=list(accumulate(lengths[:-1])))
+
+
+class Schedules:
+    """The run's LR schedulers: registered with their config key, built when training starts (a "total" needs the
+    run's length), stepped after every epoch or optimizer step, restarted when a resume's config changed them."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.per_step = config.get("scheduler_interval") == "step"
+        self.specs: dict[str, tuple[torch.optim.Optimizer, str]] = {}  # name -> (optimizer, config key)
+        self.built: dict[str, Any] = {}
+        self.total: int | None = None  # what "total" in the schedulers' args stood for
+
+    def register(self, name: str, optimizer: torch.optim.Optimizer, key: str) -> None:
+        self.specs[name] = (optimizer, key)  # null too: a resume sees a scheduler removed
+
+    def keys(self) -> dict[str, str]:
+        return {name: key for name, (_, key) in self.specs.items()}
+
+    def build(self, total: int) -> None:
+        """Build the registered schedulers for a run of ``total`` scheduler steps."""
+        for name, (optimizer, key) in self.specs.items():
+            if self.config[key]:
+                self.built[name] = build_scheduler(self.config[key], optimizer, total, key, per_step=self.per_step)
+                self.total = total
+
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.per_step:
+            for scheduler in self.built.values():
+                if scheduler.optimizer is optimizer:
+                    scheduler.step()
+
+    def after_epoch(self, metrics: dict[str, float], monitor: str, optimizer_stepped: bool) -> None:
+        """Step the per-epoch schedulers (ReduceLROnPlateau with the ``monitor`` metric, when validated)."""
+        if self.per_step:
+            return
+        for scheduler in self.built.values():
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                if monitor in metrics:
+                    scheduler.step(metrics[monitor])
+                continue
+            with warnings.catch_warnings():
+                if optimizer_stepped:  # torch cannot know that a resumed run's optimizer stepped before
+                    warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"))
+                scheduler.step()
+
+    def restart(self, plan: dict[str, str], done: int, log: Callable[[str], None]) -> None:
+        """After a resume (``done`` scheduler steps): schedulers added or changed since the checkpoint start afresh
+        (a "total" is the steps left); a "total" schedule for another run length is rebuilt and advanced."""
+        for name, action in plan.items():
+            if action in ("restore", "none"):
+                continue
+            optimizer, key = self.specs[name]
+            before = optimizer.param_groups[0]["lr"]
+            for group in optimizer.param_groups:  # back to the schedule's base LR (optimizer.args.lr)
+                group["lr"] = group.pop("initial_lr", group["lr"])
+            if action == "removed":
+                lr = optimizer.param_groups[0]["lr"]
+                log(f"{key} removed since the checkpoint: the optimizer's LR from here on ({lr:.6g})")
+                continue
+            total = self.total if action == "stretch" else max(1, self.total - done)
+            scheduler = build_scheduler(self.config[key], optimizer, total, key, per_step=self.per_step)
+            with warnings.catch_warnings():  # advancing a scheduler alone is what torch's order check warns of
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(done if action == "stretch" else 0):
+                    scheduler.step()
+            self.built[name] = scheduler
+            what = (
+                f"rebuilt for the run's new length ({total} steps) and advanced to step {done}"
+                if action == "stretch"
+                else f"added or changed since the checkpoint: it starts afresh here ({total} steps left)"
+            )
+            log(f"{key} {what}; LR {before:.6g} -> {optimizer.param_groups[0]['lr']:.6g}")
 
 
 def _phases(value: dict | list, where: str, source: str) -> list[tuple[dict, str]]:
