@@ -1,0 +1,148 @@
+"""Callbacks: the stages in order, a user's callback from the config with its state resumed exactly, under DDP too,
+and its mistakes as one line; the loggers key."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import EXAMPLE, REPO, load, train
+from utils.errors import UserError
+from utils.training.callbacks import Callback
+
+SMALL = ["random_size=90", "batch_size=8", "image_size=8", "hidden=4", "torch_threads=1"]
+SELF = "tests.test_callbacks.StageLog"
+
+
+class StageLog(Callback):
+    """Writes each stage it sees to events.<rank>.txt in the run directory; its state counts the batches."""
+
+    def __init__(self, stop_at_epoch: int | None = None) -> None:
+        self.batches = 0
+        self.stop_at_epoch = stop_at_epoch
+
+    def on_train_start(self, agent) -> None:
+        self.log(agent, f"start {agent.epoch} batches {self.batches}")
+
+    def on_train_batch_end(self, agent, logs: dict) -> None:
+        self.batches += 1
+        self.log(agent, f"batch {agent.global_step}")
+
+    def on_optimizer_step(self, agent, optimizer) -> None:
+        self.log(agent, f"step {agent.optimizer_steps}")
+
+    def on_validation_end(self, agent, metrics: dict[str, float]) -> None:
+        self.log(agent, f"validated {agent.epoch} {sorted(metrics)}")
+
+    def on_epoch_end(self, agent, metrics: dict[str, float]) -> None:
+        saved = load(agent.checkpoint_dir / "last.pth")["epoch"] if agent.rank == 0 else agent.epoch
+        self.log(agent, f"end {agent.epoch} saved {saved}")
+        if agent.epoch == self.stop_at_epoch:
+            agent.stop_training = True
+
+    def on_train_end(self, agent) -> None:
+        self.log(agent, f"done {agent.status}")
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches = state["batches"]
+
+    @staticmethod
+    def log(agent, line: str) -> None:
+        with open(agent.run_dir / f"events.{agent.rank}.txt", "a") as f:
+            f.write(line + "\n")
+
+
+def callbacks(**args) -> str:
+    return "callbacks=" + json.dumps([{"type": SELF, "args": args}])
+
+
+def events(exps, name: str, rank: int = 0) -> list[str]:
+    return (exps / name / f"events.{rank}.txt").read_text().splitlines()
+
+
+def expected(epochs: range, batches: int, accumulate: int, first_step: int = 0, start: str = "start 0 batches 0"):
+    """The stages of ``epochs`` of ``batches`` batches: the optimizer steps (inside ``train_step``) on the last
+    batch of each group of ``accumulate`` (the last group may be short)."""
+    lines, step = [start], first_step
+    for epoch in epochs:
+        for b in range(1, batches + 1):
+            if b % accumulate == 0 or b == batches:
+                step += 1
+                lines.append(f"step {step}")
+            lines.append(f"batch {(epoch - 1) * batches + b}")
+        lines += [f"validated {epoch} ['valid/accuracy', 'valid/loss']", f"end {epoch} saved {epoch}"]
+    return [*lines, "done finished"]
+
+
+def test_stages_run_in_order_and_a_callbacks_state_resumes_exactly(exps):
+    # 90 images: 54 to train on, 7 batches of 8 (the last of 6); groups of 2: 4 optimizer steps an epoch.
+    args = [*SMALL, "accumulate_grad_batches=2", callbacks()]
+    train(EXAMPLE, exps, "exp_name=straight", "max_epoch=2", *args)
+    assert events(exps, "straight") == expected(range(1, 3), batches=7, accumulate=2)
+    assert load(exps / "straight" / "checkpoints" / "last.pth")["callbacks"]["StageLog"] == {"batches": 14}
+
+    train(EXAMPLE, exps, "exp_name=resumed", "max_epoch=1", *args)
+    train(EXAMPLE, exps, "exp_name=resumed", "max_epoch=2", *args)
+    second = events(exps, "resumed")[len(expected(range(1, 2), 7, 2)) :]
+    assert second == expected(range(2, 3), batches=7, accumulate=2, first_step=4, start="start 1 batches 7")
+    assert load(exps / "resumed" / "checkpoints" / "last.pth")["callbacks"]["StageLog"] == {"batches": 14}
+
+
+def test_a_callback_stops_training_and_two_of_one_class_keep_their_own_state(exps):
+    two = [{"type": SELF, "args": {"stop_at_epoch": 2}}, {"type": SELF}]
+    train(EXAMPLE, exps, "exp_name=stop", "max_epoch=5", *SMALL, f"callbacks={json.dumps(two)}")
+    summary = json.loads((exps / "stop" / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["status"] == "finished"
+    assert set(load(exps / "stop" / "checkpoints" / "last.pth")["callbacks"]) == {"StageLog", "StageLog#2"}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('[{"type": "tests.no_such_module.Hook"}]', r"key 'callbacks\[0\].type': no module 'tests.no_such_module'"),
+        ('[{"type": "tests.test_callbacks.StageLg"}]', r"is no class \(did you mean 'StageLog'\?\)"),
+        ('[{"type": "tests.test_callbacks.SELF"}]', "not a Callback subclass"),
+        (f'[{{"type": "{SELF}", "args": {{"stop": 1}}}}]', r"callbacks\[0\].args.*unexpected keyword argument 'stop'"),
+        ('[{"typ": "a.B"}]', r"key 'callbacks\[0\]': expected"),
+        (f'[{{"type": "{SELF}", "arg": {{}}}}]', r"key 'callbacks\[0\].arg': unknown key \(did you mean 'args'\?\)"),
+        ('{"type": "a.B"}', "key 'callbacks': expected a list"),
+        ('["tensorbord"]', None),
+    ],
+)
+def test_callback_and_logger_mistakes_are_one_line(exps, value, message):
+    key = "loggers" if message is None else "callbacks"
+    message = message or "key 'loggers': no logger 'tensorbord'.*did you mean 'tensorboard'"
+    with pytest.raises(UserError, match=message):
+        train(EXAMPLE, exps, "exp_name=bad", "max_epoch=1", *SMALL, f"{key}={value}")
+    assert not (exps / "bad" / "checkpoints" / "last.pth").exists()
+
+
+def test_no_loggers_writes_no_tensorboard_files_but_metrics_csv(exps):
+    train(EXAMPLE, exps, "exp_name=quiet", "max_epoch=1", *SMALL, "loggers=[]")
+    assert not list((exps / "quiet" / "summaries").iterdir())
+    assert (exps / "quiet" / "metrics.csv").read_text().count("\n") == 2
+    train(EXAMPLE, exps, "exp_name=loud", "max_epoch=1", *SMALL)
+    assert [p.name.split(".")[0] for p in (exps / "loud" / "summaries").iterdir()] == ["events"]
+
+
+def test_callbacks_under_two_processes_run_on_every_rank_and_resume_from_rank_0s_state(exps):
+    def torchrun(*overrides: str) -> None:
+        cmd = [sys.executable, "main.py", "--nproc", "2", str(EXAMPLE), f"experiments_dir={exps}", "exp_name=ddp"]
+        result = subprocess.run([*cmd, *SMALL, callbacks(), *overrides], cwd=REPO, capture_output=True, timeout=300)
+        assert result.returncode == 0, result.stderr.decode()[-3000:]
+
+    # 54 training images over 2 ranks: 27 each, 4 batches of 8 a rank per epoch.
+    torchrun("max_epoch=1")
+    torchrun("max_epoch=2", "ema_decay=0.9", "early_stop_patience=5")
+    for rank in (0, 1):
+        lines = events(exps, "ddp", rank)
+        assert lines[: len(expected(range(1, 2), 4, 1))] == expected(range(1, 2), batches=4, accumulate=1)
+        assert lines[-1] == "done finished" and "start 1 batches 4" in lines
+    state = load(exps / "ddp" / "checkpoints" / "last.pth")
+    assert state["callbacks"]["StageLog"] == {"batches": 8} and set(state["callbacks"]) >= {"ema", "early_stopping"}
