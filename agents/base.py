@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import signal
 import time
 from collections.abc import Iterable
 from itertools import islice
@@ -34,7 +32,7 @@ from tqdm import tqdm
 from agents.common_keys import COMMON_KEYS
 from utils.config import Key, build_torch_object, did_you_mean, repo_path, to_plain
 from utils.errors import RunInterrupted, TrainingStopped, UserError
-from utils.run import checkpoint
+from utils.run import checkpoint, summary
 from utils.run.export import ExportInput, checkpoint_source, export, first_inputs
 from utils.run.loggers import build_loggers
 from utils.run.recorder import Recorder
@@ -42,13 +40,14 @@ from utils.run.resume import check_matches, resume
 from utils.training import distributed
 from utils.training.callbacks import Callbacks, build_callback
 from utils.training.compile import compile_model, unwrap_compiled
-from utils.training.data import ShardedSampler, batches_per_epoch, set_epoch
+from utils.training.data import ShardedSampler, batches_per_epoch, set_epoch, to_device
 from utils.training.early_stopping import EarlyStopping
 from utils.training.ema import EMACallback
 from utils.training.metrics import Accuracy, LossSums, Mean, Metric
 from utils.training.profiler import ProfileSteps
 from utils.training.schedules import Schedules
 from utils.training.seeding import derive_seed, seed_everything
+from utils.training.signals import Signals
 
 
 class BaseAgent:
@@ -96,12 +95,11 @@ class BaseAgent:
         self.last_metrics: dict[str, float] = {}
         self._train_loss: float | None = None  # this process's mean training loss over the epoch (metrics.csv)
         self.status = "started"
-        self._progress_at_start: tuple[int, int] | None = None  # (epoch, global_step) when training began here
+        self.progress_at_start: tuple[int, int] | None = None  # (epoch, global_step) when training began here
         self.stop_training = False  # an agent or a callback sets it to end training early (DQN solved, pruned)
         self.wall_before = 0.0  # training seconds of the runs this one resumed
         self._started = time.time()
-        self._stop_signal: int | None = None
-        self._pid = os.getpid()  # the process whose signal handler saves (not a forked loader worker)
+        self.signals = Signals(self.recorder.warning, config.log_every, config.mode)  # Ctrl-C, SIGTERM
 
     def build_callbacks(self) -> Callbacks:
         """The callbacks the config turns on, in this order: EMA, early stopping, profiler, loggers, the user's."""
@@ -133,16 +131,7 @@ class BaseAgent:
         ema = self.callbacks.find(EMACallback)
         if average and ema is not None:
             ema.track(name, model)
-        if self.world_size > 1:
-            if self.config.sync_batchnorm:
-                if self.device.type != "cuda":
-                    raise UserError(
-                        "config: key 'sync_batchnorm': PyTorch's SyncBatchNorm runs on CUDA devices only; "
-                        "set sync_batchnorm=false to train on the CPU"
-                    )
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        model = distributed.wrap(model, self.device, self.config.sync_batchnorm)
         model = compile_model(model, self.config.get("compile", False), self.device)  # after DDP, as torch advises
         self.models[name] = model
         return model
@@ -173,16 +162,8 @@ class BaseAgent:
         return ema.averaged(self) if ema is not None else contextlib.nullcontext()
 
     def to_device(self, batch: Any) -> Any:
-        if isinstance(batch, torch.Tensor):
-            batch = batch.to(self.device, non_blocking=True)
-            if self.config.get("channels_last") and batch.dim() == 4 and batch.is_floating_point():
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            return batch
-        if isinstance(batch, (list, tuple)):
-            return type(batch)(self.to_device(b) for b in batch)
-        if isinstance(batch, dict):
-            return {k: self.to_device(v) for k, v in batch.items()}
-        return batch
+        """Tensors (in lists, tuples, dicts) to the device, 4-D float ones channels-last with that key."""
+        return to_device(batch, self.device, self.config.get("channels_last", False))
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast context for the configured ``amp`` dtype (a no-op when amp is null)."""
@@ -307,9 +288,10 @@ class BaseAgent:
     def run(self) -> None:
         """Train (resuming when a checkpoint is there) or, with mode=test/predict/export, evaluate, predict or
         export (the model of best.pth or ``resume`` to experiments/<exp>/export/, verified: utils/run/export.py)."""
-        # Training saves a checkpoint first; evaluation has nothing to save and stops at once.
-        handler = self._on_signal if self.config.mode == "train" else self._stop_now
-        handlers = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        with self.signals.installed():  # training saves first; evaluation has nothing to save and stops at once
+            self._run()
+
+    def _run(self) -> None:
         try:
             if self.config.mode in ("test", "predict"):
                 self.test() if self.config.mode == "test" else self.predict()
@@ -334,7 +316,7 @@ class BaseAgent:
             names = getattr(self.data_loader, "class_names", None)  # class folders' names: predictions use them
             if names and self.recorder.read_json("class_names.json").get("class_names") != names:
                 self.recorder.write_json("class_names.json", {"class_names": names})
-            self._progress_at_start = (self.epoch, self.global_step)
+            self.progress_at_start = (self.epoch, self.global_step)
             self.train()
         except torch.OutOfMemoryError:
             self.status = "out of memory"
@@ -343,13 +325,10 @@ class BaseAgent:
                 f"batch_size {self.config.batch_size} per process: lower batch_size (or set amp=bf16); "
                 "the last checkpoint is intact, run again to resume"
             ) from None
-        finally:
-            for s, h in handlers.items():
-                signal.signal(s, h)
 
     def train(self) -> None:
         """Epochs until max_epochs: train, validate when due, step schedulers, checkpoint."""
-        self._log_start()
+        summary.log_start(self)
         self._training = True  # on_train_end is due (finalize calls it, also after a failure)
         self.callbacks.call("on_train_start", self)
         while self.epoch < self.max_epochs() and not self.stop_training:
@@ -448,21 +427,11 @@ class BaseAgent:
             state = self.checkpoint_state()
         if rng_ranks:
             state["rng_ranks"] = rng_ranks
-        last = self.checkpoint_dir / "last.pth"
         try:
-            checkpoint.atomic_save(state, last)
-            if is_best:
-                checkpoint.copy_atomic(last, self.checkpoint_dir / "best.pth")
-            every = self.config.checkpoint_every
-            if every and self.epoch % every == 0 and self.batch_in_epoch == 0:
-                checkpoint.copy_atomic(last, self.checkpoint_dir / f"epoch_{self.epoch:04d}.pth")
-                checkpoint.prune_epochs(self.checkpoint_dir, self.config.keep_checkpoints)
-        except OSError as e:
+            checkpoint.write(state, self.checkpoint_dir, is_best, self.config.checkpoint_every)
+        except TrainingStopped:
             self.status = "checkpoint failed"
-            raise TrainingStopped(
-                f"{self.checkpoint_dir}: could not save a checkpoint at epoch {self.epoch} ({e.strerror or e}); "
-                "the previous checkpoint files are intact. Free disk space, then run the same command to resume"
-            ) from None
+            raise
 
     def checkpoint_state(self) -> dict:
         """Everything a resume needs, as plain tensors and values (``torch.load(weights_only=True)`` reads it)."""
@@ -509,22 +478,15 @@ class BaseAgent:
         return path
 
     def record_test(self, metrics: dict[str, float], path: Path) -> None:
-        """mode=test's metrics to the log and summary.json (the latest at the top, each checkpoint's under tests)."""
-        self.recorder.info("test: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        self.last_metrics, self.status = metrics, "tested"
-        summary = self.recorder.read_json("summary.json")
-        where, run = Path(path).resolve(), self.run_dir.resolve()
-        name = str(where.relative_to(run)) if where.is_relative_to(run) else str(where)
-        tests = {**summary.get("tests", {}), name: metrics}
-        self.recorder.write_json("summary.json", {**summary, **metrics, "tested_checkpoint": str(path), "tests": tests})
+        summary.record_test(self, metrics, path)
 
     def finalize(self) -> None:
         """Write summary.json, end the callbacks, close writers, leave the process group (also after a failed
         __init__)."""
         recorder = getattr(self, "recorder", None)
         try:
-            if recorder is not None and self.config.mode == "train" and self._has_news():
-                recorder.write_json("summary.json", self.summary())
+            if recorder is not None and self.config.mode == "train" and summary.has_news(self):
+                recorder.write_json("summary.json", summary.summary(self))
                 recorder.curves()
             if getattr(self, "_training", False):
                 self._training = False
@@ -535,24 +497,6 @@ class BaseAgent:
             if hasattr(self, "_threads_before"):
                 torch.set_num_threads(self._threads_before)  # a process-wide setting: leave it as found
             distributed.teardown()
-
-    def summary(self) -> dict:
-        stopped = self.status == "early stopped"
-        return {
-            "status": self.status,
-            "agent": type(self).__name__,
-            "exp_name": self.config.exp_name,
-            "epochs": self.epoch,
-            "steps": self.global_step,
-            "optimizer_steps": self.optimizer_steps,
-            "wall_seconds": round(self.wall_seconds(), 3),
-            "num_params": self.num_params(),
-            "world_size": self.world_size,
-            "final": self.last_metrics,
-            "best": {"metric": self.monitor_metric, "value": self.best, "epoch": self.best_epoch},
-            **({"early_stopped_epoch": self.epoch} if stopped else {}),
-            **self.summary_extra(),
-        }
 
     # ----- helpers ------------------------------------------------------------------------------
 
@@ -575,7 +519,7 @@ class BaseAgent:
     def _check_in(self, logs: dict, losses: LossSums, bar: tqdm) -> None:
         """The host's look at training (every log_every steps): NaN, Ctrl-C on any rank, scalars, progress bar."""
         window, epoch_mean = losses.read()
-        bad, interrupted = distributed.any_rank(not math.isfinite(window), self._stop_signal is not None)
+        bad, interrupted = distributed.any_rank(not math.isfinite(window), self.signals.received is not None)
         if bad:
             self._diverged(f"loss is {window} (checked every log_every steps)")
         if logs:
@@ -619,62 +563,11 @@ class BaseAgent:
             return 0
         return loader.sampler.consumed(self.batch_in_epoch - self._batches_at_skip, loader.batch_size)
 
-    def _has_news(self) -> bool:
-        """Whether summary.json needs writing: not when a finished run was merely run again."""
-        if getattr(self, "status", "started") == "started":
-            return False
-        ended = self.status in ("finished", "early stopped")
-        rerun = ended and (self.epoch, self.global_step) == self._progress_at_start
-        return not (rerun and (self.run_dir / "summary.json").exists())
-
-    def _log_start(self) -> None:
-        cfg = self.config
-        self.recorder.info(
-            f"{type(self).__name__} '{cfg.exp_name}' on {self.device} x {self.world_size} process(es): "
-            f"batch_size {cfg.batch_size} per process, global batch {cfg.batch_size * self.world_size}; "
-            f"{self.num_params():,} parameters; run directory {self.run_dir}"
-        )
-        limits = [f"{k}={cfg[k]}" for k in ("max_train_batches", "max_valid_batches") if cfg.get(k)]
-        if limits:  # kept in the run's config.json: a later run of its folder has them too
-            self.recorder.warning(f"debug limits on: {', '.join(limits)} (set them to null for whole epochs)")
-        if self.data_loader is not None:
-            sizes = ", ".join(
-                f"{split} {len(loader.dataset):,} samples"
-                for split in ("train", "valid", "test")
-                if (loader := getattr(self.data_loader, f"{split}_loader", None)) is not None
-            )
-            workers = getattr(getattr(self.data_loader, "train_loader", None), "num_workers", None)
-            chosen = (
-                f"; num_workers auto: {workers}" if cfg.get("num_workers") == "auto" and workers is not None else ""
-            )
-            self.recorder.info(
-                f"data: data_mode={cfg.data_mode} from {type(self.data_loader).__name__}: {sizes}{chosen}"
-            )
-
-    def _on_signal(self, signum: int, frame) -> None:
-        if os.getpid() != self._pid:  # a loader worker (forked with this handler): the main process saves
-            return
-        # A second Ctrl-C stops at once -- except under torchrun, which passes on the signal it got
-        # itself after the terminal's (and kills the workers if they take too long).
-        if self._stop_signal is not None and not distributed.launched_by_torchrun():
-            raise KeyboardInterrupt
-        if self._stop_signal is not None:
-            return
-        self._stop_signal = signum
-        self.recorder.warning(
-            f"{signal.Signals(signum).name}: saving a checkpoint within {self.config.log_every} steps"
-            + ("" if distributed.launched_by_torchrun() else " (again to abort)")
-        )
-
-    def _stop_now(self, signum: int, frame) -> None:
-        name = signal.Signals(signum).name
-        raise RunInterrupted(f"stopped by {name} during mode={self.config.mode}: nothing to save")
-
     def _interrupted(self) -> None:
         self.save_checkpoint()
         self.status = "interrupted"
         raise RunInterrupted(
-            f"stopped by {signal.Signals(self._stop_signal or signal.SIGINT).name} {self.where()}, "
+            f"stopped by {self.signals.name()} {self.where()}, "
             f"step {self.global_step}; checkpoint saved to {self.checkpoint_dir / 'last.pth'}: "
             "run the same command to resume"
         )

@@ -110,7 +110,7 @@ class CondenseNetAgent(BaseAgent):
     def train(self) -> None:
         """BaseAgent's epochs, then the condensed network to checkpoints/condensed.pth."""
         super().train()
-        trained = (self.epoch, self.global_step) != self._progress_at_start
+        trained = (self.epoch, self.global_step) != self.progress_at_start
         if self.status in ("finished", "early stopped") and (trained or not self.condensed_path.exists()):
             self.save_condensed()
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from utils.config import repo_path
-from utils.errors import UserError
+from utils.errors import TrainingStopped, UserError
 from utils.training import distributed
 
 FORMAT = 3  # 3: callbacks' states under "callbacks" (2 had "ema" and "early_stopping" at the top level)
@@ -156,6 +156,24 @@ def model_difference(saved: dict[str, torch.Tensor], own: dict[str, torch.Tensor
     if not found:
         return None
     return f"{len(found)} tensor{'s' if len(found) > 1 else ''} (checkpoint -> config), e.g. {found[0]}"
+
+
+def write(state: dict, directory: Path, is_best: bool, every: int) -> None:
+    """last.pth, and best.pth when ``is_best``, epoch_N.pth every ``every`` whole epochs (keep_checkpoints of them);
+    a failed write (a full disk) stops training with the previous files intact."""
+    last = directory / "last.pth"
+    try:
+        atomic_save(state, last)
+        if is_best:
+            copy_atomic(last, directory / "best.pth")
+        if every and state["epoch"] % every == 0 and state["batch_in_epoch"] == 0:
+            copy_atomic(last, directory / f"epoch_{state['epoch']:04d}.pth")
+            prune_epochs(directory, state["config"]["keep_checkpoints"])
+    except OSError as e:
+        raise TrainingStopped(
+            f"{directory}: could not save a checkpoint at epoch {state['epoch']} ({e.strerror or e}); the previous "
+            "checkpoint files are intact. Free disk space, then run the same command to resume"
+        ) from None
 
 
 def copy_atomic(src: Path, dst: Path) -> None:

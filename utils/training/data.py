@@ -202,3 +202,17 @@ def set_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
         loader.dataset.epoch = epoch
     if loader.generator is not None:
         loader.generator.manual_seed(derive_seed(seed, "workers", epoch, rank()))
+
+
+def to_device(batch, device: torch.device, channels_last: bool = False):
+    """Tensors (also inside lists, tuples and dicts) to ``device``; 4-D float ones channels-last if asked."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device, channels_last) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
+    return batch

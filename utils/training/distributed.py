@@ -83,6 +83,24 @@ def setup(name: str) -> torch.device:
     return device
 
 
+def wrap(model: torch.nn.Module, device: torch.device, sync_batchnorm: bool) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel under torchrun (its BatchNorm synced across ranks if asked), as is
+    otherwise."""
+    if world_size() == 1:
+        return model
+    if sync_batchnorm:
+        from utils.errors import UserError
+
+        if device.type != "cuda":
+            raise UserError(
+                "config: key 'sync_batchnorm': PyTorch's SyncBatchNorm runs on CUDA devices only; "
+                "set sync_batchnorm=false to train on the CPU"
+            )
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

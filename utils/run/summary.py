@@ -1,0 +1,65 @@
+"""What a run tells about itself: its opening lines in the log, summary.json, and mode=test's results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def log_start(agent) -> None:
+    """The run log's first lines: the agent, its processes and batch, its parameters, its data."""
+    cfg, recorder = agent.config, agent.recorder
+    recorder.info(
+        f"{type(agent).__name__} '{cfg.exp_name}' on {agent.device} x {agent.world_size} process(es): "
+        f"batch_size {cfg.batch_size} per process, global batch {cfg.batch_size * agent.world_size}; "
+        f"{agent.num_params():,} parameters; run directory {agent.run_dir}"
+    )
+    limits = [f"{k}={cfg[k]}" for k in ("max_train_batches", "max_valid_batches") if cfg.get(k)]
+    if limits:  # kept in the run's config.json: a later run of its folder has them too
+        recorder.warning(f"debug limits on: {', '.join(limits)} (set them to null for whole epochs)")
+    if agent.data_loader is None:
+        return
+    loaders = {split: getattr(agent.data_loader, f"{split}_loader", None) for split in ("train", "valid", "test")}
+    sizes = ", ".join(f"{split} {len(loader.dataset):,} samples" for split, loader in loaders.items() if loader)
+    workers = getattr(loaders["train"], "num_workers", None)
+    chosen = f"; num_workers auto: {workers}" if cfg.get("num_workers") == "auto" and workers is not None else ""
+    recorder.info(f"data: data_mode={cfg.data_mode} from {type(agent.data_loader).__name__}: {sizes}{chosen}")
+
+
+def summary(agent) -> dict:
+    """summary.json of a training run."""
+    stopped = agent.status == "early stopped"
+    return {
+        "status": agent.status,
+        "agent": type(agent).__name__,
+        "exp_name": agent.config.exp_name,
+        "epochs": agent.epoch,
+        "steps": agent.global_step,
+        "optimizer_steps": agent.optimizer_steps,
+        "wall_seconds": round(agent.wall_seconds(), 3),
+        "num_params": agent.num_params(),
+        "world_size": agent.world_size,
+        "final": agent.last_metrics,
+        "best": {"metric": agent.monitor_metric, "value": agent.best, "epoch": agent.best_epoch},
+        **({"early_stopped_epoch": agent.epoch} if stopped else {}),
+        **agent.summary_extra(),
+    }
+
+
+def has_news(agent) -> bool:
+    """Whether summary.json needs writing: not when a finished run was merely run again."""
+    if getattr(agent, "status", "started") == "started":
+        return False
+    ended = agent.status in ("finished", "early stopped")
+    rerun = ended and (agent.epoch, agent.global_step) == agent.progress_at_start
+    return not (rerun and (agent.run_dir / "summary.json").exists())
+
+
+def record_test(agent, metrics: dict[str, float], path: Path) -> None:
+    """mode=test's metrics to the log and summary.json: the latest at the top, each checkpoint's under "tests"."""
+    agent.recorder.info("test: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    agent.last_metrics, agent.status = metrics, "tested"
+    old = agent.recorder.read_json("summary.json")
+    where, run = Path(path).resolve(), agent.run_dir.resolve()
+    name = str(where.relative_to(run)) if where.is_relative_to(run) else str(where)
+    tests = {**old.get("tests", {}), name: metrics}
+    agent.recorder.write_json("summary.json", {**old, **metrics, "tested_checkpoint": str(path), "tests": tests})
