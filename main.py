@@ -212,7 +212,7 @@ def _check_agent(config: str, overrides: list[str]) -> None:
             agent = agent_class.__new__(agent_class)
             try:
                 agent.__init__(resolved)
-                agent._check_monitor()
+                agent.monitor.check(agent.metric_names(), agent_class.__name__)
             finally:
                 agent.finalize()
         except UserError as e:

@@ -30,10 +30,10 @@ from torch import nn
 from tqdm import tqdm
 
 from agents.common_keys import COMMON_KEYS
-from utils.config import Key, build_torch_object, did_you_mean, repo_path, to_plain
+from utils.config import Key, build_torch_object, repo_path, to_plain
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 from utils.run import checkpoint, summary
-from utils.run.export import ExportInput, checkpoint_source, export, first_inputs
+from utils.run.export import ExportInput, export_run, first_inputs
 from utils.run.loggers import build_loggers
 from utils.run.recorder import Recorder
 from utils.run.resume import check_matches, resume
@@ -43,7 +43,7 @@ from utils.training.compile import compile_model, unwrap_compiled
 from utils.training.data import ShardedSampler, batches_per_epoch, set_epoch, to_device
 from utils.training.early_stopping import EarlyStopping
 from utils.training.ema import EMACallback
-from utils.training.metrics import Accuracy, LossSums, Mean, Metric
+from utils.training.metrics import Accuracy, LossSums, Mean, Metric, Monitor
 from utils.training.profiler import ProfileSteps
 from utils.training.schedules import Schedules
 from utils.training.seeding import derive_seed, seed_everything
@@ -72,7 +72,7 @@ class BaseAgent:
         self._threads_before = torch.get_num_threads()
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
-        self.monitor_mode, self.monitor_metric = config.monitor.split()  # "max valid/accuracy"
+        self.monitor = Monitor(config.monitor)  # "max valid/accuracy": picks best.pth
 
         self.models: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -90,8 +90,6 @@ class BaseAgent:
         self.optimizer_steps = 0  # optimizer updates (fewer than global_step with accumulate_grad_batches)
         self._group = (0, 1)  # (index of this batch in its accumulation group, the group's size)
         self._optimize_calls: dict[int, int] = {}  # optimize() calls per optimizer in this batch (accumulation)
-        self.best: float | None = None
-        self.best_epoch: int | None = None
         self.last_metrics: dict[str, float] = {}
         self._train_loss: float | None = None  # this process's mean training loss over the epoch (metrics.csv)
         self.status = "started"
@@ -109,7 +107,7 @@ class BaseAgent:
             callbacks.append(EMACallback(c.ema_decay))
         if c.get("early_stop_patience"):
             patience, delta = c.early_stop_patience, c.get("early_stop_min_delta", 0.0)
-            callbacks.append(EarlyStopping(patience, delta, self.monitor_mode, self.monitor_metric))
+            callbacks.append(EarlyStopping(patience, delta, self.monitor.mode, self.monitor.metric))
         if c.get("profile_steps"):
             callbacks.append(ProfileSteps(c.profile_steps))
         if self.recorder.enabled:  # rank 0 logs
@@ -131,7 +129,7 @@ class BaseAgent:
         ema = self.callbacks.find(EMACallback)
         if average and ema is not None:
             ema.track(name, model)
-        model = distributed.wrap(model, self.device, self.config.sync_batchnorm)
+        model = distributed.wrap(model, self.device, self.config.get("sync_batchnorm", False))
         model = compile_model(model, self.config.get("compile", False), self.device)  # after DDP, as torch advises
         self.models[name] = model
         return model
@@ -297,15 +295,9 @@ class BaseAgent:
                 self.test() if self.config.mode == "test" else self.predict()
                 return
             if self.config.mode == "export":
-                if self.world_size > 1:
-                    raise UserError("config: key 'mode': mode=export runs in one process; run it without --nproc")
-                path = self.load_test_checkpoint()
-                spec = self.export_input()
-                spec.class_names = spec.class_names or self.class_names()
-                info = export(spec, self.run_dir / "export", checkpoint_source(path))
-                self.recorder.info(f"export: {info['network']} of {path} to {self.run_dir / 'export'}, verified")
+                export_run(self)
                 return
-            self._check_monitor()
+            self.monitor.check(self.metric_names(), type(self).__name__)
             if self.world_size > 1:
                 self.seed_rank(step=0)
             self.schedules.build(self.schedule_length())
@@ -313,9 +305,7 @@ class BaseAgent:
             if path is not None:
                 self.load_checkpoint(path)
             self.recorder.write_config(to_plain(self.config))
-            names = getattr(self.data_loader, "class_names", None)  # class folders' names: predictions use them
-            if names and self.recorder.read_json("class_names.json").get("class_names") != names:
-                self.recorder.write_json("class_names.json", {"class_names": names})
+            self.recorder.class_names(getattr(self.data_loader, "class_names", None))  # predictions name them
             self.progress_at_start = (self.epoch, self.global_step)
             self.train()
         except torch.OutOfMemoryError:
@@ -340,15 +330,12 @@ class BaseAgent:
                     metrics = self.validate()
             if metrics:
                 self.last_metrics = metrics
-                self.recorder.scalars(metrics, self.global_step, flush=True)
-                trained = {"train/loss": self._train_loss} if self._train_loss is not None else {}
-                self.recorder.metrics_row({"epoch": self.epoch, "step": self.global_step, **trained, **metrics})
-                self.recorder.info(f"epoch {self.epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-            self.schedules.after_epoch(metrics, self.monitor_metric, optimizer_stepped=self.optimizer_steps > 0)
+                self.recorder.epoch(self.epoch, self.global_step, metrics, self._train_loss)
+            self.schedules.after_epoch(metrics, self.monitor.metric, optimizer_stepped=self.optimizer_steps > 0)
             if metrics:
                 self.callbacks.call("on_validation_end", self, metrics)
             self._check_finite_weights()
-            self.save_checkpoint(self._update_best(metrics))
+            self.save_checkpoint(self.monitor.update(metrics, self.epoch))
             self.callbacks.call("on_epoch_end", self, metrics)
         if self.status == "started":
             self.status = "finished"
@@ -442,8 +429,8 @@ class BaseAgent:
             "world_size": self.world_size,
             "global_step": self.global_step,
             "optimizer_steps": self.optimizer_steps,
-            "best": self.best,
-            "best_epoch": self.best_epoch,
+            "best": self.monitor.best,
+            "best_epoch": self.monitor.best_epoch,
             "wall_seconds": self.wall_seconds(),
             "schedule_total": self.schedules.total,
         }
@@ -536,25 +523,6 @@ class BaseAgent:
         flags = [p.detach().isfinite().all() for m in self.models.values() for p in self.unwrap(m).parameters()]
         if flags and not bool(torch.stack(flags).all()):
             self._diverged("the weights are not finite", epoch=self.epoch)
-
-    def _check_monitor(self) -> None:
-        metric = self.monitor_metric
-        names = self.metric_names()
-        if metric not in names:
-            raise UserError(
-                f"config: key 'monitor': {type(self).__name__} reports no metric '{metric}' "
-                f"(it reports {', '.join(names)}){did_you_mean(metric, names)}"
-            )
-
-    def _update_best(self, metrics: dict[str, float]) -> bool:
-        mode, metric = self.monitor_mode, self.monitor_metric
-        value = metrics.get(metric)
-        if value is None or not math.isfinite(value):
-            return False
-        better = self.best is None or (value > self.best if mode == "max" else value < self.best)
-        if better:
-            self.best, self.best_epoch = value, self.epoch
-        return better
 
     def _samples_in_epoch(self) -> int:
         """How much of this epoch's global sample order has been trained on (for a mid-epoch resume)."""

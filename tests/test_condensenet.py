@@ -168,7 +168,7 @@ def stop_at(monkeypatch, step: int) -> None:
 
     def train_step(self, batch):
         if self.global_step == step:
-            self._stop_signal = signal.SIGINT
+            self.signals.received = signal.SIGINT
         return original(self, batch)
 
     monkeypatch.setattr(CondenseNetAgent, "train_step", train_step)

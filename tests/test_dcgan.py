@@ -278,7 +278,7 @@ def test_the_smoke_config_learns_the_synthetic_blobs(exps, lr_g: float = 0.002):
         untrained = agent.validate()["valid/swd"]
         agent.run()
         assert agent.global_step == 320
-        assert agent.best < 0.8 * untrained, (agent.best, untrained)
+        assert agent.monitor.best < 0.8 * untrained, (agent.monitor.best, untrained)
     finally:
         agent.finalize()
 

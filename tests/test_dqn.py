@@ -393,7 +393,7 @@ def stop_after(monkeypatch, step: int) -> None:
 
     def stopping(self, s):
         if s == step:
-            self._stop_signal = signal.SIGINT
+            self.signals.received = signal.SIGINT
         return train_step(self, s)
 
     monkeypatch.setattr(DQNAgent, "train_step", stopping)

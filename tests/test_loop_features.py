@@ -40,7 +40,7 @@ def test_interrupts_wait_for_the_end_of_an_accumulation_group(exps, monkeypatch)
     def train_step(self, batch):
         logs = original(self, batch)
         if self.epoch == 0 and self.batch_in_epoch == 5:  # the 6th batch: inside the second group of 4
-            self._stop_signal = 2
+            self.signals.received = 2
         return logs
 
     args = ["batch_size=8", "accumulate_grad_batches=4", "log_every=1", *PLAIN]
@@ -70,7 +70,7 @@ def test_per_step_warmup_then_cosine_over_the_whole_run_resumes_with_the_exact_l
         lrs.setdefault(self.config.exp_name, []).append(self.optimizer.param_groups[0]["lr"])
         logs = original(self, batch)
         if self.config.exp_name == "cut" and self.global_step == 5 and not getattr(self, "_again", False):
-            self._stop_signal = 2
+            self.signals.received = 2
         return logs
 
     monkeypatch.setattr(ExampleAgent, "train_step", train_step)
@@ -301,7 +301,7 @@ def test_the_profiler_writes_what_it_recorded_when_interrupted(exps, monkeypatch
     def train_step(self, batch):
         logs = original(self, batch)
         if self.global_step == 3:
-            self._stop_signal = 2
+            self.signals.received = 2
         return logs
 
     monkeypatch.setattr(ExampleAgent, "train_step", train_step)

@@ -34,7 +34,7 @@ def interrupt_at(monkeypatch, epoch: int, batch: int, agent: type = DropoutAgent
     def train_step(self, b):
         logs = original(self, b)
         if self.epoch == epoch and self.batch_in_epoch + 1 == batch:
-            self._stop_signal = signal.SIGINT
+            self.signals.received = signal.SIGINT
         return logs
 
     monkeypatch.setattr(agent, "train_step", train_step)
@@ -171,11 +171,11 @@ def test_a_forked_loader_worker_ignores_the_signal_the_main_process_saves_on(exp
     config, cls = main.load_config(str(EXAMPLE), [f"experiments_dir={exps}", "exp_name=w", "max_epoch=1"])
     agent = cls(config)
     try:
-        monkeypatch.setattr(os, "getpid", lambda: agent._pid + 1)  # as in a forked worker
-        agent._on_signal(signal.SIGINT, None)
-        assert agent._stop_signal is None and not (exps / "w" / "logs" / "run.log").read_text().count("SIGINT")
+        monkeypatch.setattr(os, "getpid", lambda: agent.signals._pid + 1)  # as in a forked worker
+        agent.signals.on_signal(signal.SIGINT, None)
+        assert agent.signals.received is None and not (exps / "w" / "logs" / "run.log").read_text().count("SIGINT")
         monkeypatch.undo()
-        agent._on_signal(signal.SIGINT, None)
-        assert agent._stop_signal == signal.SIGINT
+        agent.signals.on_signal(signal.SIGINT, None)
+        assert agent.signals.received == signal.SIGINT
     finally:
         agent.finalize()

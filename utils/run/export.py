@@ -224,3 +224,14 @@ def _version(package: str) -> str:
     from importlib.metadata import version
 
     return version(package)
+
+
+def export_run(agent) -> None:
+    """mode=export: the network of best.pth (or ``resume``) to the run's export/ folder, verified."""
+    if agent.world_size > 1:
+        raise UserError("config: key 'mode': mode=export runs in one process; run it without --nproc")
+    path = agent.load_test_checkpoint()
+    spec = agent.export_input()
+    spec.class_names = spec.class_names or agent.class_names()
+    info = export(spec, agent.run_dir / "export", checkpoint_source(path))
+    agent.recorder.info(f"export: {info['network']} of {path} to {agent.run_dir / 'export'}, verified")

@@ -187,6 +187,18 @@ class Recorder:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(path, buf.getvalue())
 
+    def epoch(self, epoch: int, step: int, metrics: dict[str, float], train_loss: float | None) -> None:
+        """An epoch's validation: to the loggers, a metrics.csv row (with the epoch's mean training loss), the log."""
+        self.scalars(metrics, step, flush=True)
+        trained = {"train/loss": train_loss} if train_loss is not None else {}
+        self.metrics_row({"epoch": epoch, "step": step, **trained, **metrics})
+        self.info(f"epoch {epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
+    def class_names(self, names: list[str] | None) -> None:
+        """class_names.json: the classes the run trains on (predict and export name their outputs with them)."""
+        if names and self.read_json("class_names.json").get("class_names") != names:
+            self.write_json("class_names.json", {"class_names": names})
+
     def metrics_row(self, row: dict[str, Any]) -> None:
         """Append one row to metrics.csv; the file is rewritten only when a row brings a new column."""
         if not self.enabled:

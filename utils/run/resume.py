@@ -152,10 +152,10 @@ def resume(agent, path: Path) -> None:
     agent.resume_samples = state.get("samples_in_epoch", 0) if agent.batch_in_epoch else 0
     _log_layout_change(agent, state)
     schedules.restart(plan, agent.optimizer_steps if schedules.per_step else agent.epoch, log)
-    agent.best, agent.best_epoch = (None, None) if foreign else (state["best"], state["best_epoch"])
+    agent.monitor.best, agent.monitor.best_epoch = (None, None) if foreign else (state["best"], state["best_epoch"])
     agent.wall_before = state["wall_seconds"]
     if old_monitor != config.monitor:
-        agent.best = agent.best_epoch = None
+        agent.monitor.reset()
         log(
             f"monitor changed since the checkpoint ({old_monitor} -> {config.monitor}): "
             "best.pth and early stopping start afresh"

@@ -39,7 +39,7 @@ def summary(agent) -> dict:
         "num_params": agent.num_params(),
         "world_size": agent.world_size,
         "final": agent.last_metrics,
-        "best": {"metric": agent.monitor_metric, "value": agent.best, "epoch": agent.best_epoch},
+        "best": {"metric": agent.monitor.metric, "value": agent.monitor.best, "epoch": agent.monitor.best_epoch},
         **({"early_stopped_epoch": agent.epoch} if stopped else {}),
         **agent.summary_extra(),
     }

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from utils.config import did_you_mean
+from utils.errors import UserError
 from utils.training.distributed import all_reduce_sum
 
 
@@ -131,3 +135,33 @@ class ConfusionMatrix(Metric):
     def compute(self) -> float:
         present = [v for v in self.class_iou() if v == v]  # NaN != NaN: absent classes drop out
         return sum(present) / len(present) if present else float("nan")
+
+
+class Monitor:
+    """The ``monitor`` key ("max valid/accuracy"): the metric that picks best.pth, and its best value so far."""
+
+    def __init__(self, spec: str) -> None:
+        self.mode, self.metric = spec.split()
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+
+    def check(self, names: list[str], agent: str) -> None:
+        """The agent reports the monitored metric (``names``: what its validation reports)."""
+        if self.metric not in names:
+            raise UserError(
+                f"config: key 'monitor': {agent} reports no metric '{self.metric}' "
+                f"(it reports {', '.join(names)}){did_you_mean(self.metric, names)}"
+            )
+
+    def update(self, metrics: dict[str, float], epoch: int) -> bool:
+        """Whether ``metrics`` hold a new best (a finite value better than every one before)."""
+        value = metrics.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best is not None and (value <= self.best if self.mode == "max" else value >= self.best):
+            return False
+        self.best, self.best_epoch = value, epoch
+        return True
+
+    def reset(self) -> None:
+        self.best = self.best_epoch = None
