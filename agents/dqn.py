@@ -261,6 +261,14 @@ class DQNAgent(BaseAgent):
                 self.reset_env()
                 return
 
+    # ----- BaseAgent's loop, counted in environment steps: an "epoch" is validate_every steps, then an evaluation
+
+    def max_epochs(self) -> int:
+        return math.ceil(self.config.total_steps / self.config.validate_every)
+
+    def should_validate(self) -> bool:
+        return True
+
     def train_batches(self) -> tuple[range, int]:
         """This epoch's environment steps: up to the next evaluation, or the end of training."""
         # BaseAgent.train_one_epoch has just put every model in train mode; the target only ever
@@ -462,12 +470,6 @@ class DQNAgent(BaseAgent):
                 )
         self.stop_training = c.stop_when_solved and self.solved_at_step is not None
         return metrics
-
-    def max_epochs(self) -> int:
-        return math.ceil(self.config.total_steps / self.config.validate_every)
-
-    def should_validate(self) -> bool:
-        return True
 
     # ----- checkpoint and summary -------------------------------------------------------------------
 
