@@ -78,7 +78,6 @@ def rows(path) -> list[dict]:
         ({"metric": ["max valid/accuracy"]}, "key 'metric': expected a list of two or more 'max <metric>'"),
         ({"metric": ["max valid/accuracy", "lowest valid/loss"]}, "key 'metric[1]': expected 'max <metric>' or"),
         ({"metric": ["max valid/accuracy", "min valid/loss"], "pruner": "MedianPruner"}, "Optuna cannot prune"),
-        ({"method": "kfold", "parameters": {}}, "missing required key 'folds' (needed by method kfold)"),
         ({"method": "kfold", "folds": 2}, "key 'parameters': method kfold runs one config on each fold"),
         ({"folds": 2}, "key 'folds': goes with method kfold, got method grid"),
         ({"method": "kfold", "folds": 2, "parameters": {}, "pruner": "MedianPruner"}, "kfold runs every fold to its"),

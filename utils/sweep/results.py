@@ -58,11 +58,10 @@ def _run(trial: FrozenTrial) -> str:
 
 
 def _write_csv(trials: list[FrozenTrial], sweep: Sweep, front: set[int], spread: tuple | None) -> None:
-    keys = [s.key for s in sweep.spaces]
+    keys, attrs = [s.key for s in sweep.spaces], ["epochs", "wall_seconds", "host", "gpus"]
     objectives = sweep.metrics if len(sweep.objectives) > 1 else ["objective"]
     more = ["pareto"] if len(sweep.objectives) > 1 else []
-    state = ["state", "epochs", "wall_seconds", "host", "gpus", "run_dir", "error"]
-    columns = ["number", *keys, *objectives, *more, *state]
+    columns = ["number", *keys, *objectives, *more, "state", *attrs, "run_dir", "error"]
     buf = io.StringIO()
     out = csv.DictWriter(buf, fieldnames=columns)
     out.writeheader()
@@ -82,10 +81,7 @@ def _write_csv(trials: list[FrozenTrial], sweep: Sweep, front: set[int], spread:
                 **dict(zip(objectives, t.values or [None] * len(objectives), strict=True)),
                 **({"pareto": t.number in front} if more else {}),
                 "state": t.state.name.lower(),
-                "epochs": t.user_attrs.get("epochs"),
-                "wall_seconds": t.user_attrs.get("wall_seconds"),
-                "host": t.user_attrs.get("host"),
-                "gpus": t.user_attrs.get("gpus"),
+                **{k: t.user_attrs.get(k) for k in attrs},
                 "run_dir": t.user_attrs.get("run_dir", sweep.sweep_dir / trial_name(first_number(t))),
                 "error": error,
             }
@@ -101,17 +97,14 @@ def _config(sweep: Sweep, trial: FrozenTrial, suffix: str) -> str:
 
 
 def _plot(study: optuna.Study, sweep: Sweep) -> None:
-    """Optuna's views of the study as PNG; one that cannot be drawn (matplotlib missing, too few trials) is
-    a warning: a plot never costs the results."""
-    try:
-        import matplotlib
+    """Optuna's views of the study as PNG; one that cannot be drawn (a font, too few trials) is a warning: a plot
+    never costs the results."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from optuna.visualization import matplotlib as views
-    except ImportError as e:
-        sys.stderr.write(f"warning: {sweep.sweep_dir}: plots not written: {e}\n")
-        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as views
+
     names = ("intermediate_values",) if sweep.method == "kfold" else PLOTS  # kfold: the folds' curves
     for name in ("pareto_front",) if len(sweep.objectives) > 1 else names:
         try:

@@ -69,7 +69,7 @@ SWEEP_SCHEMA: dict[str, Key] = {
         nullable=True,
     ),
     "metric": Key(None, list, "objectives of a Pareto front; null: the monitor", nullable=True, check=_check_metric),
-    "folds": Key(None, int, "method kfold: the number of folds, a trial each", min=2, max=100, nullable=True),
+    "folds": Key(None, int, "method kfold: the number of folds, a trial each (null: 5)", min=2, max=100, nullable=True),
     "trials": Key(None, int, "number of trials (grid: all combinations when null)", min=1, nullable=True),
     "enqueue": Key([], list, 'configurations tried first, e.g. [{"optimizer.args.lr": 0.1}] (random, tpe)'),
     "pruner": Key(None, (str, dict), _PRUNER, nullable=True),
@@ -279,8 +279,6 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
         raise UserError(f"{path}: key 'parameters': method kfold runs one config on each fold: set it in overrides")
     if not kfold and not sweep["parameters"]:
         raise UserError(f"{path}: key 'parameters': expected at least one key to sweep")
-    if kfold and sweep["folds"] is None:
-        raise UserError(f"{path}: missing required key 'folds' (needed by method kfold)")
     if not kfold and sweep["folds"] is not None:
         raise UserError(f"{path}: key 'folds': goes with method kfold, got method {sweep['method']}")
     if sweep["pruner"] and (kfold or objectives):  # a pruned fold would bias the mean
@@ -290,6 +288,7 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
         raise UserError(f"{path}: key 'metric': method kfold averages one objective, the config's monitor")
     spaces = [_parse_space(k, v, path) for k, v in sweep["parameters"].items()]
     if kfold:
+        sweep["folds"] = sweep["folds"] or 5
         for key in ("fold", "folds"):
             if key in fixed:
                 raise UserError(f"{path}: key 'overrides.{key}': set by method kfold for each trial; remove it")

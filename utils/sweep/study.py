@@ -162,10 +162,9 @@ def _storage(sweep: Sweep) -> Any:
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
         )
     except ImportError:
-        missing = (
-            f"no database driver for {sweep.storage.split('://')[0]}:// (postgresql: pip install 'psycopg[binary]')"
-        )
-        raise UserError(f"{sweep.path}: key 'storage': {missing}") from None
+        scheme = sweep.storage.split("://")[0]
+        install = "postgresql: pip install 'psycopg[binary]'"
+        raise UserError(f"{sweep.path}: key 'storage': no database driver for {scheme}:// ({install})") from None
 
 
 def run_one(study: optuna.Study, sweep: Sweep, run_trial: RunTrial, trial: optuna.trial.Trial) -> list[float]:
@@ -271,17 +270,15 @@ def _claim(study: optuna.Study, sweep: Sweep, created: bool) -> None:
             f"{sweep.path}: key 'name': {sweep.sweep_dir} holds the trials of another study than the one in {where} "
             "(another storage, or its study file removed); choose another sweep name, or move the folder"
         )
-    distributions = {k: optuna.distributions.json_to_distribution(v) for k, v in attrs.get("space", {}).items()}
-    for space in sweep.spaces:
-        if space.key in distributions:
-            try:
-                optuna.distributions.check_distribution_compatibility(distributions[space.key], space.distribution())
-            except ValueError as e:
-                raise UserError(
-                    f"{sweep.path}: key 'parameters.{space.key}': the study in {where} was made with another space "
-                    f"({distributions[space.key]}), and Optuna refuses the change ({e}); choose another sweep name"
-                ) from None
-        distributions[space.key] = space.distribution()
+    drawn = {k: d for t in study.get_trials(deepcopy=False) for k, d in t.distributions.items()}
+    for space in (s for s in sweep.spaces if s.key in drawn):
+        try:
+            optuna.distributions.check_distribution_compatibility(drawn[space.key], space.distribution())
+        except ValueError as e:
+            raise UserError(
+                f"{sweep.path}: key 'parameters.{space.key}': the study in {where} was made with another space "
+                f"({drawn[space.key]}), and Optuna refuses the change ({e}); choose another sweep name"
+            ) from None
     if sweep.grid and attrs.get("grid", sweep.grid) != sweep.grid:
         what = "another grid (its points or their order: parameters, sampler_seed)"
         raise UserError(f"{sweep.path}: key 'parameters': the study in {where} was made with {what}; keep it")
@@ -294,7 +291,6 @@ def _claim(study: optuna.Study, sweep: Sweep, created: bool) -> None:
             f"{sweep.path}: key 'overrides': the study in {where} ran its trials with other fixed overrides ({then}); "
             "run it with those, or add new_overrides=true to grow it under these"
         )
-    study.set_user_attr("space", {k: optuna.distributions.distribution_to_json(d) for k, d in distributions.items()})
     study.set_user_attr("overrides", fixed)
     if sweep.grid:
         study.set_user_attr("grid", sweep.grid)
@@ -324,23 +320,6 @@ def gpu_sets(sweep: Sweep, workers: int) -> list[str | None]:
     return [",".join(ids[i * sweep.nproc : (i + 1) * sweep.nproc]) for i in range(workers)]
 
 
-@contextlib.contextmanager
-def _logging(sweep_dir: Path) -> Iterator[None]:
-    """The sweep's lines (a trial's values, then its result) to stderr and sweep.log."""
-    LOG.setLevel(logging.INFO)
-    LOG.propagate = False
-    handlers = [logging.StreamHandler(sys.stderr), logging.FileHandler(sweep_dir / "sweep.log")]
-    for handler in handlers:
-        handler.setFormatter(logging.Formatter("%(asctime)s sweep %(message)s", "%Y-%m-%d %H:%M:%S"))
-        LOG.addHandler(handler)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.close()
-            LOG.removeHandler(handler)
-
-
 def run_sweep(
     sweep: Sweep,
     run_trial: RunTrial,
@@ -360,7 +339,14 @@ def run_sweep(
     if check_first is not None and helper_index is None:
         check_first()
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    with _logging(sweep_dir):
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
+    logs = [logging.StreamHandler(sys.stderr), logging.FileHandler(sweep_dir / "sweep.log")]  # a trial's lines
+    for handler in logs:
+        handler.setFormatter(logging.Formatter("%(asctime)s sweep %(message)s", "%Y-%m-%d %H:%M:%S"))
+        LOG.addHandler(handler)
+    helpers = []
+    try:
         study, created = open_study(sweep, helper_index or 0)
         if helper_index is None:
             _claim(study, sweep, created)
@@ -368,23 +354,20 @@ def run_sweep(
             for frozen in latest(study) if sweep.retry_failed else []:
                 if frozen.state == TrialState.FAIL:
                     _requeue(study, frozen, frozen.user_attrs.get("error", "failed"))
-        helpers = [
-            popen_tied(
-                [*helper_command, "--worker-index", str(i)],
-                start_new_session=True,
-                env={**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus[i]} if gpus[i] is not None else {})},
-            )
-            for i in range(1, workers)
-        ]
-        try:
-            work(study, sweep, run_trial)
-        except BaseException:
-            for proc in helpers:  # they run in sessions of their own: pass the stop on
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            raise
-        finally:
-            for i, proc in enumerate(helpers, start=1):
-                if proc.wait():
-                    LOG.warning(f"worker {i} (pid {proc.pid}) exited with code {proc.returncode}")
+        for i in range(1, workers):
+            env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus[i]} if gpus[i] is not None else {})}
+            helpers.append(popen_tied([*helper_command, "--worker-index", str(i)], start_new_session=True, env=env))
+        work(study, sweep, run_trial)
         return study
+    except BaseException:
+        for proc in helpers:  # they run in sessions of their own: pass the stop on
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        raise
+    finally:
+        for i, proc in enumerate(helpers, start=1):
+            if proc.wait():
+                LOG.warning(f"worker {i} (pid {proc.pid}) exited with code {proc.returncode}")
+        for handler in logs:
+            handler.close()
+            LOG.removeHandler(handler)
