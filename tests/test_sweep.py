@@ -82,6 +82,7 @@ def rows(path) -> list[dict]:
         ({"folds": 2}, "key 'folds': goes with method kfold, got method grid"),
         ({"method": "kfold", "folds": 2, "parameters": {}, "pruner": "MedianPruner"}, "kfold runs every fold to its"),
         ({"method": "kfold", "folds": 1, "parameters": {}}, "key 'folds': must be at least 2"),
+        ({"method": "kfold", "parameters": {}, "trials": 6}, "key 'trials': 5 folds, got trials=6"),
         ({"method": "kfold", "folds": 2, "parameters": {}, "overrides": {"fold": 1}}, "key 'overrides.fold': set by"),
     ],
 )

@@ -347,7 +347,8 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
         if sweep["sampler_seed"] is not None:
             random.Random(sweep["sampler_seed"]).shuffle(grid)
         if trials is not None and trials > len(grid):
-            raise UserError(f"{path}: key 'trials': the grid has {len(grid)} combinations, got trials={trials}")
+            what = f"{len(grid)} folds" if kfold else f"the grid has {len(grid)} combinations"
+            raise UserError(f"{path}: key 'trials': {what}, got trials={trials}")
         trials = trials or len(grid)
     elif trials is None:
         raise UserError(f"{path}: missing required key 'trials' (needed by method {method})")
