@@ -7,48 +7,67 @@ import optuna
 import pytest
 
 import main
+from agents import AGENTS
+from agents.example import ExampleAgent
+from datasets.common import FOLD_KEYS
 from datasets.example import ExampleDataLoader
-from datasets.mnist import MnistDataLoader
-from tests.conftest import CONFIGS, EXAMPLE
+from tests.conftest import EXAMPLE
 from tests.test_example import write_class_folders
 from tests.test_sweep import PNG, TINY, rows, sweep_file
 
 OBJECTIVES = ["max valid/accuracy", "min valid/loss"]
 
 
-def _samples(loader) -> list[bytes]:
+class NoFoldsAgent(ExampleAgent):
+    """The template agent without the keys folds and fold, as an agent whose data has no folds."""
+
+    config_schema = {k: v for k, v in ExampleAgent.config_schema.items() if k not in FOLD_KEYS}
+
+
+@pytest.fixture
+def no_folds_agent():
+    AGENTS["NoFoldsAgent"] = __name__
+    yield
+    del AGENTS["NoFoldsAgent"]
+
+
+def samples(loader) -> list[bytes]:
+    """Every sample of a loader's batches, as bytes."""
     return [x.numpy().tobytes() for images, _ in loader for x in images]
 
 
-@pytest.mark.parametrize(
-    ("loader", "config", "settings"),
-    [
-        (ExampleDataLoader, EXAMPLE, ["data_mode=random", "random_size=50", "image_size=8"]),
-        (ExampleDataLoader, EXAMPLE, ["data_mode=folder", "image_size=12"]),  # train/ cut, valid/ left out
-        (MnistDataLoader, CONFIGS / "mnist_exp_0.json", ["data_mode=random", "random_size=40", "valid_size=10"]),
-    ],
-)
-def test_folds_are_disjoint_and_cover_the_training_data(tmp_path, loader, config, settings):
-    write_class_folders(tmp_path)
-    settings = [*settings, f"data_root={tmp_path}"]
-    usual = loader(main.load_config(str(config), settings)[0])
-    training = _samples(usual.train_loader)
-    if "data_mode=random" in settings:  # random data: the folds cut the training and validation samples
-        training += _samples(usual.valid_loader)
+def check_folds(make_data, settings: list[str], usual_valid_trains: bool) -> None:
+    """Folds 0-2 of 3 (``make_data(overrides)`` -> a data loader): each a split of the training data (with
+    ``usual_valid_trains``, the usual split's validation samples count as training data), each sample
+    validating in exactly one."""
+    usual = make_data(settings)
+    training = samples(usual.train_loader) + (samples(usual.valid_loader) if usual_valid_trains else [])
     folds = []
     for fold in range(3):
-        data = loader(main.load_config(str(config), [*settings, "folds=3", f"fold={fold}"])[0])
-        valid, train = _samples(data.valid_loader), _samples(data.train_loader)
+        data = make_data([*settings, "folds=3", f"fold={fold}"])
+        valid, train = samples(data.valid_loader), samples(data.train_loader)
         assert sorted(valid + train) == sorted(training)
         folds.append(valid)
-    assert sorted(sum(folds, [])) == sorted(training)  # each sample validates in exactly one fold
+    assert sorted(sum(folds, [])) == sorted(training)
     assert min(map(len, folds)) >= len(training) // 3
 
 
-def test_fold_goes_with_folds_and_other_agents_have_no_folds(exps, capsys):
+@pytest.mark.parametrize(
+    "settings",
+    [["data_mode=random", "random_size=50", "image_size=8"], ["data_mode=folder", "image_size=12"]],
+)
+def test_the_templates_folds_are_disjoint_and_cover_its_training_data(tmp_path, settings):
+    write_class_folders(tmp_path)  # folder mode: the folds are cut from train/ (valid/ is left out)
+    settings = [*settings, f"data_root={tmp_path}"]
+    check_folds(
+        lambda more: ExampleDataLoader(main.load_config(str(EXAMPLE), more)[0]), settings, "random" in settings[0]
+    )
+
+
+def test_fold_goes_with_folds_and_an_agent_without_folds_refuses_it(exps, capsys, no_folds_agent):
     assert main.main([str(EXAMPLE), "data_mode=random", "fold=1", f"experiments_dir={exps}"]) == 2
     assert "key 'fold': goes with folds" in capsys.readouterr().err
-    assert main.main([str(CONFIGS / "dcgan_exp_0.json"), "data_mode=random", "fold=1"]) == 2
+    assert main.main([str(EXAMPLE), "agent=NoFoldsAgent", "data_mode=random", "fold=1"]) == 2
     assert "unknown key 'fold'" in capsys.readouterr().err
 
 
@@ -77,13 +96,12 @@ def test_a_kfold_sweep_runs_its_config_on_each_fold_and_reports_their_mean_and_s
     assert (exps / "s" / "intermediate_values.png").read_bytes().startswith(PNG)
 
 
-def test_a_kfold_sweep_of_an_agent_without_folds_is_one_line(tmp_path, exps, capsys):
-    path = tmp_path / "sweep.json"
-    config = str(CONFIGS / "dcgan_exp_0.json")
-    path.write_text(json.dumps({"name": "s", "config": config, "method": "kfold", "folds": 3}))
-    assert main.main(["--sweep", str(path), "data_mode=random", f"experiments_dir={exps}"]) == 2
+def test_a_kfold_sweep_of_an_agent_without_folds_is_one_line(tmp_path, exps, capsys, no_folds_agent):
+    path = sweep_file(tmp_path, exps, method="kfold", folds=3, parameters={})
+    assert main.main(["--sweep", path, "agent=NoFoldsAgent"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "key 'method': kfold needs data with folds" in err and "DCGANAgent" in err
+    assert err.count("\n") == 1 and "key 'method': kfold needs data with folds" in err and "NoFoldsAgent" in err
+    assert not any(exps.iterdir())
 
 
 def test_several_objectives_run_nsga2_and_mark_the_pareto_front_with_its_configs_and_plot(
