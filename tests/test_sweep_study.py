@@ -339,3 +339,14 @@ def test_baselines_run_first_values_are_reported_at_every_validation_and_int_spa
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(exps / "s" / "study.journal")))
     study = optuna.load_study(study_name="s", storage=storage)
     assert [sorted(t.intermediate_values) for t in study.trials] == [[1, 2]] * 3  # learning curves, no pruner
+
+
+def test_choices_that_are_objects_run_as_their_values_and_read_back_in_results(tmp_path, exps):
+    optimizers = [{"type": "Adadelta", "args": {"lr": 1.0}}, {"type": "SGD", "args": {"lr": 0.1}}]
+    path = sweep_file(tmp_path, exps, parameters={"optimizer": optimizers})
+    assert main.main(["--sweep", path, "max_epoch=1"]) == 0
+    results = rows(exps / "s" / "results.csv")
+    assert [json.loads(r["optimizer"]) for r in results] == optimizers
+    for r in results:
+        config = json.loads((exps / "s" / f"trial_000{r['number']}" / "config.json").read_text())
+        assert config["optimizer"] == json.loads(r["optimizer"])
