@@ -275,12 +275,13 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
         _owned(key, "overrides", path)
     base = [f"{k}={json.dumps(v)}" for k, v in fixed.items()]
     kfold, objectives = sweep["method"] == "kfold", sweep["metric"]
+    method = sweep["method"] or ("nsga2" if objectives else "tpe")
     if kfold and sweep["parameters"]:
         raise UserError(f"{path}: key 'parameters': method kfold runs one config on each fold: set it in overrides")
     if not kfold and not sweep["parameters"]:
         raise UserError(f"{path}: key 'parameters': expected at least one key to sweep")
     if not kfold and sweep["folds"] is not None:
-        raise UserError(f"{path}: key 'folds': goes with method kfold, got method {sweep['method']}")
+        raise UserError(f"{path}: key 'folds': goes with method kfold, got method {method}")
     if sweep["pruner"] and (kfold or objectives):  # a pruned fold would bias the mean
         why = "runs every fold to its end" if kfold else "cannot prune a study of several objectives"
         raise UserError(f"{path}: key 'pruner': {'method kfold' if kfold else 'Optuna'} {why}; remove the pruner")
@@ -332,7 +333,6 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
         enqueue.append({k: json.dumps(v) if by_key[k].encoded else v for k, v in point.items()})
 
     trials, grid = sweep["trials"], []
-    method = sweep["method"] or ("nsga2" if objectives else "tpe")
     if method in ("grid", "kfold"):
         for space in (s for s in spaces if s.kind not in ("choice", "int")):
             what = f"a list of values, a choice or an int range, got {space.kind}"
