@@ -32,6 +32,7 @@ from agents import config_schemas, get_agent_class
 from utils.config import (
     apply_overrides,
     blame_override,
+    did_you_mean,
     read_config,
     repo_path,
     run_config,
@@ -177,33 +178,37 @@ def sweep(
     helper = [sys.executable, str(Path(__file__).resolve()), "--sweep", path, *overrides]
     helper += ["--slurm"] if on_slurm else []
     first = [*spec.overrides, *(s.override(s.values[0]) for s in spec.spaces)]
+
+    def check_first() -> None:
+        names = _check_agent(config, first)
+        for i, metric in enumerate(spec.metrics):  # one objective: the monitor, checked with the agent
+            if metric not in names:
+                hint = did_you_mean(metric, names)
+                raise UserError(f"{path}: key 'metric[{i}]': no metric '{metric}' (reported: {', '.join(names)}){hint}")
+
     # SIGTERM stops a sweep as Ctrl-C does: the trial running saves (its own process, or the agent's handler).
     before = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        study = run_sweep(spec, run_trial, workers, helper, worker_index, lambda: _check_agent(config, first))
+        study = run_sweep(spec, run_trial, workers, helper, worker_index, check_first)
     finally:
         signal.signal(signal.SIGTERM, before)
     if worker_index is not None:  # a helper: the first worker writes the results
         return 0
-    best = write_results(study, spec)
+    found = write_results(study, spec)
     states = collections.Counter(t.state.name.lower() for t in latest(study))  # tries run again left out
     counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
     if states["fail"] and not spec.retry_failed:
         counts += " (failed trials are not run again unless retry_failed=true)"
-    if best is None:
+    if found is None:
         return _fail(f"sweep {spec.name}: {counts}; no trial completed: see {spec.sweep_dir / 'results.csv'}", 1)
-    nproc = best.user_attrs.get("nproc", 1)
-    command = f"./run.sh{f' --nproc {nproc}' if nproc > 1 else ''} {spec.sweep_dir / 'best_config.json'}"
-    sys.stderr.write(
-        f"sweep {spec.name}: {counts}; best trial {best.number}, {spec.metric} {best.value:.4g}; "
-        f"results in {spec.sweep_dir} (the best trial's config runs with {command})\n"
-    )
+    sys.stderr.write(f"sweep {spec.name}: {counts}; {found}; results in {spec.sweep_dir}\n")
     return 0
 
 
-def _check_agent(config: str, overrides: list[str]) -> None:
+def _check_agent(config: str, overrides: list[str]) -> list[str]:
     """Build a trial's agent (its data, model, device) and check its monitor in a throwaway folder, as a run
-    does before it trains: a mistake found there is one line before any trial, not a failure of each."""
+    does before it trains: a mistake found there is one line before any trial, not a failure of each.
+    Returns the names of the metrics the agent reports."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -213,6 +218,7 @@ def _check_agent(config: str, overrides: list[str]) -> None:
             try:
                 agent.__init__(resolved)
                 agent.monitor.check(agent.metric_names(), agent_class.__name__)
+                return agent.metric_names()
             finally:
                 agent.finalize()
         except UserError as e:

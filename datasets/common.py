@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from utils.config import repo_path
+from utils.config import Key, repo_path
 from utils.errors import UserError
 from utils.training import distributed
 from utils.training.seeding import derive_seed
@@ -37,6 +37,37 @@ def held_out(n: int, fraction: float, seed: int, name: str, key: str = "valid_fr
         )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, name, "held-out")))
     return sorted(order[n_valid:].tolist()), sorted(order[:n_valid].tolist())
+
+
+FOLD_KEYS = {
+    "folds": Key(
+        None,
+        int,
+        "k-fold cross-validation: the training data cut into this many parts (shuffled by the seed), one of "
+        "which validates; null: the usual valid split",
+        min=2,
+        max=100,
+        nullable=True,
+    ),
+    "fold": Key(0, int, "with folds: the part that validates, 0 to folds - 1", min=0, max=99),
+}
+
+
+def fold_split(config, n: int) -> tuple[list[int], list[int]] | None:
+    """(training, validating) indices of fold ``config.fold`` of the ``n`` training samples; None without folds."""
+    folds, fold = config.get("folds"), config.get("fold", 0)
+    if folds is None:
+        if fold:
+            raise UserError(f"config: key 'fold': goes with folds (the number of parts), got fold={fold} alone")
+        return None
+    if fold >= folds:
+        raise UserError(f"config: key 'fold': expected 0 to {folds - 1} (folds is {folds}), got {fold}")
+    if n < folds:
+        raise UserError(f"config: key 'folds': {folds} parts of {n} training samples leave some empty")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(config.seed, "folds")))
+    parts = order.tensor_split(folds)
+    train = torch.cat([part for i, part in enumerate(parts) if i != fold])
+    return sorted(train.tolist()), sorted(parts[fold].tolist())
 
 
 def missing(path: Path, what: str, how: str) -> UserError:

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from datasets.common import data_root, held_out, random_images
+from datasets.common import FOLD_KEYS, data_root, fold_split, held_out, random_images
 from datasets.image_files import SKIP_BAD_FILES, ImageFiles, class_folders, predict_files
 from utils.config import Key
 from utils.errors import UserError
@@ -54,6 +54,7 @@ class ExampleDataLoader:
         ),
         "random_size": Key(640, int, "data_mode=random: number of synthetic images", min=3, max=20_000),
         "skip_bad_files": SKIP_BAD_FILES,
+        **FOLD_KEYS,
     }
 
     def __init__(self, config) -> None:
@@ -88,12 +89,11 @@ class ExampleDataLoader:
         """Images with a class pattern plus noise: a learnable signal, so a smoke run shows the loss falling."""
         shape = (config.channels, config.image_size, config.image_size)
         images, labels = random_images(config.random_size, shape, num_classes, config.seed)
-        n = max(1, len(images) // 5)  # a fifth each for valid and test
-        return {
-            "train": TensorBatches(images[2 * n :], labels[2 * n :], transform=_to_float),
-            "valid": TensorBatches(images[:n], labels[:n], transform=_to_float),
-            "test": TensorBatches(images[n : 2 * n], labels[n : 2 * n], transform=_to_float),
-        }
+        n = max(1, len(images) // 5)  # a fifth each for valid and test: the test fifth is images[n : 2n]
+        pool = [i for i in range(len(images)) if not n <= i < 2 * n]  # valid, then train
+        train, valid = fold_split(config, len(pool)) or (range(n, len(pool)), range(n))
+        split = {"train": [pool[i] for i in train], "valid": [pool[i] for i in valid], "test": range(n, 2 * n)}
+        return {k: TensorBatches(images[list(v)], labels[list(v)], transform=_to_float) for k, v in split.items()}
 
     def predict_loader(self, given: str | None) -> tuple[list[Path], DataLoader]:
         """The image files of ``given`` (a file or a folder) and batches of them as the folder mode reads images
@@ -111,8 +111,8 @@ class ExampleDataLoader:
         if splits == ("test",):
             how = f"mode=test evaluates the test split: put its images in {root}/test/<class>/"
         mode, transform = _colour_mode(config), _transform(config)
-        if "valid" in splits and not (root / "valid").exists():
-            splits = ("train",)
+        if "valid" in splits and (config.folds or not (root / "valid").exists()):
+            splits = ("train",)  # folds are cut from train/ (a valid/ folder is left out)
         data, class_names = {}, {}
         for split in splits:
             samples, class_names[split] = class_folders(root / split, how)
@@ -130,6 +130,7 @@ class ExampleDataLoader:
                 f"{config.num_classes} (set num_classes={self.num_classes}, or null to take the folders' count)"
             )
         if "valid" not in data and "test" not in data:
-            train, valid = held_out(len(data["train"]), config.valid_fraction, config.seed, "valid split")
+            n = len(data["train"])
+            train, valid = fold_split(config, n) or held_out(n, config.valid_fraction, config.seed, "valid split")
             data = {"train": data["train"].subset(train), "valid": data["train"].subset(valid)}
         return data

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from datasets.common import fetched_root, hold_out, missing, random_crop, random_images
+from datasets.common import FOLD_KEYS, fetched_root, fold_split, hold_out, missing, random_crop, random_images
 from datasets.image_files import ImageFiles, predict_files
 from utils.config import Key
 from utils.errors import UserError
@@ -119,6 +119,7 @@ class MnistDataLoader:
         "shift": Key(
             0, int, "training images: random shift of up to this many pixels each way (0: none)", min=0, max=8
         ),
+        **FOLD_KEYS,
     }
 
     def __init__(self, config) -> None:
@@ -131,7 +132,12 @@ class MnistDataLoader:
             root = fetched_root(config, download)
             raw = root / "MNIST" / "raw"
             train, test = load_split(raw, "train"), load_split(raw, "test")
-        splits = hold_out(train, test, config.valid_size, "the training file")
+        folds = fold_split(config, len(train[0]))  # k-fold: the training file's parts (valid_size is not used)
+        if folds is None:
+            splits = hold_out(train, test, config.valid_size, "the training file")
+        else:
+            (t, v), (images, labels) = folds, train
+            splits = {"train": (images[t], labels[t]), "valid": (images[v], labels[v]), "test": test}
         loaders = {}
         for name, (images, labels) in splits.items():
             augment = name == "train" and config.shift > 0

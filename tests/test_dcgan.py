@@ -344,3 +344,9 @@ def test_sample_grids_show_the_averaged_generator_when_the_run_keeps_one(exps):
         agent.finalize()
     with Image.open(exps / "ema" / "out" / "samples_epoch_001.png") as grid:
         assert torch.equal(torch.from_numpy(np.array(grid)).permute(2, 0, 1), expected)
+
+
+def test_dcgan_has_no_folds_and_refuses_the_key_in_one_line(capsys):
+    assert main.main([str(CONFIGS / "dcgan_exp_0.json"), "data_mode=random", "fold=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'fold'" in err and err.count("\n") == 1

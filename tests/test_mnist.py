@@ -14,6 +14,7 @@ import main
 from datasets.mnist import MnistDataLoader, normalise, read_idx
 from graphs.models.mnist import Mnist, SeedMnist
 from tests.conftest import CONFIGS, cli, train
+from tests.test_sweep_objectives import check_folds
 from utils.errors import UserError
 from utils.training.data import set_epoch
 
@@ -238,3 +239,10 @@ def test_predict_reads_any_image_as_validation_reads_mnist_and_overwrites_nothin
     with pytest.raises(UserError, match="predictions.csv: written by an earlier mode=predict"):
         train(MNIST, exps, *args, "mode=predict", f"predict_input={photos}")
     assert out.read_bytes() == before
+
+
+def test_folds_of_the_training_file_are_disjoint_and_cover_it():
+    settings = ["data_mode=random", "random_size=40", "valid_size=10"]  # folds: valid_size is not used
+    check_folds(
+        lambda more: MnistDataLoader(main.load_config(str(CONFIGS / "mnist_exp_0.json"), more)[0]), settings, True
+    )

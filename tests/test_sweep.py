@@ -52,7 +52,7 @@ def rows(path) -> list[dict]:
         ({"paramters": {}}, "unknown key 'paramters' (did you mean 'parameters'?)"),
         (
             {"method": "gird"},
-            "key 'method': expected one of 'grid', 'random', 'tpe', got 'gird' (did you mean 'grid'?)",
+            "key 'method': expected one of 'grid', 'random', 'tpe', 'nsga2', 'kfold', got 'gird' (did you mean",
         ),
         ({"parameters": {"batch_sise": [16]}}, "parameters.batch_sise = 16: "),
         ({"parameters": {"batch_sise": [16]}}, "unknown key 'batch_sise' (did you mean 'batch_size'?)"),
@@ -75,6 +75,15 @@ def rows(path) -> list[dict]:
         ({"pruner": {"type": "MedianPruner", "args": {"n_startup": 1}}}, "MedianPruner rejected"),
         ({"storage": "localhost:5432"}, "key 'storage': expected a database URL"),
         ({"config": "configs/nope.json"}, "nope.json: config file not found"),
+        ({"metric": ["max valid/accuracy"]}, "key 'metric': expected a list of two or more 'max <metric>'"),
+        ({"metric": ["max valid/accuracy", "lowest valid/loss"]}, "key 'metric[1]': expected 'max <metric>' or"),
+        ({"metric": ["max valid/accuracy", "min valid/loss"], "pruner": "MedianPruner"}, "Optuna cannot prune"),
+        ({"method": "kfold", "folds": 2}, "key 'parameters': method kfold runs one config on each fold"),
+        ({"folds": 2}, "key 'folds': goes with method kfold, got method grid"),
+        ({"method": "kfold", "folds": 2, "parameters": {}, "pruner": "MedianPruner"}, "kfold runs every fold to its"),
+        ({"method": "kfold", "folds": 1, "parameters": {}}, "key 'folds': must be at least 2"),
+        ({"method": "kfold", "parameters": {}, "trials": 6}, "key 'trials': 5 folds, got trials=6"),
+        ({"method": "kfold", "folds": 2, "parameters": {}, "overrides": {"fold": 1}}, "key 'overrides.fold': set by"),
     ],
 )
 def test_sweep_file_mistakes_exit_2_with_one_line_before_any_trial(tmp_path, exps, capsys, keys, expected):

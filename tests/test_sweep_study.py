@@ -135,7 +135,7 @@ def test_a_machine_with_another_grid_is_refused_before_the_first_trial_too(tmp_p
     study, created = utils.sweep.study.open_study(spec)
     utils.sweep.study._claim(study, spec, created)  # machine a, before its first trial
     assert main.main(["--sweep", b, storage, "max_epoch=1"]) == 2
-    assert "Optuna refuses the change" in capsys.readouterr().err
+    assert "was made with another grid" in capsys.readouterr().err  # before any trial drew a value
 
 
 def test_a_refused_folder_leaves_the_new_study_free_for_another_space(tmp_path, exps, capsys):
@@ -339,3 +339,14 @@ def test_baselines_run_first_values_are_reported_at_every_validation_and_int_spa
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(exps / "s" / "study.journal")))
     study = optuna.load_study(study_name="s", storage=storage)
     assert [sorted(t.intermediate_values) for t in study.trials] == [[1, 2]] * 3  # learning curves, no pruner
+
+
+def test_choices_that_are_objects_run_as_their_values_and_read_back_in_results(tmp_path, exps):
+    optimizers = [{"type": "Adadelta", "args": {"lr": 1.0}}, {"type": "SGD", "args": {"lr": 0.1}}]
+    path = sweep_file(tmp_path, exps, parameters={"optimizer": optimizers})
+    assert main.main(["--sweep", path, "max_epoch=1"]) == 0
+    results = rows(exps / "s" / "results.csv")
+    assert [json.loads(r["optimizer"]) for r in results] == optimizers
+    for r in results:
+        config = json.loads((exps / "s" / f"trial_000{r['number']}" / "config.json").read_text())
+        assert config["optimizer"] == json.loads(r["optimizer"])

@@ -41,6 +41,7 @@ QUICK_DEFAULT = "max_train_batches=2 max_valid_batches=2"
 QUICK = {
     "dqn_exp_0.json": "total_steps=600 learning_starts=100 validate_every=300 eval_episodes=2 solve_episodes=2",
     "mnist_lr.json": f"max_epoch=1 {QUICK_DEFAULT}",  # a sweep: every trial one short epoch
+    "mnist_kfold.json": f"max_epoch=1 {QUICK_DEFAULT}",
 }
 BLOCK = re.compile(r"(?:^(<!--[^\n]*-->)\n)?^( *)```(\w*)\n(.*?)^\2```$", re.M | re.S)
 

@@ -1,10 +1,12 @@
-"""What a sweep leaves for people: results.csv, best_config.json (the best trial's own config) and Optuna's plots."""
+"""What a sweep leaves for people: results.csv, the best trial's own config (best_config.json; several objectives:
+one per trial of the Pareto front, pareto_front/trial_NNNN.json) and Optuna's plots."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import statistics
 import sys
 import warnings
 
@@ -19,21 +21,47 @@ from utils.sweep.study import first_number, latest, trial_name, tries
 PLOTS = ("optimization_history", "slice", "param_importances", "parallel_coordinate", "intermediate_values")
 
 
-def write_results(study: optuna.Study, sweep: Sweep) -> FrozenTrial | None:
-    """results.csv, best_config.json and the plots; returns the best complete trial (None: there is none)."""
-    _write_csv(tries(study), sweep)
+def write_results(study: optuna.Study, sweep: Sweep) -> str | None:
+    """results.csv, the best configs and the plots; returns what the study found, in a line (None: no trial
+    completed): the best trial, the Pareto front, or the folds' mean and standard deviation (method kfold)."""
     complete = [t for t in latest(study) if t.state == TrialState.COMPLETE]
-    best = None
-    if complete:
-        best = (max if sweep.direction == "maximize" else min)(complete, key=lambda t: t.value)
-        write_text_atomic(sweep.sweep_dir / "best_config.json", json.dumps(best_config(sweep, best), indent=2) + "\n")
+    front = study.best_trials if complete and len(sweep.objectives) > 1 else []
+    values = [t.value for t in complete] if sweep.method == "kfold" else []
+    spread = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0) if values else None
+    _write_csv(tries(study), sweep, {t.number for t in front}, spread)
     _plot(study, sweep)
-    return best
+    if not complete:
+        return None
+    if sweep.method == "kfold":
+        mean, std = spread
+        return f"{sweep.metrics[0]} {mean:.4g} ± {std:.2g} (mean ± standard deviation of {len(values)} folds)"
+    if front:
+        folder = sweep.sweep_dir / "pareto_front"  # rewritten each time: the front of the whole study
+        folder.mkdir(exist_ok=True)
+        for old in folder.glob("trial_*.json"):
+            old.unlink()
+        for t in front:
+            write_text_atomic(folder / f"{trial_name(t.number)}.json", _config(sweep, t, f"_trial_{t.number}"))
+        numbers = ", ".join(str(t.number) for t in sorted(front, key=lambda t: t.number))
+        command = f"{_run(front[0])} {folder}/trial_NNNN.json"
+        return f"Pareto front ({', '.join(sweep.objectives)}): trials {numbers}, each runs with {command}"
+    best = (max if sweep.directions[0] == "maximize" else min)(complete, key=lambda t: t.value)
+    write_text_atomic(sweep.sweep_dir / "best_config.json", _config(sweep, best, "_best"))
+    where = sweep.sweep_dir / "best_config.json"
+    return f"best trial {best.number}, {sweep.metrics[0]} {best.value:.4g} (its config runs with {_run(best)} {where})"
 
 
-def _write_csv(trials: list[FrozenTrial], sweep: Sweep) -> None:
-    keys = [s.key for s in sweep.spaces]
-    columns = ["number", *keys, "objective", "state", "epochs", "wall_seconds", "host", "gpus", "run_dir", "error"]
+def _run(trial: FrozenTrial) -> str:
+    """The command that runs a trial's config (``--nproc N`` as the trial ran)."""
+    nproc = trial.user_attrs.get("nproc", 1)
+    return f"./run.sh{f' --nproc {nproc}' if nproc > 1 else ''}"
+
+
+def _write_csv(trials: list[FrozenTrial], sweep: Sweep, front: set[int], spread: tuple | None) -> None:
+    keys, attrs = [s.key for s in sweep.spaces], ["epochs", "wall_seconds", "host", "gpus"]
+    objectives = sweep.metrics if len(sweep.objectives) > 1 else ["objective"]
+    more = ["pareto"] if len(sweep.objectives) > 1 else []
+    columns = ["number", *keys, *objectives, *more, "state", *attrs, "run_dir", "error"]
     buf = io.StringIO()
     out = csv.DictWriter(buf, fieldnames=columns)
     out.writeheader()
@@ -50,37 +78,35 @@ def _write_csv(trials: list[FrozenTrial], sweep: Sweep) -> None:
             {
                 "number": t.number,
                 **{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in values.items()},
-                "objective": t.value if t.state in (TrialState.COMPLETE, TrialState.PRUNED) else None,
+                **dict(zip(objectives, t.values or [None] * len(objectives), strict=True)),
+                **({"pareto": t.number in front} if more else {}),
                 "state": t.state.name.lower(),
-                "epochs": t.user_attrs.get("epochs"),
-                "wall_seconds": t.user_attrs.get("wall_seconds"),
-                "host": t.user_attrs.get("host"),
-                "gpus": t.user_attrs.get("gpus"),
+                **{k: t.user_attrs.get(k) for k in attrs},
                 "run_dir": t.user_attrs.get("run_dir", sweep.sweep_dir / trial_name(first_number(t))),
                 "error": error,
             }
         )
+    for name, value in zip(("mean", "std"), spread or (), strict=False):  # kfold: the complete folds'
+        out.writerow({"number": name, "objective": value})
     write_text_atomic(sweep.sweep_dir / "results.csv", buf.getvalue())
 
 
-def best_config(sweep: Sweep, best: FrozenTrial) -> dict:
-    """The best trial's own resolved config, as a run of its own: ``./run.sh best_config.json``."""
-    return {**best.user_attrs["config"], "exp_name": f"{sweep.name}_best"}
+def _config(sweep: Sweep, trial: FrozenTrial, suffix: str) -> str:
+    """A trial's own resolved config as a run of its own (exp_name: the sweep's name and ``suffix``)."""
+    return json.dumps({**trial.user_attrs["config"], "exp_name": f"{sweep.name}{suffix}"}, indent=2) + "\n"
 
 
 def _plot(study: optuna.Study, sweep: Sweep) -> None:
-    """Optuna's views of the study as PNG; one that cannot be drawn (matplotlib missing, too few trials) is
-    a warning: a plot never costs the results."""
-    try:
-        import matplotlib
+    """Optuna's views of the study as PNG; one that cannot be drawn (a font, too few trials) is a warning: a plot
+    never costs the results."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from optuna.visualization import matplotlib as views
-    except ImportError as e:
-        sys.stderr.write(f"warning: {sweep.sweep_dir}: plots not written: {e}\n")
-        return
-    for name in PLOTS:
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as views
+
+    names = ("intermediate_values",) if sweep.method == "kfold" else PLOTS  # kfold: the folds' curves
+    for name in ("pareto_front",) if len(sweep.objectives) > 1 else names:
         try:
             with warnings.catch_warnings():  # "experimental", "too few trials to compute importances"
                 warnings.simplefilter("ignore")

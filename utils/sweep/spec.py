@@ -17,6 +17,7 @@ from utils.config import (
     REQUIRED,
     Key,
     apply_overrides,
+    check_monitor,
     did_you_mean,
     parse_override,
     plain_name,
@@ -27,7 +28,7 @@ from utils.config import (
 )
 from utils.errors import UserError
 
-METHODS = ("grid", "random", "tpe")
+METHODS = ("grid", "random", "tpe", "nsga2", "kfold")
 SPACE_KINDS = ("log_uniform", "uniform", "int", "choice")
 OWNED_KEYS = ("exp_name", "mode", "resume")  # set by the sweep for each trial's run: a sweep file may not set them
 MAX_GRID = 100_000  # combinations of a grid (a grid is built whole before the first trial)
@@ -43,13 +44,32 @@ def _storage_check(value: str, where: str, source: str) -> None:
         )
 
 
+def _check_metric(value: list, where: str, source: str) -> None:
+    if len(value) < 2 or not all(isinstance(v, str) for v in value):
+        raise UserError(
+            f"{source}: key '{where}': expected a list of two or more 'max <metric>' or 'min <metric>' "
+            f"(one objective: the config's monitor), got {json.dumps(value)}"
+        )
+    for i, text in enumerate(value):
+        check_monitor(text, f"{where}[{i}]", source)
+
+
 _PRUNER = 'an optuna.pruners class, "MedianPruner" or {"type": "MedianPruner", "args": {...}}; null: none'
 SWEEP_SCHEMA: dict[str, Key] = {
     "name": Key(REQUIRED, str, "the study's name and its folder under the config's experiments_dir", check=plain_name),
     "config": Key(REQUIRED, str, "the base config every trial runs (relative to the repository)"),
     "overrides": Key({}, dict, 'fixed key: value pairs applied to every trial, e.g. {"max_epoch": 3}'),
-    "parameters": Key(REQUIRED, dict, "key: space (a list of values, or one of SPACE_KINDS: tutorial 06)"),
-    "method": Key("tpe", str, "grid (every combination), random or tpe (Optuna's default sampler)", choices=METHODS),
+    "parameters": Key({}, dict, "key: space (a list of values, or one of SPACE_KINDS: tutorial 06)"),
+    "method": Key(
+        None,
+        str,
+        "grid (every combination), random, tpe, nsga2 (Optuna's samplers) or kfold (one config on each fold); "
+        "null: tpe, or nsga2 with several objectives",
+        choices=METHODS,
+        nullable=True,
+    ),
+    "metric": Key(None, list, "objectives of a Pareto front; null: the monitor", nullable=True, check=_check_metric),
+    "folds": Key(None, int, "method kfold: the number of folds, a trial each (null: 5)", min=2, max=100, nullable=True),
     "trials": Key(None, int, "number of trials (grid: all combinations when null)", min=1, nullable=True),
     "enqueue": Key([], list, 'configurations tried first, e.g. [{"optimizer.args.lr": 0.1}] (random, tpe)'),
     "pruner": Key(None, (str, dict), _PRUNER, nullable=True),
@@ -121,7 +141,7 @@ class Sweep:
     keys: dict  # the sweep file's keys, checked, with the command line's
     overrides: list[str]  # key=value, fixed for every trial
     spaces: list[Space]
-    monitor: str  # e.g. "max valid/accuracy"
+    objectives: list[str]  # e.g. ["max valid/accuracy"]: the config's monitor, or the sweep's metric
     device: str  # the config's device ("cpu": no GPU per worker)
     sweep_dir: Path
     grid: list[dict]  # method=grid: every combination in trial order (Optuna's values)
@@ -149,12 +169,12 @@ class Sweep:
         return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.storage) if self.storage else None
 
     @property
-    def direction(self) -> str:
-        return "maximize" if self.monitor.split()[0] == "max" else "minimize"
+    def directions(self) -> list[str]:
+        return ["maximize" if o.split()[0] == "max" else "minimize" for o in self.objectives]
 
     @property
-    def metric(self) -> str:
-        return self.monitor.split()[1]
+    def metrics(self) -> list[str]:
+        return [o.split()[1] for o in self.objectives]
 
 
 def _parse_space(key: str, value: Any, source: str) -> Space:
@@ -254,9 +274,26 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
     for key in fixed:
         _owned(key, "overrides", path)
     base = [f"{k}={json.dumps(v)}" for k, v in fixed.items()]
-    if not sweep["parameters"]:
+    kfold, objectives = sweep["method"] == "kfold", sweep["metric"]
+    method = sweep["method"] or ("nsga2" if objectives else "tpe")
+    if kfold and sweep["parameters"]:
+        raise UserError(f"{path}: key 'parameters': method kfold runs one config on each fold: set it in overrides")
+    if not kfold and not sweep["parameters"]:
         raise UserError(f"{path}: key 'parameters': expected at least one key to sweep")
+    if not kfold and sweep["folds"] is not None:
+        raise UserError(f"{path}: key 'folds': goes with method kfold, got method {method}")
+    if sweep["pruner"] and (kfold or objectives):  # a pruned fold would bias the mean
+        why = "runs every fold to its end" if kfold else "cannot prune a study of several objectives"
+        raise UserError(f"{path}: key 'pruner': {'method kfold' if kfold else 'Optuna'} {why}; remove the pruner")
+    if kfold and objectives:
+        raise UserError(f"{path}: key 'metric': method kfold averages one objective, the config's monitor")
     spaces = [_parse_space(k, v, path) for k, v in sweep["parameters"].items()]
+    if kfold:
+        sweep["folds"] = sweep["folds"] or 5
+        for key in ("fold", "folds"):
+            if key in fixed:
+                raise UserError(f"{path}: key 'overrides.{key}': set by method kfold for each trial; remove it")
+        spaces = [Space("fold", "choice", list(range(sweep["folds"])))]
     _check_overlaps(spaces, list(fixed), path)
 
     # The config as the sweep file names it when that is the same file from here (messages stay short).
@@ -273,6 +310,13 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
             raise UserError(f"{path}: {where}: {e}{hint.replace('did you mean', 'or the sweep key')}") from None
 
     config = check([], "overrides")
+    if kfold and "folds" not in config:
+        raise UserError(
+            f"{path}: key 'method': kfold needs data with folds (keys 'folds' and 'fold': the template, MNIST); "
+            f"the agent {config['agent']} has none"
+        )
+    if kfold:
+        base.append(f"folds={sweep['folds']}")
     for space in spaces:
         _owned(space.key, "parameters", path)
         if space.key.split(".")[0] == "monitor":
@@ -289,7 +333,7 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
         enqueue.append({k: json.dumps(v) if by_key[k].encoded else v for k, v in point.items()})
 
     trials, grid = sweep["trials"], []
-    if sweep["method"] == "grid":
+    if method in ("grid", "kfold"):
         for space in (s for s in spaces if s.kind not in ("choice", "int")):
             what = f"a list of values, a choice or an int range, got {space.kind}"
             raise UserError(f"{path}: key 'parameters.{space.key}': method grid needs {what}")
@@ -303,12 +347,14 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
         if sweep["sampler_seed"] is not None:
             random.Random(sweep["sampler_seed"]).shuffle(grid)
         if trials is not None and trials > len(grid):
-            raise UserError(f"{path}: key 'trials': the grid has {len(grid)} combinations, got trials={trials}")
+            what = f"{len(grid)} folds" if kfold else f"the grid has {len(grid)} combinations"
+            raise UserError(f"{path}: key 'trials': {what}, got trials={trials}")
         trials = trials or len(grid)
     elif trials is None:
-        raise UserError(f"{path}: missing required key 'trials' (needed by method {sweep['method']})")
+        raise UserError(f"{path}: missing required key 'trials' (needed by method {method})")
 
-    keys = {**sweep, "trials": trials, "pruner": _pruner(sweep["pruner"], path)}
+    keys = {**sweep, "method": method, "trials": trials, "pruner": _pruner(sweep["pruner"], path)}
     resolve = lambda more: to_plain(check_config(config_path, [*base, *more]))  # noqa: E731
     sweep_dir = repo_path(config["experiments_dir"]) / sweep["name"]
-    return Sweep(path, keys, base, spaces, config["monitor"], config["device"], sweep_dir, grid, enqueue, resolve)
+    objectives = objectives or [config["monitor"]]
+    return Sweep(path, keys, base, spaces, objectives, config["device"], sweep_dir, grid, enqueue, resolve)

@@ -121,7 +121,7 @@ def open_study(sweep: Sweep, worker_index: int = 0) -> tuple[optuna.Study, bool]
         try:
             storage = _storage(sweep)
             try:
-                study, created = optuna.create_study(storage=storage, direction=sweep.direction, **names), True
+                study, created = optuna.create_study(storage=storage, directions=sweep.directions, **names), True
             except optuna.exceptions.DuplicatedStudyError:
                 study, created = optuna.load_study(storage=storage, **names), False
             break
@@ -134,17 +134,18 @@ def open_study(sweep: Sweep, worker_index: int = 0) -> tuple[optuna.Study, bool]
                 message = f"cannot open {sweep.shown_storage}: {(str(e).strip() or type(e).__name__).splitlines()[0]}"
                 raise UserError(f"{sweep.path}: key 'storage': {message}") from None
             time.sleep(0.5 * (attempt + 1))
-    if study.direction.name.lower() != sweep.direction:
+    directions = [d.name.lower() for d in study.directions]
+    if directions != sweep.directions:
         raise UserError(
-            f"{sweep.path}: study '{sweep.name}' exists and was made to {study.direction.name.lower()}, "
-            f"but monitor is '{sweep.monitor}'; use another sweep name"
+            f"{sweep.path}: study '{sweep.name}' exists and was made to {', '.join(directions)}, "
+            f"but the objectives are {', '.join(sweep.objectives)}; use another sweep name"
         )
     seed = sweep.sampler_seed
     if seed is not None:  # one worker of a new study: the draws of sampler_seed; a study that goes on: new ones
         before = len(study.get_trials(deepcopy=False))
         seed = derive_seed(seed, "sweep worker", worker_index, *((before,) if before else ()))
-    tpe = sweep.method == "tpe"
-    study.sampler = optuna.samplers.TPESampler(seed=seed) if tpe else optuna.samplers.RandomSampler(seed)
+    samplers = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler}
+    study.sampler = samplers.get(sweep.method, optuna.samplers.RandomSampler)(seed=seed)  # grid, kfold: queued
     return study, created
 
 
@@ -161,19 +162,19 @@ def _storage(sweep: Sweep) -> Any:
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
         )
     except ImportError:
-        missing = (
-            f"no database driver for {sweep.storage.split('://')[0]}:// (postgresql: pip install 'psycopg[binary]')"
-        )
-        raise UserError(f"{sweep.path}: key 'storage': {missing}") from None
+        scheme = sweep.storage.split("://")[0]
+        install = "postgresql: pip install 'psycopg[binary]'"
+        raise UserError(f"{sweep.path}: key 'storage': no database driver for {scheme}:// ({install})") from None
 
 
-def run_one(study: optuna.Study, sweep: Sweep, run_trial: RunTrial, trial: optuna.trial.Trial) -> float:
-    """Optuna's objective: run one trial's run to its end in its folder; its best value of the monitor.
+def run_one(study: optuna.Study, sweep: Sweep, run_trial: RunTrial, trial: optuna.trial.Trial) -> list[float]:
+    """Optuna's objective: run one trial's run to its end in its folder; its value of each objective at its
+    best epoch (best.pth's: one objective, the monitor's best value).
 
     Raises TrialFailed (its message in ``error``) or optuna.TrialPruned; a trial stopped by a signal is queued
     again before the signal goes on. The one place a trial is launched (``run_trial`` says where and how)."""
     frozen = study._storage.get_trial(trial._trial_id)
-    if sweep.method == "grid" and not (frozen.system_attrs.get("fixed_params") or first_number(frozen) != trial.number):
+    if sweep.grid and not (frozen.system_attrs.get("fixed_params") or first_number(frozen) != trial.number):
         trial.set_user_attr("surplus", True)  # asked while another worker took the grid's last point
         raise TrialFailed("no grid point left")
     values = {space.key: space.suggest(trial) for space in sweep.spaces}  # a queued trial keeps its values
@@ -189,8 +190,8 @@ def run_one(study: optuna.Study, sweep: Sweep, run_trial: RunTrial, trial: optun
 
     def after_validation(epoch: int, metrics: dict[str, float]) -> bool:
         nonlocal pruned
-        value = metrics.get(sweep.metric)
-        if value is None or not math.isfinite(value):
+        value = metrics.get(sweep.metrics[0])
+        if len(sweep.objectives) > 1 or value is None or not math.isfinite(value):  # Optuna: one objective only
             return False
         with warnings.catch_warnings():  # a resumed trial reports its earlier epochs again: Optuna keeps the first
             warnings.simplefilter("ignore")
@@ -211,19 +212,21 @@ def run_one(study: optuna.Study, sweep: Sweep, run_trial: RunTrial, trial: optun
     except Exception as e:  # noqa: BLE001 (a bug in this trial's code: it fails, the sweep goes on)
         LOG.error(traceback.format_exc())
         error = f"{type(e).__name__}: {e}"
-    summary = read_run(run_dir).summary
-    trial.set_user_attr("epochs", summary.get("epochs"))
-    trial.set_user_attr("wall_seconds", summary.get("wall_seconds"))
-    value = (summary.get("best") or {}).get("value")
+    run = read_run(run_dir)
+    trial.set_user_attr("epochs", run.summary.get("epochs"))
+    trial.set_user_attr("wall_seconds", run.summary.get("wall_seconds"))
+    best = run.summary.get("best") or {}
+    row = next((r for r in reversed(run.rows) if r.get("epoch") == best.get("epoch")), {})
+    values = [best.get("value")] if len(sweep.objectives) == 1 else [row.get(m) for m in sweep.metrics]
     if error is not None:
         raise _failed(trial, error)
     if pruned:
-        LOG.info(f"trial {trial.number}: pruned after epoch {summary.get('epochs')}")
+        LOG.info(f"trial {trial.number}: pruned after epoch {run.summary.get('epochs')}")
         raise optuna.TrialPruned()
-    if value is None:
-        raise _failed(trial, f"no finite value of {sweep.metric} in {run_dir / 'summary.json'}")
-    LOG.info(f"trial {trial.number}: {sweep.metric} {value:.4g}")
-    return value
+    if not all(v is not None and math.isfinite(v) for v in values):
+        raise _failed(trial, f"no finite value of {', '.join(sweep.metrics)} at its best epoch in {run_dir}")
+    LOG.info(f"trial {trial.number}: " + ", ".join(f"{m} {v:.4g}" for m, v in zip(sweep.metrics, values, strict=True)))
+    return values
 
 
 def _failed(trial: optuna.trial.Trial, message: str) -> TrialFailed:
@@ -243,7 +246,7 @@ def work(study: optuna.Study, sweep: Sweep, run_trial: RunTrial) -> None:
             optuna.storages.fail_stale_trials(study)  # a silent machine's trial: failed, queued again
         trials = latest(study)
         states = [t.state for t in trials]
-        if TrialState.WAITING in states or (sweep.method != "grid" and len(trials) < sweep.trials):
+        if TrialState.WAITING in states or (not sweep.grid and len(trials) < sweep.trials):
             with lock.running() if lock is not None else contextlib.nullcontext():
                 study.optimize(lambda trial: run_one(study, sweep, run_trial, trial), n_trials=1, catch=TrialFailed)
         elif TrialState.RUNNING in states:
@@ -267,18 +270,16 @@ def _claim(study: optuna.Study, sweep: Sweep, created: bool) -> None:
             f"{sweep.path}: key 'name': {sweep.sweep_dir} holds the trials of another study than the one in {where} "
             "(another storage, or its study file removed); choose another sweep name, or move the folder"
         )
-    distributions = {k: optuna.distributions.json_to_distribution(v) for k, v in attrs.get("space", {}).items()}
-    for space in sweep.spaces:
-        if space.key in distributions:
-            try:
-                optuna.distributions.check_distribution_compatibility(distributions[space.key], space.distribution())
-            except ValueError as e:
-                raise UserError(
-                    f"{sweep.path}: key 'parameters.{space.key}': the study in {where} was made with another space "
-                    f"({distributions[space.key]}), and Optuna refuses the change ({e}); choose another sweep name"
-                ) from None
-        distributions[space.key] = space.distribution()
-    if sweep.method == "grid" and attrs.get("grid", sweep.grid) != sweep.grid:
+    drawn = {k: d for t in study.get_trials(deepcopy=False) for k, d in t.distributions.items()}
+    for space in (s for s in sweep.spaces if s.key in drawn):
+        try:
+            optuna.distributions.check_distribution_compatibility(drawn[space.key], space.distribution())
+        except ValueError as e:
+            raise UserError(
+                f"{sweep.path}: key 'parameters.{space.key}': the study in {where} was made with another space "
+                f"({drawn[space.key]}), and Optuna refuses the change ({e}); choose another sweep name"
+            ) from None
+    if sweep.grid and attrs.get("grid", sweep.grid) != sweep.grid:
         what = "another grid (its points or their order: parameters, sampler_seed)"
         raise UserError(f"{sweep.path}: key 'parameters': the study in {where} was made with {what}; keep it")
     fixed = sweep.fixed(shared=True)
@@ -290,11 +291,10 @@ def _claim(study: optuna.Study, sweep: Sweep, created: bool) -> None:
             f"{sweep.path}: key 'overrides': the study in {where} ran its trials with other fixed overrides ({then}); "
             "run it with those, or add new_overrides=true to grow it under these"
         )
-    study.set_user_attr("space", {k: optuna.distributions.distribution_to_json(d) for k, d in distributions.items()})
     study.set_user_attr("overrides", fixed)
-    if sweep.method == "grid":
+    if sweep.grid:
         study.set_user_attr("grid", sweep.grid)
-    points = sweep.grid[: sweep.trials] if sweep.method == "grid" else sweep.enqueue[: sweep.trials]
+    points = (sweep.grid or sweep.enqueue)[: sweep.trials]
     done = {t.user_attrs.get("point") for t in study.get_trials(deepcopy=False)}
     for i, point in enumerate(points):  # each point queued once (a study grown by more trials: the new ones)
         if i not in done:
@@ -320,23 +320,6 @@ def gpu_sets(sweep: Sweep, workers: int) -> list[str | None]:
     return [",".join(ids[i * sweep.nproc : (i + 1) * sweep.nproc]) for i in range(workers)]
 
 
-@contextlib.contextmanager
-def _logging(sweep_dir: Path) -> Iterator[None]:
-    """The sweep's lines (a trial's values, then its result) to stderr and sweep.log."""
-    LOG.setLevel(logging.INFO)
-    LOG.propagate = False
-    handlers = [logging.StreamHandler(sys.stderr), logging.FileHandler(sweep_dir / "sweep.log")]
-    for handler in handlers:
-        handler.setFormatter(logging.Formatter("%(asctime)s sweep %(message)s", "%Y-%m-%d %H:%M:%S"))
-        LOG.addHandler(handler)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.close()
-            LOG.removeHandler(handler)
-
-
 def run_sweep(
     sweep: Sweep,
     run_trial: RunTrial,
@@ -356,7 +339,14 @@ def run_sweep(
     if check_first is not None and helper_index is None:
         check_first()
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    with _logging(sweep_dir):
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
+    logs = [logging.StreamHandler(sys.stderr), logging.FileHandler(sweep_dir / "sweep.log")]  # a trial's lines
+    for handler in logs:
+        handler.setFormatter(logging.Formatter("%(asctime)s sweep %(message)s", "%Y-%m-%d %H:%M:%S"))
+        LOG.addHandler(handler)
+    helpers = []
+    try:
         study, created = open_study(sweep, helper_index or 0)
         if helper_index is None:
             _claim(study, sweep, created)
@@ -364,23 +354,20 @@ def run_sweep(
             for frozen in latest(study) if sweep.retry_failed else []:
                 if frozen.state == TrialState.FAIL:
                     _requeue(study, frozen, frozen.user_attrs.get("error", "failed"))
-        helpers = [
-            popen_tied(
-                [*helper_command, "--worker-index", str(i)],
-                start_new_session=True,
-                env={**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus[i]} if gpus[i] is not None else {})},
-            )
-            for i in range(1, workers)
-        ]
-        try:
-            work(study, sweep, run_trial)
-        except BaseException:
-            for proc in helpers:  # they run in sessions of their own: pass the stop on
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            raise
-        finally:
-            for i, proc in enumerate(helpers, start=1):
-                if proc.wait():
-                    LOG.warning(f"worker {i} (pid {proc.pid}) exited with code {proc.returncode}")
+        for i in range(1, workers):
+            env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus[i]} if gpus[i] is not None else {})}
+            helpers.append(popen_tied([*helper_command, "--worker-index", str(i)], start_new_session=True, env=env))
+        work(study, sweep, run_trial)
         return study
+    except BaseException:
+        for proc in helpers:  # they run in sessions of their own: pass the stop on
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        raise
+    finally:
+        for i, proc in enumerate(helpers, start=1):
+            if proc.wait():
+                LOG.warning(f"worker {i} (pid {proc.pid}) exited with code {proc.returncode}")
+        for handler in logs:
+            handler.close()
+            LOG.removeHandler(handler)
