@@ -351,7 +351,11 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 signal.signal(signal.SIGTERM, before)
         if args.keys:
-            sys.stdout.write(describe_keys(args.config, args.overrides) + "\n")
+            try:
+                sys.stdout.write(describe_keys(args.config, args.overrides) + "\n")
+                sys.stdout.flush()
+            except BrokenPipeError:  # piped into head or grep -m: the reader has what it wanted
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         nproc = 1 if args.nproc is None else args.nproc
         if nproc < 1:
