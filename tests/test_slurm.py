@@ -242,7 +242,8 @@ def test_a_bad_partition_or_a_refused_job_is_one_line_and_nothing_is_submitted(c
     assert os.environ["SLURM_CONF"].startswith(str(cluster))
 
 
-def test_a_sweep_runs_each_trial_as_a_job(cluster, exps, capsys, tmp_path):
+def sweep_file(tmp_path: Path, exps: Path, **more) -> str:
+    """A grid of 3 learning rates of 1-epoch trials of the template agent, ``more`` keys of its own."""
     sweep = {
         "name": "s",
         "config": str(EXAMPLE),
@@ -250,10 +251,16 @@ def test_a_sweep_runs_each_trial_as_a_job(cluster, exps, capsys, tmp_path):
                       "max_epoch": 1, "torch_threads": 1, "slurm": {"time": 3}},
         "parameters": {"optimizer.args.lr": [0.001, 0.01, 0.1]},
         "method": "grid",
+        **more,
     }  # fmt: skip
     path = tmp_path / "sweep.json"
     path.write_text(json.dumps(sweep))
-    assert main.main(["--sweep", str(path), "--slurm"]) == 0, capsys.readouterr().err
+    return str(path)
+
+
+def test_a_sweep_runs_each_trial_as_a_job(cluster, exps, capsys, tmp_path):
+    path = sweep_file(tmp_path, exps)
+    assert main.main(["--sweep", path, "--slurm"]) == 0, capsys.readouterr().err
     results = (exps / "s" / "results.csv").read_text().splitlines()
     assert len(results) == 4 and all(",complete," in row for row in results[1:]), results
     jobs = set()
@@ -263,3 +270,46 @@ def test_a_sweep_runs_each_trial_as_a_job(cluster, exps, capsys, tmp_path):
         assert slurm.job_state(entry["job_id"])["JobState"] == "COMPLETED"
         jobs.add(entry["job_id"])
     assert len(jobs) == 3
+
+
+def test_a_sweep_as_a_job_array_of_two_workers(cluster, exps, capsys, tmp_path):
+    """--workers 2: one job array whose tasks are sweep workers (trials in their process), task 0 the first worker
+    (results.csv); --wait waits for the array and prints the sweep's line."""
+    path = sweep_file(tmp_path, exps)
+    code = main.main(["--sweep", path, "--slurm", "--workers", "2", "--wait"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith("submitted job array ") and "2 workers" in out and f"main.py status {exps / 's'}" in out
+    assert "sweep s: 3 complete; best trial" in err
+    results = (exps / "s" / "results.csv").read_text().splitlines()
+    assert len(results) == 4 and all(",complete," in row for row in results[1:]), results
+    [entry] = json.loads((exps / "s" / "slurm" / "jobs.json").read_text())  # one job: the array
+    states = slurm.job_states(entry["job_id"])
+    assert [s["task"] for s in states] == ["0", "1"] and {s["JobState"] for s in states} == {"COMPLETED"}, states
+    assert len(slurm.log_paths(exps / "s", entry["job_id"])) == 2  # a log per worker
+    assert not any((exps / "s" / f"trial_{n:04d}" / "slurm").exists() for n in range(3))  # no job per trial
+    assert main.main(["status", str(exps / "s")]) == 0
+    status = capsys.readouterr().out
+    assert "task 0: COMPLETED" in status and "task 1: COMPLETED" in status
+    assert f"sweep: results in {exps / 's' / 'results.csv'}" in status
+
+
+def test_a_sweep_on_slurm_with_a_bad_partition_or_key_is_one_line_and_nothing_is_submitted(
+    cluster, exps, capsys, tmp_path
+):
+    path = sweep_file(tmp_path, exps, name="bad")
+    cases = {
+        ("slurm.partition=debgu",): "key 'slurm.partition': no partition 'debgu' on this cluster",
+        ("slurm.partiton=debug",): "unknown key 'slurm.partiton' (did you mean 'partition'?)",
+        ("--workers", "2", "slurm.partition=debgu"): "key 'slurm.partition': no partition 'debgu' on this cluster",
+        ("--workers", "2", "slurm.partiton=debug"): "unknown key 'slurm.partiton' (did you mean 'partition'?)",
+        ("--workers", "2", "slurm.nodes=2"): "key 'slurm.nodes': a sweep worker (--workers) is one process on one node",
+        ("--workers", "2", "slurm.constraint=warp_drive"): "SLURM refused the job: ",
+    }
+    for args, message in cases.items():
+        code = main.main(["--sweep", path, "--slurm", *args])
+        out, err = capsys.readouterr()
+        assert code == 2 and out == "" and err.count("\n") == 1 and message in err, (args, err)
+        assert list(exps.iterdir()) == [], args
+    queue = subprocess.run(["squeue", "-h", "-t", "all", "-n", "bad"], capture_output=True, text=True, timeout=30)
+    assert queue.stdout.strip() == "", queue.stdout
