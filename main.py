@@ -160,7 +160,7 @@ def sweep(
         if spec.nproc != 1:
             raise UserError(f"{path}: nproc goes without --slurm: a job's processes are slurm.tasks_per_node x nodes")
         settings = _slurm_settings(config, spec.overrides)
-        slurm.check_cluster(settings, config)
+        slurm.check_cluster(settings, spec.config)
         if workers > 1 and worker_index is None:
             return _sweep_array(spec, settings, path, overrides, workers, wait, lambda: _check_agent(config, first))
         # Each trial is a process that submits its job and waits for it (pruned: SIGTERM, which cancels the job).

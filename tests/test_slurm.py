@@ -7,6 +7,7 @@ weights can be compared with a run in this process.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -215,6 +216,25 @@ def test_preemption_warning_and_a_requeue_resume_exactly(cluster, exps, capsys, 
         assert_same_tensors(job_ckpt[key], straight[key], key)
 
 
+def test_a_warning_during_start_up_requeues_the_job(cluster, exps, capsys):
+    """USR2 as the job starts (its config written, torch still importing): the run has nothing to save yet and has
+    not taken SIGTERM (submitit's handler ignores it): the job requeues at once and the next start trains."""
+    args = [str(EXAMPLE), f"experiments_dir={exps}", *TINY, "max_epoch=1", "random_size=160", "exp_name=early"]
+    code, out, err = submit(capsys, *args)
+    assert code == 0, err
+    job = job_id(out)
+    run = exps / "early"
+    wait_for(lambda: (run / "slurm" / f"{job}_config.json").exists(), "the job's start", job=job)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+    restart_now(job, 1)
+    state = finished(job)
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", state
+    assert "SLURM's warning (SIGUSR2) during start-up" in (run / "slurm" / f"{job}_0_log.err").read_text()
+    log = (run / "logs" / "run.log").read_text()
+    assert "saving a checkpoint" not in log and "resumed from" not in log  # it had not trained: it starts afresh
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 1
+
+
 def test_a_failed_run_is_not_requeued(cluster, exps, capsys, tmp_path):
     empty = tmp_path / "no_data"
     empty.mkdir()
@@ -270,6 +290,22 @@ def test_a_sweep_runs_each_trial_as_a_job(cluster, exps, capsys, tmp_path):
         assert slurm.job_state(entry["job_id"])["JobState"] == "COMPLETED"
         jobs.add(entry["job_id"])
     assert len(jobs) == 3
+
+
+def test_a_trial_job_is_pruned_through_the_metrics_it_writes(cluster, exps, capsys, tmp_path):
+    """The sweep reads a trial job's metrics.csv as the job writes it (storage the nodes share): a pruned trial's
+    job is cancelled, saves and ends before the sweep records it."""
+    pruner = {"type": "ThresholdPruner", "args": {"lower": 1.01}}  # no accuracy reaches it: pruned at the 1st report
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.01]}, pruner=pruner)
+    assert main.main(["--sweep", path, "--slurm", "max_epoch=30", "random_size=1600"]) == 1
+    assert "1 pruned; no trial completed" in capsys.readouterr().err
+    [row] = list(csv.DictReader((exps / "s" / "results.csv").open()))
+    assert row["state"] == "pruned" and 1 <= int(row["epochs"]) < 30, row
+    trial = exps / "s" / "trial_0000"
+    [entry] = json.loads((trial / "slurm" / "jobs.json").read_text())
+    assert slurm.job_state(entry["job_id"])["JobState"] == "CANCELLED"
+    summary = json.loads((trial / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epochs"] == int(row["epochs"])
 
 
 def test_a_sweep_as_a_job_array_of_two_workers(cluster, exps, capsys, tmp_path):
