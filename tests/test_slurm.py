@@ -330,6 +330,32 @@ def test_a_sweep_as_a_job_array_of_two_workers(cluster, exps, capsys, tmp_path):
     assert f"sweep: results in {exps / 's' / 'results.csv'}" in status
 
 
+def test_a_warned_sweep_worker_saves_its_trial_requeues_and_the_trial_resumes(cluster, exps, capsys, tmp_path):
+    """USR2 to a job array of 2 workers while trial 0 trains: its trial saves and goes back to the study, each task
+    requeues; started again, a worker resumes the trial from its checkpoint and the sweep completes."""
+    more = {"max_epoch": 3, "random_size": 8000, "log_every": 1}
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.001, 0.01]})
+    code = main.main(["--sweep", path, "--slurm", "--workers", "2", *(f"{k}={v}" for k, v in more.items())])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    job = out.split()[3].rstrip(":")
+    trial = exps / "s" / "trial_0000"
+    wait_for(lambda: (trial / "metrics.csv").exists(), "trial 0's epoch 1", job=job)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+    tasks = [f"{job}_0", f"{job}_1"]
+    for task in tasks:
+        restart_now(task, 1)
+    for task in tasks:
+        state = finished(task)
+        assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", (task, state)
+    rows = list(csv.DictReader((exps / "s" / "results.csv").open()))
+    assert [r["state"] for r in rows if r["state"] != "fail"] == ["complete", "complete"], rows
+    assert any("stopped by a signal" in r["error"] for r in rows)  # trial 0's try that the warning stopped
+    log = (trial / "logs" / "run.log").read_text()
+    assert log.count("saving a checkpoint") == 1 and log.count("resumed from") == 1, log
+    assert json.loads((trial / "summary.json").read_text())["epochs"] == 3
+
+
 def test_a_sweep_on_slurm_with_a_bad_partition_or_key_is_one_line_and_nothing_is_submitted(
     cluster, exps, capsys, tmp_path
 ):
