@@ -227,9 +227,9 @@ def _sweep_array(
         if new:  # nothing submitted: nothing left behind
             shutil.rmtree(spec.sweep_dir, ignore_errors=True)
         raise
+    last = f"{job_id}_{workers - 1}"
     sys.stdout.write(
-        f"submitted job array {job_id}: sweep {spec.name}, {workers} workers (tasks {job_id}_0 to {job_id}_{workers - 1})"
-        "\n"
+        f"submitted job array {job_id}: sweep {spec.name}, {workers} workers (tasks {job_id}_0 ... {last})\n"
         f"  follow: tail -f {spec.sweep_dir / 'sweep.log'}   state: python main.py status {spec.sweep_dir}   "
         f"cancel: scancel {job_id}\n"
     )
