@@ -5,7 +5,8 @@ Loads and validates the config, looks up the agent by name, runs it and finalize
 commands (``python main.py COMMAND --help``): ``new NAME`` makes a model from the template agent,
 ``new-project DIR`` copies the template, ``keys`` prints the config reference, ``report RUN_DIR ...``
 plots runs and tabulates their summaries (utils/run/report.py), ``status RUN_DIR`` shows a run's SLURM jobs.
-``--slurm CONFIG [key=value ...]`` submits the run as a SLURM job (utils/project/slurm.py).
+``--slurm CONFIG [key=value ...]`` submits the run as a SLURM job (utils/project/slurm.py); ``--sweep FILE --slurm``
+makes each trial a job, ``--workers K`` then a job array of K sweep workers.
 Exit codes: 0 success, 2 a user mistake (one line, no traceback), 1 anything else,
 130 stopped by Ctrl-C/SIGTERM after saving a checkpoint.
 """

@@ -6,7 +6,10 @@ under ``configs/slurm/`` that the block's own keys override. The job runs one ta
 the DDP environment of its task (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT, from submitit) and
 the run takes the same path as under torchrun. SLURM's warning before the time limit or a
 preemption (USR2, ``signal_delay_s`` ahead) stops the run as SIGTERM does (a checkpoint within
-``log_every`` steps) and requeues the job, which resumes from it; a run that fails is not requeued.
+``log_every`` steps) and requeues the job, which resumes from it; a run that fails is not requeued. A warning
+during start-up, before the run handles signals, stops it as Ctrl-C does (nothing to save yet) and requeues too.
+``--sweep FILE --slurm`` makes each trial a job; with ``--workers K`` a job array of K sweep workers instead
+(``check_worker``), each task requeued after a warning like a run (its trial goes back to the study).
 Everything of the jobs lives in ``<run dir>/slurm/``: jobs.json (ids and commands), the submitted
 scripts, one stdout/stderr per task, the config each job runs.
 """
