@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from easydict import EasyDict
 
@@ -43,6 +43,11 @@ from utils.config import (
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 from utils.project.config_reference import keys_command
 from utils.project.scaffold import new_command, new_project_command
+
+if TYPE_CHECKING:
+    import optuna
+
+    from utils.sweep.spec import Sweep
 
 
 def load_config(path: str, overrides: list[str] = ()) -> tuple[EasyDict, type]:
@@ -184,7 +189,7 @@ def sweep(
     return _sweep_end(study, spec)
 
 
-def _sweep_end(study: Any, spec: Any) -> int:
+def _sweep_end(study: optuna.Study, spec: Sweep) -> int:
     """results.csv and the sweep's line (its trials' states, the best); 1 when no trial completed."""
     from utils.sweep.results import write_results
     from utils.sweep.study import latest
@@ -206,7 +211,7 @@ def _sweep_end(study: Any, spec: Any) -> int:
 
 
 def _sweep_array(
-    spec: Any, settings: dict, path: str, overrides: list[str], workers: int, wait: bool, check: Callable[[], None]
+    spec: Sweep, settings: dict, path: str, overrides: list[str], workers: int, wait: bool, check: Callable[[], None]
 ) -> int:
     """``--sweep FILE --slurm --workers K``: the study made here, then a job array of K sweep workers that join it
     (task 0 is the first worker: it writes results.csv at the end); ``wait``: for them, then the sweep's line."""
