@@ -10,8 +10,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -77,6 +79,22 @@ def test_without_slurm_commands_submitting_is_one_line(exps, capsys, monkeypatch
     code, out, err = submit(capsys, str(EXAMPLE), f"experiments_dir={exps}")
     assert code == 2 and out == "" and err.count("\n") == 1 and "'sbatch' not found" in err
     assert list(exps.iterdir()) == []  # no run directory made
+
+
+def test_the_jobs_python_holds_a_warning_that_comes_before_any_handler():
+    """A job's task is ``python_holding_the_warning()``: a USR2 before Python has a handler (here: the first thing
+    the program does) is kept pending, not the end of the task, and reaches the handler once it is unblocked, as
+    run_requeued does."""
+    program = (
+        "import os, signal; os.kill(os.getpid(), signal.SIGUSR2); got = []; "
+        "signal.signal(signal.SIGUSR2, lambda *a: got.append(1)); "
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGUSR2]); print(got)"
+    )
+    command = f"{slurm.python_holding_the_warning()} -c {shlex.quote(program)}"
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "[1]\n", done
+    plain = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert plain.returncode == -signal.SIGUSR2  # what the wrapper prevents
 
 
 def test_local_executor_two_tasks_ddp_then_the_warning_saves_requeues_and_resumes(exps, one_thread):

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -180,7 +181,7 @@ def submit(
     check_cluster(settings, source)
     folder = run_dir / "slurm"
     made = [p for p in (run_dir, folder) if not p.exists()]
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=0, python=python_holding_the_warning())
     extra = {}
     for option in settings["extra"]:
         key, sep, value = option[2:].partition("=")
@@ -218,6 +219,15 @@ def submit(
     job_id = job.job_id.split("_")[0]  # a task of an array: <array id>_<task>
     _record(folder, {"job_id": job_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": command})
     return job_id
+
+
+def python_holding_the_warning() -> str:
+    """The job's python command: this interpreter, started with SLURM's warning (USR2) blocked, so that one that
+    comes while Python and submitit start is kept pending until run_requeued handles it, instead of ending the
+    task (USR2's default action); a bare interpreter blocks it (~20 ms) and execs the real one (the mask stays)."""
+    block = "import os, signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2]); "
+    block += "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+    return f"{shlex.quote(sys.executable)} -S -c {shlex.quote(block)}"
 
 
 def _record(folder: Path, entry: dict) -> None:
@@ -342,6 +352,7 @@ def run_requeued(run: Callable[[], int]) -> None:
     warned = _Warned()
     signal.signal(signal.SIGUSR2, warned)
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGUSR2])  # one that came during the start: delivered now
         code = run()
     except KeyboardInterrupt:  # the warning before the run's own handling of it
         code = 130
