@@ -5,7 +5,8 @@ Loads and validates the config, looks up the agent by name, runs it and finalize
 commands (``python main.py COMMAND --help``): ``new NAME`` makes a model from the template agent,
 ``new-project DIR`` copies the template, ``keys`` prints the config reference, ``report RUN_DIR ...``
 plots runs and tabulates their summaries (utils/run/report.py), ``status RUN_DIR`` shows a run's SLURM jobs.
-``--slurm CONFIG [key=value ...]`` submits the run as a SLURM job (utils/project/slurm.py).
+``--slurm CONFIG [key=value ...]`` submits the run as a SLURM job (utils/project/slurm.py); ``--sweep FILE --slurm``
+makes each trial a job, ``--workers K`` then a job array of K sweep workers.
 Exit codes: 0 success, 2 a user mistake (one line, no traceback), 1 anything else,
 130 stopped by Ctrl-C/SIGTERM after saving a checkpoint.
 """
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from easydict import EasyDict
 
@@ -43,6 +45,11 @@ from utils.config import (
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 from utils.project.config_reference import keys_command
 from utils.project.scaffold import new_command, new_project_command
+
+if TYPE_CHECKING:
+    import optuna
+
+    from utils.sweep.spec import Sweep
 
 
 def load_config(path: str, overrides: list[str] = ()) -> tuple[EasyDict, type]:
@@ -151,32 +158,24 @@ def describe_keys(path: str, overrides: list[str] = ()) -> str:
 
 
 def sweep(
-    path: str, overrides: list[str], workers: int = 1, worker_index: int | None = None, on_slurm: bool = False
+    path: str,
+    overrides: list[str],
+    workers: int = 1,
+    worker_index: int | None = None,
+    on_slurm: bool = False,
+    wait: bool = False,
 ) -> int:
     """Run the sweep file's trials (this process and ``workers - 1`` more); 1 when no trial completed.
 
-    ``on_slurm``: each trial is a SLURM job (its settings: the config's ``slurm`` key); a worker waits for its job.
+    ``on_slurm``: each trial is a SLURM job (its settings: the config's ``slurm`` key) that a worker waits for;
+    with ``workers`` > 1, the workers are a job array instead (``wait``: for its end).
     """
-    from utils.sweep.results import write_results
     from utils.sweep.spec import load_sweep
-    from utils.sweep.study import latest, run_sweep
+    from utils.sweep.study import run_sweep
     from utils.sweep.subprocess import run_command
 
     spec = load_sweep(path, overrides, lambda config, more: load_config(config, more)[0])
     config = str(repo_path(spec.config))
-    if on_slurm:
-        if spec.nproc != 1:
-            raise UserError(f"{path}: nproc goes without --slurm: a job's processes are slurm.tasks_per_node x nodes")
-        # Each trial is a process that submits its job and waits for it (pruned: SIGTERM, which cancels the job).
-        command = [sys.executable, str(Path(__file__).resolve()), "--slurm", "--wait", config]
-        run_trial = functools.partial(run_command, command)
-    elif spec.nproc == 1:
-        run_trial = functools.partial(_run_trial, config)
-    else:  # several processes per trial: each trial is its own torchrun
-        command = [sys.executable, str(Path(__file__).resolve()), "--nproc", str(spec.nproc), config]
-        run_trial = functools.partial(run_command, command)
-    helper = [sys.executable, str(Path(__file__).resolve()), "--sweep", path, *overrides]
-    helper += ["--slurm"] if on_slurm else []
     first = [*spec.overrides, *(s.override(s.values[0]) for s in spec.spaces)]
 
     def check_first() -> None:
@@ -186,6 +185,24 @@ def sweep(
                 hint = did_you_mean(metric, names)
                 raise UserError(f"{path}: key 'metric[{i}]': no metric '{metric}' (reported: {', '.join(names)}){hint}")
 
+    if on_slurm:
+        from utils.project import slurm
+
+        if spec.nproc != 1:
+            raise UserError(f"{path}: nproc goes without --slurm: a job's processes are slurm.tasks_per_node x nodes")
+        settings = _slurm_settings(config, spec.overrides)
+        slurm.check_cluster(settings, spec.config)
+        if workers > 1 and worker_index is None:
+            return _sweep_array(spec, settings, path, overrides, workers, wait, check_first)
+        # Each trial is a process that submits its job and waits for it (pruned: SIGTERM, which cancels the job).
+        command = [sys.executable, str(Path(__file__).resolve()), "--slurm", "--wait", config]
+        run_trial = functools.partial(run_command, command)
+    elif spec.nproc == 1:
+        run_trial = functools.partial(_run_trial, config)
+    else:  # several processes per trial: each trial is its own torchrun
+        command = [sys.executable, str(Path(__file__).resolve()), "--nproc", str(spec.nproc), config]
+        run_trial = functools.partial(run_command, command)
+    helper = [sys.executable, str(Path(__file__).resolve()), "--sweep", path, *overrides]
     # SIGTERM stops a sweep as Ctrl-C does: the trial running saves (its own process, or the agent's handler).
     before = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -194,6 +211,14 @@ def sweep(
         signal.signal(signal.SIGTERM, before)
     if worker_index is not None:  # a helper: the first worker writes the results
         return 0
+    return _sweep_end(study, spec)
+
+
+def _sweep_end(study: optuna.Study, spec: Sweep) -> int:
+    """results.csv and the sweep's line (its trials' states, the best); 1 when no trial completed."""
+    from utils.sweep.results import write_results
+    from utils.sweep.study import latest
+
     found = write_results(study, spec)
     states = collections.Counter(t.state.name.lower() for t in latest(study))  # tries run again left out
     counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
@@ -203,6 +228,56 @@ def sweep(
         return _fail(f"sweep {spec.name}: {counts}; no trial completed: see {spec.sweep_dir / 'results.csv'}", 1)
     sys.stderr.write(f"sweep {spec.name}: {counts}; {found}; results in {spec.sweep_dir}\n")
     return 0
+
+
+def _sweep_array(
+    spec: Sweep, settings: dict, path: str, overrides: list[str], workers: int, wait: bool, check: Callable[[], None]
+) -> int:
+    """``--sweep FILE --slurm --workers K``: the study made here, then a job array of K sweep workers that join it
+    (task 0 is the first worker: it writes results.csv at the end); ``wait``: for them, then the sweep's line."""
+    import shutil
+
+    from utils.project import slurm
+    from utils.sweep.study import create, open_study
+
+    slurm.check_worker(settings, spec.config)
+    check()
+    new = not spec.sweep_dir.exists()
+    create(spec)  # before any worker starts: each finds the study, its grid queued
+    entry = importlib.import_module("main").sweep_task  # by name, as slurm_task
+    calls = [(str(Path(path).resolve()), list(overrides), i) for i in range(workers)]
+    command = ["--sweep", path, "--slurm", "--workers", str(workers), *overrides]
+    try:
+        job_id = slurm.submit(entry, calls, spec.name, settings, spec.sweep_dir, spec.config, command)
+    except UserError:
+        if new:  # nothing submitted: nothing left behind
+            shutil.rmtree(spec.sweep_dir, ignore_errors=True)
+        raise
+    last = f"{job_id}_{workers - 1}"
+    sys.stdout.write(
+        f"submitted job array {job_id}: sweep {spec.name}, {workers} workers (tasks {job_id}_0 ... {last})\n"
+        f"  follow: tail -f {spec.sweep_dir / 'sweep.log'}   state: python main.py status {spec.sweep_dir}   "
+        f"cancel: scancel {job_id}\n"
+    )
+    if not wait:
+        return 0
+    before = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the wait as Ctrl-C does: scancel
+    try:
+        code = slurm.wait_for_job(job_id, spec.sweep_dir)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    if code in (2, 130):
+        return code
+    return _sweep_end(open_study(spec)[0], spec) or code
+
+
+def sweep_task(path: str, overrides: list[str], index: int) -> None:
+    """A task of the job array --sweep --slurm --workers submitted: a sweep worker (task 0: the first, which writes
+    the results), its trials in this process; requeued when SLURM warns (its trial then saves and is queued again)."""
+    from utils.project.slurm import run_requeued
+
+    worker = ["--worker-index", str(index)] if index else []
+    run_requeued(lambda: main(["--sweep", path, *overrides, *worker]))
 
 
 def _check_agent(config: str, overrides: list[str]) -> list[str]:
@@ -254,12 +329,14 @@ def submit_slurm(path: str, overrides: list[str]) -> tuple[str, Path]:
     from utils.project import slurm
 
     config, _ = load_config(path, overrides)
-    settings = slurm.resolve(apply_overrides(read_config(run_config(path))[0], list(overrides)).get("slurm"), path)
+    settings = _slurm_settings(path, overrides)
     run_dir = repo_path(config.experiments_dir) / config.exp_name
     frozen = slurm.frozen_config(to_plain(config), settings)
     # cloudpickle stores a function of __main__ by value: submit the importable module's one, by name.
     entry = importlib.import_module("main").slurm_task
-    job_id = slurm.submit(entry, frozen, settings, run_dir, path, ["--slurm", path, *overrides])
+    job_id = slurm.submit(
+        entry, [(frozen, str(run_dir))], config.exp_name, settings, run_dir, path, ["--slurm", path, *overrides]
+    )
     tasks = settings["nodes"] * slurm.tasks_per_node(settings)
     logs = run_dir / "slurm" / f"{job_id}_0_log.out"
     sys.stdout.write(
@@ -267,6 +344,13 @@ def submit_slurm(path: str, overrides: list[str]) -> tuple[str, Path]:
         f"  follow: tail -f {logs}   state: python main.py status {run_dir}   cancel: scancel {job_id}\n"
     )
     return job_id, run_dir
+
+
+def _slurm_settings(path: str, overrides: list[str]) -> dict:
+    """The cluster settings of CONFIG with overrides: its ``slurm`` block (the keys given, over its file's)."""
+    from utils.project import slurm
+
+    return slurm.resolve(apply_overrides(read_config(run_config(path))[0], list(overrides)).get("slurm"), path)
 
 
 def slurm_task(config: dict, run_dir: str) -> None:
@@ -330,7 +414,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.workers < 1:
                 raise UserError(f"--workers: expected a positive integer, got {args.workers}")
             extra = [f"nproc={args.nproc}"] if args.nproc else []
-            return sweep(args.sweep, overrides + extra, args.workers, args.worker_index, args.slurm)
+            if args.wait and not args.slurm:
+                parser.error("--wait goes with --slurm")
+            return sweep(args.sweep, overrides + extra, args.workers, args.worker_index, args.slurm, args.wait)
         if args.config is None:
             parser.error("the following arguments are required: config (or --sweep FILE)")
         if args.workers != 1:

@@ -7,10 +7,13 @@ weights can be compared with a run in this process.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -76,6 +79,22 @@ def test_without_slurm_commands_submitting_is_one_line(exps, capsys, monkeypatch
     code, out, err = submit(capsys, str(EXAMPLE), f"experiments_dir={exps}")
     assert code == 2 and out == "" and err.count("\n") == 1 and "'sbatch' not found" in err
     assert list(exps.iterdir()) == []  # no run directory made
+
+
+def test_the_jobs_python_holds_a_warning_that_comes_before_any_handler():
+    """A job's task is ``python_holding_the_warning()``: a USR2 before Python has a handler (here: the first thing
+    the program does) is kept pending, not the end of the task, and reaches the handler once it is unblocked, as
+    run_requeued does."""
+    program = (
+        "import os, signal; os.kill(os.getpid(), signal.SIGUSR2); got = []; "
+        "signal.signal(signal.SIGUSR2, lambda *a: got.append(1)); "
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGUSR2]); print(got)"
+    )
+    command = f"{slurm.python_holding_the_warning()} -c {shlex.quote(program)}"
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "[1]\n", done
+    plain = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert plain.returncode == -signal.SIGUSR2  # what the wrapper prevents
 
 
 def test_local_executor_two_tasks_ddp_then_the_warning_saves_requeues_and_resumes(exps, one_thread):
@@ -215,6 +234,25 @@ def test_preemption_warning_and_a_requeue_resume_exactly(cluster, exps, capsys, 
         assert_same_tensors(job_ckpt[key], straight[key], key)
 
 
+def test_a_warning_during_start_up_requeues_the_job(cluster, exps, capsys):
+    """USR2 as the job starts (its config written, torch still importing): the run has nothing to save yet and has
+    not taken SIGTERM (submitit's handler ignores it): the job requeues at once and the next start trains."""
+    args = [str(EXAMPLE), f"experiments_dir={exps}", *TINY, "max_epoch=1", "random_size=160", "exp_name=early"]
+    code, out, err = submit(capsys, *args)
+    assert code == 0, err
+    job = job_id(out)
+    run = exps / "early"
+    wait_for(lambda: (run / "slurm" / f"{job}_config.json").exists(), "the job's start", job=job)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+    restart_now(job, 1)
+    state = finished(job)
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", state
+    assert "SLURM's warning (SIGUSR2) during start-up" in (run / "slurm" / f"{job}_0_log.err").read_text()
+    log = (run / "logs" / "run.log").read_text()
+    assert "saving a checkpoint" not in log and "resumed from" not in log  # it had not trained: it starts afresh
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 1
+
+
 def test_a_failed_run_is_not_requeued(cluster, exps, capsys, tmp_path):
     empty = tmp_path / "no_data"
     empty.mkdir()
@@ -242,7 +280,8 @@ def test_a_bad_partition_or_a_refused_job_is_one_line_and_nothing_is_submitted(c
     assert os.environ["SLURM_CONF"].startswith(str(cluster))
 
 
-def test_a_sweep_runs_each_trial_as_a_job(cluster, exps, capsys, tmp_path):
+def sweep_file(tmp_path: Path, exps: Path, **more) -> str:
+    """A grid of 3 learning rates of 1-epoch trials of the template agent, ``more`` keys of its own."""
     sweep = {
         "name": "s",
         "config": str(EXAMPLE),
@@ -250,10 +289,16 @@ def test_a_sweep_runs_each_trial_as_a_job(cluster, exps, capsys, tmp_path):
                       "max_epoch": 1, "torch_threads": 1, "slurm": {"time": 3}},
         "parameters": {"optimizer.args.lr": [0.001, 0.01, 0.1]},
         "method": "grid",
+        **more,
     }  # fmt: skip
     path = tmp_path / "sweep.json"
     path.write_text(json.dumps(sweep))
-    assert main.main(["--sweep", str(path), "--slurm"]) == 0, capsys.readouterr().err
+    return str(path)
+
+
+def test_a_sweep_runs_each_trial_as_a_job(cluster, exps, capsys, tmp_path):
+    path = sweep_file(tmp_path, exps)
+    assert main.main(["--sweep", path, "--slurm"]) == 0, capsys.readouterr().err
     results = (exps / "s" / "results.csv").read_text().splitlines()
     assert len(results) == 4 and all(",complete," in row for row in results[1:]), results
     jobs = set()
@@ -263,3 +308,88 @@ def test_a_sweep_runs_each_trial_as_a_job(cluster, exps, capsys, tmp_path):
         assert slurm.job_state(entry["job_id"])["JobState"] == "COMPLETED"
         jobs.add(entry["job_id"])
     assert len(jobs) == 3
+
+
+def test_a_trial_job_is_pruned_through_the_metrics_it_writes(cluster, exps, capsys, tmp_path):
+    """The sweep reads a trial job's metrics.csv as the job writes it (storage the nodes share): a pruned trial's
+    job is cancelled, saves and ends before the sweep records it."""
+    pruner = {"type": "ThresholdPruner", "args": {"lower": 1.01}}  # no accuracy reaches it: pruned at the 1st report
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.01]}, pruner=pruner)
+    assert main.main(["--sweep", path, "--slurm", "max_epoch=30", "random_size=1600"]) == 1
+    assert "1 pruned; no trial completed" in capsys.readouterr().err
+    [row] = list(csv.DictReader((exps / "s" / "results.csv").open()))
+    assert row["state"] == "pruned" and 1 <= int(row["epochs"]) < 30, row
+    trial = exps / "s" / "trial_0000"
+    [entry] = json.loads((trial / "slurm" / "jobs.json").read_text())
+    assert slurm.job_state(entry["job_id"])["JobState"] == "CANCELLED"
+    summary = json.loads((trial / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epochs"] == int(row["epochs"])
+
+
+def test_a_sweep_as_a_job_array_of_two_workers(cluster, exps, capsys, tmp_path):
+    """--workers 2: one job array whose tasks are sweep workers (trials in their process), task 0 the first worker
+    (results.csv); --wait waits for the array and prints the sweep's line."""
+    path = sweep_file(tmp_path, exps)
+    code = main.main(["--sweep", path, "--slurm", "--workers", "2", "--wait"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith("submitted job array ") and "2 workers" in out and f"main.py status {exps / 's'}" in out
+    assert "sweep s: 3 complete; best trial" in err
+    results = (exps / "s" / "results.csv").read_text().splitlines()
+    assert len(results) == 4 and all(",complete," in row for row in results[1:]), results
+    [entry] = json.loads((exps / "s" / "slurm" / "jobs.json").read_text())  # one job: the array
+    states = slurm.job_states(entry["job_id"])
+    assert [s["task"] for s in states] == ["0", "1"] and {s["JobState"] for s in states} == {"COMPLETED"}, states
+    assert len(slurm.log_paths(exps / "s", entry["job_id"])) == 2  # a log per worker
+    assert not any((exps / "s" / f"trial_{n:04d}" / "slurm").exists() for n in range(3))  # no job per trial
+    assert main.main(["status", str(exps / "s")]) == 0
+    status = capsys.readouterr().out
+    assert "task 0: COMPLETED" in status and "task 1: COMPLETED" in status
+    assert f"sweep: results in {exps / 's' / 'results.csv'}" in status
+
+
+def test_a_warned_sweep_worker_saves_its_trial_requeues_and_the_trial_resumes(cluster, exps, capsys, tmp_path):
+    """USR2 to a job array of 2 workers while trial 0 trains: its trial saves and goes back to the study, each task
+    requeues; started again, a worker resumes the trial from its checkpoint and the sweep completes."""
+    more = {"max_epoch": 3, "random_size": 8000, "log_every": 1}
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.001, 0.01]})
+    code = main.main(["--sweep", path, "--slurm", "--workers", "2", *(f"{k}={v}" for k, v in more.items())])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    job = out.split()[3].rstrip(":")
+    trial = exps / "s" / "trial_0000"
+    wait_for(lambda: (trial / "metrics.csv").exists(), "trial 0's epoch 1", job=job)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+    tasks = [f"{job}_0", f"{job}_1"]
+    for task in tasks:
+        restart_now(task, 1)
+    for task in tasks:
+        state = finished(task)
+        assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", (task, state)
+    rows = list(csv.DictReader((exps / "s" / "results.csv").open()))
+    assert [r["state"] for r in rows if r["state"] != "fail"] == ["complete", "complete"], rows
+    assert any("stopped by a signal" in r["error"] for r in rows)  # trial 0's try that the warning stopped
+    log = (trial / "logs" / "run.log").read_text()
+    assert log.count("saving a checkpoint") == 1 and log.count("resumed from") == 1, log
+    assert json.loads((trial / "summary.json").read_text())["epochs"] == 3
+
+
+def test_a_sweep_on_slurm_with_a_bad_partition_or_key_is_one_line_and_nothing_is_submitted(
+    cluster, exps, capsys, tmp_path
+):
+    path = sweep_file(tmp_path, exps, name="bad")
+    cases = {
+        ("slurm.partition=debgu",): "key 'slurm.partition': no partition 'debgu' on this cluster",
+        ("slurm.partiton=debug",): "unknown key 'slurm.partiton' (did you mean 'partition'?)",
+        ("--workers", "2", "slurm.partition=debgu"): "key 'slurm.partition': no partition 'debgu' on this cluster",
+        ("--workers", "2", "slurm.partiton=debug"): "unknown key 'slurm.partiton' (did you mean 'partition'?)",
+        ("--workers", "2", "slurm.nodes=2"): "key 'slurm.nodes': a sweep worker (--workers) is one process on one node",
+        ("--workers", "2", "slurm.constraint=warp_drive"): "SLURM refused the job: ",
+    }
+    for args, message in cases.items():
+        code = main.main(["--sweep", path, "--slurm", *args])
+        out, err = capsys.readouterr()
+        assert code == 2 and out == "" and err.count("\n") == 1 and message in err, (args, err)
+        assert list(exps.iterdir()) == [], args
+    queue = subprocess.run(["squeue", "-h", "-t", "all", "-n", "bad"], capture_output=True, text=True, timeout=30)
+    assert queue.stdout.strip() == "", queue.stdout

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -40,8 +41,15 @@ def run_main(argv: list[str]) -> tuple[int, str]:
     import main
 
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main.main(argv)
+    out = os.dup(1)  # the results' stream: what the command's own children print (a sweep's trials) goes elsewhere
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main.main(argv)
+    finally:
+        os.dup2(out, 1)
+        os.close(out)
     return code, err.getvalue()
 
 

@@ -6,7 +6,10 @@ under ``configs/slurm/`` that the block's own keys override. The job runs one ta
 the DDP environment of its task (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT, from submitit) and
 the run takes the same path as under torchrun. SLURM's warning before the time limit or a
 preemption (USR2, ``signal_delay_s`` ahead) stops the run as SIGTERM does (a checkpoint within
-``log_every`` steps) and requeues the job, which resumes from it; a run that fails is not requeued.
+``log_every`` steps) and requeues the job, which resumes from it; a run that fails is not requeued. A warning
+during start-up, before the run handles signals, stops it as Ctrl-C does (nothing to save yet) and requeues too.
+``--sweep FILE --slurm`` makes each trial a job; with ``--workers K`` a job array of K sweep workers instead
+(``check_worker``), each task requeued after a warning like a run (its trial goes back to the study).
 Everything of the jobs lives in ``<run dir>/slurm/``: jobs.json (ids and commands), the submitted
 scripts, one stdout/stderr per task, the config each job runs.
 """
@@ -18,6 +21,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -121,8 +125,14 @@ def tasks_per_node(settings: dict) -> int:
     return settings["tasks_per_node"] or max(settings["gpus_per_node"], 1)
 
 
-def _check_partition(partition: str | None, source: str) -> None:
-    """A partition the cluster lacks is one line before anything is submitted."""
+def check_cluster(settings: dict, source: str) -> None:
+    """SLURM's commands are here and the cluster has the partition: else one line, before anything is submitted."""
+    missing = [c for c in ("sbatch", "srun", "sinfo", "scontrol") if shutil.which(c) is None]
+    if missing:
+        raise UserError(
+            f"--slurm: '{missing[0]}' not found: submit from a machine with SLURM's commands (a login node)"
+        )
+    partition = settings["partition"]
     if partition is None:
         return
     out = _slurm_command(["sinfo", "-h", "-o", "%R"])
@@ -150,28 +160,35 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "(no message)"
 
 
+def check_worker(settings: dict, source: str) -> None:
+    """A sweep worker of a job array is one process on one node: its trials run in it, one at a time."""
+    for key, value in (("nodes", settings["nodes"]), ("tasks_per_node", tasks_per_node(settings))):
+        if value > 1:
+            raise UserError(
+                f"{source}: key 'slurm.{key}': a sweep worker (--workers) is one process on one node, got {value} "
+                f"{key.replace('_', ' ')}; a trial of several processes: --sweep --slurm without --workers (a job each)"
+            )
+
+
 def submit(
-    entry: Callable[..., Any], config: dict, settings: dict, run_dir: Path, source: str, command: list[str]
-) -> str:
-    """Submit ``entry(config, run_dir)`` as a job of ``settings``; writes slurm/jobs.json; the job id."""
+    entry: Callable[..., Any], calls: list[tuple], name: str, settings: dict, run_dir: Path, source: str,
+    command: list[str],
+) -> str:  # fmt: skip
+    """Submit ``entry(*args)`` for each ``args`` of ``calls`` with ``settings``: one job, or a job array of a task
+    per call; writes slurm/jobs.json; the job id (a job array's own)."""
     import submitit
 
-    missing = [c for c in ("sbatch", "srun", "sinfo", "scontrol") if shutil.which(c) is None]
-    if missing:
-        raise UserError(
-            f"--slurm: '{missing[0]}' not found: submit from a machine with SLURM's commands (a login node)"
-        )
-    _check_partition(settings["partition"], source)
+    check_cluster(settings, source)
     folder = run_dir / "slurm"
     made = [p for p in (run_dir, folder) if not p.exists()]
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=0, python=python_holding_the_warning())
     extra = {}
     for option in settings["extra"]:
         key, sep, value = option[2:].partition("=")
         extra[key] = value if sep else True
     gpus = settings["gpus_per_node"]
     executor.update_parameters(
-        job_name=config["exp_name"],
+        job_name=name,
         partition=settings["partition"],
         nodes=settings["nodes"],
         ntasks_per_node=tasks_per_node(settings),
@@ -190,13 +207,27 @@ def submit(
     stderr = io.StringIO()  # submitit prints sbatch's complaint itself: it becomes our one line instead
     try:
         with contextlib.redirect_stderr(stderr):
-            job = executor.submit(entry, config, str(run_dir))
+            if len(calls) == 1:
+                job = executor.submit(entry, *calls[0])
+            else:
+                with executor.batch():  # one sbatch --array, a task per call
+                    job = [executor.submit(entry, *args) for args in calls][0]
     except Exception as e:  # noqa: BLE001 (sbatch's refusal: the settings are the user's to fix)
         for path in reversed(made):
             shutil.rmtree(path, ignore_errors=True)
         raise UserError(f"{source}: SLURM refused the job: {_last_line(str(e))}") from None
-    _record(folder, {"job_id": job.job_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": command})
-    return job.job_id
+    job_id = job.job_id.split("_")[0]  # a task of an array: <array id>_<task>
+    _record(folder, {"job_id": job_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": command})
+    return job_id
+
+
+def python_holding_the_warning() -> str:
+    """The job's python command: this interpreter, started with SLURM's warning (USR2) blocked, so that one that
+    comes while Python and submitit start is kept pending until run_requeued handles it, instead of ending the
+    task (USR2's default action); a bare interpreter blocks it (~20 ms) and execs the real one (the mask stays)."""
+    block = "import os, signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2]); "
+    block += "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+    return f"{shlex.quote(sys.executable)} -S -c {shlex.quote(block)}"
 
 
 def _record(folder: Path, entry: dict) -> None:
@@ -220,16 +251,34 @@ def log_paths(run_dir: Path, job_id: str) -> list[Path]:
     return sorted((run_dir / "slurm").glob(f"{job_id}_*_log.out"), key=lambda p: int(p.name.split("_")[1]))
 
 
-def job_state(job_id: str) -> dict[str, str]:
-    """SLURM's view of a job: JobState, Restarts, ExitCode, NodeList, Reason (empty when it forgot the job)."""
+FIELDS = ("JobState", "Restarts", "ExitCode", "NodeList", "Reason")
+
+
+def job_states(job_id: str) -> list[dict[str, str]]:
+    """SLURM's view of a job, of each task of a job array: FIELDS and ``task`` (the array's task numbers, '' for
+    a plain job); empty when SLURM forgot the job."""
     try:
         done = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
-        return {}
+        return []
     if done.returncode:
-        return {}
-    fields = dict(f.split("=", 1) for f in done.stdout.split() if "=" in f)
-    return {k: fields.get(k, "") for k in ("JobState", "Restarts", "ExitCode", "NodeList", "Reason")}
+        return []
+    states = []
+    for line in done.stdout.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        states.append({"task": fields.get("ArrayTaskId", ""), **{k: fields.get(k, "") for k in FIELDS}})
+    return sorted(states, key=lambda s: int(re.match(r"\d*", s["task"])[0] or 0))
+
+
+def job_state(job_id: str) -> dict[str, str]:
+    """SLURM's view of a plain job (empty when it forgot the job)."""
+    states = job_states(job_id)
+    return states[0] if states else {}
+
+
+def _log_name(job_id: str, state: dict[str, str]) -> str:
+    """The first task's log of a job, or of one task of a job array (submitit names them so)."""
+    return f"{job_id}_{state['task']}_0_log.err" if state["task"] else f"{job_id}_0_log.err"
 
 
 def status(run_dir: Path) -> str:
@@ -237,32 +286,40 @@ def status(run_dir: Path) -> str:
     lines = []
     for entry in jobs(run_dir):
         job_id = entry["job_id"]
-        state = job_state(job_id)
-        if state:
+        states = job_states(job_id)
+        lines.append(f"job {job_id} (submitted {entry['submitted']}):")
+        for state in states:
             text = f"{state['JobState']}, requeued {state['Restarts']} time(s), exit code {state['ExitCode']}"
             if state["Reason"] not in ("", "None"):
                 text += f", reason {state['Reason']}"
-        else:
-            text = "no longer known to SLURM (finished a while ago; sacct -j shows its accounting)"
-        lines.append(f"job {job_id} (submitted {entry['submitted']}): {text}")
+            lines[-1] += f" {text}" if len(states) == 1 and not state["task"] else f"\n  task {state['task']}: {text}"
+        if not states:
+            lines[-1] += " no longer known to SLURM (finished a while ago; sacct -j shows its accounting)"
         lines += [f"  log: {p}" for p in log_paths(run_dir, job_id)] or [f"  log: none yet ({run_dir / 'slurm'})"]
-    summary = run_dir / "summary.json"
+    summary, results = run_dir / "summary.json", run_dir / "results.csv"
     if summary.exists():
         s = json.loads(summary.read_text())
         lines.append(f"run: {s.get('status')} after {s.get('epochs')} epoch(s), {s.get('steps')} steps ({summary})")
+    elif (run_dir / "sweep.json").exists():
+        lines.append(f"sweep: {f'results in {results}' if results.exists() else 'no results.csv yet'}")
     else:
         lines.append("run: no summary.json yet")
     return "\n".join(lines)
 
 
 class _Warned:
-    """SLURM's warning before a time limit or a preemption (USR2): stop the run as SIGTERM does."""
+    """SLURM's warning before a time limit or a preemption (USR2): stop the run as SIGTERM does. Before the run
+    takes SIGTERM (start-up: submitit's handler ignores it) there is nothing to save: it stops as Ctrl-C does."""
 
     def __init__(self) -> None:
         self.received = False
+        self.startup = signal.getsignal(signal.SIGTERM)
 
     def __call__(self, signum: int, frame: object) -> None:
         self.received = True
+        if signal.getsignal(signal.SIGTERM) == self.startup:
+            sys.stderr.write("SLURM's warning (SIGUSR2) during start-up: nothing to save yet, the job requeues\n")
+            raise KeyboardInterrupt
         sys.stderr.write("SLURM's warning (SIGUSR2: a time limit or a preemption): the run saves, the job requeues\n")
         signal.raise_signal(signal.SIGTERM)  # the run's own handler: save within log_every steps, stop
 
@@ -271,8 +328,7 @@ def run_task(config: dict, run_dir: str, run: Callable[[str], int]) -> None:
     """One task of a job: the DDP environment of its task (several tasks), ``run(config file)``, requeued when warned.
 
     ``run`` returns the exit code of the run; a non-zero one ends the task with it (SLURM marks the
-    job failed). After SLURM's warning, a run that stopped by saving (130) is requeued by rank 0.
-    """
+    job failed)."""
     import submitit
 
     env = submitit.JobEnvironment()
@@ -284,11 +340,24 @@ def run_task(config: dict, run_dir: str, run: Callable[[str], int]) -> None:
     tmp = path.with_suffix(f".{env.global_rank}.tmp")
     tmp.write_text(json.dumps(config, indent=2) + "\n")
     os.replace(tmp, path)
+    run_requeued(lambda: run(str(path)))
+
+
+def run_requeued(run: Callable[[], int]) -> None:
+    """``run()`` (a run, a sweep worker: its exit code) in a task; after SLURM's warning, one that stopped by saving
+    (130) or during start-up is requeued by rank 0 (it resumes from its checkpoint); a non-zero code ends the task."""
+    import submitit
+
+    env = submitit.JobEnvironment()
     warned = _Warned()
     signal.signal(signal.SIGUSR2, warned)
-    code = run(str(path))
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGUSR2])  # one that came during the start: delivered now
+        code = run()
+    except KeyboardInterrupt:  # the warning before the run's own handling of it
+        code = 130
     if warned.received and code == 130 and env.global_rank == 0:
-        sys.stderr.write(f"job {env.job_id}: requeued, it resumes from the checkpoint just saved\n")
+        sys.stderr.write(f"job {env.job_id}: requeued, it resumes from its last checkpoint\n")
         env._requeue(0)  # the executor's own requeue (SLURM: scontrol requeue); submitit's checkpointing does the same
     if code:
         sys.exit(code)
@@ -307,16 +376,17 @@ ENDED = (
 )
 POLL_SECONDS = 2.0
 FORGOTTEN_SECONDS = 600  # a job SLURM no longer answers for this long is taken for lost
+CANCEL_WAIT_SECONDS = 120  # for a cancelled job to save and end (SLURM's KillWait is 30 s by default)
 
 
 def wait_for_job(job_id: str, run_dir: Path) -> int:
-    """Wait for a job to end (a requeued one runs again); the exit code of its run: 0, 2 (a mistake),
-    130 (cancelled) or 1, with the run's error line on stderr. Stopping the wait (Ctrl-C) cancels the job,
-    which saves a checkpoint."""
+    """Wait for a job (every task of a job array) to end, a requeued one running again; the exit code of its run:
+    0, 2 (a mistake), 130 (cancelled) or 1, with the run's error line on stderr. Stopping the wait (Ctrl-C)
+    cancels the job, which saves a checkpoint."""
     last_seen = time.monotonic()
     try:
-        while (state := job_state(job_id)).get("JobState") not in ENDED:
-            if state:
+        while not (states := job_states(job_id)) or any(s["JobState"] not in ENDED for s in states):
+            if states:
                 last_seen = time.monotonic()
             elif time.monotonic() - last_seen > FORGOTTEN_SECONDS:
                 sys.stderr.write(f"error: job {job_id}: SLURM has not known it for {FORGOTTEN_SECONDS} s\n")
@@ -325,13 +395,21 @@ def wait_for_job(job_id: str, run_dir: Path) -> int:
     except BaseException:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
+        # Its run saves a checkpoint first: the run's files are whole once the wait ends (a sweep reads them).
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        while any(s["JobState"] not in ENDED for s in job_states(job_id)) and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
         raise
-    if state["JobState"] == "COMPLETED":
+    failed = [s for s in states if s["JobState"] != "COMPLETED"]
+    if not failed:
         return 0
-    log = run_dir / "slurm" / f"{job_id}_0_log.err"
+    state = failed[0]
+    log = run_dir / "slurm" / _log_name(job_id, state)
     errors = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("error: ")] if (
         log.exists()) else []  # fmt: skip
-    sys.stderr.write((errors[-1] if errors else f"error: job {job_id} ended {state['JobState']}: see {log}") + "\n")
+    task = f" task {state['task']}" if state["task"] else ""
+    fallback = f"error: job {job_id}{task} ended {state['JobState']}: see {log}"
+    sys.stderr.write((errors[-1] if errors else fallback) + "\n")
     if state["JobState"] == "CANCELLED":
         return 130
     return 2 if state["ExitCode"].startswith("2:") else 1

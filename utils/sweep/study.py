@@ -371,3 +371,14 @@ def run_sweep(
         for handler in logs:
             handler.close()
             LOG.removeHandler(handler)
+
+
+def create(sweep: Sweep) -> optuna.Study:
+    """Make (or join) the study and claim its folder as the first worker does, running no trial: for workers that
+    join it from elsewhere, like the tasks of a SLURM job array (one of them the first worker, of run_sweep)."""
+    if (sweep.sweep_dir / "config.json").exists():
+        raise UserError(f"{sweep.path}: key 'name': {sweep.sweep_dir} is a run's directory; choose another sweep name")
+    sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
+    study, created = open_study(sweep)
+    _claim(study, sweep, created)
+    return study
