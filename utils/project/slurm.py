@@ -356,6 +356,7 @@ def run_requeued(run: Callable[[], int]) -> None:
         code = run()
     except KeyboardInterrupt:  # the warning before the run's own handling of it
         code = 130
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])  # the run has ended: a late warning must not kill it
     if warned.received and code == 130 and env.global_rank == 0:
         sys.stderr.write(f"job {env.job_id}: requeued, it resumes from its last checkpoint\n")
         env._requeue(0)  # the executor's own requeue (SLURM: scontrol requeue); submitit's checkpointing does the same
