@@ -116,16 +116,35 @@ def normalise() -> v2.Transform:
     )
 
 
-def train_transform(crop_size: int, scale_min: float, scale_max: float) -> v2.Transform:
-    """Random scale, random crop (padded where smaller: image 0, mask 255), horizontal flip, normalise."""
+def augment(crop_size: int, scale_min: float, scale_max: float) -> v2.Transform:
+    """Random scale, random crop (padded where smaller: image 0, mask 255), horizontal flip: on uint8 images."""
     return v2.Compose(
         [
             RandomScale(scale_min, scale_max),
             v2.RandomCrop(crop_size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}),
             v2.RandomHorizontalFlip(),
-            normalise(),
         ]
     )
+
+
+def train_transform(crop_size: int, scale_min: float, scale_max: float) -> v2.Transform:
+    """One training sample as its batch holds it: ``augment``, then normalise (the loader normalises whole
+    batches instead: ``normalised_batch``)."""
+    return v2.Compose([augment(crop_size, scale_min, scale_max), normalise()])
+
+
+def standardise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) -> float, standardised as ``normalise`` does one image (the same operations)."""
+    mean = torch.tensor(MEAN, device=images.device).view(3, 1, 1)
+    std = torch.tensor(STD, device=images.device).view(3, 1, 1)
+    return images.to(torch.float32).mul_(1 / 255).sub_(mean).div_(std)
+
+
+def normalised_batch(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training's collate: augmented uint8 images and their masks, stacked; the images standardised as a whole
+    (stacked as uint8, a quarter of the bytes of float, and one call for the batch instead of one a sample)."""
+    images = torch.stack([image for image, _ in samples])
+    return standardise(images), torch.stack([mask for _, mask in samples])
 
 
 def pad_to(images: torch.Tensor, masks: torch.Tensor | None, height: int, width: int):
@@ -260,7 +279,7 @@ class VocDataLoader:
                 f"config: key 'scale_min': {config.scale_min} is above scale_max {config.scale_max}; "
                 "expected scale_min <= scale_max"
             )
-        train_tf = train_transform(config.crop_size, config.scale_min, config.scale_max)
+        train_tf = augment(config.crop_size, config.scale_min, config.scale_max)  # normalised in normalised_batch
         if config.data_mode == "random":
             n, size, c, seed = config.random_size, config.random_image_size, config.num_classes, config.seed
             train = Shapes(n, size, c, seed, "train", train_tf)
@@ -274,7 +293,7 @@ class VocDataLoader:
             train = ImageFiles(voc_pairs(tree, config.train_split, config.train_masks), transform=train_tf, **kwargs)
             valid = ImageFiles(voc_pairs(tree, config.valid_split), transform=normalise(), **kwargs)
         common = {"seed": config.seed, "num_workers": config.num_workers}
-        self.train_loader = make_loader(train, config.batch_size, train=True, **common)
+        self.train_loader = make_loader(train, config.batch_size, train=True, collate_fn=normalised_batch, **common)
         # One image per batch: ERFNet's receptive field reaches into the padding, so padding an image to a
         # larger one of its batch would change its prediction (the metric must be that of the whole images).
         self.valid_loader = make_loader(valid, 1, train=False, collate_fn=pad_collate, **common)

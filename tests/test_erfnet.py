@@ -4,6 +4,7 @@ pictures, test and predict outputs."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -26,6 +27,7 @@ from graphs.models.erfnet import ERFNet
 from tests.conftest import CONFIGS, REPO, assert_same_tensors, load, train
 from utils.errors import UserError
 from utils.examples.palette import VOC_PALETTE
+from utils.training.data import make_loader
 from utils.training.metrics import ConfusionMatrix
 
 ERFNET = CONFIGS / "erfnet_exp_0.json"
@@ -207,6 +209,20 @@ def test_folder_mode_reads_the_voc_tree(tmp_path):
     assert x.shape == (1, 3, 40, 32) and y.shape == (1, 40, 32)
     assert int((y[0] != IGNORE).sum()) == 37 * 29 - 14  # all of image 0 but its ignored border
     assert data.test_loader is data.valid_loader  # mode=test evaluates val: VOC's test masks are not public
+
+
+def test_training_batches_equal_the_samples_transformed_one_by_one(tmp_path):
+    """The loader augments uint8 samples and standardises whole batches: the numbers of train_transform (augment,
+    then normalise) applied to each sample as the loader seeds it, then stacked."""
+    voc_tree(tmp_path)
+    loader = VocDataLoader(
+        config("data_mode=folder", f"data_root={tmp_path}", "crop_size=32", "batch_size=4", "num_workers=0")
+    ).train_loader
+    one_by_one = copy.copy(loader.dataset.dataset)
+    one_by_one.transform = train_transform(32, 0.5, 2.0)
+    x, y = next(iter(loader))
+    expected_x, expected_y = next(iter(make_loader(one_by_one, 4, train=True, seed=1)))
+    assert x.dtype == torch.float32 and torch.equal(x, expected_x) and torch.equal(y, expected_y)
 
 
 def test_sbd_trainaug_reads_its_grey_masks_from_their_own_folder(tmp_path, capsys):
