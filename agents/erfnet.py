@@ -132,6 +132,14 @@ class ERFNetAgent(BaseAgent):
         if problems:
             raise UserError(f"{mismatch} ({'missing' if problems[0] in missing else 'unexpected'} '{problems[0]}')")
 
+    def to_device(self, batch):
+        """BaseAgent's, and with ``augment_on: "device"`` a training batch of whole uint8 images is augmented and
+        standardised there (datasets/voc.py: DeviceAugment)."""
+        batch = super().to_device(batch)
+        if isinstance(batch, dict):
+            return super().to_device(self.data_loader.augment_on_device(batch))  # channels_last, when asked
+        return batch
+
     # ----- validation -----------------------------------------------------------------------
 
     def make_metrics(self) -> dict[str, Metric]:

@@ -5,7 +5,8 @@
 Writes, in their datasets' on-disk layouts, JPEGs that compress like photographs (smooth shapes plus a little
 noise, quality 90): VOC (500x375 images with palette-PNG masks, ERFNet's training path: decode both, random
 scale, crop to 512 with padding, flip, normalise), CelebA (178x218 faces, DCGAN's path: decode, resize to 64,
-centre crop) and the template's class folders (256x256, resized to 32x32 and scaled to [0, 1]). Each path
+centre crop) and the template's class folders (256x256, resized to 32x32 and scaled to [0, 1]); and ERFNet's
+with ``augment_on: "device"``, where the loader only decodes (the agent augments on the GPU). Each path
 runs through its dataset class and ``make_loader`` (batch 8, the main process, as a worker would), so
 the cost counted is everything from the file to the collated batch. The baseline of each is
 ``torchvision.io.decode_image`` of the same files (and, for VOC, of the masks too), read from the
@@ -123,6 +124,10 @@ def main_() -> None:
     paths = {
         "VOC (ERFNet train)": (
             loader_of("configs/erfnet_exp_0.json", VocDataLoader, *common),
+            voc_files,
+        ),
+        "VOC, augment_on=device": (
+            loader_of("configs/erfnet_exp_0.json", VocDataLoader, *common, "augment_on=device"),
             voc_files,
         ),
         "CelebA (DCGAN)": (

@@ -311,6 +311,18 @@ def test_resume_is_exact(exps):
         assert_same_tensors(a[key], b[key], key)
 
 
+def test_augmentation_on_the_device_trains_the_same_weights_as_in_the_loader(tmp_path, exps):
+    """augment_on=device (device=cpu runs the GPU's code path): the loader only decodes, the agent scales, crops
+    and flips each whole image, seeded as the loader seeds it: the same weights, on VOC files and random shapes."""
+    voc_tree(tmp_path)
+    for data in (["data_mode=folder", f"data_root={tmp_path}", "num_classes=21"], ["data_mode=random"]):
+        run = [*TINY, *data, "max_epoch=2", "num_workers=1", "show_images=0"]
+        train(ERFNET, exps, *run, f"exp_name=loader{len(data)}")
+        train(ERFNET, exps, *run, "augment_on=device", "device=cpu", f"exp_name=device{len(data)}")
+        a, b = (load(exps / f"{name}{len(data)}" / "checkpoints" / "last.pth") for name in ("loader", "device"))
+        assert_same_tensors(a["models"], b["models"], "models")
+
+
 def test_pictures_test_mode_predict_and_encoder_checkpoint(tmp_path, exps):
     train(ERFNET, exps, "exp_name=run", "max_epoch=1", "max_train_batches=1", *TINY)
     run = exps / "run"
