@@ -236,7 +236,8 @@ class ImageFiles(Dataset):
         mask = self._mask(target)
         if mask.ndim != 2:
             raise _BadSample(target, f"mask has {mask.ndim} dimensions, expected a single-channel (H, W) image")
-        bad = (mask >= self.num_classes).logical_and_(mask != self.ignore_index) if self.num_classes else None
+        fits = self.num_classes is None or self._labels_fit(mask)
+        bad = None if fits else (mask >= self.num_classes).logical_and_(mask != self.ignore_index)
         if bad is not None and bad.any():
             raise _BadSample(
                 target,
@@ -248,6 +249,13 @@ class ImageFiles(Dataset):
             image, mask = self.transform(image, mask)
         mask = mask.as_subclass(torch.Tensor)
         return image.as_subclass(torch.Tensor), mask.long() if self.long_masks else mask
+
+    def _labels_fit(self, mask: torch.Tensor) -> bool:
+        """True when every value is a class or ignore_index by a quick test (uint8 masks ignoring 255: one pass,
+        where the exact test takes four and a quarter of decoding's time); False: run the exact test."""
+        if mask.dtype == torch.uint8 and self.ignore_index == 255:
+            return int((mask + 1).max()) <= self.num_classes  # 255 + 1 wraps to 0
+        return False
 
     def _mask(self, path: Path) -> torch.Tensor:
         """The mask at ``path``: uint8 (H, W) palette indices or values (int64 for wider ones), before any check."""
