@@ -13,7 +13,7 @@ what a header cannot show (a JPEG cut short). A sample skipped at decode time is
 the next readable one, so batches keep their size and a resumed run sees the same samples.
 
 Images are decoded by torchvision.io where it gives PIL's pixels (8-bit JPEG and PNG in RGB, RGBA or grey:
-1.2-1.6x faster here, benchmarks/image_paths.py), by PIL otherwise; a file torchvision.io fails on is
+1.2-1.6x faster than PIL here), by PIL otherwise; a file torchvision.io fails on is
 decoded again by PIL, which names what is wrong with it. 8-bit PNG masks too; they stay uint8 through the
 transforms (``long_masks=False``: after them too, for a conversion on the GPU).
 """
