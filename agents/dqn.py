@@ -20,13 +20,13 @@ import math
 import os
 import random
 from collections import deque
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from agents.base import BaseAgent
-from datasets.gym_env import make_env
 from graphs.models.dqn import QConv, QMlp
 from utils.config import Key, check_monitor, torch_object_key
 from utils.errors import UserError
@@ -34,6 +34,17 @@ from utils.examples.replay_memory import ReplayMemory
 from utils.run.export import ExportInput
 from utils.training import distributed
 from utils.training.seeding import derive_seed
+
+if TYPE_CHECKING:
+    import gymnasium as gym
+
+
+def make_env(env_id: str, observation: str = "state", render: bool = False) -> gym.Env:
+    """datasets.gym_env.make_env, imported on first use: reading DQN's keys (``main.py keys``) imports no gymnasium."""
+    from datasets.gym_env import make_env as make
+
+    return make(env_id, observation, render)
+
 
 # Keys of the supervised loop that mean nothing here (an agent learning by acting has no data loader,
 # and its networks act on single observations between updates).

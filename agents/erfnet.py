@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -131,6 +132,14 @@ class ERFNetAgent(BaseAgent):
         problems = [k for k in missing if not k.startswith("output_conv.")] + list(unexpected)
         if problems:
             raise UserError(f"{mismatch} ({'missing' if problems[0] in missing else 'unexpected'} '{problems[0]}')")
+
+    def to_device(self, batch: Any) -> Any:
+        """BaseAgent's, and with ``augment_on: "device"`` a training batch of whole uint8 images is augmented and
+        standardised there (datasets/voc.py: DeviceAugment)."""
+        batch = super().to_device(batch)
+        if isinstance(batch, dict):
+            return super().to_device(self.data_loader.augment_on_device(batch))  # channels_last, when asked
+        return batch
 
     # ----- validation -----------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ def main() -> None:
     write_images(root, args.images)
     agent = build_agent("configs/example_exp_0.json", "data_mode=folder", f"data_root={root}", "batch_size=64")
     loader = agent.data_loader.train_loader
-    dataset = loader.dataset
+    dataset = loader.dataset.dataset  # make_loader wraps it (EpochSeeded)
     with_worker = make_loader(dataset, 64, train=True, seed=1, num_workers=1)
 
     start = time.perf_counter()

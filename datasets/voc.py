@@ -41,7 +41,7 @@ from utils.errors import UserError
 from utils.examples.palette import VOC_PALETTE
 from utils.run.recorder import DATA_LOG as log
 from utils.run.recorder import write_text_atomic
-from utils.training.data import make_loader
+from utils.training.data import EpochSeeded, make_loader
 from utils.training.seeding import derive_seed
 
 CLASSES = (
@@ -116,16 +116,71 @@ def normalise() -> v2.Transform:
     )
 
 
-def train_transform(crop_size: int, scale_min: float, scale_max: float) -> v2.Transform:
-    """Random scale, random crop (padded where smaller: image 0, mask 255), horizontal flip, normalise."""
+def augment(crop_size: int, scale_min: float, scale_max: float) -> v2.Transform:
+    """Random scale, random crop (padded where smaller: image 0, mask 255), horizontal flip: on uint8 images."""
     return v2.Compose(
         [
             RandomScale(scale_min, scale_max),
             v2.RandomCrop(crop_size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}),
             v2.RandomHorizontalFlip(),
-            normalise(),
         ]
     )
+
+
+def train_transform(crop_size: int, scale_min: float, scale_max: float) -> v2.Transform:
+    """One training sample as its batch holds it: ``augment``, then normalise (the loader normalises whole
+    batches instead: ``normalised_batch``)."""
+    return v2.Compose([augment(crop_size, scale_min, scale_max), normalise()])
+
+
+def standardise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) -> float, standardised as ``normalise`` does one image (the same operations)."""
+    mean = torch.tensor(MEAN, device=images.device).view(3, 1, 1)
+    std = torch.tensor(STD, device=images.device).view(3, 1, 1)
+    return images.to(torch.float32).mul_(1 / 255).sub_(mean).div_(std)
+
+
+class Indexed(Dataset):
+    """The samples of ``dataset`` with their index: (image, mask, index)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return (*self.dataset[index], index)
+
+
+def whole_images(samples: list[tuple[torch.Tensor, torch.Tensor, int]]) -> dict[str, list]:
+    """``augment_on: "device"``'s collate: the batch's uint8 images and masks as they are (their sizes differ)."""
+    return {"images": [s[0] for s in samples], "masks": [s[1] for s in samples], "indices": [s[2] for s in samples]}
+
+
+class DeviceAugment:
+    """``augment_on: "device"``: ``augment`` applied to a batch of whole images where they are (the GPU), each
+    sample seeded as the loader seeds it (``EpochSeeded.seeded``): the same parameters as in the loader, so the
+    same numbers on the CPU. Then the batch is standardised as ``normalised_batch`` does it."""
+
+    def __init__(self, seeded: EpochSeeded, transform: v2.Transform) -> None:
+        self.seeded, self.transform = seeded, transform
+
+    def __call__(self, batch: dict[str, list]) -> tuple[torch.Tensor, torch.Tensor]:
+        samples = []
+        for image, mask, index in zip(batch["images"], batch["masks"], batch["indices"], strict=True):
+            with self.seeded.seeded(index):
+                image, mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
+            samples.append((image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)))
+        images, masks = normalised_batch(samples)
+        return images, masks.long()  # uint8 from the loader (a quarter of the bytes to copy), int64 for the loss
+
+
+def normalised_batch(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training's collate: augmented uint8 images and their masks, stacked; the images standardised as a whole
+    (stacked as uint8, a quarter of the bytes of float, and one call for the batch instead of one a sample)."""
+    images = torch.stack([image for image, _ in samples])
+    return standardise(images), torch.stack([mask for _, mask in samples])
 
 
 def pad_to(images: torch.Tensor, masks: torch.Tensor | None, height: int, width: int):
@@ -252,6 +307,13 @@ class VocDataLoader:
         "random_size": Key(64, int, "data_mode=random: synthetic training images", min=1, max=100_000),
         "random_image_size": Key(96, int, "data_mode=random: image height and width (up to)", min=8, max=4096),
         "skip_bad_files": SKIP_BAD_FILES,
+        "augment_on": Key(
+            "loader",
+            str,
+            "training's random scale, crop and flip: in the data loader (its workers), or on the device batch by "
+            "batch (the loader then only decodes: a GPU the CPU cannot keep fed); the same numbers either way",
+            choices=("loader", "device"),
+        ),
     }
 
     def __init__(self, config) -> None:
@@ -260,10 +322,12 @@ class VocDataLoader:
                 f"config: key 'scale_min': {config.scale_min} is above scale_max {config.scale_max}; "
                 "expected scale_min <= scale_max"
             )
-        train_tf = train_transform(config.crop_size, config.scale_min, config.scale_max)
+        on_device = config.augment_on == "device"
+        train_tf = augment(config.crop_size, config.scale_min, config.scale_max)  # normalised in normalised_batch
+        loader_tf = None if on_device else train_tf
         if config.data_mode == "random":
             n, size, c, seed = config.random_size, config.random_image_size, config.num_classes, config.seed
-            train = Shapes(n, size, c, seed, "train", train_tf)
+            train = Shapes(n, size, c, seed, "train", loader_tf)
             valid = Shapes(max(2, n // 4), size, c, seed, "valid", normalise())
         else:
             root = fetched_root(config, download)
@@ -271,10 +335,16 @@ class VocDataLoader:
             if not tree.is_dir():
                 raise missing(tree, "Pascal VOC 2012 folder", HOW)
             kwargs = {"mode": "RGB", "skip_bad": config.skip_bad_files, "num_classes": config.num_classes}
-            train = ImageFiles(voc_pairs(tree, config.train_split, config.train_masks), transform=train_tf, **kwargs)
+            pairs = voc_pairs(tree, config.train_split, config.train_masks)
+            train = ImageFiles(pairs, transform=loader_tf, long_masks=not on_device, **kwargs)
             valid = ImageFiles(voc_pairs(tree, config.valid_split), transform=normalise(), **kwargs)
         common = {"seed": config.seed, "num_workers": config.num_workers}
-        self.train_loader = make_loader(train, config.batch_size, train=True, **common)
+        if on_device:  # whole uint8 images with their indices; the agent's to_device augments them
+            self.train_loader = make_loader(Indexed(train), config.batch_size, True, collate_fn=whole_images, **common)
+            self.augment_on_device = DeviceAugment(self.train_loader.dataset, train_tf)
+        else:
+            self.train_loader = make_loader(train, config.batch_size, True, collate_fn=normalised_batch, **common)
+            self.augment_on_device = None
         # One image per batch: ERFNet's receptive field reaches into the padding, so padding an image to a
         # larger one of its batch would change its prediction (the metric must be that of the whole images).
         self.valid_loader = make_loader(valid, 1, train=False, collate_fn=pad_collate, **common)

@@ -111,6 +111,20 @@ def test_augmentation_does_not_depend_on_the_worker_or_a_mid_epoch_resume(worker
     assert isinstance(in_process.dataset, EpochSeeded)
 
 
+def test_augmentation_seeds_only_the_cpu_generator_and_restores_the_main_stream(monkeypatch):
+    """A batch made in the main process reseeds no accelerator's generator (a GPU model's dropout draws from it;
+    torch.manual_seed would reseed it per batch) and leaves the main CPU stream where it was."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    reseeded = []
+    for device in (torch.cuda, torch.xpu, torch.mtia):
+        monkeypatch.setattr(device, "manual_seed_all", reseeded.append)
+    loader = make_loader(Noise(), batch_size=2, train=True, seed=7)
+    torch.default_generator.manual_seed(0)
+    assert len(list(loader)) == 6
+    assert reseeded == [] and torch.equal(torch.rand(3), expected)
+
+
 def test_batches_per_epoch_ignores_a_mid_epoch_skip():
     loader = make_loader(Noise(), batch_size=5, train=True, seed=7)
     set_epoch(loader, 0, seed=7)

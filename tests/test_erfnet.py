@@ -4,6 +4,7 @@ pictures, test and predict outputs."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -26,6 +27,7 @@ from graphs.models.erfnet import ERFNet
 from tests.conftest import CONFIGS, REPO, assert_same_tensors, load, train
 from utils.errors import UserError
 from utils.examples.palette import VOC_PALETTE
+from utils.training.data import make_loader
 from utils.training.metrics import ConfusionMatrix
 
 ERFNET = CONFIGS / "erfnet_exp_0.json"
@@ -209,6 +211,20 @@ def test_folder_mode_reads_the_voc_tree(tmp_path):
     assert data.test_loader is data.valid_loader  # mode=test evaluates val: VOC's test masks are not public
 
 
+def test_training_batches_equal_the_samples_transformed_one_by_one(tmp_path):
+    """The loader augments uint8 samples and standardises whole batches: the numbers of train_transform (augment,
+    then normalise) applied to each sample as the loader seeds it, then stacked."""
+    voc_tree(tmp_path)
+    loader = VocDataLoader(
+        config("data_mode=folder", f"data_root={tmp_path}", "crop_size=32", "batch_size=4", "num_workers=0")
+    ).train_loader
+    one_by_one = copy.copy(loader.dataset.dataset)
+    one_by_one.transform = train_transform(32, 0.5, 2.0)
+    x, y = next(iter(loader))
+    expected_x, expected_y = next(iter(make_loader(one_by_one, 4, train=True, seed=1)))
+    assert x.dtype == torch.float32 and torch.equal(x, expected_x) and torch.equal(y, expected_y)
+
+
 def test_sbd_trainaug_reads_its_grey_masks_from_their_own_folder(tmp_path, capsys):
     # SBD's augmented set: another list and grey PNG masks in SegmentationClassAug/; val stays VOC's.
     tree = voc_tree(tmp_path)["tree"]
@@ -293,6 +309,18 @@ def test_resume_is_exact(exps):
     a, b = (load(exps / name / "checkpoints" / "last.pth") for name in ("straight", "resumed"))
     for key in ("models", "optimizers", "epoch", "global_step", "best"):
         assert_same_tensors(a[key], b[key], key)
+
+
+def test_augmentation_on_the_device_trains_the_same_weights_as_in_the_loader(tmp_path, exps):
+    """augment_on=device (device=cpu runs the GPU's code path): the loader only decodes, the agent scales, crops
+    and flips each whole image, seeded as the loader seeds it: the same weights, on VOC files and random shapes."""
+    voc_tree(tmp_path)
+    for data in (["data_mode=folder", f"data_root={tmp_path}", "num_classes=21"], ["data_mode=random"]):
+        run = [*TINY, *data, "max_epoch=2", "num_workers=1", "show_images=0"]
+        train(ERFNET, exps, *run, f"exp_name=loader{len(data)}")
+        train(ERFNET, exps, *run, "augment_on=device", "device=cpu", f"exp_name=device{len(data)}")
+        a, b = (load(exps / f"{name}{len(data)}" / "checkpoints" / "last.pth") for name in ("loader", "device"))
+        assert_same_tensors(a["models"], b["models"], "models")
 
 
 def test_pictures_test_mode_predict_and_encoder_checkpoint(tmp_path, exps):

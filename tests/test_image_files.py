@@ -201,3 +201,56 @@ def test_a_split_replaces_a_sample_it_cannot_decode_from_itself(tmp_path):
     held_out = data.subset([1, 3])
     assert [held_out[i][1] for i in range(2)] == [3, 3]
     assert [data.subset([0, 2])[i][1] for i in range(2)] == [0, 2]
+
+
+def test_images_decode_to_pils_pixels_whichever_decoder_reads_them(tmp_path):
+    """JPEG and 8-bit PNG go through torchvision.io (faster), the rest through PIL: the same pixels either way,
+    in RGB and in grey (PIL's own RGB-to-L formula), a 16-bit PNG included (PIL's 8 high bits)."""
+    rng = np.random.default_rng(0)
+    pixels = np.clip(rng.normal(128, 60, (13, 17, 3)), 0, 255).astype(np.uint8)
+    files = []
+    for i, (mode, suffix) in enumerate(
+        [
+            ("RGB", ".jpg"),
+            ("L", ".jpg"),
+            ("RGB", ".png"),
+            ("RGBA", ".png"),
+            ("L", ".png"),
+            ("P", ".png"),
+            ("CMYK", ".jpg"),
+            ("RGB", ".bmp"),
+        ]
+    ):
+        files.append(tmp_path / f"{i}{suffix}")
+        Image.fromarray(pixels).convert(mode).save(files[-1])
+    files.append(tmp_path / "16bit.png")
+    Image.fromarray(pixels[..., 0].astype(np.uint16) * 257).save(files[-1])
+    for mode in ("RGB", "L"):
+        data = ImageFiles([(f, 0) for f in files], mode)
+        for i, path in enumerate(files):
+            with Image.open(path) as image:
+                expected = torch.from_numpy(np.array(image.convert(mode))).reshape(*image.size[::-1], -1)
+            assert torch.equal(data[i][0], expected.permute(2, 0, 1)), (mode, path.name)
+        assert set(data._native) == set(files[:5])  # the fast decoder did read the files it can
+
+
+def test_masks_decode_to_pils_values_whichever_decoder_reads_them(tmp_path):
+    """8-bit palette and grey PNG masks through torchvision.io, packed palettes (4 bits) and 16-bit grey through PIL:
+    the same labels; uint8 after the transforms with long_masks=False."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, (9, 11)).astype(np.uint8)
+    labels[0, 0] = 255
+    samples = []
+    for i, (mode, options) in enumerate([("P", {}), ("L", {}), ("P", {"bits": 4}), ("I;16", {})]):
+        image, mask = tmp_path / f"{i}.jpg", tmp_path / f"{i}_mask.png"
+        Image.fromarray(np.zeros((9, 11, 3), np.uint8)).save(image)
+        Image.fromarray(labels if mode != "I;16" else labels.astype(np.uint16)).convert(mode).save(mask, **options)
+        samples.append((image, mask))
+    for long_masks in (True, False):
+        data = ImageFiles(samples, long_masks=long_masks)
+        for i, (_, mask) in enumerate(samples):
+            expected = torch.from_numpy(np.array(Image.open(mask)).astype(np.int64))
+            got = data[i][1]
+            assert got.dtype == (torch.int64 if long_masks or i == 3 else torch.uint8), i
+            assert torch.equal(got.long(), expected), i
+        assert data._native_masks == {samples[0][1], samples[1][1]}

@@ -97,6 +97,7 @@ EXAMPLES = {
             "docs/examples/erfnet.md",
             "benchmarks/erfnet.py",
         ),
+        uses=("benchmarks/image_paths.py",),  # and DCGAN's
     ),
     "dcgan": Example(
         files=(
@@ -111,6 +112,7 @@ EXAMPLES = {
             "docs/examples/dcgan.md",
             "benchmarks/dcgan.py",
         ),
+        uses=("benchmarks/image_paths.py",),  # and ERFNet's
     ),
 }
 
