@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from collections.abc import Iterable
 from itertools import islice
@@ -334,9 +335,11 @@ class BaseAgent:
             self.schedules.after_epoch(metrics, self.monitor.metric, optimizer_stepped=self.optimizer_steps > 0)
             if metrics:
                 self.callbacks.call("on_validation_end", self, metrics)
-            self._check_finite_weights()
-            self.save_checkpoint(self.monitor.update(metrics, self.epoch))
             self.callbacks.call("on_epoch_end", self, metrics)
+            # A stop a callback decided on one rank (a logger on rank 0) is every rank's: none waits at a collective.
+            (self.stop_training,) = distributed.any_rank(self.stop_training)
+            self._check_finite_weights()
+            self.save_checkpoint(self.monitor.update(metrics, self.epoch))  # with every callback's state
         if self.status == "started":
             self.status = "finished"
 
@@ -477,6 +480,8 @@ class BaseAgent:
                 recorder.curves()
             if getattr(self, "_training", False):
                 self._training = False
+                if self.status == "started" and sys.exc_info()[0] is not None:  # finalize runs in main's finally
+                    self.status = "failed"
                 self.callbacks.call("on_train_end", self)
         finally:
             if recorder is not None:

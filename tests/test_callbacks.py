@@ -20,9 +20,9 @@ SELF = "tests.test_callbacks.StageLog"
 class StageLog(Callback):
     """Writes each stage it sees to events.<rank>.txt in the run directory; its state counts the batches."""
 
-    def __init__(self, stop_at_epoch: int | None = None) -> None:
-        self.batches = 0
-        self.stop_at_epoch = stop_at_epoch
+    def __init__(self, stop_at_epoch: int | None = None, stop_rank: int | None = None) -> None:
+        self.batches = self.epochs = 0
+        self.stop_at_epoch, self.stop_rank = stop_at_epoch, stop_rank
 
     def on_train_start(self, agent) -> None:
         self.log(agent, f"start {agent.epoch} batches {self.batches}")
@@ -38,19 +38,19 @@ class StageLog(Callback):
         self.log(agent, f"validated {agent.epoch} {sorted(metrics)}")
 
     def on_epoch_end(self, agent, metrics: dict[str, float]) -> None:
-        saved = load(agent.checkpoint_dir / "last.pth")["epoch"] if agent.rank == 0 else agent.epoch
-        self.log(agent, f"end {agent.epoch} saved {saved}")
-        if agent.epoch == self.stop_at_epoch:
+        self.epochs += 1  # changed in the epoch's last stage: still in its checkpoint
+        self.log(agent, f"end {agent.epoch}")
+        if agent.epoch == self.stop_at_epoch and self.stop_rank in (None, agent.rank):
             agent.stop_training = True
 
     def on_train_end(self, agent) -> None:
         self.log(agent, f"done {agent.status}")
 
     def state_dict(self) -> dict:
-        return {"batches": self.batches}
+        return {"batches": self.batches, "epochs": self.epochs}
 
     def load_state_dict(self, state: dict) -> None:
-        self.batches = state["batches"]
+        self.batches, self.epochs = state["batches"], state["epochs"]
 
     @staticmethod
     def log(agent, line: str) -> None:
@@ -76,7 +76,7 @@ def expected(epochs: range, batches: int, accumulate: int, first_step: int = 0, 
                 step += 1
                 lines.append(f"step {step}")
             lines.append(f"batch {(epoch - 1) * batches + b}")
-        lines += [f"validated {epoch} ['valid/accuracy', 'valid/loss']", f"end {epoch} saved {epoch}"]
+        lines += [f"validated {epoch} ['valid/accuracy', 'valid/loss']", f"end {epoch}"]
     return [*lines, "done finished"]
 
 
@@ -85,13 +85,19 @@ def test_stages_run_in_order_and_a_callbacks_state_resumes_exactly(exps):
     args = [*SMALL, "accumulate_grad_batches=2", callbacks()]
     train(EXAMPLE, exps, "exp_name=straight", "max_epoch=2", *args)
     assert events(exps, "straight") == expected(range(1, 3), batches=7, accumulate=2)
-    assert load(exps / "straight" / "checkpoints" / "last.pth")["callbacks"]["StageLog"] == {"batches": 14}
+    assert load(exps / "straight" / "checkpoints" / "last.pth")["callbacks"]["StageLog{}"] == {
+        "batches": 14,
+        "epochs": 2,
+    }
 
     train(EXAMPLE, exps, "exp_name=resumed", "max_epoch=1", *args)
     train(EXAMPLE, exps, "exp_name=resumed", "max_epoch=2", *args)
     second = events(exps, "resumed")[len(expected(range(1, 2), 7, 2)) :]
     assert second == expected(range(2, 3), batches=7, accumulate=2, first_step=4, start="start 1 batches 7")
-    assert load(exps / "resumed" / "checkpoints" / "last.pth")["callbacks"]["StageLog"] == {"batches": 14}
+    assert load(exps / "resumed" / "checkpoints" / "last.pth")["callbacks"]["StageLog{}"] == {
+        "batches": 14,
+        "epochs": 2,
+    }
 
 
 def test_a_callback_stops_training_and_two_of_one_class_keep_their_own_state(exps):
@@ -99,7 +105,13 @@ def test_a_callback_stops_training_and_two_of_one_class_keep_their_own_state(exp
     train(EXAMPLE, exps, "exp_name=stop", "max_epoch=5", *SMALL, f"callbacks={json.dumps(two)}")
     summary = json.loads((exps / "stop" / "summary.json").read_text())
     assert summary["epochs"] == 2 and summary["status"] == "finished"
-    assert set(load(exps / "stop" / "checkpoints" / "last.pth")["callbacks"]) == {"StageLog", "StageLog#2"}
+    keys = {'StageLog{"stop_at_epoch": 2}', "StageLog{}"}
+    assert set(load(exps / "stop" / "checkpoints" / "last.pth")["callbacks"]) == keys
+    # The first one gone at a resume: the other keeps its own state, and the log says what was dropped.
+    train(EXAMPLE, exps, "exp_name=stop", "max_epoch=3", *SMALL, f"callbacks={json.dumps(two[1:])}")
+    assert load(exps / "stop" / "checkpoints" / "last.pth")["callbacks"] == {"StageLog{}": {"batches": 21, "epochs": 3}}
+    log = (exps / "stop" / "logs" / "run.log").read_text()
+    assert 'callbacks this run has not (dropped): StageLog{"stop_at_epoch": 2}' in log
 
 
 @pytest.mark.parametrize(
@@ -145,4 +157,27 @@ def test_callbacks_under_two_processes_run_on_every_rank_and_resume_from_rank_0s
         assert lines[: len(expected(range(1, 2), 4, 1))] == expected(range(1, 2), batches=4, accumulate=1)
         assert lines[-1] == "done finished" and "start 1 batches 4" in lines
     state = load(exps / "ddp" / "checkpoints" / "last.pth")
-    assert state["callbacks"]["StageLog"] == {"batches": 8} and set(state["callbacks"]) >= {"ema", "early_stopping"}
+    assert state["callbacks"]["StageLog{}"] == {"batches": 8, "epochs": 2}
+    assert set(state["callbacks"]) >= {"ema", "early_stopping"}
+
+
+def test_a_stop_one_rank_decides_stops_every_rank(exps):
+    cmd = [sys.executable, "main.py", "--nproc", "2", str(EXAMPLE), f"experiments_dir={exps}", "exp_name=one"]
+    args = [*SMALL, "max_epoch=4", callbacks(stop_at_epoch=1, stop_rank=0)]
+    result = subprocess.run([*cmd, *args], cwd=REPO, capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    for rank in (0, 1):
+        assert events(exps, "one", rank)[-2:] == ["end 1", "done finished"]
+    assert json.loads((exps / "one" / "summary.json").read_text())["epochs"] == 1
+
+
+def test_on_train_end_sees_a_failed_run(exps, monkeypatch):
+    from agents.example import ExampleAgent
+
+    def broken(self, batch):
+        raise RuntimeError("a bug in train_step")
+
+    monkeypatch.setattr(ExampleAgent, "train_step", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        train(EXAMPLE, exps, "exp_name=bug", "max_epoch=1", *SMALL, callbacks())
+    assert events(exps, "bug")[-1] == "done failed"

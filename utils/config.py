@@ -7,6 +7,7 @@ or a missing key is a one-line ``UserError`` instead of a traceback an hour into
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import json
@@ -194,22 +195,44 @@ def run_config(path: str) -> str:
 
 
 def blame_override(error: UserError, source: str, overrides: list[str]) -> UserError:
-    """``error`` (found validating ``source`` with ``overrides``) naming the override that set its key."""
+    """``error`` (found validating ``source`` with ``overrides``) naming where its key was set: the override, or
+    the base config the key came from (``source`` inherits it through ``"base"``)."""
     message = str(error)
-    key = re.search(r"key '([^']+)'", message)
-    if not message.startswith(f"{source}: ") or key is None:
+    found = re.search(r"key '([^']+)'", message)
+    if not message.startswith(f"{source}: ") or found is None:
         return error
+    key = re.sub(r"\[(\d+)\]", r".\1", found[1])  # callbacks[0].type: as an override names it
     for text in reversed(overrides):  # the last override of a key is the one that counts
-        dotted = text.partition("=")[0]
-        if key[1] == dotted or key[1].startswith(dotted + ".") or dotted.startswith(key[1] + "."):
+        dotted = re.sub(r"\[(\d+)\]", r".\1", text.partition("=")[0])
+        if key == dotted or key.startswith(dotted + ".") or dotted.startswith(key + "."):
             return UserError(f"override '{text}': {message[len(source) + 2 :]}")
+    with contextlib.suppress(UserError):
+        chain = _chain(source)
+        for path in reversed(chain):  # the nearest file that sets the key (or the part of it that is wrong)
+            if _sets(read_json(path), key.split(".")):
+                return error if path == chain[-1] else UserError(f"{path}: {message[len(source) + 2 :]}")
     return error
+
+
+def _chain(path: str | Path) -> list[str]:
+    """The config files ``path`` inherits from, base first, ``path`` last."""
+    base = read_json(path).get("base")
+    return [*(_chain(repo_path(base)) if isinstance(base, str) and repo_path(base).is_file() else []), str(path)]
+
+
+def _sets(raw: Any, parts: list[str]) -> bool:
+    """Whether the JSON ``raw`` holds the first of ``parts`` (and as much of the rest as it goes)."""
+    if not parts or not isinstance(raw, (dict, list)):
+        return True
+    if isinstance(raw, list):
+        return parts[0].isdigit() and int(parts[0]) < len(raw) and _sets(raw[int(parts[0])], parts[1:])
+    return parts[0] in raw and _sets(raw[parts[0]], parts[1:])
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b=value`` -> (['a', 'b'], value); the value is JSON, bare words are strings."""
     key, sep, value = text.partition("=")
-    parts = key.split(".")
+    parts = re.sub(r"\[(\d+)\]", r".\1", key).split(".")  # callbacks[0].args as error messages name it
     if not sep or not all(p.strip() for p in parts):
         raise UserError(f"override '{text}': expected key=value, e.g. max_epoch=3 or optimizer.args.lr=0.01")
     try:

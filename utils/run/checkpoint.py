@@ -68,7 +68,9 @@ def load(path: str | Path) -> dict:
     if state.get("format", 2) < 3:  # format 2 kept the callbacks' states at the top level
         state["callbacks"] = {k: state.pop(k) for k in ("ema", "early_stopping") if state.get(k)}
         if "early_stopping" in state["callbacks"]:  # the metric it counted
-            state["callbacks"]["early_stopping"]["monitor"] = state.get("config", {}).get("monitor")
+            state["callbacks"]["early_stopping"]["monitor"] = " ".join(
+                str(state.get("config", {}).get("monitor")).split()
+            )
     return state
 
 

@@ -138,6 +138,9 @@ def resume(agent, path: Path) -> None:
     if foreign:
         state["callbacks"].pop("early_stopping", None)
     agent.parts().load_state_dict(path, state, restored)
+    unclaimed = set(state["callbacks"]) - {key for key, _ in agent.callbacks.keyed()}
+    if unclaimed:
+        log(f"the checkpoint holds the state of callbacks this run has not (dropped): {', '.join(sorted(unclaimed))}")
     apply_changed_args(
         agent.optimizers,
         agent.optimizer_keys,

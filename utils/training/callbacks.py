@@ -11,8 +11,8 @@ The stages, and nothing else, in the order a run meets them:
 ``on_train_start(agent)``              training starts, after a resume (mode=train only)
 ``on_train_batch_end(agent, logs)``    after each ``train_step``; ``logs`` is what it returned (device tensors)
 ``on_optimizer_step(agent, opt)``      after each optimizer update (fewer than batches with accumulation)
-``on_validation_end(agent, metrics)``  after an epoch's validation, before its checkpoint, which saves the state
-``on_epoch_end(agent, metrics)``       after the epoch's checkpoint (``metrics`` empty when none was due)
+``on_validation_end(agent, metrics)``  after an epoch's validation (not called when none was due)
+``on_epoch_end(agent, metrics)``       every epoch, last, just before its checkpoint, which holds every state
 ``on_train_end(agent)``                training ended: finished, stopped early, interrupted or failed
 =====================================  ==========================================================================
 
@@ -24,6 +24,7 @@ A callback with state returns it from ``state_dict`` (tensors and plain values);
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -107,7 +108,7 @@ class Callbacks:
 
 
 class AfterValidation(Callback):
-    """Calls ``fn(epoch, metrics)`` after each validation's checkpoint; True stops training (a sweep's pruner)."""
+    """Calls ``fn(epoch, metrics)`` at the end of each validated epoch; True stops training (a sweep's pruner)."""
 
     def __init__(self, fn: Callable[[int, dict[str, float]], bool]) -> None:
         self.fn = fn
@@ -123,7 +124,7 @@ def check_callbacks(value: Any, where: str, source: str) -> None:
         raise UserError(f'{source}: key \'{where}\': expected a list of {{"type", "args"}} objects, got {value!r}')
     for i, spec in enumerate(value):
         here = f"{where}[{i}]"
-        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str) or "." not in spec["type"]:
+        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str) or "." not in spec["type"].strip("."):
             raise UserError(
                 f'{source}: key \'{here}\': expected {{"type": "package.module.Class", "args": {{...}}}}, got {spec!r}'
             )
@@ -135,8 +136,9 @@ def check_callbacks(value: Any, where: str, source: str) -> None:
 
 
 def build_callback(spec: dict, where: str) -> Callback:
-    """Import ``spec["type"]`` (only now: a callback's module is loaded when a config names it) and build it."""
-    module_name, _, class_name = spec["type"].rpartition(".")
+    """Import ``spec["type"]`` (only now: a callback's module is loaded when a config names it) and build it; its
+    state is kept under its type and arguments, so that two of one class never take each other's on resume."""
+    module_name, _, class_name = spec["type"].replace(":", ".").rpartition(".")  # pkg.module:Class, as agents
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -147,6 +149,9 @@ def build_callback(spec: dict, where: str) -> Callback:
         found = "no class" if cls is None else "not a Callback subclass (utils/training/callbacks.py)"
         raise UserError(f"config: key '{where}.type': {spec['type']} is {found}{did_you_mean(class_name, names)}")
     try:
-        return cls(**spec.get("args", {}))
-    except TypeError as e:
+        callback = cls(**spec.get("args", {}))
+    except (TypeError, ValueError) as e:
         raise UserError(f"config: key '{where}.args': {spec['type']}: {e}") from None
+    if cls.state_key is None:
+        callback.state_key = f"{cls.__name__}{json.dumps(spec.get('args', {}), sort_keys=True)}"
+    return callback

@@ -19,13 +19,15 @@ class EarlyStopping(Callback):
 
     state_key = "early_stopping"
 
-    def __init__(self, patience: int, min_delta: float = 0.0, mode: str = "max", metric: str | None = None) -> None:
+    def __init__(
+        self, patience: int, min_delta: float = 0.0, mode: str | None = None, metric: str | None = None
+    ) -> None:
         if patience < 1:
             raise ValueError(f"patience must be at least 1, got {patience}")
         if min_delta < 0:
             raise ValueError(f"min_delta must be at least 0, got {min_delta}")
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if mode not in ("max", "min", None):
+            raise ValueError(f"mode must be 'max', 'min' or None (the run's monitor), got {mode!r}")
         self.patience, self.min_delta, self.mode, self.metric = patience, min_delta, mode, metric
         self.best: float | None = None
         self.bad_count = 0  # validations in a row without improvement
@@ -35,7 +37,7 @@ class EarlyStopping(Callback):
             return False
         if self.best is None:
             return True
-        gain = value - self.best if self.mode == "max" else self.best - value
+        gain = self.best - value if self.mode == "min" else value - self.best  # None: max until the run sets it
         return gain > self.min_delta
 
     def step(self, value: float) -> bool:
@@ -47,6 +49,7 @@ class EarlyStopping(Callback):
         return self.bad_count >= self.patience
 
     def on_train_start(self, agent) -> None:
+        self.mode, self.metric = self.mode or agent.monitor.mode, self.metric or agent.monitor.metric
         if self.bad_count >= self.patience:
             agent.stop_training, agent.status = True, "early stopped"
             agent.recorder.info(f"stopped early before (epoch {agent.epoch}): raise early_stop_patience to go on")
@@ -65,5 +68,5 @@ class EarlyStopping(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         """The saved count, unless it counted another metric (``monitor`` changed: it starts afresh)."""
-        if state.get("monitor", f"{self.mode} {self.metric}") == f"{self.mode} {self.metric}":
+        if self.mode is None or " ".join(str(state.get("monitor")).split()) == f"{self.mode} {self.metric}":
             self.best, self.bad_count = state["best"], state["bad_count"]
