@@ -149,6 +149,15 @@ def _saved_after_signal(config: dict, since: float) -> bool:
         return False
 
 
+def new(argv: list[str]) -> int:
+    """``main.py new NAME``, then the config reference rewritten with the new agent's keys (its test checks it)."""
+    code = new_command(argv)
+    import agents
+
+    importlib.reload(agents)  # the registry as new_command wrote it
+    return code or keys_command(agents.config_schemas, ["--write"])
+
+
 def _fail(message: str, code: int) -> int:
     sys.stderr.write(message + "\n")
     return code
@@ -384,7 +393,7 @@ def status_main(argv: list[str]) -> int:
 
 # python main.py COMMAND ...: each takes the rest of the arguments and returns an exit code.
 COMMANDS = {
-    "new": new_command,
+    "new": new,
     "new-project": partial(new_project_command, config_schemas),
     "keys": partial(keys_command, config_schemas),
     "report": report_main,

@@ -102,7 +102,9 @@ def test_new_project_without_examples_leaves_no_trace_and_its_tests_pass(tmp_pat
     # In the new project: a model made there trains and its test passes, with the template's tests.
     made = run(target, sys.executable, "main.py", "new", "my_net")
     assert made.returncode == 0, made.stderr
+    assert "MyNetAgent" in (target / REFERENCE).read_text()  # new rewrote the reference with its keys
     tests = ["tests/test_my_net.py", "tests/test_config.py", "tests/test_registry.py", *FRAMEWORK_SAMPLE]
+    tests.append("tests/test_tutorials.py::test_config_reference_is_current")
     result = run(target, sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "passed" in result.stdout and "skipped" not in result.stdout

@@ -68,6 +68,7 @@ EXAMPLES = {
             "agents/dqn.py",
             "graphs/models/dqn.py",
             "datasets/gym_env.py",
+            "utils/examples/replay_memory.py",
             "configs/dqn_exp_0.json",
             "tests/test_dqn.py",
             "docs/examples/dqn.md",
@@ -92,6 +93,7 @@ EXAMPLES = {
             "graphs/models/erfnet.py",
             "graphs/models/custom_layers/erfnet_blocks.py",
             "datasets/voc.py",
+            "utils/examples/palette.py",
             "configs/erfnet_exp_*.json",
             "tests/test_erfnet.py",
             "docs/examples/erfnet.md",
@@ -116,8 +118,9 @@ EXAMPLES = {
     ),
 }
 
-# Pages about all the examples together (their figures, the tests behind each guarantee): left out with them.
-EXAMPLE_PAGES = ("benchmarks/README.md", "docs/guarantees.md")
+# Pages about all the examples together (their figures, the tests behind each guarantee), and the package of
+# their helpers: left out with them.
+EXAMPLE_PAGES = ("benchmarks/README.md", "docs/guarantees.md", "utils/examples/__init__.py")
 
 # What a new project leaves behind: run outputs, data, caches, environments, version control.
 NOT_COPIED = {
