@@ -3,8 +3,10 @@
     python benchmarks/loop_overhead.py [--steps 400] [--repeats 7]
 
 All loops draw batches from the same DataLoader (MNIST-shaped random data) and train the MNIST
-agent's own model and optimizer; only the loop differs. The middle one calls BaseAgent.train_step
-from a plain loop, to show where any overhead sits. Repetitions alternate in a rotating order.
+agent's own model and optimizer; only the loop differs. The second calls BaseAgent.train_step
+from a plain loop, to show where any overhead sits; the last runs BaseAgent's loop with three
+callbacks that take every per-step stage (the callbacks' own cost). Repetitions alternate in a
+rotating order.
 """
 
 from __future__ import annotations
@@ -14,6 +16,18 @@ from itertools import islice
 
 import torch
 from common import build_agent, interleaved, report
+
+from utils.training.callbacks import Callback, Callbacks
+
+
+class PerStep(Callback):
+    """Takes the per-step stages and does nothing: what the callback machinery costs a step."""
+
+    def on_train_batch_end(self, agent, logs: dict) -> None:
+        pass
+
+    def on_optimizer_step(self, agent, optimizer) -> None:
+        pass
 
 
 def main() -> None:
@@ -46,11 +60,21 @@ def main() -> None:
         for batch in islice(loader, args.steps):
             agent.train_step(batch)["loss"].item()
 
+    own, with_callbacks = agent.callbacks, Callbacks([*agent.callbacks.items, PerStep(), PerStep(), PerStep()])
+
+    def loop_with_callbacks() -> None:
+        agent.callbacks = with_callbacks
+        try:
+            agent.train_one_epoch()
+        finally:
+            agent.callbacks = own
+
     wall, cpu = interleaved(
         {
             "plain PyTorch loop": plain_loop,
             "plain loop + train_step": plain_loop_with_train_step,
             "BaseAgent.train_one_epoch": agent.train_one_epoch,
+            "BaseAgent + 3 per-step callbacks": loop_with_callbacks,
         },
         args.repeats,
     )
