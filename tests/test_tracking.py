@@ -399,3 +399,14 @@ def test_the_mlflow_default_is_a_sqlite_file_under_experiments(exps):
     run = only_run(client, "local")
     assert artifacts(client, run.info.run_id) == ["config.json", "env.json", "out/curves.png", "summary.json"]
     assert (exps / "mlartifacts").is_dir() and not (REPO / "mlruns").exists()
+
+
+def test_a_server_down_from_the_start_costs_one_warning_and_the_run_trains(exps):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    args = ["exp_name=alone", *SMALL, "max_epoch=2", MLFLOW, f"mlflow_tracking_uri={uri}"]
+    assert main.main([str(EXAMPLE), f"experiments_dir={exps}", *args]) == 0
+    log = (exps / "alone" / "logs" / "run.log").read_text()
+    warnings = [line for line in log.splitlines() if "mlflow:" in line]
+    assert len(warnings) == 1 and "mlflow: starting a run failed (" in warnings[0], log
+    assert [r["epoch"] for r in metrics_csv(exps / "alone")] == ["1", "2"]
+    assert load(exps / "alone" / "checkpoints" / "last.pth")["callbacks"].get("mlflow") is None
