@@ -19,6 +19,7 @@ import pytest
 
 import main
 from tests.conftest import EXAMPLE, REPO, load, train
+from utils.run.loggers.wandb_logger import read_records
 from utils.training.callbacks import Callback
 
 mlflow = pytest.importorskip("mlflow")  # requirements-dev.txt installs it; users install it when they use it
@@ -287,34 +288,10 @@ def test_a_server_killed_mid_run_costs_one_warning_and_training_goes_on(exps, tm
     assert json.loads((exps / "orphan2" / "summary.json").read_text())["epochs"] == 3
 
 
-def wandb_records(path: Path) -> list:
-    """The records of a W&B run file (``run-<id>.wandb``): LevelDB's log format (32 KiB blocks; each record a
-    crc32, a little-endian length, a type: full, first, middle, last) after a 7-byte ':W&B' header, holding
-    wandb_internal.proto Records."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    pos, records, pending, block = 7, [], b"", 32768
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's tail too short for a header is padding
-            pos += block - pos % block
-            continue
-        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
-        pending += data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):  # full, last
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-            pending = b""
-    return records
-
-
 def wandb_history(run_dir: Path) -> list[dict]:
     rows = []
     for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
-        for record in wandb_records(path):
+        for record in read_records(path):
             if record.WhichOneof("record_type") == "history":
                 rows.append(
                     {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
@@ -322,23 +299,25 @@ def wandb_history(run_dir: Path) -> list[dict]:
     return rows
 
 
-def test_wandb_offline_writes_the_run_with_its_metrics_and_resumes_it(exps):
-    args = ["exp_name=wb", *SMALL, 'loggers=["wandb"]', "wandb_mode=offline", "wandb_project=proj"]
-    train(EXAMPLE, exps, *args, "max_epoch=1")
-    train(EXAMPLE, exps, *args, "max_epoch=2")  # resumed: the same W&B run
+def test_wandb_offline_writes_the_run_with_its_metrics_and_resumes_it_without_a_step_twice(exps):
+    """Two epochs, then a resume from epoch 1's checkpoint to epoch 3: one W&B run in two offline folders, whose
+    history has each step once (the resumed run skips the steps the earlier folder holds)."""
+    args = ["exp_name=wb", *SMALL, 'loggers=["wandb","csv"]', "wandb_mode=offline", "wandb_project=proj"]
+    train(EXAMPLE, exps, *args, "max_epoch=2", "checkpoint_every=1")
     run_dir = exps / "wb"
+    rollback = f"resume={run_dir / 'checkpoints' / 'epoch_0001.pth'}"
+    train(EXAMPLE, exps, *args, "max_epoch=3", "checkpoint_every=1", rollback)
     run_id = load(run_dir / "checkpoints" / "last.pth")["callbacks"]["wandb"]["run_id"]
     folders = sorted(run_dir.glob("wandb/offline-run-*"))
     assert len(folders) == 2 and all(f.name.endswith(f"-{run_id}") for f in folders)
     rows = wandb_history(run_dir)
     losses = [r["_step"] for r in rows if "train/loss" in r]
-    assert losses == list(range(2, 2 * BATCHES + 1, 2))
+    assert losses == list(range(2, 3 * BATCHES + 1, 2))
     valid = [(r["_step"], r["valid/loss"]) for r in rows if "valid/loss" in r]
     assert valid == [(int(r["step"]), pytest.approx(float(r["valid/loss"]))) for r in metrics_csv(run_dir)]
-    runs = [
-        r for p in folders for r in wandb_records(p / f"run-{run_id}.wandb") if r.WhichOneof("record_type") == "run"
-    ]
-    assert {r.run.project for r in runs} == {"proj"} and "agent=ExampleAgent" in runs[0].run.tags
+    records = [r for p in folders for r in read_records(p / f"run-{run_id}.wandb")]
+    runs = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert {r.project for r in runs} == {"proj"} and "agent=ExampleAgent" in runs[0].tags
     uploaded = json.loads((folders[-1] / "files" / "summary.json").read_text())
     assert uploaded == json.loads((run_dir / "summary.json").read_text())
 

@@ -4,6 +4,7 @@ trials share the sweep's group. ``wandb_mode=offline`` writes the run under the 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -72,7 +73,9 @@ class WandbLogger(Tracker):
             self.failed("starting a run", e)
             return
         self.call("logging the config", self.run.config.update, flat_params(self.config, text=False), True)
-        self.step = self.run.step
+        # A resumed run logs only steps after those its run has: W&B's own count online, the earlier folders offline.
+        offline = last_offline_step(self.run_dir, self.run_id) + 1 if self.mode == "offline" else 0
+        self.step = max(self.run.step, offline)
         agent.recorder.info(f"wandb: run {self.run_id} in project '{self.project}' ({self.mode})")
 
     def log_scalars(self, rows: list[tuple[dict[str, float], int]]) -> None:
@@ -115,3 +118,41 @@ class WandbLogger(Tracker):
     def close(self) -> None:
         if self.run is not None:
             self._end(1)
+
+
+def read_records(path: Path) -> list:
+    """The records of a W&B run file (``run-<id>.wandb``): LevelDB's log format (32 KiB blocks; each record a
+    crc32, a little-endian length, a type: full, first, middle, last) after a 7-byte ':W&B' header, holding
+    wandb_internal.proto Records."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path}: not a W&B run file")
+    pos, records, pending, block = 7, [], b"", 32768
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if pos + 7 + length > len(data):  # a record cut short (its writer was killed)
+            break
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # full, last
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def last_offline_step(run_dir: Path, run_id: str) -> int:
+    """The last step the earlier offline folders of run ``run_id`` hold (-1: none)."""
+    steps = [-1]
+    for path in run_dir.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb"):
+        for record in read_records(path):
+            if record.WhichOneof("record_type") == "history":
+                items = record.history.item
+                steps += [json.loads(i.value_json) for i in items if (i.key or "/".join(i.nested_key)) == "_step"]
+    return max(steps)
