@@ -68,6 +68,7 @@ class MLflowLogger(Tracker):
 
     def _reopen(self, tags: dict[str, str], info) -> bool:
         """Continue the checkpoint's run; False when this tracking store has no such run (another URI)."""
+        from mlflow.entities import RunTag
         from mlflow.exceptions import MlflowException
 
         try:
@@ -86,8 +87,7 @@ class MLflowLogger(Tracker):
         params = flat_params(self.config)
         changed = sorted(k for k, v in params.items() if k in run.data.params and run.data.params[k] != v)
         self._log_params({k: v for k, v in params.items() if k not in run.data.params})
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, value)
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])  # world size may differ
         if changed:  # MLflow's params cannot change: config.json (and config.N.json) keep each run's values
             info(f"mlflow: run {self.run_id} keeps its first values of {', '.join(changed)} (params cannot change)")
         self.parent_id = run.data.tags.get("mlflow.parentRunId")
