@@ -373,9 +373,12 @@ def test_wandb_disabled_logs_nothing_and_the_run_goes_on(exps):
 
 
 def test_the_mlflow_default_is_a_sqlite_file_under_experiments(exps):
-    train(EXAMPLE, exps, "exp_name=local_exp_0", "max_epoch=1", *SMALL, 'loggers=["mlflow"]')
+    """... and a run stopped early ended as it should: FINISHED (valid/accuracy stays at 1/6 on this data)."""
+    train(EXAMPLE, exps, "exp_name=local_exp_0", "max_epoch=4", *SMALL, 'loggers=["mlflow"]', "early_stop_patience=1")
+    assert json.loads((exps / "local_exp_0" / "summary.json").read_text())["status"] == "early stopped"
     client = MlflowClient(f"sqlite:///{exps / 'mlflow.db'}")
     run = only_run(client, "local")
+    assert run.info.status == "FINISHED"
     assert artifacts(client, run.info.run_id) == ["config.json", "env.json", "out/curves.png", "summary.json"]
     assert (exps / "mlartifacts").is_dir() and not (REPO / "mlruns").exists()
 

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import torch
 
-from utils.run.loggers.tracking import Tracker, experiment_name, experiments_root, flat_params, run_tags, sweep_dir
+from utils.run.loggers.tracking import (
+    DONE,
+    Tracker,
+    experiment_name,
+    experiments_root,
+    flat_params,
+    run_tags,
+    sweep_dir,
+)
 
 # A server that is down is given up on after about 3 s (mlflow's defaults retry for minutes); the user's own
 # settings of these variables win.
@@ -167,8 +175,7 @@ class MLflowLogger(Tracker):
             if path.exists():
                 folder = str(Path(name).parent) if "/" in name else None
                 self.call(f"uploading {name}", self.client.log_artifact, self.run_id, str(path), folder)
-        status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(agent.status, "FAILED")
-        self._end(status)
+        self._end("FINISHED" if agent.status in DONE else "KILLED" if agent.status == "interrupted" else "FAILED")
 
     def _end(self, status: str) -> None:
         self.call("ending the run", self.client.set_terminated, self.run_id, status)

@@ -70,6 +70,8 @@ def experiments_root(config: Any) -> Path:
     return sweep.parent if sweep is not None else repo_path(config.experiments_dir)
 
 
+DONE = ("finished", "early stopped")  # the agent's statuses of a run that ended as it should
+
 URI_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
 
 

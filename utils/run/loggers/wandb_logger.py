@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from utils.errors import UserError
-from utils.run.loggers.tracking import Tracker, experiment_name, flat_params, run_tags, sweep_dir
+from utils.run.loggers.tracking import DONE, Tracker, experiment_name, flat_params, run_tags, sweep_dir
 
 FILES_AT_END = ("summary.json", "out/curves.png", "config.json", "env.json")
 
@@ -106,7 +106,7 @@ class WandbLogger(Tracker):
             if (self.run_dir / name).exists():
                 (Path(self.run.dir) / name).parent.mkdir(parents=True, exist_ok=True)
                 self.call(f"saving {name}", shutil.copyfile, self.run_dir / name, Path(self.run.dir) / name)
-        self._end(0 if agent.status == "finished" else 1)
+        self._end(0 if agent.status in DONE else 1)
 
     def _end(self, exit_code: int) -> None:
         import wandb
