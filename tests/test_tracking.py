@@ -225,8 +225,9 @@ def test_a_sweep_is_a_parent_run_with_a_child_run_per_trial(server, exps, tmp_pa
             "hidden": 4,
             "torch_threads": 1,
             "max_epoch": 1,
-            "loggers": ["mlflow"],
+            "loggers": ["mlflow", "wandb"],
             "mlflow_tracking_uri": server,
+            "wandb_mode": "offline",
         },
         "parameters": {"optimizer.args.lr": [0.01, 0.02]},
         "method": "grid",
@@ -243,6 +244,10 @@ def test_a_sweep_is_a_parent_run_with_a_child_run_per_trial(server, exps, tmp_pa
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert [c.data.params["optimizer.args.lr"] for c in children] == ["0.01", "0.02"]
     assert all(c.info.status == "FINISHED" and len(history(client, c.info.run_id, "valid/loss")) == 1 for c in children)
+    # W&B: the trials share a group named after the sweep.
+    files = sorted((exps / "lr_sweep").glob("trial_*/wandb/offline-run-*/run-*.wandb"))
+    runs = [r.run for path in files for r in read_records(path) if r.WhichOneof("record_type") == "run"]
+    assert [(r.display_name, r.run_group) for r in runs] == [("trial_0000", "lr_sweep"), ("trial_0001", "lr_sweep")]
 
 
 def test_two_processes_make_one_run_logged_by_rank_0(server, exps):
