@@ -34,6 +34,7 @@ from agents.common_keys import COMMON_KEYS
 from utils.config import Key, build_torch_object, repo_path, to_plain
 from utils.errors import RunInterrupted, TrainingStopped, UserError
 from utils.run import checkpoint, summary
+from utils.run.environment import write_environment
 from utils.run.export import ExportInput, export_run, first_inputs
 from utils.run.loggers import build_loggers
 from utils.run.recorder import Recorder
@@ -112,7 +113,7 @@ class BaseAgent:
         if c.get("profile_steps"):
             callbacks.append(ProfileSteps(c.profile_steps))
         if self.recorder.enabled:  # rank 0 logs
-            for logger in build_loggers(c.get("loggers", ["tensorboard"]), self.run_dir):
+            for logger in build_loggers(c.get("loggers", ["tensorboard"]), self.run_dir, c):
                 self.recorder.loggers.append(logger)
                 callbacks.append(logger)
         for i, spec in enumerate(c.get("callbacks") or []):
@@ -306,6 +307,7 @@ class BaseAgent:
             if path is not None:
                 self.load_checkpoint(path)
             self.recorder.write_config(to_plain(self.config))
+            write_environment(self.recorder)  # env.json: versions, GPUs, pip freeze, git commit and diff
             self.recorder.class_names(getattr(self.data_loader, "class_names", None))  # predictions name them
             self.progress_at_start = (self.epoch, self.global_step)
             self.train()

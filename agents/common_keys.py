@@ -18,6 +18,7 @@ from utils.config import (
 )
 from utils.project.slurm import slurm_key
 from utils.run.loggers import check_loggers
+from utils.run.loggers.tracking import check_tracking_uri
 from utils.training.callbacks import check_callbacks
 from utils.training.compile import compile_key
 from utils.training.schedules import scheduler_key
@@ -113,8 +114,29 @@ COMMON_KEYS: dict[str, Key] = {
     "loggers": Key(
         ["tensorboard"],
         list,
-        "where scalars and images go besides metrics.csv and summary.json (always written): tensorboard",
+        "where scalars and images go besides metrics.csv and summary.json (always written): tensorboard, "
+        "mlflow (pip install mlflow), wandb (pip install wandb), csv (scalars.csv: step,name,value)",
         check=check_loggers,
+    ),
+    "mlflow_tracking_uri": Key(
+        None,
+        str,
+        "loggers=mlflow: http://host:port (a server), sqlite:///file.db, ...; null: experiments/mlflow.db",
+        nullable=True,
+        check=check_tracking_uri,
+    ),
+    "mlflow_experiment": Key(
+        None,
+        str,
+        "loggers=mlflow: the experiment; null: a sweep's name, else exp_name before '_exp', else the agent",
+        nullable=True,
+    ),
+    "wandb_project": Key(None, str, "loggers=wandb: the project; null: as mlflow_experiment", nullable=True),
+    "wandb_mode": Key(
+        "online",
+        str,
+        "loggers=wandb: online, offline (written under the run's wandb/, for wandb sync) or disabled",
+        choices=("online", "offline", "disabled"),
     ),
     "callbacks": Key(
         [],

@@ -1,12 +1,14 @@
 """BaseAgent's training loop vs a hand-written PyTorch loop: same net, data, optimizer and steps.
 
-    python benchmarks/loop_overhead.py [--steps 400] [--repeats 7]
+    python benchmarks/loop_overhead.py [--steps 400] [--repeats 7] [--mlflow]
 
 All loops draw batches from the same DataLoader (MNIST-shaped random data) and train the MNIST
 agent's own model and optimizer; only the loop differs. The second calls BaseAgent.train_step
 from a plain loop, to show where any overhead sits; the last runs BaseAgent's loop with three
 callbacks that take every per-step stage (the callbacks' own cost). Repetitions alternate in a
 rotating order.
+With --mlflow, a second agent with loggers=["tensorboard", "mlflow"] (MLflow's default local store, a SQLite file,
+its run open as in training) runs beside the first (loggers=["tensorboard"]): what tracking costs the loop.
 """
 
 from __future__ import annotations
@@ -34,16 +36,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--mlflow", action="store_true", help="also the loop with an MLflow logger")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    agent = build_agent(
-        "configs/mnist_exp_0.json",
+    overrides = [
         "data_mode=random",
         "net=seed",  # the net of the recorded figures
         "random_size=60000",
         f"max_train_batches={args.steps}",
         "log_every=50",
-    )
+    ]
+    agent = build_agent("configs/mnist_exp_0.json", *overrides, 'loggers=["tensorboard"]')
     loader, model, optimizer, loss_fn = agent.data_loader.train_loader, agent.model, agent.optimizer, agent.loss
 
     def plain_loop() -> None:
@@ -69,20 +72,30 @@ def main() -> None:
         finally:
             agent.callbacks = own
 
-    wall, cpu = interleaved(
-        {
-            "plain PyTorch loop": plain_loop,
-            "plain loop + train_step": plain_loop_with_train_step,
-            "BaseAgent.train_one_epoch": agent.train_one_epoch,
-            "BaseAgent + 3 per-step callbacks": loop_with_callbacks,
-        },
-        args.repeats,
-    )
+    runs = {
+        "plain PyTorch loop": plain_loop,
+        "plain loop + train_step": plain_loop_with_train_step,
+        "BaseAgent.train_one_epoch": agent.train_one_epoch,
+        "BaseAgent + 3 per-step callbacks": loop_with_callbacks,
+    }
+    tracked = None
+    if args.mlflow:
+        tracked = build_agent("configs/mnist_exp_0.json", *overrides, 'loggers=["tensorboard","mlflow"]')
+        tracked.callbacks.call("on_train_start", tracked)  # opens the MLflow run (untimed)
+        runs["train_one_epoch + mlflow"] = tracked.train_one_epoch
+    wall, cpu = interleaved(runs, args.repeats)
     agent.finalize()
+    if tracked is not None:
+        tracked.status = "finished"
+        tracked.callbacks.call("on_train_end", tracked)
+        tracked.finalize()
     print(f"{args.steps} steps of the MNIST net, batch 64, 1 torch thread, {args.repeats} interleaved repeats")
     for clock, times in (("wall", wall), ("CPU", cpu)):
         print(f"-- {clock} time per step")
         report({k: [t / args.steps * 1e3 for t in v] for k, v in times.items()}, "plain PyTorch loop", "ms")
+        if tracked is not None:  # what the MLflow logger adds to the same loop
+            pair = {k: [t / args.steps * 1e3 for t in times[k]] for k in runs if "train_one_epoch" in k}
+            report(pair, "BaseAgent.train_one_epoch", "ms")
 
 
 if __name__ == "__main__":

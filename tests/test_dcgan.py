@@ -350,3 +350,31 @@ def test_dcgan_has_no_folds_and_refuses_the_key_in_one_line(capsys):
     assert main.main([str(CONFIGS / "dcgan_exp_0.json"), "data_mode=random", "fold=1"]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'fold'" in err and err.count("\n") == 1
+
+
+def test_dcgan_sample_grids_go_to_a_real_mlflow_server_as_images(exps, tmp_path):
+    """DCGAN's sample grids, through the Recorder, as image artifacts of its MLflow run (tests/test_tracking.py)."""
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    from tests.test_tracking import artifacts, mlflow_server, only_run
+
+    with mlflow_server(tmp_path / "mlflow") as (server, _):
+        train(
+            DCGAN,
+            exps,
+            *TINY,
+            "max_epoch=2",
+            "max_train_batches=2",
+            'loggers=["mlflow"]',
+            f"mlflow_tracking_uri={server}",
+        )
+        client = MlflowClient(server)
+        run = only_run(client, "dcgan")
+        images = [p for p in artifacts(client, run.info.run_id) if p.startswith("images/")]
+        local = Path(client.download_artifacts(run.info.run_id, images[-1], str(exps / "down")))
+    assert images == ["images/samples/step_00000002.png", "images/samples/step_00000004.png"]
+    expected = Image.open(exps / "dcgan_exp_0" / "out" / "samples_epoch_002.png")
+    assert Image.open(local).size == expected.size and Image.open(local).tobytes() == expected.tobytes()

@@ -32,6 +32,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from utils.errors import RunInterrupted, TrainingStopped, UserError
+from utils.run.loggers.tracking import SWEEP_ENV
 from utils.run.report import read_run
 from utils.sweep.spec import Sweep
 from utils.sweep.subprocess import popen_tied, stop_earlier_process
@@ -202,6 +203,7 @@ def run_one(study: optuna.Study, sweep: Sweep, run_trial: RunTrial, trial: optun
     stop_earlier_process(run_dir)
     overrides = [*sweep.overrides, *chosen, f"experiments_dir={sweep.sweep_dir}", f"exp_name={run_dir.name}"]
     error = None
+    os.environ[SWEEP_ENV] = str(sweep.sweep_dir)  # trackers file the trial under the sweep (utils/run/loggers)
     try:
         run_trial(overrides, run_dir, after_validation)
     except (UserError, TrainingStopped) as e:
@@ -212,6 +214,8 @@ def run_one(study: optuna.Study, sweep: Sweep, run_trial: RunTrial, trial: optun
     except Exception as e:  # noqa: BLE001 (a bug in this trial's code: it fails, the sweep goes on)
         LOG.error(traceback.format_exc())
         error = f"{type(e).__name__}: {e}"
+    finally:
+        os.environ.pop(SWEEP_ENV, None)
     run = read_run(run_dir)
     trial.set_user_attr("epochs", run.summary.get("epochs"))
     trial.set_user_attr("wall_seconds", run.summary.get("wall_seconds"))

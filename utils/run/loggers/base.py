@@ -1,6 +1,4 @@
-"""Loggers: the backends the Recorder writes a run's scalars and images to (metrics.csv and summary.json are the
-Recorder's own, always written). Each is a callback too, so a backend can open and close a tracked run with
-training and keep its state (a tracked run's id) in the checkpoint. The ``loggers`` key names them."""
+"""The Logger interface and the TensorBoard backend (the default)."""
 
 from __future__ import annotations
 
@@ -8,13 +6,16 @@ from pathlib import Path
 
 import torch
 
-from utils.config import did_you_mean
-from utils.errors import UserError
 from utils.training.callbacks import Callback
 
 
 class Logger(Callback):
     """A backend: ``log_scalars`` gets the Recorder's batched scalars, ``log_image`` its images (rank 0 only)."""
+
+    @classmethod
+    def build(cls, run_dir: Path, config) -> Logger:
+        """The backend for a run (``config``: its resolved config, with the backend's keys)."""
+        return cls(run_dir)
 
     def log_scalars(self, rows: list[tuple[dict[str, float], int]]) -> None:
         """Scalars as (values by name, global step) rows, a few seconds' worth at a time."""
@@ -54,24 +55,3 @@ class TensorBoardLogger(Logger):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-# The ``loggers`` key's names -> the backend's class, built with the run directory.
-LOGGERS = {"tensorboard": TensorBoardLogger}
-
-
-def check_loggers(value: list, where: str, source: str) -> None:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise UserError(
-            f"{source}: key '{where}': expected a list of logger names ({', '.join(LOGGERS)}), got {value!r}"
-        )
-    for name in value:
-        if name not in LOGGERS:
-            hint = did_you_mean(name, list(LOGGERS))
-            raise UserError(f"{source}: key '{where}': no logger '{name}' (there are {', '.join(LOGGERS)}){hint}")
-    if len(set(value)) < len(value):
-        raise UserError(f"{source}: key '{where}': a logger named twice in {value!r}")
-
-
-def build_loggers(names: list[str], run_dir: Path) -> list[Logger]:
-    return [LOGGERS[name](run_dir) for name in names]

@@ -1,0 +1,188 @@
+"""MLflow: a tracked run per training run, continued on resume (its id is in the checkpoint); a sweep's trials are
+child runs of one run for the sweep. mlflow is imported only when a config names this logger."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from utils.run.loggers.tracking import (
+    DONE,
+    Tracker,
+    experiment_name,
+    experiments_root,
+    flat_params,
+    run_tags,
+    sweep_dir,
+)
+
+# A server that is down is given up on after about 3 s (mlflow's defaults retry for minutes); the user's own
+# settings of these variables win.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+PARAMS_PER_CALL, METRICS_PER_CALL = 100, 1000  # the limits of one log_batch request
+FILES_AT_END = ("summary.json", "out/curves.png", "config.json", "env.json")
+
+
+class MLflowLogger(Tracker):
+    """Params (the flat config), metrics with their global step, images and the run's files as artifacts, tags."""
+
+    name = "mlflow"
+    state_key = "mlflow"
+
+    def __init__(self, run_dir: Path, config) -> None:
+        super().__init__()
+        self.run_dir, self.config = Path(run_dir), config
+        self.local = not config.get("mlflow_tracking_uri")
+        self.uri = config.get("mlflow_tracking_uri") or f"sqlite:///{experiments_root(config) / 'mlflow.db'}"
+        self.experiment = experiment_name(config, "mlflow_experiment")
+        self.run_id: str | None = None  # from the checkpoint when resuming
+        self.parent_id: str | None = None
+        self.client = None
+        self.open = False
+        self.logged: dict[str, int] = {}  # metric -> the last step the tracked run has (a resumed run skips to it)
+        for name, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+
+    @classmethod
+    def build(cls, run_dir: Path, config) -> MLflowLogger:
+        return cls(run_dir, config)
+
+    def state_dict(self) -> dict:
+        return {"run_id": self.run_id} if self.run_id else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.run_id = state.get("run_id")
+
+    def on_train_start(self, agent) -> None:
+        self.warn = agent.recorder.warning
+        from mlflow.tracking import MlflowClient
+
+        if self.local:
+            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(self.uri)
+        tags = run_tags(self.config, agent.world_size)
+        if self.run_id is None or not self.call("reopening its run", self._reopen, tags, agent.recorder.info):
+            self.call("starting a run", self._start, tags)
+        if self.open:
+            agent.recorder.info(f"mlflow: run {self.run_id} in experiment '{self.experiment}' at {self.uri}")
+
+    def _reopen(self, tags: dict[str, str], info) -> bool:
+        """Continue the checkpoint's run; False when this tracking store has no such run (another URI)."""
+        from mlflow.entities import RunTag
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(self.run_id)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            info(f"mlflow: the checkpoint's run {self.run_id} is not at {self.uri}: a new run starts")
+            return False
+        self.client.update_run(self.run_id, status="RUNNING")
+        # Metrics the interrupted run logged after its checkpoint are kept; the same steps are not logged again
+        # (MLflow would keep both values of a step).
+        self.logged = {
+            key: max(m.step for m in self.client.get_metric_history(self.run_id, key)) for key in run.data.metrics
+        }
+        params = flat_params(self.config)
+        changed = sorted(k for k, v in params.items() if k in run.data.params and run.data.params[k] != v)
+        self._log_params({k: v for k, v in params.items() if k not in run.data.params})
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])  # world size may differ
+        if changed:  # MLflow's params cannot change: config.json (and config.N.json) keep each run's values
+            info(f"mlflow: run {self.run_id} keeps its first values of {', '.join(changed)} (params cannot change)")
+        self.parent_id = run.data.tags.get("mlflow.parentRunId")
+        self.open = True
+        return True
+
+    def _start(self, tags: dict[str, str]) -> None:
+        experiment_id = self._experiment_id()
+        sweep = sweep_dir()
+        if sweep is not None:
+            self.parent_id = self._parent(experiment_id, sweep)
+            tags = {**tags, "mlflow.parentRunId": self.parent_id}
+        run = self.client.create_run(experiment_id, tags=tags, run_name=self.config.exp_name)
+        self.run_id = run.info.run_id
+        self._log_params(flat_params(self.config))
+        self.open = True
+
+    def _experiment_id(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        experiment = self.client.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        # A local store keeps its artifacts beside mlflow.db (mlflow's default is ./mlruns of the working directory).
+        where = (experiments_root(self.config) / "mlartifacts").as_uri() if self.local else None
+        try:
+            return self.client.create_experiment(self.experiment, artifact_location=where)
+        except MlflowException:  # another worker of a sweep created it first
+            return self.client.get_experiment_by_name(self.experiment).experiment_id
+
+    def _parent(self, experiment_id: str, sweep: Path) -> str:
+        """The sweep's run (made by its first trial; a lock in the sweep's folder makes its workers agree)."""
+        with open(sweep / ".mlflow_parent.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            found = self.client.search_runs([experiment_id], f"tags.sweep_dir = '{sweep}'", max_results=1)
+            if found:
+                self.client.update_run(found[0].info.run_id, status="RUNNING")
+                return found[0].info.run_id
+            tags = {"sweep_dir": str(sweep), **run_tags(self.config, 1)}
+            return self.client.create_run(experiment_id, tags=tags, run_name=sweep.name).info.run_id
+
+    def _log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), PARAMS_PER_CALL):
+            self.client.log_batch(self.run_id, params=items[i : i + PARAMS_PER_CALL])
+
+    def log_scalars(self, rows: list[tuple[dict[str, float], int]]) -> None:
+        if not self.open or self.off:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(value), now, step)
+            for values, step in rows
+            for key, value in values.items()
+            if step > self.logged.get(key, -1)
+        ]
+        for i in range(0, len(metrics), METRICS_PER_CALL):
+            self.call("logging metrics", self.client.log_batch, self.run_id, metrics=metrics[i : i + METRICS_PER_CALL])
+
+    def log_image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        if not self.open or self.off:
+            return
+        pixels = image.permute(1, 2, 0).numpy()
+        pixels = pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
+        self.call("logging an image", self.client.log_image, self.run_id, pixels, f"images/{tag}/step_{step:08d}.png")
+
+    def on_train_end(self, agent) -> None:
+        if not self.open:
+            return
+        agent.recorder.flush()  # the last scalars before the run ends
+        for name in FILES_AT_END:
+            path = self.run_dir / name
+            if path.exists():
+                folder = str(Path(name).parent) if "/" in name else None
+                self.call(f"uploading {name}", self.client.log_artifact, self.run_id, str(path), folder)
+        self._end("FINISHED" if agent.status in DONE else "KILLED" if agent.status == "interrupted" else "FAILED")
+
+    def _end(self, status: str) -> None:
+        self.call("ending the run", self.client.set_terminated, self.run_id, status)
+        if self.parent_id is not None:
+            self.call("ending the sweep's run", self.client.set_terminated, self.parent_id)
+        self.open = False
+
+    def close(self) -> None:
+        if self.open:  # training never reached its end (a failure in another callback's on_train_end)
+            self._end("FAILED")
