@@ -12,6 +12,7 @@ import torch
 
 from utils.run.loggers.tracking import (
     DONE,
+    FILES_AT_END,
     Tracker,
     experiment_name,
     experiments_root,
@@ -28,7 +29,6 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
 PARAMS_PER_CALL, METRICS_PER_CALL = 100, 1000  # the limits of one log_batch request
-FILES_AT_END = ("summary.json", "out/curves.png", "config.json", "env.json")
 
 
 class MLflowLogger(Tracker):

@@ -20,6 +20,7 @@ from utils.run.loggers.base import Logger
 # Set by utils/sweep for the run of each trial (the sweep's folder): a tracker files the trial as a child of a
 # run for the sweep (MLflow), in the sweep's group (W&B).
 SWEEP_ENV = "PPT_SWEEP_DIR"
+FILES_AT_END = ("summary.json", "out/curves.png", "config.json", "env.json")  # a tracked run's files, at its end
 LOG = logging.getLogger("ppt.tracking")
 
 

@@ -13,9 +13,15 @@ from pathlib import Path
 import torch
 
 from utils.errors import UserError
-from utils.run.loggers.tracking import DONE, Tracker, experiment_name, flat_params, run_tags, sweep_dir
-
-FILES_AT_END = ("summary.json", "out/curves.png", "config.json", "env.json")
+from utils.run.loggers.tracking import (
+    DONE,
+    FILES_AT_END,
+    Tracker,
+    experiment_name,
+    flat_params,
+    run_tags,
+    sweep_dir,
+)
 
 
 class WandbLogger(Tracker):
