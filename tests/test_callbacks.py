@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import EXAMPLE, REPO, load, train
 from utils.errors import UserError
@@ -181,3 +182,29 @@ def test_on_train_end_sees_a_failed_run(exps, monkeypatch):
     with pytest.raises(RuntimeError, match="a bug"):
         train(EXAMPLE, exps, "exp_name=bug", "max_epoch=1", *SMALL, callbacks())
     assert events(exps, "bug")[-1] == "done failed"
+
+
+def test_the_scalars_queued_before_an_image_reach_the_loggers_before_it(tmp_path):
+    """A logger whose steps only go up (W&B) must get the queued training scalars before a later step's image."""
+    from utils.run.loggers import Logger
+    from utils.run.recorder import Recorder
+
+    class Calls(Logger):
+        def __init__(self) -> None:
+            self.calls = []
+
+        def log_scalars(self, rows) -> None:
+            self.calls += [("scalars", step) for _, step in rows]
+
+        def log_image(self, tag, image, step) -> None:
+            self.calls.append(("image", step))
+
+    recorder, logger = Recorder(tmp_path / "run", enabled=True), Calls()
+    recorder.loggers.append(logger)
+    try:
+        for step in (1, 2, 3):
+            recorder.scalars({"train/loss": 1.0}, step)
+        recorder.image("samples", torch.zeros(3, 4, 4, dtype=torch.uint8), 4)
+    finally:
+        recorder.close()
+    assert logger.calls == [("scalars", 1), ("scalars", 2), ("scalars", 3), ("image", 4)]

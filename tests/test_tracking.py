@@ -19,6 +19,7 @@ import pytest
 
 import main
 from tests.conftest import EXAMPLE, REPO, load, train
+from utils.errors import RunInterrupted
 from utils.run.loggers.wandb_logger import read_records
 from utils.training.callbacks import Callback
 
@@ -160,28 +161,28 @@ def test_env_json_holds_versions_packages_and_the_git_state(exps):
     assert (exps / "env" / "env.json").stat().st_mtime_ns == before and not list((exps / "env").glob("env.*.json"))
 
 
-def test_a_resumed_run_continues_the_same_mlflow_run_without_a_step_twice(server, exps):
-    """The run goes on past its checkpoint (epoch 2 logged after epoch 1's checkpoint), then resumes from that
-    checkpoint: the steps it logs again are not duplicated (MLflow keeps every value logged at a step)."""
+def test_a_resume_from_an_older_checkpoint_starts_a_new_mlflow_run_that_agrees_with_metrics_csv(server, exps):
+    """Two epochs, then a resume from epoch 1's checkpoint with another lr: the tracked run has epoch 2 with the
+    old values, so the resumed training goes to a new run, whose metrics are those of metrics.csv."""
     args = ["exp_name=resumed", *SMALL, MLFLOW, f"mlflow_tracking_uri={server}", "mlflow_experiment=resume_test"]
     train(EXAMPLE, exps, *args, "max_epoch=2", "checkpoint_every=1")
     run_dir = exps / "resumed"
-    first = only_run(MlflowClient(server), "resume_test")
-    assert load(run_dir / "checkpoints" / "epoch_0001.pth")["callbacks"]["mlflow"] == {"run_id": first.info.run_id}
-    train(
-        EXAMPLE,
-        exps,
-        *args,
-        "max_epoch=3",
-        "checkpoint_every=1",
-        f"resume={run_dir / 'checkpoints' / 'epoch_0001.pth'}",
-    )
     client = MlflowClient(server)
-    run = only_run(client, "resume_test")
-    assert run.info.run_id == first.info.run_id and run.info.status == "FINISHED"
-    assert [s for s, _ in history(client, run.info.run_id, "train/loss")] == list(range(2, 3 * BATCHES + 1, 2))
-    assert [s for s, _ in history(client, run.info.run_id, "valid/loss")] == [BATCHES, 2 * BATCHES, 3 * BATCHES]
-    assert run.data.params["max_epoch"] == "2"  # params never change; config.json and config.1.json have both
+    first = only_run(client, "resume_test")
+    assert load(run_dir / "checkpoints" / "epoch_0001.pth")["callbacks"]["mlflow"] == {"run_id": first.info.run_id}
+    older = f"resume={run_dir / 'checkpoints' / 'epoch_0001.pth'}"
+    train(EXAMPLE, exps, *args, "max_epoch=3", "checkpoint_every=1", older, "optimizer.args.lr=0.05")
+    experiment = client.get_experiment_by_name("resume_test").experiment_id
+    runs = {r.info.run_id: r for r in client.search_runs([experiment])}
+    (second,) = set(runs) - {first.info.run_id}
+    assert [s for s, _ in history(client, first.info.run_id, "valid/loss")] == [BATCHES, 2 * BATCHES]
+    with open(run_dir / "metrics.csv", newline="") as f:
+        expected = [(int(r["step"]), float(r["valid/loss"])) for r in csv.DictReader(f)][1:]
+    tracked = history(client, second, "valid/loss")  # epochs 2 and 3 as retrained
+    assert [s for s, _ in tracked] == [s for s, _ in expected]
+    assert [v for _, v in tracked] == pytest.approx([v for _, v in expected], rel=1e-6)
+    assert runs[second].info.status == "FINISHED" and runs[second].data.params["optimizer.args.lr"] == "0.05"
+    assert "resumed from" in (run_dir / "logs" / "run.log").read_text()
     # csv: the rows logged after the checkpoint were dropped and logged again, once.
     with open(run_dir / "scalars.csv", newline="") as f:
         logged = [(int(r["step"]), r["name"]) for r in csv.DictReader(f)]
@@ -305,13 +306,13 @@ def wandb_history(run_dir: Path) -> list[dict]:
 
 
 def test_wandb_offline_writes_the_run_with_its_metrics_and_resumes_it_without_a_step_twice(exps):
-    """Two epochs, then a resume from epoch 1's checkpoint to epoch 3: one W&B run in two offline folders, whose
-    history has each step once (the resumed run skips the steps the earlier folder holds)."""
-    args = ["exp_name=wb", *SMALL, 'loggers=["wandb","csv"]', "wandb_mode=offline", "wandb_project=proj"]
-    train(EXAMPLE, exps, *args, "max_epoch=2", "checkpoint_every=1")
+    """Stopped by SIGTERM in epoch 2 (a checkpoint mid-epoch), then the same command to epoch 3: one W&B run in two
+    offline folders, whose history has each step once; a resume from an older checkpoint would start a new run."""
+    args = ["exp_name=wb", *SMALL, 'loggers=["wandb","csv"]', "wandb_mode=offline", "wandb_project=proj", "max_epoch=3"]
+    with pytest.raises(RunInterrupted):
+        train(EXAMPLE, exps, *args, "callbacks=" + json.dumps([{"type": f"{__name__}.StopAt"}]))
+    train(EXAMPLE, exps, *args)
     run_dir = exps / "wb"
-    rollback = f"resume={run_dir / 'checkpoints' / 'epoch_0001.pth'}"
-    train(EXAMPLE, exps, *args, "max_epoch=3", "checkpoint_every=1", rollback)
     run_id = load(run_dir / "checkpoints" / "last.pth")["callbacks"]["wandb"]["run_id"]
     folders = sorted(run_dir.glob("wandb/offline-run-*"))
     assert len(folders) == 2 and all(f.name.endswith(f"-{run_id}") for f in folders)

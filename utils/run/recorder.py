@@ -132,6 +132,7 @@ class Recorder:
         image = image.detach().cpu()
         if file is not None:
             self.png(file, image)
+        self.flush()  # the scalars queued before it first: a logger's steps only go up (W&B)
         for logger in self.loggers:
             logger.log_image(tag, image, step)
 

@@ -170,6 +170,7 @@ def resume(agent, path: Path) -> None:
     else:  # saved by another number of processes: fresh streams per rank, still reproducible
         agent.seed_rank(step=agent.global_step)
     agent.recorder.truncate_metrics(after_epoch=agent.epoch)
+    agent.resumed_from = path  # a tracked run continues only from the run's own last.pth (utils/run/loggers)
     log(f"resumed from {path} {agent.where()}, step {agent.global_step}")
     if agent.epoch >= agent.max_epochs() and not agent.batch_in_epoch:
         log(f"already trained ({agent.epoch} epochs, step {agent.global_step}): raise {agent.length_key} to continue")

@@ -67,7 +67,10 @@ class MLflowLogger(Tracker):
 
         if self.local:
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(self.uri)
+        self.client = self.call("connecting", MlflowClient, self.uri)  # a database store connects here
+        if self.client is None:
+            return
+        self.forget_older_run(agent)
         tags = run_tags(self.config, agent.world_size)
         if self.run_id is None or not self.call("reopening its run", self._reopen, tags, agent.recorder.info):
             self.call("starting a run", self._start, tags)
@@ -85,6 +88,9 @@ class MLflowLogger(Tracker):
             if e.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
             info(f"mlflow: the checkpoint's run {self.run_id} is not at {self.uri}: a new run starts")
+            return False
+        if run.info.lifecycle_stage == "deleted":
+            info(f"mlflow: the checkpoint's run {self.run_id} was deleted: a new run starts")
             return False
         self.client.update_run(self.run_id, status="RUNNING")
         # Metrics the interrupted run logged after its checkpoint are kept; the same steps are not logged again
@@ -170,18 +176,26 @@ class MLflowLogger(Tracker):
         if not self.open:
             return
         agent.recorder.flush()  # the last scalars before the run ends
+        reachable = not self.off
         for name in FILES_AT_END:
             path = self.run_dir / name
             if path.exists():
                 folder = str(Path(name).parent) if "/" in name else None
                 self.call(f"uploading {name}", self.client.log_artifact, self.run_id, str(path), folder)
+        self.off = self.off and not reachable  # a failed upload (the artifact store) still ends the run
         self._end("FINISHED" if agent.status in DONE else "KILLED" if agent.status == "interrupted" else "FAILED")
 
     def _end(self, status: str) -> None:
         self.call("ending the run", self.client.set_terminated, self.run_id, status)
-        if self.parent_id is not None:
-            self.call("ending the sweep's run", self.client.set_terminated, self.parent_id)
+        if self.parent_id is not None:  # the sweep's run ends with its last running trial
+            self.call("ending the sweep's run", self._end_parent)
         self.open = False
+
+    def _end_parent(self) -> None:
+        experiment_id = self.client.get_run(self.parent_id).info.experiment_id
+        query = f"tags.mlflow.parentRunId = '{self.parent_id}' and attributes.status = 'RUNNING'"
+        if not self.client.search_runs([experiment_id], query, max_results=1):
+            self.client.set_terminated(self.parent_id)
 
     def close(self) -> None:
         if self.open:  # training never reached its end (a failure in another callback's on_train_end)

@@ -100,6 +100,14 @@ class Tracker(Logger):
         self.off = False
         self.warn: Callable[[str], None] = LOG.warning
 
+    def forget_older_run(self, agent) -> None:
+        """A resume from another checkpoint than the run's own last.pth (an older epoch_N.pth, another run's) starts
+        a new tracked run: the tracked one has steps the resumed training will log again with other values."""
+        resumed = getattr(agent, "resumed_from", None)
+        if self.run_id is not None and resumed is not None and resumed != agent.checkpoint_dir / "last.pth":
+            agent.recorder.info(f"{self.name}: resumed from {resumed}, not last.pth: a new run (was {self.run_id})")
+            self.run_id = None
+
     def call(self, what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``, or None once the tracker is off (it turns off here when ``fn`` fails)."""
         if self.off:

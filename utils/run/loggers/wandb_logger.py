@@ -54,6 +54,7 @@ class WandbLogger(Tracker):
         os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")  # W&B takes our agents/ for an LLM library's
         import wandb
 
+        self.forget_older_run(agent)
         self.run_id = self.run_id or secrets.token_hex(4)  # W&B's run ids: lowercase letters and digits
         sweep = sweep_dir()
         tags = [f"{k}={v}"[:64] for k, v in run_tags(self.config, agent.world_size).items()]
