@@ -476,6 +476,12 @@ class BaseAgent:
         """Write summary.json, end the callbacks, close writers, leave the process group (also after a failed
         __init__)."""
         recorder = getattr(self, "recorder", None)
+        with contextlib.ExitStack() as stack:
+            if hasattr(self, "signals") and self.config.mode == "train":  # a signal now: training is over, noted
+                stack.enter_context(self.signals.installed())
+            self._finalize(recorder)
+
+    def _finalize(self, recorder: Recorder | None) -> None:
         try:
             if recorder is not None and self.config.mode == "train" and summary.has_news(self):
                 recorder.write_json("summary.json", summary.summary(self))

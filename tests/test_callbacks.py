@@ -4,6 +4,8 @@ and its mistakes as one line; the loggers key."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -208,3 +210,18 @@ def test_the_scalars_queued_before_an_image_reach_the_loggers_before_it(tmp_path
     finally:
         recorder.close()
     assert logger.calls == [("scalars", 1), ("scalars", 2), ("scalars", 3), ("image", 4)]
+
+
+class TermAtEnd(Callback):
+    """Sends its own process SIGTERM as training ends (SLURM's warning coming while the run finishes)."""
+
+    def on_train_end(self, agent) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_signal_while_the_run_finishes_is_noted_and_the_run_ends_well(exps):
+    cmd = [sys.executable, "main.py", str(EXAMPLE), f"experiments_dir={exps}", "exp_name=late", "max_epoch=1"]
+    spec = json.dumps([{"type": "tests.test_callbacks.TermAtEnd"}])
+    done = subprocess.run([*cmd, *SMALL, f"callbacks={spec}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((exps / "late" / "summary.json").read_text())["status"] == "finished"

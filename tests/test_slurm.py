@@ -97,6 +97,49 @@ def test_the_jobs_python_holds_a_warning_that_comes_before_any_handler():
     assert plain.returncode == -signal.SIGUSR2  # what the wrapper prevents
 
 
+def test_a_time_limit_that_leaves_no_minute_before_the_warning_is_refused():
+    """With less than a minute between SLURM's warning and the limit, every start would be warned: requeues forever."""
+    for time_limit, delay in ((2, 120), ("00:02:59", 120), ("1:30", 60)):
+        with pytest.raises(UserError, match="key 'slurm.time': .* leaves less than a minute before SLURM's warning"):
+            slurm.resolve({"time": time_limit, "signal_delay_s": delay}, "x.json")
+    for time_limit, delay in ((3, 120), ("00:03:00", 120), ("0-01", 120), ("2:00", 60)):
+        assert slurm.resolve({"time": time_limit, "signal_delay_s": delay}, "x.json")["time"] == time_limit
+
+
+class _Job:
+    """What run_task and run_requeued read of submitit's JobEnvironment, for one task."""
+
+    job_id, num_tasks, global_rank = "7", 1, 0
+
+
+def test_a_requeued_job_resumes_from_its_own_last_checkpoint_whatever_resume_says(tmp_path, monkeypatch):
+    import submitit
+
+    monkeypatch.setattr(submitit, "JobEnvironment", _Job)
+    (tmp_path / "slurm").mkdir()
+    seen = []
+    slurm.run_task({"resume": False, "exp_name": "x"}, str(tmp_path), lambda path: seen.append(read(path)) or 0)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    slurm.run_task({"resume": "/elsewhere/epoch_0001.pth"}, str(tmp_path), lambda path: seen.append(read(path)) or 0)
+    assert [c["resume"] for c in seen] == [False, "auto"]
+
+
+def read(path: str) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def test_a_warning_after_the_run_ended_changes_nothing_whichever_thread_gets_it():
+    """After the run, SLURM's warning (to the process: any thread may take it) must not end the task with an error."""
+    program = (
+        "import os, signal, threading, time, submitit; from tests.test_slurm import _Job; "
+        "submitit.JobEnvironment = _Job; from utils.project import slurm; "
+        "slurm.run_requeued(lambda: 0); threading.Thread(target=time.sleep, args=(1,)).start(); "
+        "os.kill(os.getpid(), signal.SIGUSR2); time.sleep(0.3); print('alive')"
+    )
+    done = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "alive\n", done.stderr[-2000:]
+
+
 def test_local_executor_two_tasks_ddp_then_the_warning_saves_requeues_and_resumes(exps, one_thread):
     """The job's side without a cluster: submitit's local executor runs main.slurm_task in 2 tasks (DDP
     from submitit's environment); USR2 to them mid-run: the run saves, rank 0 requeues (the local

@@ -118,7 +118,26 @@ def resolve(block: dict | None, source: str) -> dict:
     block = dict(block or {})
     name = block.pop("file", None)
     base = read_json(_settings_file(name, "slurm.file", source)) if name else {}
-    return validate({**base, **block}, SETTINGS, source)
+    settings = validate({**base, **block}, SETTINGS, source)
+    if _seconds(settings["time"]) < settings["signal_delay_s"] + 60:  # else every start is warned: requeues forever
+        raise UserError(
+            f"{source}: key 'slurm.time': {settings['time']!r} leaves less than a minute before SLURM's warning "
+            f"(signal_delay_s={settings['signal_delay_s']} s ahead of the limit); ask for more time"
+        )
+    return settings
+
+
+def _seconds(time: int | str) -> int:
+    """sbatch --time in seconds: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS."""
+    if isinstance(time, int):
+        return 60 * time
+    days, _, clock = time.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:  # D-HH[:MM[:SS]]
+        parts += [0] * (3 - len(parts))
+        return int(days) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
+    weights = {1: (60,), 2: (60, 1), 3: (3600, 60, 1)}[len(parts)]
+    return sum(p * w for p, w in zip(parts, weights, strict=True))
 
 
 def tasks_per_node(settings: dict) -> int:
@@ -336,6 +355,8 @@ def run_task(config: dict, run_dir: str, run: Callable[[str], int]) -> None:
         # CUDA_VISIBLE_DEVICES is left alone: each process takes the GPU of its LOCAL_RANK, as under torchrun.
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     # The config as submitted, whatever became of its file since: a requeued job goes on with the same run.
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0")):  # requeued: on from its own last.pth, whatever resume said
+        config = {**config, "resume": "auto"}
     path = Path(run_dir) / "slurm" / f"{env.job_id}_config.json"
     tmp = path.with_suffix(f".{env.global_rank}.tmp")
     tmp.write_text(json.dumps(config, indent=2) + "\n")
@@ -356,7 +377,7 @@ def run_requeued(run: Callable[[], int]) -> None:
         code = run()
     except KeyboardInterrupt:  # the warning before the run's own handling of it
         code = 130
-    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])  # the run has ended: a late warning must not kill it
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # the run has ended: a late warning (any thread's) changes nothing
     if warned.received and code == 130 and env.global_rank == 0:
         sys.stderr.write(f"job {env.job_id}: requeued, it resumes from its last checkpoint\n")
         env._requeue(0)  # the executor's own requeue (SLURM: scontrol requeue); submitit's checkpointing does the same
