@@ -19,7 +19,7 @@ import pytest
 
 import main
 from tests.conftest import EXAMPLE, REPO, load, train
-from utils.errors import RunInterrupted
+from utils.errors import RunInterrupted, UserError
 from utils.run.loggers.wandb_logger import read_records
 from utils.training.callbacks import Callback
 
@@ -398,3 +398,13 @@ def test_a_server_down_from_the_start_costs_one_warning_and_the_run_trains(exps)
     assert len(warnings) == 1 and "mlflow: starting a run failed (" in warnings[0], log
     assert [r["epoch"] for r in metrics_csv(exps / "alone")] == ["1", "2"]
     assert load(exps / "alone" / "checkpoints" / "last.pth")["callbacks"].get("mlflow") is None
+
+
+def test_the_tracking_uris_mlflow_takes_pass_the_check_and_others_do_not():
+    from utils.run.loggers.tracking import check_tracking_uri
+
+    for uri in ["databricks", "databricks://profile", "http://127.0.0.1:5000", "sqlite:///a.db", "file:/tmp/x"]:
+        check_tracking_uri(uri, "mlflow_tracking_uri", "c.json")
+    for uri in ["file", "postgresql", "localhost:5000", "htp://x", "sqlite://a.db", "http"]:
+        with pytest.raises(UserError, match="key 'mlflow_tracking_uri': expected a tracking URI"):
+            check_tracking_uri(uri, "mlflow_tracking_uri", "c.json")

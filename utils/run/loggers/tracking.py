@@ -80,9 +80,10 @@ def check_tracking_uri(value: Any, where: str, source: str) -> None:
     """An MLflow tracking URI: http(s)://host:port, sqlite:///path.db, a database URL, file:/path, databricks."""
     if value is None:
         return
-    match = re.match(r"^([a-z][a-z0-9+.-]*):", value)
+    match = re.match(r"^([a-z][a-z0-9+.-]*)(:|$)", value)  # "databricks" alone: the default profile
     scheme = match.group(1).split("+")[0] if match else None
-    ok = scheme in URI_SCHEMES and (scheme not in ("http", "https") or re.match(r"^https?://[^/:]+", value))
+    ok = scheme in URI_SCHEMES and (match.group(2) or scheme == "databricks")
+    ok = ok and (scheme not in ("http", "https") or re.match(r"^https?://[^/:]+", value))
     if not ok or (scheme == "sqlite" and not value.startswith("sqlite:///")):
         raise UserError(
             f"{source}: key '{where}': expected a tracking URI (http://host:port, sqlite:///path.db, "
