@@ -49,10 +49,36 @@ def _check_mem(value: str | None, where: str, source: str) -> None:
         raise UserError(f"{source}: key '{where}': expected a size like '64G' or '500M', got {value!r}")
 
 
+# sbatch options the template sets itself (the warning that saves, the requeue, where logs go, the layout):
+# an option in ``extra`` would silently override them; the key that sets each instead.
+OWN_OPTIONS = {
+    "signal": "signal_delay_s",
+    "requeue": None,
+    "no-requeue": None,
+    "chdir": None,
+    "output": None,
+    "error": None,
+    "array": "--workers",
+    "nodes": "nodes",
+    "ntasks-per-node": "tasks_per_node",
+    "gpus-per-node": "gpus_per_node",
+    "time": "time",
+    "partition": "partition",
+}
+
+
 def _check_extra(value: list, where: str, source: str) -> None:
     for option in value:
         if not isinstance(option, str) or not re.match(r"^--[a-z][a-z0-9-]*(=.+)?$", option):
             raise UserError(f"{source}: key '{where}': expected sbatch options like '--exclusive', got {option!r}")
+        name = option[2:].partition("=")[0]
+        if name in OWN_OPTIONS:
+            instead = (
+                f"use slurm.{OWN_OPTIONS[name]}"
+                if OWN_OPTIONS[name] not in (None, "--workers")
+                else ("a sweep's --workers makes the array" if OWN_OPTIONS[name] else "the template sets it")
+            )
+            raise UserError(f"{source}: key '{where}': {option!r} would override what the job needs ({instead})")
 
 
 def _check_lines(value: list, where: str, source: str) -> None:

@@ -21,8 +21,9 @@ from utils.run.loggers.tracking import (
     sweep_dir,
 )
 
-# A server that is down is given up on after about 3 s (mlflow's defaults retry for minutes); the user's own
-# settings of these variables win.
+# A server that is down (connection refused) is given up on after about 3 s, one that accepts and never answers
+# after about 30 s (3 requests of 10 s; mlflow's defaults retry for minutes); the user's own settings of these
+# variables win.
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
