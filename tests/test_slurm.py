@@ -107,7 +107,10 @@ def test_a_time_limit_that_leaves_no_minute_before_the_warning_is_refused():
 
 
 def test_extra_sbatch_options_that_would_override_the_jobs_own_are_refused():
-    for option, instead in [("--signal=USR1@300", "use slurm.signal_delay_s"), ("--chdir=/tmp", "the template sets it")]:
+    for option, instead in [
+        ("--signal=USR1@300", "use slurm.signal_delay_s"),
+        ("--chdir=/tmp", "the template sets it"),
+    ]:
         with pytest.raises(UserError, match=f"would override what the job needs \\({instead}\\)"):
             slurm.resolve({"extra": [option]}, "x.json")
     assert slurm.resolve({"extra": ["--exclusive", "--mail-type=END"]}, "x.json")["extra"] == [
