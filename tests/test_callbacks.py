@@ -18,6 +18,7 @@ from utils.training.callbacks import Callback
 
 SMALL = ["random_size=90", "batch_size=8", "image_size=8", "hidden=4", "torch_threads=1"]
 SELF = "tests.test_callbacks.StageLog"
+EARLY = "utils.training.early_stopping:EarlyStopping"  # module:Class, as an agent is named
 
 
 class StageLog(Callback):
@@ -127,6 +128,7 @@ def test_a_callback_stops_training_and_two_of_one_class_keep_their_own_state(exp
         ('[{"typ": "a.B"}]', r"key 'callbacks\[0\]': expected"),
         (f'[{{"type": "{SELF}", "arg": {{}}}}]', r"key 'callbacks\[0\].arg': unknown key \(did you mean 'args'\?\)"),
         ('{"type": "a.B"}', "key 'callbacks': expected a list"),
+        (f'[{{"type": "{EARLY}", "args": {{"patience": 0}}}}]', r"callbacks\[0\].args.*patience must be at least 1"),
         ('["tensorbord"]', None),
     ],
 )
@@ -225,3 +227,11 @@ def test_a_signal_while_the_run_finishes_is_noted_and_the_run_ends_well(exps):
     done = subprocess.run([*cmd, *SMALL, f"callbacks={spec}"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((exps / "late" / "summary.json").read_text())["status"] == "finished"
+
+
+def test_early_stopping_added_as_a_callback_follows_the_runs_monitor(exps):
+    spec = json.dumps([{"type": EARLY, "args": {"patience": 1}}])
+    args = [*SMALL, "max_epoch=6", "optimizer.args.lr=0", "monitor=min valid/loss"]  # lr 0: nothing improves
+    train(EXAMPLE, exps, "exp_name=es", *args, f"callbacks={spec}")
+    summary = json.loads((exps / "es" / "summary.json").read_text())
+    assert summary["status"] == "early stopped" and summary["epochs"] == 2

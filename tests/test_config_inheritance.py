@@ -94,3 +94,21 @@ def test_an_object_of_another_type_replaces_the_bases_whole(tmp_path, capsys):
     assert main.main([base, "--keys", "optimizer.args.lr=0.5"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("optimizer ="))
     assert line.endswith(f"[from: {base} then command line]")  # SGD replaced the repository config's Adam whole
+
+
+def test_a_mistake_in_a_base_is_named_in_the_base_and_one_on_the_command_line_there(tmp_path, capsys):
+    base, child = tmp_path / "base.json", tmp_path / "child.json"
+    write(base, base=str(EXAMPLE), optimiser={"type": "SGD"})
+    write(child, base=str(base), exp_name="c", max_epoch=2)
+    assert main.main([str(child)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {base}: unknown key 'optimiser'")
+    write(base, base=str(EXAMPLE), optimizer={"args": {"lrr": 0.1}})
+    assert main.main([str(child)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {base}: ")  # the nested typo, in the file that has it
+    write(child, base=str(base), exp_name="c", optimizer={"args": {"lrr": 0.1}})
+    assert main.main([str(child)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {child}: ")  # the child sets it too: the nearest file
+    write(base, base=str(EXAMPLE))
+    write(child, base=str(base), exp_name="c")
+    assert main.main([str(child), "callbacks[0].type=x.Y", 'callbacks=[{"type": "a.B"}]']) == 2
+    assert capsys.readouterr().err.startswith("error: override 'callbacks[0].type=x.Y': ")
