@@ -408,3 +408,26 @@ def test_the_tracking_uris_mlflow_takes_pass_the_check_and_others_do_not():
     for uri in ["file", "postgresql", "localhost:5000", "htp://x", "sqlite://a.db", "http"]:
         with pytest.raises(UserError, match="key 'mlflow_tracking_uri': expected a tracking URI"):
             check_tracking_uri(uri, "mlflow_tracking_uri", "c.json")
+
+
+def local_runs(exps: Path) -> list:
+    from mlflow.entities import ViewType
+
+    client = MlflowClient(f"sqlite:///{exps}/mlflow.db")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, run_view_type=ViewType.ALL)
+
+
+def test_a_failed_upload_still_ends_the_run_and_a_deleted_run_is_replaced(exps):
+    args = ["exp_name=up", *SMALL, 'loggers=["mlflow"]', "max_epoch=1"]
+    (exps / "mlartifacts").write_text("a file where the artifact store goes")  # the tracking store itself works
+    train(EXAMPLE, exps, *args)
+    (run,) = local_runs(exps)
+    assert run.info.status == "FINISHED" and run.info.end_time is not None
+    assert "uploading summary.json failed" in (exps / "up" / "logs" / "run.log").read_text()
+    MlflowClient(f"sqlite:///{exps}/mlflow.db").delete_run(run.info.run_id)  # deleted in the UI
+    (exps / "mlartifacts").unlink()
+    train(EXAMPLE, exps, *args[:-1], "max_epoch=2")
+    runs = {r.info.lifecycle_stage: r for r in local_runs(exps)}
+    assert set(runs) == {"deleted", "active"} and runs["active"].info.status == "FINISHED"
+    assert "was deleted: a new run starts" in (exps / "up" / "logs" / "run.log").read_text()
