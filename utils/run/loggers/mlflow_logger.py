@@ -44,23 +44,12 @@ class MLflowLogger(Tracker):
         self.local = not config.get("mlflow_tracking_uri")
         self.uri = config.get("mlflow_tracking_uri") or f"sqlite:///{experiments_root(config) / 'mlflow.db'}"
         self.experiment = experiment_name(config, "mlflow_experiment")
-        self.run_id: str | None = None  # from the checkpoint when resuming
         self.parent_id: str | None = None
         self.client = None
         self.open = False
         self.logged: dict[str, int] = {}  # metric -> the last step the tracked run has (a resumed run skips to it)
         for name, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
-
-    @classmethod
-    def build(cls, run_dir: Path, config) -> MLflowLogger:
-        return cls(run_dir, config)
-
-    def state_dict(self) -> dict:
-        return {"run_id": self.run_id} if self.run_id else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.run_id = state.get("run_id")
 
     def on_train_start(self, agent) -> None:
         self.warn = agent.recorder.warning

@@ -100,6 +100,17 @@ class Tracker(Logger):
     def __init__(self) -> None:
         self.off = False
         self.warn: Callable[[str], None] = LOG.warning
+        self.run_id: str | None = None  # the tracked run, kept in the checkpoint: a resume continues it
+
+    @classmethod
+    def build(cls, run_dir: Path, config) -> Tracker:
+        return cls(run_dir, config)
+
+    def state_dict(self) -> dict:
+        return {"run_id": self.run_id} if self.run_id else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.run_id = state.get("run_id")
 
     def forget_older_run(self, agent) -> None:
         """A resume from another checkpoint than the run's own last.pth (an older epoch_N.pth, another run's) starts

@@ -35,19 +35,8 @@ class WandbLogger(Tracker):
         self.run_dir, self.config = Path(run_dir), config
         self.mode = config.get("wandb_mode") or "online"
         self.project = experiment_name(config, "wandb_project")
-        self.run_id: str | None = None  # from the checkpoint when resuming
         self.run = None
         self.step = 0  # W&B's steps only go up: a resumed run skips those its run already has
-
-    @classmethod
-    def build(cls, run_dir: Path, config) -> WandbLogger:
-        return cls(run_dir, config)
-
-    def state_dict(self) -> dict:
-        return {"run_id": self.run_id} if self.run_id else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.run_id = state.get("run_id")
 
     def on_train_start(self, agent) -> None:
         self.warn = agent.recorder.warning
