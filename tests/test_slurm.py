@@ -211,6 +211,12 @@ def finished(job: str, timeout: float = 240) -> dict[str, str]:
     return wait_for(lambda: (s := slurm.job_state(job)) and s["JobState"] in ends and s, "the job's end", timeout, job)
 
 
+def logs_of(run_dir: Path, job: str) -> str:
+    """The end of each task's stderr and of sweep.log: what a failed job assertion shows."""
+    paths = [p.with_suffix(".err") for p in slurm.log_paths(run_dir, job)] + [run_dir / "sweep.log"]
+    return "\n".join(f"--- {p}\n" + "\n".join(p.read_text().splitlines()[-40:]) for p in paths if p.exists())
+
+
 def job_id(out: str) -> str:
     assert out.startswith("submitted job "), out
     return out.split()[2].rstrip(":")
@@ -421,7 +427,7 @@ def test_a_warned_sweep_worker_saves_its_trial_requeues_and_the_trial_resumes(cl
         restart_now(task, 1)
     for task in tasks:
         state = finished(task)
-        assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", (task, state)
+        assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", (task, state, logs_of(exps / "s", job))
     rows = list(csv.DictReader((exps / "s" / "results.csv").open()))
     assert [r["state"] for r in rows if r["state"] != "fail"] == ["complete", "complete"], rows
     assert any("stopped by a signal" in r["error"] for r in rows)  # trial 0's try that the warning stopped
