@@ -223,12 +223,15 @@ def job_id(out: str) -> str:
 
 
 def restart_now(job: str, restarts: int) -> None:
-    """Once the requeued job waits, start it now (SLURM holds a requeued job back for two minutes)."""
+    """Once the requeued job waits, start it (SLURM holds a requeued job back for two minutes) two seconds on:
+    slurmd refuses a job started within the second its last try's credential was revoked ("Job credential
+    revoked": the try fails with exit code 1)."""
     wait_for(
         lambda: (s := slurm.job_state(job)) and s["JobState"] == "PENDING" and s["Restarts"] == str(restarts),
         f"requeue {restarts}",
         job=job,
     )
+    time.sleep(2)
     scontrol("update", f"JobId={job}", "StartTime=now")
 
 
