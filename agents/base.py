@@ -1,25 +1,20 @@
 """BaseAgent: the one training loop every example shares, read top to bottom.
 
-``__init__`` sets up the device, the run directory and the callbacks; a subclass then builds its pieces with
-``prepare_model``, ``make_optimizer``, ``make_scheduler`` and a data loader. ``run`` trains (resuming when a
-checkpoint is there) or, with mode=test/predict/export, evaluates, predicts or exports; ``train`` is the epochs:
-``train_one_epoch`` (``train_step`` per batch), ``validate``, the epoch's checkpoint.
+``__init__`` sets up the device, the run directory and the callbacks; a subclass builds its pieces with
+``prepare_model``, ``make_optimizer``, ``make_scheduler`` and a data loader. ``run`` trains (``train``: epochs of
+``train_one_epoch``, ``validate``, a checkpoint), resuming when a checkpoint is there, or tests, predicts, exports.
 
 Override for what an agent computes: ``train_step`` (a GAN's two updates), ``make_metrics``/``eval_step`` (other
 metrics), ``train_batches``/``validate`` (an RL agent's steps and evaluation), ``extra_state`` (more to save).
-Add a callback (utils/training/callbacks.py) for what cuts across the loop: early stopping, the EMA, the profiler
-and the loggers are callbacks the config turns on; a user's come from its ``callbacks`` key. What a checkpoint
-holds is ``checkpoint.Parts``; what a resume does where the config changed is utils/run/resume.py.
-
-Counters: ``global_step`` counts batches (``train_step`` calls), ``optimizer_steps`` counts optimizer updates (one
-per ``accumulate_grad_batches`` batches); per-step LR schedules follow the latter.
+What cuts across the loop is a callback (utils/training/callbacks.py). A checkpoint holds ``checkpoint.Parts``;
+utils/run/resume.py says what a resume does where the config changed. ``global_step`` counts batches,
+``optimizer_steps`` optimizer updates (one per ``accumulate_grad_batches`` batches; per-step schedules follow it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from collections.abc import Iterable
 from itertools import islice
@@ -38,14 +33,15 @@ from utils.run.environment import write_environment
 from utils.run.export import ExportInput, export_run, first_inputs
 from utils.run.loggers import build_loggers
 from utils.run.recorder import Recorder
-from utils.run.resume import check_matches, resume
+from utils.run.resume import load_weights, resume
 from utils.training import distributed
+from utils.training.accumulation import Accumulation
 from utils.training.callbacks import Callbacks, build_callback
-from utils.training.compile import compile_model, unwrap_compiled
-from utils.training.data import ShardedSampler, batches_per_epoch, set_epoch, to_device
+from utils.training.compile import compile_model, unwrap_compiled, unwrap_model
+from utils.training.data import batches_per_epoch, set_epoch, to_device
 from utils.training.early_stopping import EarlyStopping
 from utils.training.ema import EMACallback
-from utils.training.metrics import Accuracy, LossSums, Mean, Metric, Monitor
+from utils.training.metrics import Accuracy, LossSums, Mean, Metric, Monitor, all_finite
 from utils.training.profiler import ProfileSteps
 from utils.training.schedules import Schedules
 from utils.training.seeding import derive_seed, seed_everything
@@ -67,11 +63,9 @@ class BaseAgent:
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.recorder = Recorder(self.run_dir, enabled=distributed.is_main(), name=config.exp_name)
         self.recorder.lock()
-        if distributed.is_main():  # temp files of a save that a kill cut short (we hold the lock: no writer now)
-            for stale in self.checkpoint_dir.glob(".*.tmp"):
-                stale.unlink()
+        checkpoint.remove_partial_saves(self.checkpoint_dir)
         seed_everything(config.seed, config.deterministic)
-        self._threads_before = torch.get_num_threads()
+        self.threads_before = torch.get_num_threads()
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         self.monitor = Monitor(config.monitor)  # "max valid/accuracy": picks best.pth
@@ -87,11 +81,10 @@ class BaseAgent:
         self.epoch = 0  # completed epochs
         self.batch_in_epoch = 0  # batches done in the current epoch (non-zero after a mid-epoch stop)
         self.resume_samples = 0  # samples of the epoch's order a mid-epoch checkpoint had consumed
-        self._batches_at_skip = 0  # batch_in_epoch when this epoch's loader skipped them
+        self.batches_at_skip = 0  # batch_in_epoch when this epoch's loader skipped them
         self.global_step = 0  # batches trained on (train_step calls)
         self.optimizer_steps = 0  # optimizer updates (fewer than global_step with accumulate_grad_batches)
-        self._group = (0, 1)  # (index of this batch in its accumulation group, the group's size)
-        self._optimize_calls: dict[int, int] = {}  # optimize() calls per optimizer in this batch (accumulation)
+        self.accumulation = Accumulation(config.get("accumulate_grad_batches", 1))
         self.last_metrics: dict[str, float] = {}
         self._train_loss: float | None = None  # this process's mean training loss over the epoch (metrics.csv)
         self.status = "started"
@@ -103,8 +96,7 @@ class BaseAgent:
 
     def build_callbacks(self) -> Callbacks:
         """The callbacks the config turns on, in this order: EMA, early stopping, profiler, loggers, the user's."""
-        c = self.config
-        callbacks = Callbacks()
+        c, callbacks = self.config, []
         if c.get("ema_decay") is not None:
             callbacks.append(EMACallback(c.ema_decay))
         if c.get("early_stop_patience"):
@@ -112,13 +104,11 @@ class BaseAgent:
             callbacks.append(EarlyStopping(patience, delta, self.monitor.mode, self.monitor.metric))
         if c.get("profile_steps"):
             callbacks.append(ProfileSteps(c.profile_steps))
-        if self.recorder.enabled:  # rank 0 logs
-            for logger in build_loggers(c.get("loggers", ["tensorboard"]), self.run_dir, c):
-                self.recorder.loggers.append(logger)
-                callbacks.append(logger)
-        for i, spec in enumerate(c.get("callbacks") or []):
-            callbacks.append(build_callback(spec, f"callbacks[{i}]"))
-        return callbacks
+        loggers = build_loggers(c.get("loggers", ["tensorboard"]), self.run_dir, c) if self.recorder.enabled else []
+        self.recorder.loggers += loggers  # rank 0 logs
+        callbacks += loggers
+        callbacks += [build_callback(spec, f"callbacks[{i}]") for i, spec in enumerate(c.get("callbacks") or [])]
+        return Callbacks(callbacks)
 
     # ----- building blocks for subclasses -----------------------------------------------------
 
@@ -150,11 +140,7 @@ class BaseAgent:
         when training starts, when the run's length ("total") is known."""
         self.schedules.register(name, optimizer, key)
 
-    @staticmethod
-    def unwrap(model: nn.Module) -> nn.Module:
-        """The plain module inside torch.compile and DDP wrappers (use it for evaluation and saving)."""
-        model = unwrap_compiled(model)
-        return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    unwrap = staticmethod(unwrap_model)  # the plain module inside torch.compile and DDP (evaluation, saving)
 
     def averaged(self) -> contextlib.AbstractContextManager:
         """Inside, the models kept with an EMA (ema_decay) hold their averaged weights (validation, samples)."""
@@ -169,25 +155,16 @@ class BaseAgent:
         """Autocast context for the configured ``amp`` dtype (a no-op when amp is null)."""
         if self.config.amp is None:
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.config.amp == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[self.config.amp])
 
     def optimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         """Backward ``loss`` into ``optimizer``'s parameters; on the last batch of an accumulation group,
         clip to grad_clip_norm and step (then the fp16 scaler, per-step schedules and on_optimizer_step follow)."""
-        index, size = self._group
-        if index == 0:  # also clears what other losses left there (a GAN's generator loss in D's gradients)
+        if self.accumulation.index == 0:  # also clears what other losses left (a GAN's G loss in D's gradients)
             optimizer.zero_grad(set_to_none=True)
-        if size > 1:
-            loss = loss / size  # size batches of B: the gradient of one batch of size x B
-            calls = self._optimize_calls[id(optimizer)] = self._optimize_calls.get(id(optimizer), 0) + 1
-            if calls > 1:
-                raise UserError(
-                    f"config: key 'accumulate_grad_batches': {type(self).__name__} steps one optimizer several "
-                    "times per batch, which gradient accumulation cannot sum; set accumulate_grad_batches=1"
-                )
+        loss = self.accumulation.scale(loss, optimizer, type(self).__name__)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        if index < size - 1:
+        if not self.accumulation.last:
             return
         clip = self.config.grad_clip_norm
         if clip:
@@ -235,10 +212,9 @@ class BaseAgent:
         loader = self.data_loader.train_loader
         set_epoch(loader, self.epoch, self.config.seed)
         if self.resume_samples:  # a mid-epoch resume: the rest of this epoch's order, whatever the layout now
-            loader.sampler.skip(self.resume_samples)
-            self.batch_in_epoch = -(-self.resume_samples // (loader.batch_size * self.world_size))
+            self.batch_in_epoch = loader.sampler.skip(self.resume_samples, loader.batch_size)
             self.resume_samples = 0
-        self._batches_at_skip = self.batch_in_epoch
+        self.batches_at_skip = self.batch_in_epoch
         total = len(loader)
         if self.config.max_train_batches:
             total = max(0, min(total, self.config.max_train_batches - self.batch_in_epoch))
@@ -293,11 +269,8 @@ class BaseAgent:
 
     def _run(self) -> None:
         try:
-            if self.config.mode in ("test", "predict"):
-                self.test() if self.config.mode == "test" else self.predict()
-                return
-            if self.config.mode == "export":
-                export_run(self)
+            if self.config.mode != "train":
+                {"test": self.test, "predict": self.predict, "export": lambda: export_run(self)}[self.config.mode]()
                 return
             self.monitor.check(self.metric_names(), type(self).__name__)
             if self.world_size > 1:
@@ -322,7 +295,7 @@ class BaseAgent:
     def train(self) -> None:
         """Epochs until max_epochs: train, validate when due, step schedulers, checkpoint."""
         summary.log_start(self)
-        self._training = True  # on_train_end is due (finalize calls it, also after a failure)
+        self.in_training = True  # on_train_end is due (finalize calls it, also after a failure)
         self.callbacks.call("on_train_start", self)
         while self.epoch < self.max_epochs() and not self.stop_training:
             self.train_one_epoch()
@@ -340,7 +313,8 @@ class BaseAgent:
             self.callbacks.call("on_epoch_end", self, metrics)
             # A stop a callback decided on one rank (a logger on rank 0) is every rank's: none waits at a collective.
             (self.stop_training,) = distributed.any_rank(self.stop_training)
-            self._check_finite_weights()
+            if not all_finite(self.unwrap(m) for m in self.models.values()):  # a last step's NaN is never saved
+                self._diverged("the weights are not finite", epoch=self.epoch)
             self.save_checkpoint(self.monitor.update(metrics, self.epoch))  # with every callback's state
         if self.status == "started":
             self.status = "finished"
@@ -358,12 +332,8 @@ class BaseAgent:
         losses = LossSums(self.device)
         ddp_models, due = [unwrap_compiled(m) for m in self.models.values()], False  # no_sync targets
         for batch in bar:
-            accumulate = self.config.get("accumulate_grad_batches", 1)
-            first = self._batches_at_skip  # groups count from the first batch trained in this epoch
-            start = first + (self.batch_in_epoch - first) // accumulate * accumulate
-            self._group, self._optimize_calls = (self.batch_in_epoch - start, min(accumulate, in_epoch - start)), {}
-            sync = self._group[0] == self._group[1] - 1
-            with distributed.no_sync_unless(sync or self.world_size == 1, ddp_models):
+            self.accumulation.start(self.batch_in_epoch, self.batches_at_skip, in_epoch)
+            with distributed.no_sync_unless(self.accumulation.last or self.world_size == 1, ddp_models):
                 logs = self.train_step(batch)
             self.global_step += 1
             self.batch_in_epoch += 1
@@ -371,18 +341,16 @@ class BaseAgent:
             losses.add(logs.get("loss"))
             due = due or self.global_step % self.config.log_every == 0
             # Checked between accumulation groups only: a checkpoint never holds half-summed gradients.
-            if due and self._group[0] == self._group[1] - 1:
+            if due and self.accumulation.last:
                 self._check_in(logs, losses, bar)
                 due = False
-        self._group = (0, 1)
+        self.accumulation.end_epoch()
         self._check_in({}, losses, bar)  # before this epoch's checkpoint: a NaN is never saved
         self.batch_in_epoch = 0
 
     def validate(self, loader=None, split: str = "valid", limit: int | None | str = "config") -> dict[str, float]:
-        """Evaluate ``loader`` (the validation loader by default) on all ranks.
-
-        ``limit``: batches to evaluate; by default the debug key max_valid_batches (mode=test: max_test_batches).
-        """
+        """Evaluate ``limit`` batches of ``loader`` on all ranks (by default: the validation loader, and the debug
+        key max_valid_batches; mode=test passes max_test_batches)."""
         loader = loader if loader is not None else self.data_loader.valid_loader
         for model in self.models.values():
             model.eval()
@@ -391,11 +359,7 @@ class BaseAgent:
         with torch.no_grad(), self.autocast():
             for batch in islice(loader, limit):
                 self.eval_step(batch, metrics)
-        results = {}
-        for name, metric in metrics.items():
-            metric.reduce()
-            results[f"{split}/{name}"] = metric.compute()
-        return results
+        return {f"{split}/{name}": metric.result() for name, metric in metrics.items()}
 
     def test(self) -> None:
         """mode=test: load best.pth (or ``resume``) and evaluate the test split into summary.json."""
@@ -403,7 +367,7 @@ class BaseAgent:
         loader = getattr(self.data_loader, "test_loader", None)
         if loader is None:
             raise UserError(f"config: key 'mode': {type(self.data_loader).__name__} has no test split")
-        self.record_test(self.validate(loader, split="test", limit=self.config.get("max_test_batches")), path)
+        summary.record_test(self, self.validate(loader, split="test", limit=self.config.get("max_test_batches")), path)
 
     def predict(self) -> None:
         """mode=predict: outputs from inputs (segmentation masks, generated samples) under out/predict/."""
@@ -411,42 +375,7 @@ class BaseAgent:
 
     def save_checkpoint(self, is_best: bool = False) -> None:
         """last.pth (and best.pth, epoch_N.pth when due), written atomically by rank 0; call it on every rank."""
-        # Under DDP each rank's RNG, gathered to rank 0, goes in too: a DDP resume is exact as well.
-        rng_ranks = distributed.gather_to_main(checkpoint.rng_state()) if self.world_size > 1 else None
-        if not distributed.is_main():
-            return
-        with distributed.main_only():  # extra_state runs on rank 0 alone: no collective in it
-            state = self.checkpoint_state()
-        if rng_ranks:
-            state["rng_ranks"] = rng_ranks
-        try:
-            checkpoint.write(state, self.checkpoint_dir, is_best, self.config.checkpoint_every)
-        except TrainingStopped:
-            self.status = "checkpoint failed"
-            raise
-
-    def checkpoint_state(self) -> dict:
-        """Everything a resume needs, as plain tensors and values (``torch.load(weights_only=True)`` reads it)."""
-        counters = {
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "samples_in_epoch": self._samples_in_epoch(),
-            "world_size": self.world_size,
-            "global_step": self.global_step,
-            "optimizer_steps": self.optimizer_steps,
-            "best": self.monitor.best,
-            "best_epoch": self.monitor.best_epoch,
-            "wall_seconds": self.wall_seconds(),
-            "schedule_total": self.schedules.total,
-        }
-        return checkpoint.assemble(
-            type(self).__name__, counters, self.parts(), self.extra_state(), to_plain(self.config)
-        )
-
-    def parts(self) -> checkpoint.Parts:
-        """The objects a checkpoint saves and a resume restores."""
-        models = {name: self.unwrap(m) for name, m in self.models.items()}
-        return checkpoint.Parts(models, self.optimizers, self.schedules.built, self.callbacks, self.scaler)
+        checkpoint.save(self, is_best)
 
     def read_checkpoint(self, path: Path) -> dict:
         """``path``'s checkpoint, rank 0's copy on every rank (an agent may look at it before it is restored)."""
@@ -455,13 +384,7 @@ class BaseAgent:
     def load_checkpoint(self, path: str | Path, weights_only: bool = False) -> None:
         """Restore the whole training state from ``path`` (utils/run/resume.py), or with ``weights_only``
         (mode=test/predict/export) the models, with their averaged weights where the run kept an EMA."""
-        path = Path(path)
-        if not weights_only:
-            resume(self, path)
-            return
-        state = self.read_checkpoint(path)
-        check_matches(path, state, type(self).__name__, self.config, (), training=False)
-        checkpoint.restore_models(path, state, {n: self.unwrap(m) for n, m in self.models.items()}, averaged=True)
+        (load_weights if weights_only else resume)(self, Path(path))
 
     def load_test_checkpoint(self) -> Path:
         """Load the models of ``resume`` (a path), else best.pth, else last.pth; returns which."""
@@ -469,34 +392,12 @@ class BaseAgent:
         self.load_checkpoint(path, weights_only=True)
         return path
 
-    def record_test(self, metrics: dict[str, float], path: Path) -> None:
-        summary.record_test(self, metrics, path)
-
     def finalize(self) -> None:
         """Write summary.json, end the callbacks, close writers, leave the process group (also after a failed
         __init__)."""
-        recorder = getattr(self, "recorder", None)
-        with contextlib.ExitStack() as stack:
-            if hasattr(self, "signals") and self.config.mode == "train":  # a signal now: training is over, noted
-                stack.enter_context(self.signals.installed())
-            self._finalize(recorder)
-
-    def _finalize(self, recorder: Recorder | None) -> None:
-        try:
-            if recorder is not None and self.config.mode == "train" and summary.has_news(self):
-                recorder.write_json("summary.json", summary.summary(self))
-                recorder.curves()
-            if getattr(self, "_training", False):
-                self._training = False
-                if self.status == "started" and sys.exc_info()[0] is not None:  # finalize runs in main's finally
-                    self.status = "failed"
-                self.callbacks.call("on_train_end", self)
-        finally:
-            if recorder is not None:
-                recorder.close()
-            if hasattr(self, "_threads_before"):
-                torch.set_num_threads(self._threads_before)  # a process-wide setting: leave it as found
-            distributed.teardown()
+        training = hasattr(self, "signals") and self.config.mode == "train"
+        with self.signals.installed() if training else contextlib.nullcontext():  # a signal now: noted, not fatal
+            summary.end(self)
 
     # ----- helpers ------------------------------------------------------------------------------
 
@@ -512,9 +413,8 @@ class BaseAgent:
 
     def where(self) -> str:
         """Where training stands, numbered as the progress bar numbers epochs: 'in epoch 2 after batch 6'."""
-        if self.batch_in_epoch:
-            return f"in epoch {self.epoch + 1} after batch {self.batch_in_epoch}"
-        return f"after epoch {self.epoch}"
+        within = f"in epoch {self.epoch + 1} after batch {self.batch_in_epoch}"
+        return within if self.batch_in_epoch else f"after epoch {self.epoch}"
 
     def _check_in(self, logs: dict, losses: LossSums, bar: tqdm) -> None:
         """The host's look at training (every log_every steps): NaN, Ctrl-C on any rank, scalars, progress bar."""
@@ -531,26 +431,12 @@ class BaseAgent:
         if interrupted:
             self._interrupted()
 
-    def _check_finite_weights(self) -> None:
-        """Stop before saving weights that a last step of the epoch made NaN or infinite (one host sync)."""
-        flags = [p.detach().isfinite().all() for m in self.models.values() for p in self.unwrap(m).parameters()]
-        if flags and not bool(torch.stack(flags).all()):
-            self._diverged("the weights are not finite", epoch=self.epoch)
-
-    def _samples_in_epoch(self) -> int:
-        """How much of this epoch's global sample order has been trained on (for a mid-epoch resume)."""
-        loader = getattr(self.data_loader, "train_loader", None)
-        if not self.batch_in_epoch or loader is None or not isinstance(loader.sampler, ShardedSampler):
-            return 0
-        return loader.sampler.consumed(self.batch_in_epoch - self._batches_at_skip, loader.batch_size)
-
     def _interrupted(self) -> None:
         self.save_checkpoint()
         self.status = "interrupted"
         raise RunInterrupted(
-            f"stopped by {self.signals.name()} {self.where()}, "
-            f"step {self.global_step}; checkpoint saved to {self.checkpoint_dir / 'last.pth'}: "
-            "run the same command to resume"
+            f"stopped by {self.signals.name()} {self.where()}, step {self.global_step}; checkpoint saved to "
+            f"{self.checkpoint_dir / 'last.pth'}: run the same command to resume"
         )
 
     def _diverged(self, what: str, epoch: int | None = None) -> None:

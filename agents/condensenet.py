@@ -128,7 +128,7 @@ class CondenseNetAgent(BaseAgent):
         if not distributed.is_main():
             return
         with distributed.main_only():
-            state = self.checkpoint_state()
+            state = checkpoint.agent_state(self)
         state.update(models={"model": condense(net).state_dict()}, optimizers={}, schedulers={}, callbacks={})
         state["condensed"] = True
         checkpoint.atomic_save(state, self.condensed_path)

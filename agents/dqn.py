@@ -31,6 +31,7 @@ from graphs.models.dqn import QConv, QMlp
 from utils.config import Key, check_monitor, torch_object_key
 from utils.errors import UserError
 from utils.examples.replay_memory import ReplayMemory
+from utils.run import summary
 from utils.run.export import ExportInput
 from utils.training import distributed
 from utils.training.seeding import derive_seed
@@ -389,7 +390,7 @@ class DQNAgent(BaseAgent):
         path = self.load_test_checkpoint()
         returns = self.evaluate(self.config.solve_episodes)
         metrics = {"test/mean_return": float(np.mean(returns)), "test/min_return": float(np.min(returns))}
-        self.record_test(metrics, path)
+        summary.record_test(self, metrics, path)
 
     def _last_loss(self) -> float | None:
         return None if self.last_loss is None else float(self.last_loss)

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.config import repo_path
+from utils.config import repo_path, to_plain
 from utils.errors import TrainingStopped, UserError
 from utils.training import distributed
+from utils.training.data import ShardedSampler
 
 FORMAT = 3  # 3: callbacks' states under "callbacks" (2 had "ema" and "early_stopping" at the top level)
 
@@ -85,6 +86,12 @@ class Parts:
     callbacks: Any  # utils/training/callbacks.Callbacks
     scaler: torch.amp.GradScaler | None = None
 
+    @classmethod
+    def of(cls, agent) -> Parts:
+        """An agent's parts, its models unwrapped."""
+        models = {name: agent.unwrap(m) for name, m in agent.models.items()}
+        return cls(models, agent.optimizers, agent.schedules.built, agent.callbacks, agent.scaler)
+
     def state_dict(self) -> dict:
         """Plain tensors and values only, so that ``torch.load(weights_only=True)`` reads them."""
         return {
@@ -110,18 +117,59 @@ class Parts:
         self.callbacks.load_state_dict(state["callbacks"])
 
 
-def assemble(agent: str, counters: dict, parts: Parts, extra: dict, config: dict) -> dict:
-    """A checkpoint: the counters, the parts' states, the RNG streams, the agent's extra state and the config."""
+def agent_state(agent) -> dict:
+    """Everything a resume of ``agent`` needs: counters, parts, RNG streams, extra state and config, as plain
+    tensors and values (``torch.load(weights_only=True)`` reads it)."""
     return {
         "format": FORMAT,
-        "agent": agent,
-        **counters,
-        **parts.state_dict(),
+        "agent": type(agent).__name__,
+        "epoch": agent.epoch,
+        "batch_in_epoch": agent.batch_in_epoch,
+        "samples_in_epoch": _samples_in_epoch(agent),
+        "world_size": agent.world_size,
+        "global_step": agent.global_step,
+        "optimizer_steps": agent.optimizer_steps,
+        "best": agent.monitor.best,
+        "best_epoch": agent.monitor.best_epoch,
+        "wall_seconds": agent.wall_seconds(),
+        "schedule_total": agent.schedules.total,
+        **Parts.of(agent).state_dict(),
         "rng": rng_state(),
-        "extra": extra,
-        "config": config,
+        "extra": agent.extra_state(),
+        "config": to_plain(agent.config),
         "versions": versions(),
     }
+
+
+def _samples_in_epoch(agent) -> int:
+    """How much of this epoch's global sample order has been trained on (for a mid-epoch resume)."""
+    loader = getattr(agent.data_loader, "train_loader", None)
+    if not agent.batch_in_epoch or loader is None or not isinstance(loader.sampler, ShardedSampler):
+        return 0
+    return loader.sampler.consumed(agent.batch_in_epoch - agent.batches_at_skip, loader.batch_size)
+
+
+def save(agent, is_best: bool = False) -> None:
+    """The agent's last.pth (and best.pth, epoch_N.pth when due), written by rank 0; every rank calls it."""
+    # Under DDP each rank's RNG, gathered to rank 0, goes in too: a DDP resume is exact as well.
+    rng_ranks = distributed.gather_to_main(rng_state()) if agent.world_size > 1 else None
+    if not distributed.is_main():
+        return
+    with distributed.main_only():  # extra_state runs on rank 0 alone: no collective in it
+        state = agent_state(agent)
+    if rng_ranks:
+        state["rng_ranks"] = rng_ranks
+    try:
+        write(state, agent.checkpoint_dir, is_best, agent.config.checkpoint_every)
+    except TrainingStopped:
+        agent.status = "checkpoint failed"
+        raise
+
+
+def remove_partial_saves(directory: Path) -> None:
+    """Rank 0: temp files of saves that a kill cut short (call it holding the run's lock: no writer now)."""
+    for stale in directory.glob(".*.tmp") if distributed.is_main() else ():
+        stale.unlink()
 
 
 def restore_models(path: Path, state: dict, models: dict[str, torch.nn.Module], averaged: bool = False) -> None:

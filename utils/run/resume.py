@@ -137,7 +137,7 @@ def resume(agent, path: Path) -> None:
     foreign = path.resolve().parent != agent.checkpoint_dir.resolve()  # another run's: this one picks its own best
     if foreign:
         state["callbacks"].pop("early_stopping", None)
-    agent.parts().load_state_dict(path, state, restored)
+    checkpoint.Parts.of(agent).load_state_dict(path, state, restored)
     unclaimed = set(state["callbacks"]) - {key for key, _ in agent.callbacks.keyed()}
     if unclaimed:
         log(f"the checkpoint holds the state of callbacks this run has not (dropped): {', '.join(sorted(unclaimed))}")
@@ -174,6 +174,14 @@ def resume(agent, path: Path) -> None:
     log(f"resumed from {path} {agent.where()}, step {agent.global_step}")
     if agent.epoch >= agent.max_epochs() and not agent.batch_in_epoch:
         log(f"already trained ({agent.epoch} epochs, step {agent.global_step}): raise {agent.length_key} to continue")
+
+
+def load_weights(agent, path: Path) -> None:
+    """mode=test/predict/export: the models of ``path``, with their averaged weights where the run kept an EMA."""
+    state = agent.read_checkpoint(path)
+    check_matches(path, state, type(agent).__name__, agent.config, (), training=False)
+    models = {name: agent.unwrap(m) for name, m in agent.models.items()}
+    checkpoint.restore_models(path, state, models, averaged=True)
 
 
 def _log_layout_change(agent, state: dict) -> None:

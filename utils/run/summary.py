@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+import torch
+
+from utils.training import distributed
 
 
 def log_start(agent) -> None:
@@ -63,3 +68,24 @@ def record_test(agent, metrics: dict[str, float], path: Path) -> None:
     name = str(where.relative_to(run)) if where.is_relative_to(run) else str(where)
     tests = {**old.get("tests", {}), name: metrics}
     agent.recorder.write_json("summary.json", {**old, **metrics, "tested_checkpoint": str(path), "tests": tests})
+
+
+def end(agent) -> None:
+    """The end of a run (also of a failed one, or of a failed ``__init__``): summary.json and the curves, the
+    callbacks' ``on_train_end``, the writers closed, torch's thread count as found, the process group left."""
+    recorder = getattr(agent, "recorder", None)
+    try:
+        if recorder is not None and agent.config.mode == "train" and has_news(agent):
+            recorder.write_json("summary.json", summary(agent))
+            recorder.curves()
+        if getattr(agent, "in_training", False):
+            agent.in_training = False
+            if agent.status == "started" and sys.exc_info()[0] is not None:  # finalize runs in main's finally
+                agent.status = "failed"
+            agent.callbacks.call("on_train_end", agent)
+    finally:
+        if recorder is not None:
+            recorder.close()
+        if hasattr(agent, "threads_before"):
+            torch.set_num_threads(agent.threads_before)  # a process-wide setting: leave it as found
+        distributed.teardown()

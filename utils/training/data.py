@@ -42,8 +42,11 @@ class ShardedSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self._skip = epoch, 0
 
-    def skip(self, n: int) -> None:
+    def skip(self, n: int, batch_size: int = 1) -> int:
+        """Leave out the epoch order's first ``n`` samples; returns the batches of ``batch_size`` per rank they
+        made (what a mid-epoch resume counts as done, whatever the process count or batch size was)."""
         self._skip = min(n, self.length)
+        return -(-n // (batch_size * self.world))
 
     def _indices(self) -> list[int]:
         if self.shuffle:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 
 from utils.config import did_you_mean
 from utils.errors import UserError
 from utils.training.distributed import all_reduce_sum
+
+
+def all_finite(models: Iterable[torch.nn.Module]) -> bool:
+    """Whether every weight of ``models`` is finite (one host sync)."""
+    flags = [p.detach().isfinite().all() for m in models for p in m.parameters()]
+    return not flags or bool(torch.stack(flags).all())
 
 
 class Metric:
@@ -32,6 +39,11 @@ class Metric:
     def reduce(self) -> None:
         """Sum the state over all ranks (in place)."""
         all_reduce_sum(self.state)
+
+    def result(self) -> float:
+        """The value over every rank's batches (a collective: every rank calls it, in the same order)."""
+        self.reduce()
+        return self.compute()
 
     def ratio(self) -> float:
         """state[0] / state[1], or NaN when nothing was added."""
