@@ -350,3 +350,24 @@ def test_choices_that_are_objects_run_as_their_values_and_read_back_in_results(t
     for r in results:
         config = json.loads((exps / "s" / f"trial_000{r['number']}" / "config.json").read_text())
         assert config["optimizer"] == json.loads(r["optimizer"])
+
+
+def test_a_signal_after_a_trials_run_ended_but_before_optuna_was_told_queues_it_again(
+    tmp_path, exps, monkeypatch, capsys
+):
+    """A warning or Ctrl-C that lands after the trial's run trained all its epochs, while the sweep reads its
+    results: the trial is queued again (it was marked FAIL for good), and the next command completes it."""
+    read_run = utils.sweep.study.read_run
+
+    def stopped(run_dir):
+        monkeypatch.setattr(utils.sweep.study, "read_run", read_run)  # once
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(utils.sweep.study, "read_run", stopped)
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5]})
+    assert main.main(["--sweep", path, "max_epoch=1"]) == 130
+    assert main.main(["--sweep", path, "max_epoch=1"]) == 0
+    assert "sweep s: 1 complete; best trial" in capsys.readouterr().err
+    results = rows(exps / "s" / "results.csv")
+    assert [(r["state"], r["run_dir"][-10:]) for r in results] == [("fail", "trial_0000"), ("complete", "trial_0000")]
+    assert results[0]["error"] == "stopped by a signal; run again as trial 1"

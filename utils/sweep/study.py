@@ -178,6 +178,16 @@ def run_one(study: optuna.Study, sweep: Sweep, run_trial: RunTrial, trial: optun
     if sweep.grid and not (frozen.system_attrs.get("fixed_params") or first_number(frozen) != trial.number):
         trial.set_user_attr("surplus", True)  # asked while another worker took the grid's last point
         raise TrialFailed("no grid point left")
+    try:
+        return _run_trial_of(study, sweep, run_trial, trial, frozen)
+    except (RunInterrupted, KeyboardInterrupt):  # also after its run ended, before Optuna was told: it runs again
+        _requeue(study, study._storage.get_trial(trial._trial_id), "stopped by a signal")
+        raise
+
+
+def _run_trial_of(
+    study: optuna.Study, sweep: Sweep, run_trial: RunTrial, trial: optuna.trial.Trial, frozen: FrozenTrial
+) -> list[float]:
     values = {space.key: space.suggest(trial) for space in sweep.spaces}  # a queued trial keeps its values
     run_dir = sweep.sweep_dir / trial_name(first_number(frozen))
     chosen = [space.override(values[space.key]) for space in sweep.spaces]
@@ -208,9 +218,6 @@ def run_one(study: optuna.Study, sweep: Sweep, run_trial: RunTrial, trial: optun
         run_trial(overrides, run_dir, after_validation)
     except (UserError, TrainingStopped) as e:
         error = str(e)
-    except (RunInterrupted, KeyboardInterrupt):
-        _requeue(study, study._storage.get_trial(trial._trial_id), "stopped by a signal")
-        raise
     except Exception as e:  # noqa: BLE001 (a bug in this trial's code: it fails, the sweep goes on)
         LOG.error(traceback.format_exc())
         error = f"{type(e).__name__}: {e}"
