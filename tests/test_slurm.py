@@ -68,6 +68,8 @@ def test_settings_come_from_a_file_in_configs_slurm_and_the_block_overrides_it()
     assert slurm.tasks_per_node(settings) == 8  # one process per GPU
     assert slurm.tasks_per_node(slurm.resolve({"tasks_per_node": 2}, "x.json")) == 2
     assert slurm.tasks_per_node(slurm.resolve({}, "x.json")) == 1
+    with pytest.raises(UserError, match="x.json: key 'slurm.tasks_per_node': 4 processes per node, but 2 GPU"):
+        slurm.resolve({"tasks_per_node": 4, "gpus_per_node": 2}, "x.json")
     with pytest.raises(UserError, match="x.json: key 'slurm.file': no file .*configs/slurm/nope.json"):
         slurm.resolve({"file": "nope"}, "x.json")
     path = REPO / "configs" / "slurm" / "gpu_node.json"  # a path works as well as a name
@@ -123,6 +125,36 @@ class _Job:
     """What run_task and run_requeued read of submitit's JobEnvironment, for one task."""
 
     job_id, num_tasks, global_rank = "7", 1, 0
+    requeued = 0
+
+    def _requeue(self, countdown: int) -> None:
+        type(self).requeued += 1
+
+
+def test_a_warned_job_requeues_at_most_max_requeues_times(monkeypatch, capsys):
+    import submitit
+
+    monkeypatch.setattr(submitit, "JobEnvironment", _Job)
+    monkeypatch.setattr(_Job, "requeued", 0)
+    monkeypatch.setenv(slurm.MAX_REQUEUES_ENV, "2")
+
+    def warned() -> int:  # the run stopped by SLURM's warning: saved, exit code 130
+        os.kill(os.getpid(), signal.SIGUSR2)
+        return 130
+
+    before = signal.signal(signal.SIGTERM, lambda *_: None)  # the run's own handler, which saves
+    try:
+        for restarts in range(3):
+            monkeypatch.setenv("SLURM_RESTART_COUNT", str(restarts))
+            with pytest.raises(SystemExit) as stopped:
+                slurm.run_requeued(warned)
+            assert stopped.value.code == 130
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert _Job.requeued == 2  # the first two starts requeue, the third ends
+    err = capsys.readouterr().err
+    assert "not requeued: requeued 2 time(s) already (slurm.max_requeues=2)" in err, err
+    assert slurm.resolve({}, "x.json")["max_requeues"] == 10
 
 
 def test_a_requeued_job_resumes_from_its_own_last_checkpoint_whatever_resume_says(tmp_path, monkeypatch):

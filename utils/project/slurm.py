@@ -35,6 +35,7 @@ from utils.config import REPO_ROOT, Key, did_you_mean, read_json, repo_path, val
 from utils.errors import UserError
 
 SLURM_DIR = "configs/slurm"
+MAX_REQUEUES_ENV = "PPT_MAX_REQUEUES"  # slurm.max_requeues, in the job's environment
 _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # sbatch --time: minutes, [D-]HH:MM[:SS], D-HH
 _MEM = re.compile(r"^\d+[KMGT]?$")
 
@@ -102,6 +103,9 @@ SETTINGS: dict[str, Key] = {
     "signal_delay_s": Key(
         120, int, "seconds before the time limit when SLURM warns the job (it saves and requeues)", min=10
     ),
+    "max_requeues": Key(
+        10, int, "times a warned job requeues itself at most; then it ends, its checkpoint kept", min=0, max=10**4
+    ),
     "extra": Key([], list, "more sbatch options, e.g. ['--exclusive', '--mail-type=END']", check=_check_extra),
     "setup": Key([], list, "shell lines the job runs first, e.g. ['module load cuda']", check=_check_lines),
 }
@@ -145,6 +149,12 @@ def resolve(block: dict | None, source: str) -> dict:
     name = block.pop("file", None)
     base = read_json(_settings_file(name, "slurm.file", source)) if name else {}
     settings = validate({**base, **block}, SETTINGS, source)
+    gpus, tasks = settings["gpus_per_node"], tasks_per_node(settings)
+    if gpus and tasks > gpus:  # each process takes the GPU of its local rank
+        raise UserError(
+            f"{source}: key 'slurm.tasks_per_node': {tasks} processes per node, but {gpus} GPU(s) per node: each "
+            "process takes a GPU of its own (set tasks_per_node to at most gpus_per_node, or null)"
+        )
     if _seconds(settings["time"]) < settings["signal_delay_s"] + 60:  # else every start is warned: requeues forever
         raise UserError(
             f"{source}: key 'slurm.time': {settings['time']!r} leaves less than a minute before SLURM's warning "
@@ -245,7 +255,7 @@ def submit(
         qos=settings["qos"],
         constraint=settings["constraint"],
         signal_delay_s=settings["signal_delay_s"],
-        setup=settings["setup"],
+        setup=[f"export {MAX_REQUEUES_ENV}={settings['max_requeues']}", *settings["setup"]],
         # The job runs in the repository (the agents import from it); requeued after a preemption.
         additional_parameters={"chdir": str(REPO_ROOT), "requeue": True, **extra},
     )
@@ -404,9 +414,16 @@ def run_requeued(run: Callable[[], int]) -> None:
     except KeyboardInterrupt:  # the warning before the run's own handling of it
         code = 130
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # the run has ended: a late warning (any thread's) changes nothing
+    restarts, most = int(os.environ.get("SLURM_RESTART_COUNT", "0")), int(os.environ.get(MAX_REQUEUES_ENV, "10"))
     if warned.received and code == 130 and env.global_rank == 0:
-        sys.stderr.write(f"job {env.job_id}: requeued, it resumes from its last checkpoint\n")
-        env._requeue(0)  # the executor's own requeue (SLURM: scontrol requeue); submitit's checkpointing does the same
+        if restarts >= most:  # a job warned at every start would requeue forever
+            sys.stderr.write(
+                f"job {env.job_id}: not requeued: requeued {restarts} time(s) already (slurm.max_requeues={most}); "
+                "submit the same command again to resume from its last checkpoint\n"
+            )
+        else:
+            sys.stderr.write(f"job {env.job_id}: requeued, it resumes from its last checkpoint\n")
+            env._requeue(0)  # the executor's own requeue (scontrol requeue), as submitit's checkpointing does
     if code:
         sys.exit(code)
 
