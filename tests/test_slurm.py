@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -138,20 +139,31 @@ def test_a_warned_job_requeues_at_most_max_requeues_times(monkeypatch, capsys):
     monkeypatch.setattr(_Job, "requeued", 0)
     monkeypatch.setenv(slurm.MAX_REQUEUES_ENV, "2")
 
-    def warned() -> int:  # the run stopped by SLURM's warning: saved, exit code 130
-        os.kill(os.getpid(), signal.SIGUSR2)
-        return 130
+    def warned(code: int) -> Callable[[], int]:
+        """A run that takes SIGTERM (to save), is warned, and ends with ``code``."""
 
-    before = signal.signal(signal.SIGTERM, lambda *_: None)  # the run's own handler, which saves
-    try:
-        for restarts in range(3):
-            monkeypatch.setenv("SLURM_RESTART_COUNT", str(restarts))
-            with pytest.raises(SystemExit) as stopped:
-                slurm.run_requeued(warned)
-            assert stopped.value.code == 130
-    finally:
-        signal.signal(signal.SIGTERM, before)
+        def run() -> int:
+            before = signal.signal(signal.SIGTERM, lambda *_: None)
+            try:
+                os.kill(os.getpid(), signal.SIGUSR2)
+                return code
+            finally:
+                signal.signal(signal.SIGTERM, before)
+
+        return run
+
+    for restarts in range(3):
+        monkeypatch.setenv("SLURM_RESTART_COUNT", str(restarts))
+        with pytest.raises(SystemExit) as stopped:
+            slurm.run_requeued(warned(130))  # saved
+        assert stopped.value.code == 130
     assert _Job.requeued == 2  # the first two starts requeue, the third ends
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    with pytest.raises(SystemExit):  # rank 0 warned, then failed at a collective as rank 1 stopped in start-up
+        slurm.run_requeued(warned(1))
+    assert _Job.requeued == 3
+    slurm.run_requeued(warned(0))  # warned as it finished: done
+    assert _Job.requeued == 3
     err = capsys.readouterr().err
     assert "not requeued: requeued 2 time(s) already (slurm.max_requeues=2)" in err, err
     assert slurm.resolve({}, "x.json")["max_requeues"] == 10

@@ -401,8 +401,9 @@ def run_task(config: dict, run_dir: str, run: Callable[[str], int]) -> None:
 
 
 def run_requeued(run: Callable[[], int]) -> None:
-    """``run()`` (a run, a sweep worker: its exit code) in a task; after SLURM's warning, one that stopped by saving
-    (130) or during start-up is requeued by rank 0 (it resumes from its checkpoint); a non-zero code ends the task."""
+    """``run()`` (a run, a sweep worker: its exit code) in a task; after SLURM's warning, one that did not finish is
+    requeued by rank 0 (it resumes from its checkpoint): it stopped by saving (130), during start-up, or at a
+    collective when another rank stopped in another phase. A non-zero code ends the task."""
     import submitit
 
     env = submitit.JobEnvironment()
@@ -415,7 +416,7 @@ def run_requeued(run: Callable[[], int]) -> None:
         code = 130
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # the run has ended: a late warning (any thread's) changes nothing
     restarts, most = int(os.environ.get("SLURM_RESTART_COUNT", "0")), int(os.environ.get(MAX_REQUEUES_ENV, "10"))
-    if warned.received and code == 130 and env.global_rank == 0:
+    if warned.received and code and env.global_rank == 0:
         if restarts >= most:  # a job warned at every start would requeue forever
             sys.stderr.write(
                 f"job {env.job_id}: not requeued: requeued {restarts} time(s) already (slurm.max_requeues={most}); "
