@@ -37,7 +37,7 @@ from utils.run.resume import load_weights, resume
 from utils.training import distributed
 from utils.training.accumulation import Accumulation
 from utils.training.callbacks import Callbacks, build_callback
-from utils.training.compile import compile_model, unwrap_compiled, unwrap_model
+from utils.training.compile import compile_model, unwrap_compiled
 from utils.training.data import batches_per_epoch, set_epoch, to_device
 from utils.training.early_stopping import EarlyStopping
 from utils.training.ema import EMACallback
@@ -140,7 +140,7 @@ class BaseAgent:
         when training starts, when the run's length ("total") is known."""
         self.schedules.register(name, optimizer, key)
 
-    unwrap = staticmethod(unwrap_model)  # the plain module inside torch.compile and DDP (evaluation, saving)
+    unwrap = staticmethod(distributed.unwrap)  # the plain module inside torch.compile and DDP (evaluation, saving)
 
     def averaged(self) -> contextlib.AbstractContextManager:
         """Inside, the models kept with an EMA (ema_decay) hold their averaged weights (validation, samples)."""

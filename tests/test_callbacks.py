@@ -186,6 +186,7 @@ def test_on_train_end_sees_a_failed_run(exps, monkeypatch):
     with pytest.raises(RuntimeError, match="a bug"):
         train(EXAMPLE, exps, "exp_name=bug", "max_epoch=1", *SMALL, callbacks())
     assert events(exps, "bug")[-1] == "done failed"
+    assert json.loads((exps / "bug" / "summary.json").read_text())["status"] == "failed"  # main.py status shows it
 
 
 def test_the_scalars_queued_before_an_image_reach_the_loggers_before_it(tmp_path):

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, safe loads, and the RNG state that makes a resume exact."""
+"""Checkpoints: what an agent's holds (``agent_state``, ``Parts``) and its save by rank 0 (``save``), atomic writes,
+safe loads, and the RNG state that makes a resume exact."""
 
 from __future__ import annotations
 
@@ -168,7 +169,9 @@ def save(agent, is_best: bool = False) -> None:
 
 def remove_partial_saves(directory: Path) -> None:
     """Rank 0: temp files of saves that a kill cut short (call it holding the run's lock: no writer now)."""
-    for stale in directory.glob(".*.tmp") if distributed.is_main() else ():
+    if not distributed.is_main():
+        return
+    for stale in directory.glob(".*.tmp"):
         stale.unlink()
 
 

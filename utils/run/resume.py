@@ -1,4 +1,5 @@
-"""A training run resumed from a checkpoint, and what it does where the config changed since (the drift policy).
+"""A training run resumed from a checkpoint, and what it does where the config changed since (the drift policy);
+``load_weights``: the models alone, for mode=test/predict/export.
 
 The table below is the whole policy (docs/guarantees.md has it too; tests/test_resume_policy.py tests each row).
 """

@@ -1,4 +1,5 @@
-"""What a run tells about itself: its opening lines in the log, summary.json, and mode=test's results."""
+"""What a run tells about itself: its opening lines in the log, summary.json, mode=test's results; and its end
+(``end``: summary.json, the callbacks' on_train_end, the writers closed, the process group left)."""
 
 from __future__ import annotations
 
@@ -73,15 +74,15 @@ def record_test(agent, metrics: dict[str, float], path: Path) -> None:
 def end(agent) -> None:
     """The end of a run (also of a failed one, or of a failed ``__init__``): summary.json and the curves, the
     callbacks' ``on_train_end``, the writers closed, torch's thread count as found, the process group left."""
-    recorder = getattr(agent, "recorder", None)
+    recorder, training = getattr(agent, "recorder", None), getattr(agent, "in_training", False)
     try:
+        if training and agent.status == "started" and sys.exc_info()[0] is not None:  # run in main's finally
+            agent.status = "failed"  # and so written in summary.json
         if recorder is not None and agent.config.mode == "train" and has_news(agent):
             recorder.write_json("summary.json", summary(agent))
             recorder.curves()
-        if getattr(agent, "in_training", False):
+        if training:
             agent.in_training = False
-            if agent.status == "started" and sys.exc_info()[0] is not None:  # finalize runs in main's finally
-                agent.status = "failed"
             agent.callbacks.call("on_train_end", agent)
     finally:
         if recorder is not None:

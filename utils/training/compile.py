@@ -83,12 +83,6 @@ def _cpp_compilers() -> list[str]:
     return names
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module inside torch.compile and DDP wrappers (for evaluation and saving)."""
-    model = unwrap_compiled(model)
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def unwrap_compiled(module: nn.Module) -> nn.Module:
     """The plain module inside torch.compile wrappers (``module`` itself when not compiled)."""
     # A module can be compiled only once torch._dynamo is imported; checking first saves its import.

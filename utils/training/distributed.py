@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from utils.training.compile import unwrap_compiled
+
 SHUTDOWN_SECONDS = 120  # torchrun's wait for the workers to save after a signal, unless the environment sets one
 T = TypeVar("T")
 _main_only_depth = 0  # how many rank-0-only blocks this process is inside
@@ -99,6 +101,12 @@ def wrap(model: torch.nn.Module, device: torch.device, sync_batchnorm: bool) -> 
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside torch.compile and DDP wrappers (for evaluation and saving)."""
+    model = unwrap_compiled(model)
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def teardown() -> None:

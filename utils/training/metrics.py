@@ -1,4 +1,5 @@
-"""Validation metrics kept as sums, so that a sum over ranks gives the whole-dataset value."""
+"""Validation metrics kept as sums, so that a sum over ranks gives the whole-dataset value; what training checks
+for NaN (``LossSums``, ``all_finite``)."""
 
 from __future__ import annotations
 
