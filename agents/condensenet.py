@@ -21,11 +21,11 @@ from datasets.cifar10 import MEAN, STD, Cifar10DataLoader
 from graphs.models.condensenet import CondensedBlock, CondenseNet, condense, condensed_skeleton
 from utils.config import Key, torch_object_key
 from utils.errors import UserError
+from utils.examples.flops import count_flops
 from utils.run import checkpoint
 from utils.run.export import ExportInput, first_inputs
 from utils.training import distributed
 from utils.training.ema import EMACallback
-from utils.training.flops import count_flops
 from utils.training.metrics import Accuracy, Mean, Metric
 
 

@@ -16,7 +16,7 @@ from graphs.models.condensenet import CondenseNet, condense, condensed_skeleton
 from graphs.models.custom_layers.learned_group_conv import LearnedGroupConv, condensation_stage
 from tests.conftest import CONFIGS, assert_same_tensors, load, train
 from utils.errors import RunInterrupted, UserError
-from utils.training.flops import count_flops
+from utils.examples.flops import count_flops
 
 CONFIG = CONFIGS / "condensenet_exp_0.json"
 TINY = {"stages": [2, 2, 2], "growth": [4, 4, 4]}

@@ -16,7 +16,7 @@ group1x1 = group3x3 = condense_factor = 4):
 
 Every conv is pre-activated (BN-ReLU-conv); each dense layer concatenates its ``growth`` new
 channels to its input. The authors' table: 65.8M multiply-adds and 0.52M parameters for the
-condensed network (see utils/training/flops.py for the counting conventions).
+condensed network (see utils/examples/flops.py for the counting conventions).
 
 Condensation: ``update_condensation(progress)`` is called every iteration with progress = the
 fraction of training done; each learned group conv prunes at progress k / (2(C-1)), k = 1..C-1,
