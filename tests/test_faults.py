@@ -363,6 +363,19 @@ def test_sigterm_saves_and_the_same_command_resumes(exps):
     assert json.loads((exps / "term" / "summary.json").read_text())["steps"] == 750
 
 
+def test_sigterm_to_the_process_group_with_loader_workers_saves(exps):
+    """SLURM's scancel (and a warning) signal every process of the job, the loader workers too: the run saves and
+    stops as when the main process alone gets it (a worker ended by torch's handler failed the run)."""
+    args = ["random_size=20000", "image_size=16", "batch_size=16", "max_epoch=1", "num_workers=2", "log_every=1"]
+    proc = start("group", exps, *args, start_new_session=True)
+    wait_for_training(exps, "group", proc)
+    time.sleep(1.5)  # the workers are up
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "stopped by SIGTERM" in err and "DataLoader worker" not in err, err
+    assert load(exps / "group" / "checkpoints" / "last.pth")["batch_in_epoch"] > 0
+
+
 def test_checkpoint_files_load_lazily_by_memory_map(exps):
     """Zip archives with aligned storages: torch.load(mmap=True), which refuses the legacy format, maps them."""
     train(EXAMPLE, exps, "exp_name=z", "max_epoch=1")

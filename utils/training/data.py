@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import cycle, islice
@@ -149,7 +150,11 @@ def _keep_batch(batch):
 
 
 def _seed_worker(worker_id: int) -> None:
-    """Seed python and numpy in a loader worker from the seed torch gave it."""
+    """Seed python and numpy in a loader worker from the seed torch gave it; leave stopping to the main process."""
+    # A signal to the whole process group (SLURM's scancel and warning, a pod's SIGTERM) reaches the workers too:
+    # torch's handler would end a worker on a SIGTERM not from its parent and fail the run before it saves.
+    for stop in (signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(stop, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
