@@ -2,6 +2,7 @@
 channels_last, profiling and the host reading the loss only every log_every steps."""
 
 import json
+import signal
 
 import pytest
 import torch
@@ -308,3 +309,16 @@ def test_the_profiler_writes_what_it_recorded_when_interrupted(exps, monkeypatch
     with pytest.raises(RunInterrupted):
         train(EXAMPLE, exps, "exp_name=pi", "profile_steps=5", "log_every=1", *PLAIN[:3])
     assert (exps / "pi" / "out" / "profile_trace.json").exists()
+
+
+def test_a_second_ctrl_c_aborts_but_a_second_sigterm_is_only_noted():
+    """SLURM sends SIGTERM right after its warning (which the run takes as SIGTERM): the save must go on."""
+    from utils.training.signals import Signals
+
+    warnings = []
+    signals = Signals(warnings.append, 10, "train")
+    signals.on_signal(signal.SIGTERM, None)
+    signals.on_signal(signal.SIGTERM, None)
+    assert signals.received == signal.SIGTERM and len(warnings) == 1, warnings
+    with pytest.raises(KeyboardInterrupt):
+        signals.on_signal(signal.SIGINT, None)

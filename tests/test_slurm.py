@@ -10,11 +10,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -127,46 +129,68 @@ class _Job:
 
     job_id, num_tasks, global_rank = "7", 1, 0
     requeued = 0
+    folder = Path("slurm")  # set by a test: the run's slurm/ folder
+    requeue_error: Exception | None = None  # scontrol refusing the requeue
+
+    @property
+    def paths(self):
+        return types.SimpleNamespace(folder=self.folder)
 
     def _requeue(self, countdown: int) -> None:
+        if self.requeue_error is not None:
+            raise self.requeue_error
         type(self).requeued += 1
 
 
-def test_a_warned_job_requeues_at_most_max_requeues_times(monkeypatch, capsys):
+def test_a_warned_job_requeues_until_max_requeues_tries_in_a_row_save_nothing(tmp_path, monkeypatch, capsys):
+    """A warned run that saved a checkpoint in its try always requeues (a long run on a short partition); tries that
+    saved nothing (a time limit too short to reach a checkpoint) requeue max_requeues times in a row, then end."""
     import submitit
 
     monkeypatch.setattr(submitit, "JobEnvironment", _Job)
     monkeypatch.setattr(_Job, "requeued", 0)
+    monkeypatch.setattr(_Job, "folder", tmp_path / "run" / "slurm")
+    _Job.folder.mkdir(parents=True)
     monkeypatch.setenv(slurm.MAX_REQUEUES_ENV, "2")
+    last = tmp_path / "run" / "checkpoints" / "last.pth"
+    last.parent.mkdir()
 
-    def warned(code: int) -> Callable[[], int]:
-        """A run that takes SIGTERM (to save), is warned, and ends with ``code``."""
+    def warned(code: int, saves: bool = False) -> Callable[[], int]:
+        """A run that takes SIGTERM (to save), is warned, (saves a checkpoint,) and ends with ``code``."""
 
         def run() -> int:
             before = signal.signal(signal.SIGTERM, lambda *_: None)
             try:
                 os.kill(os.getpid(), signal.SIGUSR2)
+                if saves:
+                    last.write_bytes(b"a checkpoint")
                 return code
             finally:
                 signal.signal(signal.SIGTERM, before)
 
         return run
 
-    for restarts in range(3):
-        monkeypatch.setenv("SLURM_RESTART_COUNT", str(restarts))
+    for saves in (True, True, True, False, False, True, False, False, False):
         with pytest.raises(SystemExit) as stopped:
-            slurm.run_requeued(warned(130))  # saved
+            slurm.run_requeued(warned(130, saves))
         assert stopped.value.code == 130
-    assert _Job.requeued == 2  # the first two starts requeue, the third ends
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    assert _Job.requeued == 8  # every try but the last: the third in a row that saved nothing
+    err = capsys.readouterr().err
+    assert err.count("requeued, it resumes") == 8, err
+    assert "error: job 7: not requeued: 3 tries in a row saved no checkpoint before SLURM's warning" in err, err
+    (_Job.folder / "7_tries_without_a_checkpoint").unlink()
     with pytest.raises(SystemExit):  # rank 0 warned, then failed at a collective as rank 1 stopped in start-up
         slurm.run_requeued(warned(1))
-    assert _Job.requeued == 3
+    assert _Job.requeued == 9
     slurm.run_requeued(warned(0))  # warned as it finished: done
-    assert _Job.requeued == 3
-    err = capsys.readouterr().err
-    assert "not requeued: requeued 2 time(s) already (slurm.max_requeues=2)" in err, err
-    assert slurm.resolve({}, "x.json")["max_requeues"] == 10
+    assert _Job.requeued == 9
+    # SLURM requeued the job itself (a preemption that requeues) while rank 0 asked for it: no traceback.
+    monkeypatch.setattr(_Job, "requeue_error", subprocess.CalledProcessError(1, ["scontrol", "requeue", "7"]))
+    monkeypatch.setattr(slurm, "job_state", lambda job: {"JobState": "PENDING"})
+    with pytest.raises(SystemExit):
+        slurm.run_requeued(warned(130, saves=True))
+    assert "job 7: SLURM had requeued it itself" in capsys.readouterr().err
+    assert slurm.resolve({}, "x.json")["max_requeues"] == 3
 
 
 def test_a_requeued_job_resumes_from_its_own_last_checkpoint_whatever_resume_says(tmp_path, monkeypatch):
@@ -314,6 +338,22 @@ def test_a_two_task_job_trains_with_ddp_in_two_processes(cluster, exps, capsys):
     assert "x 2 process(es)" in (run / "logs" / "run.log").read_text()
     assert len(slurm.log_paths(run, job)) == 2  # one log per task
     assert load(run / "checkpoints" / "last.pth")["world_size"] == 2
+
+
+def test_a_process_of_a_two_task_job_killed_in_start_up_ends_the_job(cluster, exps, capsys, monkeypatch):
+    """The other rank would wait 30 min at the rendezvous; srun ends it SRUN_WAIT_SECONDS after the first."""
+    monkeypatch.setattr(slurm, "SRUN_WAIT_SECONDS", 5)
+    args = [str(EXAMPLE), f"experiments_dir={exps}", *TINY, "max_epoch=1", "exp_name=dead"]
+    code, out, err = submit(capsys, *args, "slurm.tasks_per_node=2")
+    assert code == 0, err
+    job = job_id(out)
+    folder = exps / "dead" / "slurm"
+    task = f"^{re.escape(sys.executable)} -u -m submitit.core._submit {re.escape(str(folder))}$"  # not srun's line
+    pids = lambda: subprocess.run(["pgrep", "-f", task], capture_output=True, text=True).stdout.split()  # noqa: E731
+    wait_for(lambda: len(pids()) == 2, "the job's two processes", job=job)
+    os.kill(int(pids()[0]), signal.SIGKILL)
+    state = finished(job, timeout=90)
+    assert state["JobState"] in ("FAILED", "CANCELLED"), state
 
 
 def test_preemption_warning_and_a_requeue_resume_exactly(cluster, exps, capsys, one_thread):

@@ -36,6 +36,9 @@ from utils.errors import UserError
 
 SLURM_DIR = "configs/slurm"
 MAX_REQUEUES_ENV = "PPT_MAX_REQUEUES"  # slurm.max_requeues, in the job's environment
+# srun ends a job's other processes this long after one ended (a rank dead in start-up leaves the others waiting
+# 30 min at the rendezvous); long enough for rank 0 to requeue the job after the others stopped.
+SRUN_WAIT_SECONDS = 120
 _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # sbatch --time: minutes, [D-]HH:MM[:SS], D-HH
 _MEM = re.compile(r"^\d+[KMGT]?$")
 
@@ -104,7 +107,7 @@ SETTINGS: dict[str, Key] = {
         120, int, "seconds before the time limit when SLURM warns the job (it saves and requeues)", min=10
     ),
     "max_requeues": Key(
-        10, int, "times a warned job requeues itself at most; then it ends, its checkpoint kept", min=0, max=10**4
+        3, int, "warned tries in a row that saved no new checkpoint, requeued; then the job ends", min=0, max=10**4
     ),
     "extra": Key([], list, "more sbatch options, e.g. ['--exclusive', '--mail-type=END']", check=_check_extra),
     "setup": Key([], list, "shell lines the job runs first, e.g. ['module load cuda']", check=_check_lines),
@@ -256,6 +259,7 @@ def submit(
         constraint=settings["constraint"],
         signal_delay_s=settings["signal_delay_s"],
         setup=[f"export {MAX_REQUEUES_ENV}={settings['max_requeues']}", *settings["setup"]],
+        srun_args=[f"--wait={SRUN_WAIT_SECONDS}"],
         # The job runs in the repository (the agents import from it); requeued after a preemption.
         additional_parameters={"chdir": str(REPO_ROOT), "requeue": True, **extra},
     )
@@ -407,6 +411,7 @@ def run_requeued(run: Callable[[], int]) -> None:
     import submitit
 
     env = submitit.JobEnvironment()
+    started = time.time()
     warned = _Warned()
     signal.signal(signal.SIGUSR2, warned)
     try:
@@ -415,18 +420,35 @@ def run_requeued(run: Callable[[], int]) -> None:
     except KeyboardInterrupt:  # the warning before the run's own handling of it
         code = 130
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # the run has ended: a late warning (any thread's) changes nothing
-    restarts, most = int(os.environ.get("SLURM_RESTART_COUNT", "0")), int(os.environ.get(MAX_REQUEUES_ENV, "10"))
     if warned.received and code and env.global_rank == 0:
-        if restarts >= most:  # a job warned at every start would requeue forever
-            sys.stderr.write(
-                f"job {env.job_id}: not requeued: requeued {restarts} time(s) already (slurm.max_requeues={most}); "
-                "submit the same command again to resume from its last checkpoint\n"
-            )
-        else:
-            sys.stderr.write(f"job {env.job_id}: requeued, it resumes from its last checkpoint\n")
-            env._requeue(0)  # the executor's own requeue (scontrol requeue), as submitit's checkpointing does
+        _requeue(env, started)
     if code:
         sys.exit(code)
+
+
+def _requeue(env: Any, started: float) -> None:
+    """Requeue the warned job (it resumes from its last checkpoint), unless more than ``slurm.max_requeues`` tries in
+    a row saved no checkpoint (a job warned at every start would requeue forever); a job SLURM requeued itself
+    (a preemption that requeues) is left as it is."""
+    folder = Path(env.paths.folder)  # the run's (or sweep's) slurm/: its checkpoints are next to it
+    saved = any(p.stat().st_mtime >= started for p in folder.parent.glob("**/checkpoints/last.pth"))
+    counter = folder / f"{env.job_id}_tries_without_a_checkpoint"
+    idle = 0 if saved else (int(counter.read_text()) if counter.exists() else 0) + 1
+    most = int(os.environ.get(MAX_REQUEUES_ENV, "3"))
+    if idle > most:
+        sys.stderr.write(
+            f"error: job {env.job_id}: not requeued: {idle} tries in a row saved no checkpoint before SLURM's "
+            f"warning (slurm.max_requeues={most}); give the job more time (slurm.time), then submit it again\n"
+        )
+        return
+    counter.write_text(f"{idle}\n")
+    sys.stderr.write(f"job {env.job_id}: requeued, it resumes from its last checkpoint\n")  # before: a local job ends
+    try:
+        env._requeue(0)  # the executor's own requeue (scontrol requeue), as submitit's checkpointing does
+    except subprocess.CalledProcessError:
+        if job_state(env.job_id).get("JobState") not in ("PENDING", "REQUEUED", "REQUEUE_FED", "COMPLETING"):
+            raise
+        sys.stderr.write(f"job {env.job_id}: SLURM had requeued it itself\n")
 
 
 ENDED = (

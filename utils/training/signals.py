@@ -15,7 +15,8 @@ class Signals:
     """SIGINT and SIGTERM while ``installed``. In training a signal is only remembered (``received``): the loop
     saves and stops at its next look (every log_every steps, on every rank at once). A second Ctrl-C aborts at
     once, except under torchrun, which passes on the signal it got itself after the terminal's (and kills the
-    workers if they take too long). In evaluation a signal stops at once: there is nothing to save."""
+    workers if they take too long); a second SIGTERM never does (SLURM's after its warning, a scheduler's: the
+    sender kills on its own timeout). In evaluation a signal stops at once: there is nothing to save."""
 
     def __init__(self, warn: Callable[[str], None], log_every: int, mode: str) -> None:
         self.warn, self.log_every, self.mode = warn, log_every, mode
@@ -39,12 +40,12 @@ class Signals:
         if os.getpid() != self._pid:  # a loader worker (forked with this handler): the main process saves
             return
         torchrun = distributed.launched_by_torchrun()
-        if self.received is not None and not torchrun:
+        if self.received is not None and not torchrun and signum == signal.SIGINT:
             raise KeyboardInterrupt
         if self.received is not None:
             return
         self.received = signum
-        again = "" if torchrun else " (again to abort)"
+        again = "" if torchrun else " (Ctrl-C again to abort)"
         self.warn(f"{signal.Signals(signum).name}: saving a checkpoint within {self.log_every} steps{again}")
 
     def stop_now(self, signum: int, frame) -> None:
