@@ -542,3 +542,27 @@ def test_a_sweep_on_slurm_with_a_bad_partition_or_key_is_one_line_and_nothing_is
         assert list(exps.iterdir()) == [], args
     queue = subprocess.run(["squeue", "-h", "-t", "all", "-n", "bad"], capture_output=True, text=True, timeout=30)
     assert queue.stdout.strip() == "", queue.stdout
+
+
+def test_the_wait_keeps_a_task_slurm_forgot_and_says_when_a_job_is_held(tmp_path, monkeypatch, capsys):
+    """SLURM forgets an ended array task after MinJobAge while others run: its failure still counts. A held job
+    (it will not start again by itself) is said once."""
+
+    def state(task: str, job_state: str, reason: str = "None") -> dict[str, str]:
+        return {"task": task, "JobState": job_state, "Restarts": "0", "ExitCode": "1:0", "Reason": reason}
+
+    polls = iter(
+        [
+            [state("0", "RUNNING"), state("1", "FAILED")],
+            [state("0", "PENDING", "JobHeldAdmin"), state("1", "FAILED")],
+            [state("0", "PENDING", "JobHeldAdmin")],  # task 1 forgotten
+            [state("0", "RUNNING")],
+            [{**state("0", "COMPLETED"), "ExitCode": "0:0"}],
+        ]
+    )
+    monkeypatch.setattr(slurm, "job_states", lambda job: next(polls))
+    monkeypatch.setattr(slurm, "POLL_SECONDS", 0)
+    assert slurm.wait_for_job("9", tmp_path) == 1
+    err = capsys.readouterr().err
+    assert err.count("job 9 is held by SLURM (JobHeldAdmin)") == 1, err
+    assert "error: job 9 task 1 ended FAILED" in err, err

@@ -471,14 +471,27 @@ def wait_for_job(job_id: str, run_dir: Path) -> int:
     """Wait for a job (every task of a job array) to end, a requeued one running again; the exit code of its run:
     0, 2 (a mistake), 130 (cancelled) or 1, with the run's error line on stderr. Stopping the wait (Ctrl-C)
     cancels the job, which saves a checkpoint."""
-    last_seen = time.monotonic()
+    last_seen, held = time.monotonic(), False
+    ended: dict[str, dict[str, str]] = {}  # each task's end, kept when SLURM forgets it before the others end
     try:
         while not (states := job_states(job_id)) or any(s["JobState"] not in ENDED for s in states):
+            for s in states:
+                if s["JobState"] in ENDED:
+                    ended[s["task"]] = s
+                else:  # requeued after it ended: it runs again
+                    ended.pop(s["task"], None)
             if states:
                 last_seen = time.monotonic()
             elif time.monotonic() - last_seen > FORGOTTEN_SECONDS:
                 sys.stderr.write(f"error: job {job_id}: SLURM has not known it for {FORGOTTEN_SECONDS} s\n")
                 return 1
+            reasons = [s["Reason"] for s in states if "Held" in s["Reason"] or s["JobState"] == "SPECIAL_EXIT"]
+            if reasons and not held:  # it will not start again by itself
+                sys.stderr.write(
+                    f"job {job_id} is held by SLURM ({reasons[0]}): still waiting; release it with "
+                    f"'scontrol release {job_id}', or stop it with 'scancel {job_id}'\n"
+                )
+            held = bool(reasons)
             time.sleep(POLL_SECONDS)
     except BaseException:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -488,7 +501,7 @@ def wait_for_job(job_id: str, run_dir: Path) -> int:
         while any(s["JobState"] not in ENDED for s in job_states(job_id)) and time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
         raise
-    failed = [s for s in states if s["JobState"] != "COMPLETED"]
+    failed = [s for s in {**ended, **{s["task"]: s for s in states}}.values() if s["JobState"] != "COMPLETED"]
     if not failed:
         return 0
     state = failed[0]
