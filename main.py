@@ -276,7 +276,7 @@ def _sweep_array(
     last = f"{job_id}_{workers - 1}"
     sys.stdout.write(
         f"submitted job array {job_id}: sweep {spec.name}, {workers} workers (tasks {job_id}_0 ... {last})\n"
-        f"  follow: tail -f {spec.sweep_dir / 'sweep.log'}   state: python main.py status {spec.sweep_dir}   "
+        f"  follow: tail -f {spec.sweep_dir / 'sweep.log'}   state: ./run.sh status {spec.sweep_dir}   "
         f"cancel: scancel {job_id}\n"
     )
     if not wait:
@@ -354,14 +354,17 @@ def submit_slurm(path: str, overrides: list[str]) -> tuple[str, Path]:
     frozen = slurm.frozen_config(to_plain(config), settings)
     # cloudpickle stores a function of __main__ by value: submit the importable module's one, by name.
     entry = importlib.import_module("main").slurm_task
-    job_id = slurm.submit(
-        entry, [(frozen, str(run_dir))], config.exp_name, settings, run_dir, path, ["--slurm", path, *overrides]
-    )
+    try:
+        job_id = slurm.submit(
+            entry, [(frozen, str(run_dir))], config.exp_name, settings, run_dir, path, ["--slurm", path, *overrides]
+        )
+    except UserError as e:  # a partition typed on the command line is named as typed
+        raise blame_override(e, path, list(overrides)) from None
     tasks = settings["nodes"] * slurm.tasks_per_node(settings)
-    logs = run_dir / "slurm" / f"{job_id}_0_log.out"
+    logs = run_dir / "slurm" / f"{job_id}_0_log.err"  # the run's own lines and errors (stdout: submitit's)
     sys.stdout.write(
         f"submitted job {job_id}: {config.exp_name} on {settings['nodes']} node(s), {tasks} process(es)\n"
-        f"  follow: tail -f {logs}   state: python main.py status {run_dir}   cancel: scancel {job_id}\n"
+        f"  follow: tail -f {logs}   state: ./run.sh status {run_dir}   cancel: scancel {job_id}\n"
     )
     return job_id, run_dir
 
@@ -370,7 +373,10 @@ def _slurm_settings(path: str, overrides: list[str]) -> dict:
     """The cluster settings of CONFIG with overrides: its ``slurm`` block (the keys given, over its file's)."""
     from utils.project import slurm
 
-    return slurm.resolve(apply_overrides(read_config(run_config(path))[0], list(overrides)).get("slurm"), path)
+    try:
+        return slurm.resolve(apply_overrides(read_config(run_config(path))[0], list(overrides)).get("slurm"), path)
+    except UserError as e:  # a setting typed on the command line is named as typed
+        raise blame_override(e, path, list(overrides)) from None
 
 
 def slurm_task(config: dict, run_dir: str) -> None:

@@ -281,7 +281,7 @@ def finished(job: str, timeout: float = 240) -> dict[str, str]:
 
 def logs_of(run_dir: Path, job: str) -> str:
     """The end of each task's stderr and of sweep.log: what a failed job assertion shows."""
-    paths = [p.with_suffix(".err") for p in slurm.log_paths(run_dir, job)] + [run_dir / "sweep.log"]
+    paths = [*slurm.log_paths(run_dir, job), run_dir / "sweep.log"]
     return "\n".join(f"--- {p}\n" + "\n".join(p.read_text().splitlines()[-40:]) for p in paths if p.exists())
 
 
@@ -309,7 +309,7 @@ def test_a_job_trains_as_a_local_run_does_and_status_shows_it(cluster, exps, cap
     assert code == 0, err
     job = job_id(out)
     run = exps / "job"
-    assert f"tail -f {run / 'slurm' / f'{job}_0_log.out'}" in out and f"main.py status {run}" in out
+    assert f"tail -f {run / 'slurm' / f'{job}_0_log.err'}" in out and f"./run.sh status {run}" in out
     train(EXAMPLE, exps, *args[1:], "exp_name=local")  # the same run in this process, meanwhile
     state = finished(job)
     assert state["JobState"] == "COMPLETED" and state["Restarts"] == "0", run / "slurm" / f"{job}_0_log.err"
@@ -324,7 +324,7 @@ def test_a_job_trains_as_a_local_run_does_and_status_shows_it(cluster, exps, cap
     assert main.main(["status", str(run)]) == 0
     status = capsys.readouterr().out
     assert f"job {job} " in status and "COMPLETED, requeued 0 time(s), exit code 0:0" in status
-    assert f"log: {run / 'slurm' / f'{job}_0_log.out'}" in status and "run: finished after 2 epoch(s)" in status
+    assert f"log: {run / 'slurm' / f'{job}_0_log.err'}" in status and "run: finished after 2 epoch(s)" in status
 
 
 def test_a_two_task_job_trains_with_ddp_in_two_processes(cluster, exps, capsys):
@@ -482,7 +482,7 @@ def test_a_sweep_as_a_job_array_of_two_workers(cluster, exps, capsys, tmp_path):
     code = main.main(["--sweep", path, "--slurm", "--workers", "2", "--wait"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert out.startswith("submitted job array ") and "2 workers" in out and f"main.py status {exps / 's'}" in out
+    assert out.startswith("submitted job array ") and "2 workers" in out and f"./run.sh status {exps / 's'}" in out
     assert "sweep s: 3 complete; best trial" in err
     results = (exps / "s" / "results.csv").read_text().splitlines()
     assert len(results) == 4 and all(",complete," in row for row in results[1:]), results
@@ -566,3 +566,14 @@ def test_the_wait_keeps_a_task_slurm_forgot_and_says_when_a_job_is_held(tmp_path
     err = capsys.readouterr().err
     assert err.count("job 9 is held by SLURM (JobHeldAdmin)") == 1, err
     assert "error: job 9 task 1 ended FAILED" in err, err
+
+
+def test_a_setting_typed_on_the_command_line_is_named_as_typed(exps, capsys):
+    """Checks across keys (processes per GPU, the time before the warning) name the override, not the config."""
+    cases = {
+        "slurm.tasks_per_node=4": "override 'slurm.tasks_per_node=4': key 'slurm.tasks_per_node': 4 processes",
+        "slurm.time=2": "override 'slurm.time=2': key 'slurm.time': 2 leaves less than a minute",
+    }
+    for override, message in cases.items():
+        code, out, err = submit(capsys, str(EXAMPLE), f"experiments_dir={exps}", "slurm.gpus_per_node=2", override)
+        assert code == 2 and err.count("\n") == 1 and message in err, (override, err)

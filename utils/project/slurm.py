@@ -306,8 +306,8 @@ def jobs(run_dir: Path) -> list[dict]:
 
 
 def log_paths(run_dir: Path, job_id: str) -> list[Path]:
-    """Each task's stdout of a job (stderr is next to it, .err)."""
-    return sorted((run_dir / "slurm").glob(f"{job_id}_*_log.out"), key=lambda p: int(p.name.split("_")[1]))
+    """Each task's stderr of a job: the run's own lines and errors (its stdout, .out next to it, is submitit's)."""
+    return sorted((run_dir / "slurm").glob(f"{job_id}_*_log.err"), key=lambda p: int(p.name.split("_")[1]))
 
 
 FIELDS = ("JobState", "Restarts", "ExitCode", "NodeList", "Reason")
