@@ -305,7 +305,9 @@ def test_a_second_run_of_the_same_experiment_is_refused_while_the_first_runs(exp
     proc = start("busy", exps, "random_size=20000", "max_epoch=50")
     try:
         wait_for_training(exps, "busy", proc)
-        with pytest.raises(UserError, match=r"another run of this experiment is in progress \(pid \d+\)"):
+        with pytest.raises(
+            UserError, match=rf"another run of this experiment is in progress \(pid {proc.pid} on [^)]+\)"
+        ):
             train(EXAMPLE, exps, "exp_name=busy")
     finally:
         proc.kill()

@@ -124,7 +124,7 @@ HOLDER = """
 import fcntl, os, signal, sys, time
 f = open(sys.argv[1], "a+")
 fcntl.flock(f, fcntl.LOCK_EX)
-f.write(str(os.getpid())); f.flush()
+f.write(str(os.getpid()) + {"elsewhere": " node-17"}.get(sys.argv[2], "")); f.flush()
 if sys.argv[2] == "ignore":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 else:
@@ -134,16 +134,21 @@ time.sleep(120)
 """
 
 
-@pytest.mark.parametrize(("on_sigterm", "code"), [("save", 7), ("ignore", -signal.SIGKILL)])
+@pytest.mark.parametrize(("on_sigterm", "code"), [("save", 7), ("ignore", -signal.SIGKILL), ("elsewhere", None)])
 def test_a_taken_up_trial_first_stops_the_process_that_still_holds_its_run(tmp_path, monkeypatch, on_sigterm, code):
     # What a --nproc trial's processes do when no tie to the sweep stopped them: they hold the run's lock.
+    # "elsewhere": the lock names another machine (a SLURM job's): its pid here is not that process, never signalled.
     monkeypatch.setattr(utils.sweep.subprocess, "STOP_GRACE_SECONDS", 1.0)
     process = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(tmp_path / LOCK_NAME), on_sigterm], stdout=subprocess.PIPE, text=True
     )
     assert process.stdout.readline() == "locked\n"
-    assert holder(tmp_path / LOCK_NAME) == str(process.pid)
+    assert holder(tmp_path / LOCK_NAME).split()[0] == str(process.pid)
     utils.sweep.subprocess.stop_earlier_process(tmp_path)
+    if code is None:
+        assert process.poll() is None and holder(tmp_path / LOCK_NAME) == f"{process.pid} node-17"
+        process.kill()
+        return
     assert holder(tmp_path / LOCK_NAME) is None
     assert process.wait(timeout=10) == code
 

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -83,11 +84,12 @@ class Recorder:
                 fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 self._lock_file.seek(0)
-                holder = self._lock_file.read().strip() or "another process"
+                pid, _, host = self._lock_file.read().strip().partition(" ")
                 self._lock_file.close()
                 self._lock_file = None
                 raise UserError(
-                    f"{path}: another run of this experiment is in progress (pid {holder}); "
+                    f"{path}: another run of this experiment is in progress (pid {pid or '?'}"
+                    f"{f' on {host}' if host else ''}); "
                     "wait for it or choose another exp_name"
                 ) from None
             if not _same_file(self._lock_file, path):  # its holder removed it as it finished: lock the new one
@@ -95,7 +97,7 @@ class Recorder:
                 self._lock_file = None
         self._lock_file.seek(0)
         self._lock_file.truncate()
-        self._lock_file.write(str(os.getpid()))
+        self._lock_file.write(f"{os.getpid()} {socket.gethostname()}")  # a sweep signals only its own machine's
         self._lock_file.flush()
 
     def info(self, msg: str) -> None:

@@ -9,6 +9,7 @@ import ctypes
 import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -104,7 +105,9 @@ def stop_earlier_process(run_dir: Path) -> None:
     deadline = time.monotonic() + STOP_GRACE_SECONDS
     sent: dict[int, signal.Signals] = {}
     while (text := holder(run_dir / LOCK_NAME)) is not None and time.monotonic() < deadline + STOP_GRACE_SECONDS:
-        pid, stop = int(text or 0), signal.SIGTERM if time.monotonic() < deadline else signal.SIGKILL
+        pid, _, host = (text or "0").partition(" ")
+        pid = int(pid) if host in ("", socket.gethostname()) else 0  # another machine's (a job's) stops itself
+        stop = signal.SIGTERM if time.monotonic() < deadline else signal.SIGKILL
         if pid and sent.get(pid) != stop:  # 0: the holder has not written its pid yet
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, stop)
