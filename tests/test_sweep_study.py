@@ -371,3 +371,23 @@ def test_a_signal_after_a_trials_run_ended_but_before_optuna_was_told_queues_it_
     results = rows(exps / "s" / "results.csv")
     assert [(r["state"], r["run_dir"][-10:]) for r in results] == [("fail", "trial_0000"), ("complete", "trial_0000")]
     assert results[0]["error"] == "stopped by a signal; run again as trial 1"
+
+
+def test_a_trial_stopped_by_a_signal_in_this_process_is_queued_again(tmp_path, exps, monkeypatch, capsys):
+    """SIGTERM or SLURM's warning to an in-process trial: the run saves and raises RunInterrupted; the trial goes
+    back to the study (not failed as a bug), and the next command resumes it."""
+    run_trial = main._run_trial
+
+    def stopped(*args):
+        monkeypatch.setattr(main, "_run_trial", run_trial)  # once
+        raise main.RunInterrupted("stopped by SIGTERM in epoch 1 after batch 1, step 1; checkpoint saved")
+
+    monkeypatch.setattr(main, "_run_trial", stopped)
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5]})
+    assert main.main(["--sweep", path, "max_epoch=1"]) == 130
+    assert main.main(["--sweep", path, "max_epoch=1"]) == 0
+    results = rows(exps / "s" / "results.csv")
+    assert [(r["state"], r["error"]) for r in results] == [
+        ("fail", "stopped by a signal; run again as trial 1"),
+        ("complete", ""),
+    ]

@@ -218,6 +218,8 @@ def _run_trial_of(
         run_trial(overrides, run_dir, after_validation)
     except (UserError, TrainingStopped) as e:
         error = str(e)
+    except RunInterrupted:  # queued again by run_one
+        raise
     except Exception as e:  # noqa: BLE001 (a bug in this trial's code: it fails, the sweep goes on)
         LOG.error(traceback.format_exc())
         error = f"{type(e).__name__}: {e}"
