@@ -85,8 +85,11 @@ def _wait_for(condition, seconds: float) -> bool:
 @pytest.mark.slow
 def test_a_killed_sweep_stops_its_nproc_trials_and_helpers_and_the_same_command_resumes_them(tmp_path, exps):
     # Two workers (this process and a helper), each running a trial of two processes under torchrun; the
-    # trials are long enough (~0.05 s an epoch) that both are under way when the sweep is killed.
-    overrides = {**TINY, "experiments_dir": str(exps), "max_epoch": 300, "max_train_batches": 1, "max_valid_batches": 1}
+    # trials are long enough (~0.05 s an epoch: ~50 s) that both are under way when the sweep is killed, though
+    # the second's torchrun may start 20 s after the first's on a loaded machine (CI: 300 epochs were too few).
+    overrides = {
+        **TINY, "experiments_dir": str(exps), "max_epoch": 1000, "max_train_batches": 1, "max_valid_batches": 1
+    }  # fmt: skip
     path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.3, 0.5]}, overrides=overrides)
     sweep_dir = exps / "s"
     runs = [sweep_dir / "trial_0000", sweep_dir / "trial_0001"]
@@ -113,8 +116,8 @@ def test_a_killed_sweep_stops_its_nproc_trials_and_helpers_and_the_same_command_
     assert again.returncode == 0, again.stderr
     results = [r for r in rows(sweep_dir / "results.csv") if r["state"] != "fail"]  # the tries stopped
     assert sorted((r["run_dir"], r["state"], r["epochs"]) for r in results) == [
-        (str(runs[0]), "complete", "300"),
-        (str(runs[1]), "complete", "300"),
+        (str(runs[0]), "complete", "1000"),
+        (str(runs[1]), "complete", "1000"),
     ]
     for run in runs:
         assert "resumed from" in (run / "logs" / "run.log").read_text()
