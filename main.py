@@ -349,16 +349,16 @@ def submit_slurm(path: str, overrides: list[str]) -> tuple[str, Path]:
     from utils.project import slurm
 
     config, _ = load_config(path, overrides)
-    settings = _slurm_settings(path, overrides)
     run_dir = repo_path(config.experiments_dir) / config.exp_name
-    frozen = slurm.frozen_config(to_plain(config), settings)
     # cloudpickle stores a function of __main__ by value: submit the importable module's one, by name.
     entry = importlib.import_module("main").slurm_task
     try:
+        settings = _slurm_settings(path, overrides)
+        frozen = slurm.frozen_config(to_plain(config), settings)
         job_id = slurm.submit(
             entry, [(frozen, str(run_dir))], config.exp_name, settings, run_dir, path, ["--slurm", path, *overrides]
         )
-    except UserError as e:  # a partition typed on the command line is named as typed
+    except UserError as e:  # a setting typed on the command line (checked across keys, the partition) as typed
         raise blame_override(e, path, list(overrides)) from None
     tasks = settings["nodes"] * slurm.tasks_per_node(settings)
     logs = run_dir / "slurm" / f"{job_id}_0_log.err"  # the run's own lines and errors (stdout: submitit's)
@@ -373,10 +373,7 @@ def _slurm_settings(path: str, overrides: list[str]) -> dict:
     """The cluster settings of CONFIG with overrides: its ``slurm`` block (the keys given, over its file's)."""
     from utils.project import slurm
 
-    try:
-        return slurm.resolve(apply_overrides(read_config(run_config(path))[0], list(overrides)).get("slurm"), path)
-    except UserError as e:  # a setting typed on the command line is named as typed
-        raise blame_override(e, path, list(overrides)) from None
+    return slurm.resolve(apply_overrides(read_config(run_config(path))[0], list(overrides)).get("slurm"), path)
 
 
 def slurm_task(config: dict, run_dir: str) -> None:
