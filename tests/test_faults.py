@@ -378,6 +378,27 @@ def test_sigterm_to_the_process_group_with_loader_workers_saves(exps):
     assert load(exps / "group" / "checkpoints" / "last.pth")["batch_in_epoch"] > 0
 
 
+LEFT_WORKER = """
+import subprocess, sys, torch
+from utils.training.data import TensorBatches, make_loader
+loader = make_loader(TensorBatches(torch.arange(64.0).view(64, 1)), 4, train=True, seed=0, num_workers=1)
+batches = iter(loader)
+first = next(batches)
+worker = batches._workers[0]
+subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # not from its parent: ignored
+assert next(batches) is not None and worker.is_alive()
+print("ignored", flush=True)
+sys.exit(0)  # the iterator left open: multiprocessing ends the worker at exit with its parent's SIGTERM
+"""
+
+
+def test_a_loader_worker_ignores_others_sigterm_and_ends_on_its_parents(tmp_path):
+    """SLURM's SIGTERM to every process of a job is ignored by loader workers; the parent's own SIGTERM, which
+    multiprocessing sends to the workers left at exit, ends them (ignoring it too hung that exit forever)."""
+    proc = subprocess.run([sys.executable, "-c", LEFT_WORKER], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and proc.stdout == "ignored\n", proc.stderr
+
+
 def test_checkpoint_files_load_lazily_by_memory_map(exps):
     """Zip archives with aligned storages: torch.load(mmap=True), which refuses the legacy format, maps them."""
     train(EXAMPLE, exps, "exp_name=z", "max_epoch=1")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import cycle, islice
@@ -152,12 +153,21 @@ def _keep_batch(batch):
 def _seed_worker(worker_id: int) -> None:
     """Seed python and numpy in a loader worker from the seed torch gave it; leave stopping to the main process."""
     # A signal to the whole process group (SLURM's scancel and warning, a pod's SIGTERM) reaches the workers too:
-    # torch's handler would end a worker on a SIGTERM not from its parent and fail the run before it saves.
-    for stop in (signal.SIGTERM, signal.SIGUSR2):
-        signal.signal(stop, signal.SIG_IGN)
+    # torch's handler ends a worker on a SIGTERM not from its parent and fails the run before it saves. Such a
+    # SIGTERM is ignored; the parent's still ends the worker (multiprocessing ends leftover workers so at exit).
+    if hasattr(signal, "sigwaitinfo"):  # not on macOS or Windows, where SLURM does not run: torch's handler stays
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # taken by the thread below, in every thread
+        threading.Thread(target=_end_on_parents_sigterm, args=(os.getppid(),), daemon=True).start()
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
+
+
+def _end_on_parents_sigterm(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)
 
 
 def auto_workers() -> int:
