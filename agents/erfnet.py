@@ -25,7 +25,7 @@ from torch import nn
 from agents.base import BaseAgent
 from agents.common_keys import PREDICT_INPUT
 from datasets.image_files import ImageFiles, predict_files
-from datasets.voc import IGNORE, MEAN, STD, VocDataLoader, class_names, class_weights, pad_to, padded_size
+from datasets.voc import IGNORE, MEAN, STD, VocDataLoader, class_names, class_weights, on_device, pad_to, padded_size
 from graphs.models.erfnet import ERFNet
 from utils.config import Key, repo_path
 from utils.errors import UserError
@@ -134,11 +134,13 @@ class ERFNetAgent(BaseAgent):
             raise UserError(f"{mismatch} ({'missing' if problems[0] in missing else 'unexpected'} '{problems[0]}')")
 
     def to_device(self, batch: Any) -> Any:
-        """BaseAgent's, and with ``augment_on: "device"`` a training batch of whole uint8 images is augmented and
-        standardised there (datasets/voc.py: DeviceAugment)."""
+        """BaseAgent's; a training batch comes as uint8 images and masks (with ``augment_on: "device"``, whole
+        images, augmented here first) and is standardised on the device (datasets/voc.py: ``on_device``)."""
         batch = super().to_device(batch)
         if isinstance(batch, dict):
-            return super().to_device(self.data_loader.augment_on_device(batch))  # channels_last, when asked
+            batch = self.data_loader.augment_on_device(batch)
+        if batch[0].dtype == torch.uint8:
+            batch = super().to_device(on_device(*batch))  # channels_last, when asked
         return batch
 
     # ----- validation -----------------------------------------------------------------------

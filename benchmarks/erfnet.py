@@ -24,6 +24,7 @@ import torch
 from common import build_agent, epoch_in_memory, epoch_over, interleaved, plain_step, report
 from PIL import Image
 
+from datasets.voc import uint8_batch
 from graphs.models.erfnet import ERFNet
 from utils.examples.palette import VOC_PALETTE
 from utils.training.data import make_loader
@@ -114,11 +115,11 @@ def main() -> None:
         f"device={args.device}",
     )
     loader = agent.data_loader.train_loader
-    with_worker = make_loader(loader.dataset.dataset, args.batch, train=True, seed=1, num_workers=1)
+    with_worker = make_loader(loader.dataset.dataset, args.batch, True, seed=1, num_workers=1, collate_fn=uint8_batch)
     train_step = plain_step(agent)
 
-    def on_device(step_fn):
-        return lambda x, y: step_fn(x.to(device), y.to(device))
+    def on_device(step_fn):  # uint8 batches standardised on the device, as the agent does
+        return lambda x, y: step_fn(*agent.to_device((x, y)))
 
     in_memory, n = epoch_in_memory(loader, on_device(train_step))
     agent.model.train()

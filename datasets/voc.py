@@ -8,7 +8,8 @@ is their colour: learnable, for smoke runs and tests).
 
 Training samples are scaled by a random factor, cropped to ``crop_size`` (padded where smaller:
 image 0, mask 255) and flipped, image and mask together (torchvision.transforms.v2; masks are
-resized nearest-neighbour). Validation uses whole images, padded in a batch to a common size
+resized nearest-neighbour). Training batches leave the loader as uint8 images and masks, standardised
+on the training device (``on_device``). Validation uses whole images, padded in a batch to a common size
 that is a multiple of 8 (ERFNet's need), the padding labelled 255, so it counts nowhere.
 
 Class weights (``class_weights: "auto"``), the ENet recipe 1 / ln(1.02 + class frequency) over
@@ -92,21 +93,46 @@ def _multiple_of_stride(value: int, where: str, source: str) -> None:
 # ----- transforms (image and mask together) --------------------------------------------------
 
 
-class RandomScale(v2.Transform):
-    """Resize by a factor drawn uniformly from [low, high] (torch's RNG); masks nearest-neighbour."""
+class ScaleCropFlip(v2.Transform):
+    """Scale by a factor drawn uniformly from [low, high], take a random ``crop`` x ``crop`` window of the scaled
+    image (padded where smaller: image 0, mask 255, at a random place), flip it horizontally half the time: image
+    and mask together (torch's RNG; masks nearest-neighbour). Only the window is resized (``resized_crop``), not the
+    whole scaled image, and padding and flipping touch crop-sized tensors: a quarter of the pixels at scale 2."""
 
-    def __init__(self, low: float, high: float) -> None:
+    def __init__(self, crop: int, low: float, high: float) -> None:
         super().__init__()
-        self.low, self.high = low, high
+        self.crop, self.low, self.high = crop, low, high
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         h, w = v2.query_size(flat_inputs)
         scale = float(torch.empty(()).uniform_(self.low, self.high))
-        return {"size": [max(1, round(h * scale)), max(1, round(w * scale))]}
+        return {"rows": self._window(h, scale), "cols": self._window(w, scale), "flip": bool(torch.rand(()) < 0.5)}
+
+    def _window(self, length: int, scale: float) -> tuple[int, int, int, int]:
+        """Along one axis: (first source pixel, source pixels, their scaled length, padding before them)."""
+        scaled = max(1, round(length * scale))
+        if scaled <= self.crop:  # the whole axis fits: padded, at a random place in the crop
+            return 0, length, scaled, int(torch.randint(0, self.crop - scaled + 1, ()))
+        source = min(length, max(1, round(self.crop / scale)))
+        return int(torch.randint(0, length - source + 1, ())), source, self.crop, 0
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        # torchvision resizes a tv_tensors.Mask nearest-neighbour whatever the interpolation asked
-        return self._call_kernel(v2.functional.resize, inpt, params["size"], antialias=True)
+        (top, height, out_h, before_h), (left, width, out_w, before_w) = params["rows"], params["cols"]
+        mask = isinstance(inpt, tv_tensors.Mask)
+        window = inpt.as_subclass(torch.Tensor)[..., top : top + height, left : left + width]
+        if not mask:  # torch's fast uint8 resize wants channels-last memory; a window of a decoded image is not
+            window = window.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+        # torchvision resizes a tv_tensors.Mask nearest-neighbour
+        out = v2.functional.resize(tv_tensors.wrap(window, like=inpt), [out_h, out_w]).as_subclass(torch.Tensor)
+        if params["flip"]:
+            out = out.flip(-1)
+        if (out_h, out_w) != (self.crop, self.crop):  # padded, in the resized image's memory order
+            shape, fill = (self.crop, self.crop, *out.shape[:-2]), IGNORE if mask else 0
+            canvas = torch.full(shape, fill, dtype=out.dtype, device=out.device)
+            canvas = canvas if mask else canvas.permute(2, 0, 1)
+            canvas[..., before_h : before_h + out_h, before_w : before_w + out_w] = out
+            out = canvas
+        return tv_tensors.wrap(out, like=inpt)
 
 
 def normalise() -> v2.Transform:
@@ -116,21 +142,10 @@ def normalise() -> v2.Transform:
     )
 
 
-def augment(crop_size: int, scale_min: float, scale_max: float) -> v2.Transform:
-    """Random scale, random crop (padded where smaller: image 0, mask 255), horizontal flip: on uint8 images."""
-    return v2.Compose(
-        [
-            RandomScale(scale_min, scale_max),
-            v2.RandomCrop(crop_size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}),
-            v2.RandomHorizontalFlip(),
-        ]
-    )
-
-
 def train_transform(crop_size: int, scale_min: float, scale_max: float) -> v2.Transform:
-    """One training sample as its batch holds it: ``augment``, then normalise (the loader normalises whole
-    batches instead: ``normalised_batch``)."""
-    return v2.Compose([augment(crop_size, scale_min, scale_max), normalise()])
+    """One training sample as the model gets it: ``ScaleCropFlip``, then normalise (the loader leaves batches
+    uint8, standardised on the device instead: ``on_device``)."""
+    return v2.Compose([ScaleCropFlip(crop_size, scale_min, scale_max), normalise()])
 
 
 def standardise(images: torch.Tensor) -> torch.Tensor:
@@ -159,9 +174,9 @@ def whole_images(samples: list[tuple[torch.Tensor, torch.Tensor, int]]) -> dict[
 
 
 class DeviceAugment:
-    """``augment_on: "device"``: ``augment`` applied to a batch of whole images where they are (the GPU), each
-    sample seeded as the loader seeds it (``EpochSeeded.seeded``): the same parameters as in the loader, so the
-    same numbers on the CPU. Then the batch is standardised as ``normalised_batch`` does it."""
+    """``augment_on: "device"``: ``ScaleCropFlip`` applied to a batch of whole images where they are (the GPU),
+    each sample seeded as the loader seeds it (``EpochSeeded.seeded``): the same parameters as in the loader, so
+    the same numbers on the CPU. The batch is then as the loader's ``uint8_batch`` gives it."""
 
     def __init__(self, seeded: EpochSeeded, transform: v2.Transform) -> None:
         self.seeded, self.transform = seeded, transform
@@ -172,15 +187,21 @@ class DeviceAugment:
             with self.seeded.seeded(index):
                 image, mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
             samples.append((image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)))
-        images, masks = normalised_batch(samples)
-        return images, masks.long()  # uint8 from the loader (a quarter of the bytes to copy), int64 for the loss
+        return uint8_batch(samples)
 
 
-def normalised_batch(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training's collate: augmented uint8 images and their masks, stacked; the images standardised as a whole
-    (stacked as uint8, a quarter of the bytes of float, and one call for the batch instead of one a sample)."""
-    images = torch.stack([image for image, _ in samples])
-    return standardise(images), torch.stack([mask for _, mask in samples])
+def uint8_batch(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training's collate: augmented uint8 images and their masks, stacked as they are (standardised on the
+    device: ``on_device``). ``ScaleCropFlip``'s images are channels-last in memory; stacked as such (a copy),
+    where stacking them as (N, 3, H, W) memory would transpose every pixel: a third of decoding's cost."""
+    images = torch.stack([image.permute(1, 2, 0) for image, _ in samples]).permute(0, 3, 1, 2)
+    return images, torch.stack([mask for _, mask in samples])
+
+
+def on_device(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch where the model is: uint8 images -> standardised float (N, 3, H, W), masks -> int64.
+    Done there rather than in the loader: a quarter (images) and an eighth (masks) of the bytes to copy."""
+    return standardise(images.contiguous()), masks.long()
 
 
 def pad_to(images: torch.Tensor, masks: torch.Tensor | None, height: int, width: int):
@@ -323,7 +344,7 @@ class VocDataLoader:
                 "expected scale_min <= scale_max"
             )
         on_device = config.augment_on == "device"
-        train_tf = augment(config.crop_size, config.scale_min, config.scale_max)  # normalised in normalised_batch
+        train_tf = ScaleCropFlip(config.crop_size, config.scale_min, config.scale_max)  # standardised on_device
         loader_tf = None if on_device else train_tf
         if config.data_mode == "random":
             n, size, c, seed = config.random_size, config.random_image_size, config.num_classes, config.seed
@@ -336,14 +357,14 @@ class VocDataLoader:
                 raise missing(tree, "Pascal VOC 2012 folder", HOW)
             kwargs = {"mode": "RGB", "skip_bad": config.skip_bad_files, "num_classes": config.num_classes}
             pairs = voc_pairs(tree, config.train_split, config.train_masks)
-            train = ImageFiles(pairs, transform=loader_tf, long_masks=not on_device, **kwargs)
+            train = ImageFiles(pairs, transform=loader_tf, long_masks=False, **kwargs)
             valid = ImageFiles(voc_pairs(tree, config.valid_split), transform=normalise(), **kwargs)
         common = {"seed": config.seed, "num_workers": config.num_workers}
         if on_device:  # whole uint8 images with their indices; the agent's to_device augments them
             self.train_loader = make_loader(Indexed(train), config.batch_size, True, collate_fn=whole_images, **common)
             self.augment_on_device = DeviceAugment(self.train_loader.dataset, train_tf)
         else:
-            self.train_loader = make_loader(train, config.batch_size, True, collate_fn=normalised_batch, **common)
+            self.train_loader = make_loader(train, config.batch_size, True, collate_fn=uint8_batch, **common)
             self.augment_on_device = None
         # One image per batch: ERFNet's receptive field reaches into the padding, so padding an image to a
         # larger one of its batch would change its prediction (the metric must be that of the whole images).

@@ -18,11 +18,12 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
 
 import main
 from agents.erfnet import LABEL_HEIGHT, ERFNetAgent
 from datasets import voc
-from datasets.voc import IGNORE, MEAN, STD, VocDataLoader, pad_collate, train_transform
+from datasets.voc import IGNORE, MEAN, STD, VocDataLoader, on_device, pad_collate, train_transform
 from graphs.models.erfnet import ERFNet
 from tests.conftest import CONFIGS, REPO, assert_same_tensors, load, train
 from utils.errors import UserError
@@ -162,6 +163,44 @@ def test_joint_transforms_keep_image_and_mask_aligned(scale, least):
     assert sum(mirrored) / len(mirrored) < sum(agreements) / len(agreements) - 0.2, (agreements, mirrored)
 
 
+def test_scale_crop_flip_resizes_only_the_window_as_the_whole_scaled_image_would_be():
+    """At scale 2 a 16x16 source window becomes the 32x32 crop: the pixels of the whole image scaled, then cropped
+    there (masks exactly; images but their border row and column, where the window's edge clamps); at scale 0.5
+    the whole image, padded (image 0, mask 255) at a drawn place. Every window and padding place is reachable."""
+    image, mask = blocks(40, 27, 0)
+    image = tv_tensors.Image(image + torch.arange(27, dtype=torch.uint8))  # not flat inside the blocks
+    big = TF.resize(image, [80, 54]), TF.resize(mask, [80, 54])
+    small = TF.resize(image, [20, 14]), TF.resize(mask, [20, 14])
+    starts, pads = set(), set()
+    for seed in range(150):
+        for scale in (2.0, 0.5):
+            transform = voc.ScaleCropFlip(32, scale, scale)
+            torch.manual_seed(seed)
+            params = transform.make_params([image])
+            out_image, out_mask = (transform.transform(x, params) for x in (image, mask))
+            (top, height, _, pad_top), (left, width, _, pad_left) = params["rows"], params["cols"]
+            flip = (lambda x: x.flip(-1)) if params["flip"] else (lambda x: x)
+            if scale == 2.0:
+                assert (height, width) == (16, 16) and 0 <= top <= 24 and 0 <= left <= 11
+                starts.add((top, left))
+                expected = [x[..., 2 * top : 2 * top + 32, 2 * left : 2 * left + 32] for x in big]
+                assert torch.equal(out_mask, flip(expected[1]))
+                inner = (flip(out_image) - expected[0].int()).abs()[:, 1:-1, 1:-1]
+                assert int(inner.max()) <= 1, seed
+            else:
+                assert (top, height, left, width) == (0, 40, 0, 27)
+                pads.add((pad_top, pad_left))
+                rows, cols = slice(pad_top, pad_top + 20), slice(pad_left, pad_left + 14)
+                assert torch.equal(out_mask[rows, cols], flip(small[1])) and torch.equal(
+                    out_image[:, rows, cols], flip(small[0])
+                )
+                assert int((out_mask == IGNORE).sum()) == 32 * 32 - 20 * 14 and int(out_image.sum()) == int(
+                    small[0].sum()
+                )
+    assert {t for t, _ in starts} >= {0, 24} and {s for _, s in starts} >= {0, 11}  # the first and last windows
+    assert {p for p, _ in pads} >= {0, 12} and {p for _, p in pads} >= {0, 18}  # padding before: none to all
+
+
 # ----- folder mode on a VOC tree written here --------------------------------------------------
 
 
@@ -201,8 +240,8 @@ def test_folder_mode_reads_the_voc_tree(tmp_path):
     data = VocDataLoader(
         config("data_mode=folder", f"data_root={tmp_path}", "crop_size=32", "batch_size=4", "num_workers=0")
     )
-    x, y = next(iter(data.train_loader))
-    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (4, 32, 32)
+    x, y = next(iter(data.train_loader))  # uint8, standardised on the device (on_device)
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.uint8 and y.shape == (4, 32, 32) and y.dtype == torch.uint8
     assert set(y.unique().tolist()) <= {0, 1, 3, 5, 7, 15, IGNORE}  # palette indices, not RGB colours
     x, y = next(iter(data.valid_loader))
     # one whole image per validation batch, padded to multiples of 8 (34x29 -> 40x32)
@@ -212,17 +251,18 @@ def test_folder_mode_reads_the_voc_tree(tmp_path):
 
 
 def test_training_batches_equal_the_samples_transformed_one_by_one(tmp_path):
-    """The loader augments uint8 samples and standardises whole batches: the numbers of train_transform (augment,
-    then normalise) applied to each sample as the loader seeds it, then stacked."""
+    """The loader augments uint8 samples, the device standardises whole batches (on_device): the numbers of
+    train_transform (augment, then normalise) applied to each sample as the loader seeds it, then stacked."""
     voc_tree(tmp_path)
     loader = VocDataLoader(
         config("data_mode=folder", f"data_root={tmp_path}", "crop_size=32", "batch_size=4", "num_workers=0")
     ).train_loader
     one_by_one = copy.copy(loader.dataset.dataset)
     one_by_one.transform = train_transform(32, 0.5, 2.0)
-    x, y = next(iter(loader))
+    x, y = on_device(*next(iter(loader)))
     expected_x, expected_y = next(iter(make_loader(one_by_one, 4, train=True, seed=1)))
     assert x.dtype == torch.float32 and torch.equal(x, expected_x) and torch.equal(y, expected_y)
+    assert x.is_contiguous() and y.dtype == torch.int64
 
 
 def test_sbd_trainaug_reads_its_grey_masks_from_their_own_folder(tmp_path, capsys):
