@@ -210,9 +210,13 @@ def _parse_space(key: str, value: Any, source: str) -> Space:
     return Space(key, kind, bounds, log, step)
 
 
-def _check_overlaps(spaces: list[Space], fixed: list[str], source: str) -> None:
-    """A parameter sets all of its key: another parameter or a fixed override inside it would be lost."""
+def _check_keys(spaces: list[Space], fixed: list[str], source: str) -> None:
+    """Keys the sweep sets for each trial are not the file's; a parameter sets all of its key: another parameter or
+    a fixed override inside it would be lost."""
     keys = [s.key for s in spaces]
+    for where, key in [*(("overrides", k) for k in fixed), *(("parameters", k) for k in keys)]:
+        if key.split(".")[0] in OWNED_KEYS:
+            raise UserError(f"{source}: key '{where}.{key}': set by the sweep for each trial; remove it")
     for key in keys:
         inside = [k for k in fixed if k == key] + [k for k in [*keys, *fixed] if k.startswith(f"{key}.")]
         if inside:
@@ -220,11 +224,6 @@ def _check_overlaps(spaces: list[Space], fixed: list[str], source: str) -> None:
                 f"{source}: key 'parameters.{key}': sets all of '{key}', so '{inside[0]}' (a parameter or a fixed "
                 "override) would be lost in every trial; keep one of the two"
             )
-
-
-def _owned(key: str, where: str, source: str) -> None:
-    if key.split(".")[0] in OWNED_KEYS:
-        raise UserError(f"{source}: key '{where}.{key}': set by the sweep for each trial; remove it")
 
 
 def _pruner(value: str | dict | None, source: str) -> dict | None:
@@ -247,32 +246,23 @@ def _pruner(value: str | dict | None, source: str) -> dict | None:
     return spec
 
 
-def _apply_sweep_keys(raw: dict, overrides: list[str]) -> dict:
-    """Command-line key=value for the sweep file; under parameters and overrides the rest is one (dotted) key."""
-    for text in overrides:
-        parts, value = parse_override(text)
-        if parts[0] in ("parameters", "overrides") and len(parts) > 1 and isinstance(raw.get(parts[0]), dict):
-            raw = {**raw, parts[0]: {**raw[parts[0]], ".".join(parts[1:]): value}}
-        else:
-            raw = apply_overrides(raw, [text])
-    return raw
-
-
 def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, list[str]], Any]) -> Sweep:
     """Read and check a sweep file with command-line overrides.
 
     ``check_config(config_path, overrides)`` loads and validates the base config (main.load_config),
     returning the config; every value a trial can get goes through it once here.
     """
-    mine = [t for t in overrides if parse_override(t)[0][0] in SWEEP_SCHEMA]
-    theirs = [t for t in overrides if t not in mine]
-    sweep = validate(_apply_sweep_keys(read_json(path), mine), SWEEP_SCHEMA, path)
-    fixed = {**sweep["overrides"]}
-    for text in theirs:  # key=value on the command line for the base config joins the fixed overrides
+    raw, theirs = read_json(path), {}
+    for text in overrides:  # a sweep key (under parameters and overrides the rest is one dotted key), else the config's
         parts, value = parse_override(text)
-        fixed[".".join(parts)] = value
-    for key in fixed:
-        _owned(key, "overrides", path)
+        if parts[0] not in SWEEP_SCHEMA:  # joins the fixed overrides
+            theirs[".".join(parts)] = value
+        elif parts[0] in ("parameters", "overrides") and len(parts) > 1 and isinstance(raw.get(parts[0]), dict):
+            raw = {**raw, parts[0]: {**raw[parts[0]], ".".join(parts[1:]): value}}
+        else:
+            raw = apply_overrides(raw, [text])
+    sweep = validate(raw, SWEEP_SCHEMA, path)
+    fixed = {**sweep["overrides"], **theirs}
     base = [f"{k}={json.dumps(v)}" for k, v in fixed.items()]
     kfold, objectives = sweep["method"] == "kfold", sweep["metric"]
     method = sweep["method"] or ("nsga2" if objectives else "tpe")
@@ -294,7 +284,7 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
             if key in fixed:
                 raise UserError(f"{path}: key 'overrides.{key}': set by method kfold for each trial; remove it")
         spaces = [Space("fold", "choice", list(range(sweep["folds"])))]
-    _check_overlaps(spaces, list(fixed), path)
+    _check_keys(spaces, list(fixed), path)
 
     # The config as the sweep file names it when that is the same file from here (messages stay short).
     given, in_repo = Path(sweep["config"]), repo_path(sweep["config"])
@@ -305,7 +295,7 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
             return check_config(config_path, [*base, *extra])
         except UserError as e:
             # A key=value that is neither the config's nor the sweep's: maybe a misspelt sweep key (triales=3).
-            typo = next((k for k in (parse_override(t)[0][0] for t in theirs) if f"unknown key '{k}'" in str(e)), None)
+            typo = next((k for k in (key.split(".")[0] for key in theirs) if f"unknown key '{k}'" in str(e)), None)
             hint = did_you_mean(typo, list(SWEEP_SCHEMA)) if typo else ""
             raise UserError(f"{path}: {where}: {e}{hint.replace('did you mean', 'or the sweep key')}") from None
 
@@ -318,7 +308,6 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
     if kfold:
         base.append(f"folds={sweep['folds']}")
     for space in spaces:
-        _owned(space.key, "parameters", path)
         if space.key.split(".")[0] == "monitor":
             raise UserError(f"{path}: key 'parameters.monitor': the objective cannot change between trials")
         for value in space.values:  # every choice, or both ends of a range
