@@ -126,10 +126,8 @@ def open_study(sweep: Sweep, worker_index: int = 0) -> tuple[optuna.Study, bool]
             except optuna.exceptions.DuplicatedStudyError:
                 study, created = optuna.load_study(storage=storage, **names), False
             break
-        except UserError:
-            raise
         except Exception as e:  # noqa: BLE001 (a database error that the next attempt may not meet)
-            if sweep.storage is None:
+            if isinstance(e, UserError) or sweep.storage is None:
                 raise
             if attempt == 4 or isinstance(e, sqlalchemy.exc.OperationalError):  # unreachable, bad password
                 message = f"cannot open {sweep.shown_storage}: {(str(e).strip() or type(e).__name__).splitlines()[0]}"
@@ -179,24 +177,19 @@ def run_one(study: optuna.Study, sweep: Sweep, run_trial: RunTrial, trial: optun
         trial.set_user_attr("surplus", True)  # asked while another worker took the grid's last point
         raise TrialFailed("no grid point left")
     try:
-        return _run_trial_of(study, sweep, run_trial, trial, frozen)
+        return _run_trial_of(sweep, run_trial, trial, sweep.sweep_dir / trial_name(first_number(frozen)))
     except (RunInterrupted, KeyboardInterrupt):  # also after its run ended, before Optuna was told: it runs again
         _requeue(study, study._storage.get_trial(trial._trial_id), "stopped by a signal")
         raise
 
 
-def _run_trial_of(
-    study: optuna.Study, sweep: Sweep, run_trial: RunTrial, trial: optuna.trial.Trial, frozen: FrozenTrial
-) -> list[float]:
-    values = {space.key: space.suggest(trial) for space in sweep.spaces}  # a queued trial keeps its values
-    run_dir = sweep.sweep_dir / trial_name(first_number(frozen))
-    chosen = [space.override(values[space.key]) for space in sweep.spaces]
+def _run_trial_of(sweep: Sweep, run_trial: RunTrial, trial: optuna.trial.Trial, run_dir: Path) -> list[float]:
+    chosen = [space.override(space.suggest(trial)) for space in sweep.spaces]  # a queued trial keeps its values
     config = sweep.resolve(chosen)
-    described = ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
     attrs = {"host": socket.gethostname(), "run_dir": str(run_dir), "config": config, "nproc": sweep.nproc}
     for key, value in {**attrs, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}.items():
         trial.set_user_attr(key, value)
-    LOG.info(f"trial {trial.number} ({described}): {run_dir}")
+    LOG.info(f"trial {trial.number} ({', '.join(chosen)}): {run_dir}")
     pruned = False
 
     def after_validation(epoch: int, metrics: dict[str, float]) -> bool:
@@ -231,21 +224,17 @@ def _run_trial_of(
     best = run.summary.get("best") or {}
     row = next((r for r in reversed(run.rows) if r.get("epoch") == best.get("epoch")), {})
     values = [best.get("value")] if len(sweep.objectives) == 1 else [row.get(m) for m in sweep.metrics]
+    if error is None and not pruned and not all(v is not None and math.isfinite(v) for v in values):
+        error = f"no finite value of {', '.join(sweep.metrics)} at its best epoch in {run_dir}"
     if error is not None:
-        raise _failed(trial, error)
+        trial.set_user_attr("error", error)
+        LOG.warning(f"trial {trial.number} failed: {error}")
+        raise TrialFailed(error)
     if pruned:
         LOG.info(f"trial {trial.number}: pruned after epoch {run.summary.get('epochs')}")
         raise optuna.TrialPruned()
-    if not all(v is not None and math.isfinite(v) for v in values):
-        raise _failed(trial, f"no finite value of {', '.join(sweep.metrics)} at its best epoch in {run_dir}")
     LOG.info(f"trial {trial.number}: " + ", ".join(f"{m} {v:.4g}" for m, v in zip(sweep.metrics, values, strict=True)))
     return values
-
-
-def _failed(trial: optuna.trial.Trial, message: str) -> TrialFailed:
-    trial.set_user_attr("error", message)
-    LOG.warning(f"trial {trial.number} failed: {message}")
-    return TrialFailed(message)
 
 
 def work(study: optuna.Study, sweep: Sweep, run_trial: RunTrial) -> None:
@@ -344,14 +333,15 @@ def run_sweep(
     """Run the sweep here with ``workers`` processes (this one and ``workers - 1`` helper_command's), each on
     GPUs of its own; ``check_first`` (the first worker) checks a trial's config before any trial runs."""
     sweep_dir = sweep.sweep_dir
-    if (sweep_dir / "config.json").exists():
-        raise UserError(f"{sweep.path}: key 'name': {sweep_dir} is a run's directory; choose another sweep name")
     gpus = gpu_sets(sweep, workers) if helper_index is None else [None]
     if gpus[0] is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
-    if check_first is not None and helper_index is None:
-        check_first()
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if helper_index is not None:
+        study = open_study(sweep, helper_index)[0]
+    else:
+        if check_first is not None:
+            check_first()
+        study = create(sweep)
     LOG.setLevel(logging.INFO)
     LOG.propagate = False
     logs = [logging.StreamHandler(sys.stderr), logging.FileHandler(sweep_dir / "sweep.log")]  # a trial's lines
@@ -360,9 +350,7 @@ def run_sweep(
         LOG.addHandler(handler)
     helpers = []
     try:
-        study, created = open_study(sweep, helper_index or 0)
         if helper_index is None:
-            _claim(study, sweep, created)
             (sweep_dir / "sweep.json").write_text(json.dumps(sweep.resolved(), indent=2) + "\n")
             for frozen in latest(study) if sweep.retry_failed else []:
                 if frozen.state == TrialState.FAIL:
@@ -387,8 +375,8 @@ def run_sweep(
 
 
 def create(sweep: Sweep) -> optuna.Study:
-    """Make (or join) the study and claim its folder as the first worker does, running no trial: for workers that
-    join it from elsewhere, like the tasks of a SLURM job array (one of them the first worker, of run_sweep)."""
+    """The first worker's part before any trial: make (or join) the study and claim its folder. Also what is done
+    before the workers of a SLURM job array start, which then join it (one of them the first worker)."""
     if (sweep.sweep_dir / "config.json").exists():
         raise UserError(f"{sweep.path}: key 'name': {sweep.sweep_dir} is a run's directory; choose another sweep name")
     sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
