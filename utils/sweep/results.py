@@ -45,9 +45,8 @@ def write_results(study: optuna.Study, sweep: Sweep) -> str | None:
         numbers = ", ".join(str(t.number) for t in sorted(front, key=lambda t: t.number))
         command = f"{_run(front[0])} {folder}/trial_NNNN.json"
         return f"Pareto front ({', '.join(sweep.objectives)}): trials {numbers}, each runs with {command}"
-    best = (max if sweep.directions[0] == "maximize" else min)(complete, key=lambda t: t.value)
-    write_text_atomic(sweep.sweep_dir / "best_config.json", _config(sweep, best, "_best"))
-    where = sweep.sweep_dir / "best_config.json"
+    best, where = study.best_trial, sweep.sweep_dir / "best_config.json"
+    write_text_atomic(where, _config(sweep, best, "_best"))
     return f"best trial {best.number}, {sweep.metrics[0]} {best.value:.4g} (its config runs with {_run(best)} {where})"
 
 
@@ -66,18 +65,16 @@ def _write_csv(trials: list[FrozenTrial], sweep: Sweep, front: set[int], spread:
     out = csv.DictWriter(buf, fieldnames=columns)
     out.writeheader()
     again = {t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")}
-    decode = {s.key: s.decode for s in sweep.spaces}
     for t in trials:
         error = None
         if t.state == TrialState.FAIL:  # failed by the study, not by a worker: no heartbeat from its machine
             error = t.user_attrs.get("error", "no heartbeat from its machine")
         if t.number in again:
             error = f"{error}; run again as trial {again[t.number]}"
-        values = {k: decode[k](v) for k, v in t.params.items() if k in decode}
         out.writerow(
             {
                 "number": t.number,
-                **{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in values.items()},
+                **{k: v for k, v in t.params.items() if k in keys},  # a list or object as Optuna keeps it: JSON
                 **dict(zip(objectives, t.values or [None] * len(objectives), strict=True)),
                 **({"pareto": t.number in front} if more else {}),
                 "state": t.state.name.lower(),
