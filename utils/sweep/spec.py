@@ -118,12 +118,8 @@ class Space:
 
     def suggest(self, trial: Any) -> Any:
         """Draw this key's value for an Optuna trial (a queued trial gets its own); returns the config value."""
-        d = self.distribution()
-        if self.kind == "choice":
-            return self.decode(trial.suggest_categorical(self.key, d.choices))
-        return (trial.suggest_int if self.kind == "int" else trial.suggest_float)(
-            self.key, d.low, d.high, log=d.log, step=d.step
-        )
+        # Trial._suggest: what each suggest_* method does with the distribution it builds, for any kind.
+        return self.decode(trial._suggest(self.key, self.distribution()))
 
     def decode(self, value: Any) -> Any:
         """The config value of what Optuna stored."""
@@ -315,8 +311,7 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
     by_key = {s.key: s for s in spaces}
     enqueue = []
     for i, point in enumerate(sweep["enqueue"]):
-        unknown = [k for k in point if k not in by_key] if isinstance(point, dict) else ["?"]
-        if unknown:
+        if not isinstance(point, dict) or not point.keys() <= by_key.keys():
             raise UserError(f"{path}: key 'enqueue[{i}]': expected an object of parameters ({', '.join(by_key)})")
         check([by_key[k].override(v) for k, v in point.items()], f"enqueue[{i}]")
         enqueue.append({k: json.dumps(v) if by_key[k].encoded else v for k, v in point.items()})
