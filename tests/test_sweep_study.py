@@ -150,6 +150,16 @@ def test_a_refused_folder_leaves_the_new_study_free_for_another_space(tmp_path, 
     assert "holds the trials of another study" in capsys.readouterr().err
 
 
+def test_a_sweep_named_after_a_runs_directory_is_one_line_and_leaves_it_as_it_was(tmp_path, exps, capsys):
+    path = sweep_file(tmp_path, exps)
+    (exps / "s").mkdir()
+    (exps / "s" / "config.json").write_text("{}")  # a run's directory, not a sweep's
+    assert main.main(["--sweep", path]) == 2
+    err = capsys.readouterr().err
+    assert "key 'name': " in err and "is a run's directory; choose another sweep name" in err and err.count("\n") == 1
+    assert [p.name for p in (exps / "s").iterdir()] == ["config.json"]
+
+
 HOLDER = """
 import fcntl, sys, time
 f = open(sys.argv[1], "a")
