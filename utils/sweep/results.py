@@ -66,9 +66,8 @@ def _write_csv(trials: list[FrozenTrial], sweep: Sweep, front: set[int], spread:
     out.writeheader()
     again = {t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")}
     for t in trials:
-        error = None
-        if t.state == TrialState.FAIL:  # failed by the study, not by a worker: no heartbeat from its machine
-            error = t.user_attrs.get("error", "no heartbeat from its machine")
+        # A trial failed by the study, not by a worker, has no error of its own: no heartbeat from its machine.
+        error = t.user_attrs.get("error", "no heartbeat from its machine") if t.state == TrialState.FAIL else None
         if t.number in again:
             error = f"{error}; run again as trial {again[t.number]}"
         out.writerow(

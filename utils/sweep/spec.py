@@ -175,10 +175,9 @@ class Sweep:
 
 def _parse_space(key: str, value: Any, source: str) -> Space:
     where = f"{source}: key 'parameters.{key}'"
-    if isinstance(value, list):
-        value = {"choice": value}
-    kinds = [k for k in value if k in SPACE_KINDS] if isinstance(value, dict) else []
-    extra = set(value) - {*kinds, "log", "step"} if isinstance(value, dict) else set()
+    value = {"choice": value} if isinstance(value, list) else value
+    given = set(value) if isinstance(value, dict) else set()
+    kinds, extra = [k for k in SPACE_KINDS if k in given], given - {*SPACE_KINDS, "log", "step"}
     if len(kinds) != 1 or extra or (kinds != ["int"] and len(value) != 1):
         unknown = next(iter(extra), None)
         hint = f"unknown space '{unknown}'{did_you_mean(unknown, SPACE_KINDS)}; " if unknown else ""
