@@ -12,6 +12,8 @@ the cost counted is everything from the file to the collated batch. The baseline
 ``torchvision.io.decode_image`` of the same files (and, for VOC, of the masks too), read from the
 page cache; PIL's decode is shown beside it. Paths and baselines alternate, ``--repeats`` rounds; the
 ratio is the median over rounds of (path / baseline in the same round), on CPU time, 1 torch thread.
+"decode + transform" is decoding and the dataset's transform alone, without the Dataset and the loader:
+the floor of a path that transforms so.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 from common import REPO
 from PIL import Image
+from torchvision import tv_tensors
 from torchvision.io import decode_image, read_file
 
 import main
@@ -96,6 +99,24 @@ def decode_all(paths: list[Path]) -> Callable[[], None]:
     return run
 
 
+def decode_and_transform(paths: list[Path], transform: Callable, pairs: bool) -> Callable[[], None]:
+    """Decoding and the dataset's own transform, without the Dataset and the loader around them: the floor of
+    the path with that transform."""
+
+    def run() -> None:
+        if not pairs:
+            for path in paths:
+                transform(decode_image(read_file(str(path))))
+            return
+        for image, mask in zip(paths[::2], paths[1::2], strict=True):
+            transform(
+                tv_tensors.Image(decode_image(read_file(str(image)))),
+                tv_tensors.Mask(decode_image(read_file(str(mask)))[0]),
+            )
+
+    return run
+
+
 def pil_all(paths: list[Path]) -> Callable[[], None]:
     def run() -> None:
         for path in paths:
@@ -141,7 +162,10 @@ def main_() -> None:
     for name, (loader, files) in paths.items():
         per_sample = 2 if name.startswith("VOC") else 1  # VOC: an image and its mask
         runs = {"decode_image": decode_all(files), "PIL decode": pil_all(files), "data path": epoch(loader)}
-        counts = {"decode_image": len(files) // per_sample, "PIL decode": len(files) // per_sample}
+        transform = getattr(loader.dataset.dataset, "transform", None)
+        if transform is not None:  # augment_on=device: the loader only decodes
+            runs["decode + transform"] = decode_and_transform(files, transform, pairs=per_sample == 2)
+        counts = dict.fromkeys(runs, len(files) // per_sample)
         counts["data path"] = len(loader.dataset)
         times: dict[str, list[float]] = {k: [] for k in runs}
         epoch(loader)()  # warm: page cache, first-call costs

@@ -118,8 +118,12 @@ class Space:
 
     def suggest(self, trial: Any) -> Any:
         """Draw this key's value for an Optuna trial (a queued trial gets its own); returns the config value."""
-        # Trial._suggest: what each suggest_* method does with the distribution it builds, for any kind.
-        return self.decode(trial._suggest(self.key, self.distribution()))
+        d = self.distribution()
+        if self.kind == "choice":
+            return self.decode(trial.suggest_categorical(self.key, d.choices))
+        return (trial.suggest_int if self.kind == "int" else trial.suggest_float)(
+            self.key, d.low, d.high, log=d.log, step=d.step
+        )
 
     def decode(self, value: Any) -> Any:
         """The config value of what Optuna stored."""
