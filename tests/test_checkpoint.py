@@ -65,9 +65,14 @@ def test_resume_false_never_overwrites(exps):
 
 def test_changed_config_keeps_the_old_one(exps):
     train(EXAMPLE, exps, "exp_name=a", "max_epoch=1", *QUICK)
-    train(EXAMPLE, exps, "exp_name=a", "max_epoch=2", *QUICK)
+    train(EXAMPLE, exps, "exp_name=a", "max_epoch=2", "optimizer.args.lr=0.05", *QUICK)
     assert json.loads((exps / "a" / "config.1.json").read_text())["max_epoch"] == 1
     assert json.loads((exps / "a" / "config.json").read_text())["max_epoch"] == 2
+    changes = "max_epoch 1 -> 2, optimizer.args.lr 0.01 -> 0.05"  # the keys that differ, named in the log
+    assert (
+        f"config changed since the last run ({changes}); the old one is config.1.json"
+        in (exps / "a" / "logs" / "run.log").read_text()
+    )
 
 
 def test_resume_from_a_path_and_test_mode(exps):

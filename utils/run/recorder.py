@@ -24,6 +24,7 @@ import torch
 
 from utils.errors import UserError
 from utils.run.files import write_bytes_atomic, write_text_atomic
+from utils.run.report import flatten
 
 DATA_LOG = logging.getLogger("ppt.data")  # datasets log here; the main rank's Recorder writes it to the run log
 DATA_LOG.propagate = False  # printed once, by the Recorder (or Python's last-resort stderr handler without one)
@@ -42,6 +43,23 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _changes(old_text: str, config: dict, shown: int = 6) -> str:
+    """' (max_epoch 2 -> 3, optimizer.args.lr 0.1 -> 0.05)': the keys whose values differ."""
+    try:
+        old = flatten(json.loads(old_text))
+    except (ValueError, AttributeError):  # edited by hand into something else than a JSON object
+        return ""
+    new = flatten(config)
+    keys = [k for k in sorted(old.keys() | new.keys()) if old.get(k, ...) != new.get(k, ...)]
+
+    def value(tree: dict, key: str) -> str:
+        return json.dumps(tree[key]) if key in tree else "unset"
+
+    text = [f"{k} {value(old, k)} -> {value(new, k)}" for k in keys[:shown]]
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return f" ({', '.join(text)}{more})" if text else ""
 
 
 class Recorder:
@@ -271,11 +289,12 @@ class Recorder:
         path = self.run_dir / "config.json"
         text = json.dumps(config, indent=2) + "\n"
         if path.exists() and path.read_text() != text:
+            changes = _changes(path.read_text(), config)
             n = 1
             while (self.run_dir / f"config.{n}.json").exists():
                 n += 1
             os.replace(path, self.run_dir / f"config.{n}.json")
-            self.info(f"config changed since the last run; the old one is config.{n}.json")
+            self.info(f"config changed since the last run{changes}; the old one is config.{n}.json")
         path.write_text(text)
 
     def read_json(self, name: str) -> dict:
