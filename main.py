@@ -103,12 +103,16 @@ def run(path: str, overrides: list[str] = (), after_validation: Callable | None 
         finally:
             agent.finalize()
     except UserError as e:
-        # Agents report config problems found at build time as "config: key ..."; name the file, or the
-        # override that set the key.
-        if str(e).startswith("config: "):
-            where = run_config(path)
-            raise blame_override(UserError(f"{where}: {str(e)[len('config: ') :]}"), where, list(overrides)) from None
-        raise
+        raise _at_config(e, path, overrides) from None
+
+
+def _at_config(error: UserError, path: str, overrides: list[str]) -> UserError:
+    """Agents report config problems found at build time as "config: key ...": named here at the file, or the
+    override, that set the key."""
+    if not str(error).startswith("config: "):
+        return error
+    where = run_config(path)
+    return blame_override(UserError(f"{where}: {str(error)[len('config: ') :]}"), where, list(overrides))
 
 
 @functools.cache
@@ -166,6 +170,13 @@ def _fail(message: str, code: int) -> int:
 def describe_keys(path: str, overrides: list[str] = ()) -> str:
     """Every key the config's agent reads: its value in this config, and what it means."""
     config, agent_class = load_config(path, overrides)
+    from utils.training.callbacks import build_callback
+
+    try:  # a callback's class is found only when built: a name typed wrong is one line here, as in a run
+        for i, spec in enumerate(config.get("callbacks") or []):
+            build_callback(spec, f"callbacks[{i}]")
+    except UserError as e:
+        raise _at_config(e, path, overrides) from None
     _, sources = read_config(run_config(path))
     for text in overrides:
         key, nested = text.partition("=")[0].split(".")[0], "." in text.partition("=")[0]

@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+import main
 from tests.conftest import EXAMPLE, REPO, load, train
 from utils.errors import UserError
 from utils.training.callbacks import Callback
@@ -138,6 +139,8 @@ def test_callback_and_logger_mistakes_are_one_line(exps, value, message):
     with pytest.raises(UserError, match=message):
         train(EXAMPLE, exps, "exp_name=bad", "max_epoch=1", *SMALL, f"{key}={value}")
     assert not (exps / "bad" / "checkpoints" / "last.pth").exists()
+    with pytest.raises(UserError, match=message):  # main.py --keys: the same line
+        main.describe_keys(str(EXAMPLE), [*SMALL, f"{key}={value}"])
 
 
 def test_no_loggers_writes_no_tensorboard_files_but_metrics_csv(exps):
