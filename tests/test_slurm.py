@@ -79,6 +79,19 @@ def test_settings_come_from_a_file_in_configs_slurm_and_the_block_overrides_it()
     assert slurm.resolve({"file": str(path)}, "x.json") == slurm.resolve({"file": "gpu_node"}, "x.json")
 
 
+def test_a_refused_setting_names_the_settings_file_it_came_from(tmp_path):
+    file = tmp_path / "small.json"
+    file.write_text(json.dumps({"gpus_per_node": 2, "tasks_per_node": 4, "time": 2}))
+    with pytest.raises(UserError, match=f"^{file}: key 'tasks_per_node': 4 processes per node, but 2 GPU"):
+        slurm.resolve({"file": str(file)}, "x.json")
+    with pytest.raises(UserError, match="^x.json: key 'slurm.tasks_per_node': 3 processes per node"):
+        slurm.resolve({"file": str(file), "tasks_per_node": 3}, "x.json")  # the block's own setting
+    with pytest.raises(UserError, match=f"^{file}: key 'time': 2 leaves less than a minute"):
+        slurm.resolve({"file": str(file), "tasks_per_node": 2}, "x.json")
+    with pytest.raises(UserError, match="^x.json: key 'slurm.time': 2 leaves less than a minute"):
+        slurm.resolve({"file": str(file), "tasks_per_node": 2, "signal_delay_s": 90}, "x.json")
+
+
 def test_without_slurm_commands_submitting_is_one_line(exps, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch, sinfo, ...
     code, out, err = submit(capsys, str(EXAMPLE), f"experiments_dir={exps}")

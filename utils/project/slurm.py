@@ -150,17 +150,24 @@ def resolve(block: dict | None, source: str) -> dict:
     """The settings a job is submitted with: the file's, then the keys the block itself gives."""
     block = dict(block or {})
     name = block.pop("file", None)
-    base = read_json(_settings_file(name, "slurm.file", source)) if name else {}
+    path = _settings_file(name, "slurm.file", source) if name else None
+    base = read_json(path) if path else {}
     settings = validate({**base, **block}, SETTINGS, source)
     gpus, tasks = settings["gpus_per_node"], tasks_per_node(settings)
+
+    def at(key: str, *also: str) -> str:  # the settings file, where the keys of a refused setting came from it
+        if path and not any(k in block for k in (key, *also)):
+            return f"{path}: key '{key}'"
+        return f"{source}: key 'slurm.{key}'"
+
     if gpus and tasks > gpus:  # each process takes the GPU of its local rank
         raise UserError(
-            f"{source}: key 'slurm.tasks_per_node': {tasks} processes per node, but {gpus} GPU(s) per node: each "
+            f"{at('tasks_per_node', 'gpus_per_node')}: {tasks} processes per node, but {gpus} GPU(s) per node: each "
             "process takes a GPU of its own (set tasks_per_node to at most gpus_per_node, or null)"
         )
     if _seconds(settings["time"]) < settings["signal_delay_s"] + 60:  # else every start is warned: requeues forever
         raise UserError(
-            f"{source}: key 'slurm.time': {settings['time']!r} leaves less than a minute before SLURM's warning "
+            f"{at('time', 'signal_delay_s')}: {settings['time']!r} leaves less than a minute before SLURM's warning "
             f"(signal_delay_s={settings['signal_delay_s']} s ahead of the limit); ask for more time"
         )
     return settings
