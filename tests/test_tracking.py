@@ -141,6 +141,13 @@ def test_a_run_leaves_its_params_metrics_images_files_and_tags_on_the_server(ser
         logged = [(int(r["step"]), r["name"]) for r in csv.DictReader(f)]
     assert sorted(s for s, name in logged if name == "train/loss") == list(range(2, 2 * BATCHES + 1, 2))
     assert len(logged) == len(set(logged))
+    # mode=test: its metrics go to the same run (at its last step), which stays FINISHED.
+    train(EXAMPLE, exps, "exp_name=tracked_exp_1", "mode=test", *SMALL, MLFLOW, f"mlflow_tracking_uri={server}")
+    tested = json.loads((exps / "tracked_exp_1" / "summary.json").read_text())["test/accuracy"]
+    run = only_run(client, "tracked")
+    assert run.info.status == "FINISHED" and history(client, run.info.run_id, "test/accuracy") == [
+        (2 * BATCHES, pytest.approx(tested))
+    ]
 
 
 def test_env_json_holds_versions_packages_and_the_git_state(exps):
@@ -326,6 +333,15 @@ def test_wandb_offline_writes_the_run_with_its_metrics_and_resumes_it_without_a_
     assert {r.project for r in runs} == {"proj"} and "agent=ExampleAgent" in runs[0].tags
     uploaded = json.loads((folders[-1] / "files" / "summary.json").read_text())
     assert uploaded == json.loads((run_dir / "summary.json").read_text())
+    # mode=test: its metrics go to the same run's summary (a third offline folder of the run).
+    train(EXAMPLE, exps, *args, "mode=test")
+    tested = sorted(run_dir.glob("wandb/offline-run-*"))
+    assert len(tested) == 3 and all(f"-{run_id}" in f.name for f in tested)
+    new = [r for r in read_records(tested[-1] / f"run-{run_id}.wandb") if r.WhichOneof("record_type") == "summary"]
+    written = {i.key: json.loads(i.value_json) for r in new for i in r.summary.update}
+    assert written["test/accuracy"] == pytest.approx(
+        json.loads((run_dir / "summary.json").read_text())["test/accuracy"]
+    )
 
 
 @pytest.mark.parametrize(

@@ -183,6 +183,7 @@ def load_weights(agent, path: Path) -> None:
     check_matches(path, state, type(agent).__name__, agent.config, (), training=False)
     models = {name: agent.unwrap(m) for name, m in agent.models.items()}
     checkpoint.restore_models(path, state, models, averaged=True)
+    agent.callbacks.load_state_dict(state.get("callbacks", {}), stage="on_test_end")  # a tracker: the run tested
 
 
 def _log_layout_change(agent, state: dict) -> None:

@@ -61,7 +61,8 @@ def has_news(agent) -> bool:
 
 
 def record_test(agent, metrics: dict[str, float], path: Path) -> None:
-    """mode=test's metrics to the log and summary.json: the latest at the top, each checkpoint's under "tests"."""
+    """mode=test's metrics to the log and summary.json (the latest at the top, each checkpoint's under "tests"), and
+    to the callbacks' ``on_test_end`` (a tracker sends them to the tested checkpoint's run)."""
     agent.recorder.info("test: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     agent.last_metrics, agent.status = metrics, "tested"
     old = agent.recorder.read_json("summary.json")
@@ -69,6 +70,7 @@ def record_test(agent, metrics: dict[str, float], path: Path) -> None:
     name = str(where.relative_to(run)) if where.is_relative_to(run) else str(where)
     tests = {**old.get("tests", {}), name: metrics}
     agent.recorder.write_json("summary.json", {**old, **metrics, "tested_checkpoint": str(path), "tests": tests})
+    agent.callbacks.call("on_test_end", agent, metrics)
 
 
 def end(agent) -> None:

@@ -14,6 +14,7 @@ The stages, and nothing else, in the order a run meets them:
 ``on_validation_end(agent, metrics)``  after an epoch's validation (not called when none was due)
 ``on_epoch_end(agent, metrics)``       every epoch, last, just before its checkpoint, which holds every state
 ``on_train_end(agent)``                training ended: finished, stopped early, interrupted or failed
+``on_test_end(agent, metrics)``        mode=test evaluated a checkpoint, which gave this callback its state
 =====================================  ==========================================================================
 
 A callback with state returns it from ``state_dict`` (tensors and plain values); the checkpoint keeps it under
@@ -38,6 +39,7 @@ STAGES = (
     "on_validation_end",
     "on_epoch_end",
     "on_train_end",
+    "on_test_end",
 )
 
 
@@ -57,6 +59,8 @@ class Callback:
     def on_epoch_end(self, agent, metrics: dict[str, float]) -> None: ...
 
     def on_train_end(self, agent) -> None: ...
+
+    def on_test_end(self, agent, metrics: dict[str, float]) -> None: ...
 
     def state_dict(self) -> dict:
         return {}
@@ -90,10 +94,11 @@ class Callbacks:
     def state_dict(self) -> dict[str, dict]:
         return {key: state for key, c in self.keyed() if (state := c.state_dict())}
 
-    def load_state_dict(self, states: dict[str, dict]) -> None:
-        """Each callback's saved state (a callback new to this run keeps its fresh state)."""
+    def load_state_dict(self, states: dict[str, dict], stage: str | None = None) -> None:
+        """Each callback's saved state (a callback new to this run keeps its fresh state); ``stage``: only to the
+        callbacks that have it (mode=test: those with an ``on_test_end``, a tracker's run id)."""
         for key, callback in self.keyed():
-            if key in states:
+            if key in states and (stage is None or getattr(callback, stage) in self._stages[stage]):
                 callback.load_state_dict(states[key])
 
     def keyed(self) -> list[tuple[str, Callback]]:

@@ -175,6 +175,27 @@ class MLflowLogger(Tracker):
         self.off = self.off and not reachable  # a failed upload (the artifact store) still ends the run
         self._end("FINISHED" if agent.status in DONE else "KILLED" if agent.status == "interrupted" else "FAILED")
 
+    def on_test_end(self, agent, metrics: dict[str, float]) -> None:
+        """mode=test: the metrics go to the tested checkpoint's run, at its last step; the run keeps its status."""
+        if self.run_id is None:
+            agent.recorder.info("mlflow: the tested checkpoint has no tracked run; test metrics are in summary.json")
+            return
+        self.warn = agent.recorder.warning
+        from mlflow.tracking import MlflowClient
+
+        self.client = self.call("connecting", MlflowClient, self.uri)
+        if self.client is not None and self.call("logging the test metrics", self._log_test, metrics):
+            agent.recorder.info(f"mlflow: test metrics logged to run {self.run_id} at {self.uri}")
+
+    def _log_test(self, metrics: dict[str, float]) -> bool:
+        from mlflow.entities import Metric
+
+        keys = self.client.get_run(self.run_id).data.metrics
+        step = max((m.step for key in keys for m in self.client.get_metric_history(self.run_id, key)), default=0)
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        return True
+
     def _end(self, status: str) -> None:
         self.call("ending the run", self.client.set_terminated, self.run_id, status)
         if self.parent_id is not None:  # the sweep's run ends with its last running trial

@@ -39,12 +39,32 @@ class WandbLogger(Tracker):
         self.step = 0  # W&B's steps only go up: a resumed run skips those its run already has
 
     def on_train_start(self, agent) -> None:
+        self.forget_older_run(agent)
+        self.run_id = self.run_id or secrets.token_hex(4)  # W&B's run ids: lowercase letters and digits
+        if not self._init(agent):
+            return
+        self.call("logging the config", self.run.config.update, flat_params(self.config, text=False), True)
+        # A resumed run logs only steps after those its run has: W&B's own count online, the earlier folders offline.
+        offline = last_offline_step(self.run_dir, self.run_id) + 1 if self.mode == "offline" else 0
+        self.step = max(self.run.step, offline)
+        agent.recorder.info(f"wandb: run {self.run_id} in project '{self.project}' ({self.mode})")
+
+    def on_test_end(self, agent, metrics: dict[str, float]) -> None:
+        """mode=test: the metrics go to the tested checkpoint's run, in its summary."""
+        if self.run_id is None:
+            agent.recorder.info("wandb: the tested checkpoint has no tracked run; test metrics are in summary.json")
+            return
+        if self._init(agent):
+            self.call("writing the test metrics", self.run.summary.update, metrics)
+            agent.recorder.info(f"wandb: test metrics written to run {self.run_id} ({self.mode})")
+            self._end(0)
+
+    def _init(self, agent) -> bool:
+        """Start or continue the W&B run ``self.run_id`` (True), or warn once (False)."""
         self.warn = agent.recorder.warning
         os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")  # W&B takes our agents/ for an LLM library's
         import wandb
 
-        self.forget_older_run(agent)
-        self.run_id = self.run_id or secrets.token_hex(4)  # W&B's run ids: lowercase letters and digits
         sweep = sweep_dir()
         tags = [f"{k}={v}"[:64] for k, v in run_tags(self.config, agent.world_size).items()]
         settings = wandb.Settings(console="off", silent=True, x_disable_stats=True, x_disable_meta=True)
@@ -67,12 +87,8 @@ class WandbLogger(Tracker):
             ) from None
         except Exception as e:  # noqa: BLE001 (W&B unreachable: training goes on without it)
             self.failed("starting a run", e)
-            return
-        self.call("logging the config", self.run.config.update, flat_params(self.config, text=False), True)
-        # A resumed run logs only steps after those its run has: W&B's own count online, the earlier folders offline.
-        offline = last_offline_step(self.run_dir, self.run_id) + 1 if self.mode == "offline" else 0
-        self.step = max(self.run.step, offline)
-        agent.recorder.info(f"wandb: run {self.run_id} in project '{self.project}' ({self.mode})")
+            return False
+        return True
 
     def log_scalars(self, rows: list[tuple[dict[str, float], int]]) -> None:
         if self.run is None or self.off:
