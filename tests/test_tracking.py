@@ -447,3 +447,22 @@ def test_a_failed_upload_still_ends_the_run_and_a_deleted_run_is_replaced(exps):
     runs = {r.info.lifecycle_stage: r for r in local_runs(exps)}
     assert set(runs) == {"deleted", "active"} and runs["active"].info.status == "FINISHED"
     assert "was deleted: a new run starts" in (exps / "up" / "logs" / "run.log").read_text()
+
+
+class KillSelf(Callback):
+    """SIGKILL to this process after the first batch: no checkpoint ever kept its tracked run's id."""
+
+    def on_train_batch_end(self, agent, logs: dict) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_run_killed_before_its_first_checkpoint_ends_killed_when_its_folder_runs_again(exps):
+    args = [str(EXAMPLE), f"experiments_dir={exps}", "exp_name=early", *SMALL, 'loggers=["mlflow"]', "max_epoch=1"]
+    kill = "callbacks=" + json.dumps([{"type": f"{__name__}.KillSelf"}])
+    killed = subprocess.run([sys.executable, "main.py", *args, kill], cwd=REPO, capture_output=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL and not (exps / "early" / "checkpoints" / "last.pth").exists()
+    (stale,) = local_runs(exps)
+    assert stale.info.status == "RUNNING"
+    train(EXAMPLE, exps, *args[2:])
+    runs = {r.info.run_id: r.info.status for r in local_runs(exps)}
+    assert len(runs) == 2 and runs.pop(stale.info.run_id) == "KILLED" and list(runs.values()) == ["FINISHED"]

@@ -100,7 +100,14 @@ class MLflowLogger(Tracker):
 
     def _start(self, tags: dict[str, str]) -> None:
         experiment_id = self._experiment_id()
+        # A run of this folder still RUNNING was killed before its checkpoint kept its id (this process holds the
+        # folder's lock): it ends KILLED rather than stay running for ever.
+        here = str(self.run_dir.resolve())
+        query = f"tags.run_dir = '{here}' and attributes.status = 'RUNNING'"
+        for stale in self.client.search_runs([experiment_id], query) if "'" not in here else []:
+            self.client.set_terminated(stale.info.run_id, "KILLED")
         sweep = sweep_dir()
+        tags = {**tags, "run_dir": here}
         if sweep is not None:
             self.parent_id = self._parent(experiment_id, sweep)
             tags = {**tags, "mlflow.parentRunId": self.parent_id}
