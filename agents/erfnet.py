@@ -140,7 +140,7 @@ class ERFNetAgent(BaseAgent):
         if isinstance(batch, dict):
             batch = self.data_loader.augment_on_device(batch)
         if batch[0].dtype == torch.uint8:
-            batch = super().to_device(on_device(*batch))  # channels_last, when asked
+            batch = super().to_device(on_device(*batch, self.config.get("channels_last", False)))
         return batch
 
     # ----- validation -----------------------------------------------------------------------

@@ -96,8 +96,8 @@ def _multiple_of_stride(value: int, where: str, source: str) -> None:
 class ScaleCropFlip(v2.Transform):
     """Scale by a factor drawn uniformly from [low, high], take a random ``crop`` x ``crop`` window of the scaled
     image (padded where smaller: image 0, mask 255, at a random place), flip it horizontally half the time: image
-    and mask together (torch's RNG; masks nearest-neighbour). Only the window is resized (``resized_crop``), not the
-    whole scaled image, and padding and flipping touch crop-sized tensors: a quarter of the pixels at scale 2."""
+    and mask together (torch's RNG; masks nearest-neighbour). Only the window is resized, not the whole scaled
+    image, and padding and flipping touch crop-sized tensors: a quarter of the pixels at scale 2."""
 
     def __init__(self, crop: int, low: float, high: float) -> None:
         super().__init__()
@@ -198,10 +198,13 @@ def uint8_batch(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch
     return images, torch.stack([mask for _, mask in samples])
 
 
-def on_device(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def on_device(
+    images: torch.Tensor, masks: torch.Tensor, channels_last: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A training batch where the model is: uint8 images -> standardised float (N, 3, H, W), masks -> int64.
-    Done there rather than in the loader: a quarter (images) and an eighth (masks) of the bytes to copy."""
-    return standardise(images.contiguous()), masks.long()
+    Done there rather than in the loader: a quarter (images) and an eighth (masks) of the bytes to copy. The images
+    come channels-last in memory (``uint8_batch``): kept so with ``channels_last``, made contiguous otherwise."""
+    return standardise(images if channels_last else images.contiguous()), masks.long()
 
 
 def pad_to(images: torch.Tensor, masks: torch.Tensor | None, height: int, width: int):

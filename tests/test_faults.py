@@ -379,7 +379,8 @@ def test_sigterm_to_the_process_group_with_loader_workers_saves(exps):
 
 
 LEFT_WORKER = """
-import subprocess, sys, torch
+import multiprocessing, subprocess, sys, torch
+multiprocessing.set_start_method(sys.argv[1])  # the loader forks its workers whatever the default
 from utils.training.data import TensorBatches, make_loader
 loader = make_loader(TensorBatches(torch.arange(64.0).view(64, 1)), 4, train=True, seed=0, num_workers=1)
 batches = iter(loader)
@@ -392,10 +393,12 @@ sys.exit(0)  # the iterator left open: multiprocessing ends the worker at exit w
 """
 
 
-def test_a_loader_worker_ignores_others_sigterm_and_ends_on_its_parents(tmp_path):
+@pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])  # forkserver: Python 3.14's default
+def test_a_loader_worker_ignores_others_sigterm_and_ends_on_its_parents(start_method):
     """SLURM's SIGTERM to every process of a job is ignored by loader workers; the parent's own SIGTERM, which
     multiprocessing sends to the workers left at exit, ends them (ignoring it too hung that exit forever)."""
-    proc = subprocess.run([sys.executable, "-c", LEFT_WORKER], cwd=REPO, capture_output=True, text=True, timeout=30)
+    command = [sys.executable, "-c", LEFT_WORKER, start_method]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0 and proc.stdout == "ignored\n", proc.stderr
 
 

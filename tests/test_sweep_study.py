@@ -401,3 +401,22 @@ def test_a_trial_stopped_by_a_signal_in_this_process_is_queued_again(tmp_path, e
         ("fail", "stopped by a signal; run again as trial 1"),
         ("complete", ""),
     ]
+
+
+def test_results_csv_writes_a_choice_as_the_config_got_it_when_optuna_keeps_it_as_json(tmp_path, exps):
+    """A choice of an object and null: Optuna keeps both as JSON text; results.csv has the object's JSON and, for
+    null, an empty cell, as any space's None."""
+    step = {"type": "StepLR", "args": {"step_size": 1}}
+    main.main(["--sweep", sweep_file(tmp_path, exps, parameters={"scheduler": [None, step]})])
+    assert [r["scheduler"] for r in rows(exps / "s" / "results.csv")] == ["", json.dumps(step)]
+
+
+def test_a_helper_worker_makes_the_sweep_folder_on_a_machine_that_has_none_yet(tmp_path, exps):
+    """A database study made on one machine; a worker of another (its own experiments_dir) joins it."""
+    path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5]}, storage=f"sqlite:///{tmp_path}/db")
+    utils.sweep.study.create(load_sweep(path, [], lambda c, o: main.load_config(c, o)[0]))
+    other = tmp_path / "other_machine"
+    assert main.main(["--sweep", path, f"experiments_dir={other}", "--worker-index", "1"]) == 0
+    assert json.loads((other / "s" / "trial_0000" / "summary.json").read_text())["status"] == "finished"
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/db")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]

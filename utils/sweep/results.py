@@ -65,15 +65,17 @@ def _write_csv(trials: list[FrozenTrial], sweep: Sweep, front: set[int], spread:
     out = csv.DictWriter(buf, fieldnames=columns)
     out.writeheader()
     again = {t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")}
+    decode = {s.key: s.decode for s in sweep.spaces}
     for t in trials:
         # A trial failed by the study, not by a worker, has no error of its own: no heartbeat from its machine.
         error = t.user_attrs.get("error", "no heartbeat from its machine") if t.state == TrialState.FAIL else None
         if t.number in again:
             error = f"{error}; run again as trial {again[t.number]}"
+        values = {k: decode[k](v) for k, v in t.params.items() if k in decode}  # the config's, not Optuna's text
         out.writerow(
             {
                 "number": t.number,
-                **{k: v for k, v in t.params.items() if k in keys},  # a list or object as Optuna keeps it: JSON
+                **{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in values.items()},
                 **dict(zip(objectives, t.values or [None] * len(objectives), strict=True)),
                 **({"pareto": t.number in front} if more else {}),
                 "state": t.state.name.lower(),

@@ -337,6 +337,7 @@ def run_sweep(
     if gpus[0] is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
     if helper_index is not None:
+        sweep_dir.mkdir(parents=True, exist_ok=True)  # its machine's own experiments_dir may not have it yet
         study = open_study(sweep, helper_index)[0]
     else:
         if check_first is not None:

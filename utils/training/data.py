@@ -155,7 +155,7 @@ def _seed_worker(worker_id: int) -> None:
     # A signal to the whole process group (SLURM's scancel and warning, a pod's SIGTERM) reaches the workers too:
     # torch's handler ends a worker on a SIGTERM not from its parent and fails the run before it saves. Such a
     # SIGTERM is ignored; the parent's still ends the worker (multiprocessing ends leftover workers so at exit).
-    if hasattr(signal, "sigwaitinfo"):  # not on macOS or Windows, where SLURM does not run: torch's handler stays
+    if hasattr(signal, "sigwaitinfo"):  # Linux (workers forked: make_loader); macOS, Windows: torch's handler
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # taken by the thread below, in every thread
         threading.Thread(target=_end_on_parents_sigterm, args=(os.getppid(),), daemon=True).start()
@@ -199,15 +199,20 @@ def make_loader(
     """
     sampler = ShardedSampler(len(dataset), shuffle=train, seed=seed, pad=train)
     batched = isinstance(dataset, TensorBatches)
+    workers = auto_workers() if num_workers == "auto" else num_workers
+    # Workers forked, as Linux has always made them (Python 3.14's default is forkserver): a worker is then the
+    # training process's own child, from its first thread on, which the SIGTERM rule of _seed_worker needs.
+    forked = workers > 0 and hasattr(signal, "sigwaitinfo")
     return DataLoader(
         EpochSeeded(dataset, seed),
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=auto_workers() if num_workers == "auto" else num_workers,
+        num_workers=workers,
         pin_memory=torch.cuda.is_initialized() if pin_memory is None else pin_memory,
         drop_last=drop_last and train,
         collate_fn=_keep_batch if batched else collate_fn,
         worker_init_fn=_seed_worker,
+        multiprocessing_context="fork" if forked else None,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
     )
