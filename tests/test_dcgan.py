@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.transforms import v2
 from torchvision.utils import make_grid
 
 import main
 from agents.dcgan import DCGANAgent
-from datasets.celeba import CelebADataLoader, random_blobs, resize_and_crop
+from datasets.celeba import CelebADataLoader, random_blobs
 from graphs.models.dcgan_discriminator import DCGANDiscriminator
 from graphs.models.dcgan_generator import DCGANGenerator
 from tests.conftest import CONFIGS, REPO, assert_same_tensors, load, train
@@ -379,11 +378,3 @@ def test_dcgan_sample_grids_go_to_a_real_mlflow_server_as_images(exps, tmp_path)
     assert images == ["images/samples/step_00000002.png", "images/samples/step_00000004.png"]
     expected = Image.open(exps / "dcgan_exp_0" / "out" / "samples_epoch_002.png")
     assert Image.open(local).size == expected.size and Image.open(local).tobytes() == expected.tobytes()
-
-
-@pytest.mark.parametrize("shape", [(3, 218, 178), (3, 97, 131), (1, 64, 40)])
-def test_celeba_resizes_as_torchvisions_transforms_do(shape):
-    """CelebA's image function calls torchvision's functions directly: v2.Compose's pixels."""
-    image = torch.randint(0, 256, (shape[1], shape[2], shape[0]), dtype=torch.uint8).permute(2, 0, 1)  # as decoded
-    celeba = v2.Compose([v2.Resize(64, antialias=True), v2.CenterCrop(64)])
-    assert torch.equal(resize_and_crop(image, 64), celeba(image))

@@ -16,6 +16,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import main
+from datasets.celeba import resize_and_crop
 from datasets.example import _resize_to_float
 from datasets.image_files import ImageFiles
 from tests.conftest import CONFIGS, train
@@ -258,8 +259,10 @@ def test_masks_decode_to_pils_values_whichever_decoder_reads_them(tmp_path):
 
 
 @pytest.mark.parametrize("shape", [(3, 218, 178), (3, 97, 131), (1, 64, 40)])
-def test_the_template_resizes_as_torchvisions_transforms_do(shape):
-    """The template's image function calls torchvision's functions directly: v2.Compose's pixels."""
+def test_examples_resize_as_torchvisions_transforms_do(shape):
+    """CelebA's and the template's image functions call torchvision's functions directly: v2.Compose's pixels."""
     image = torch.randint(0, 256, (shape[1], shape[2], shape[0]), dtype=torch.uint8).permute(2, 0, 1)  # as decoded
+    celeba = v2.Compose([v2.Resize(64, antialias=True), v2.CenterCrop(64)])
+    assert torch.equal(resize_and_crop(image, 64), celeba(image))
     template = v2.Compose([v2.Resize((32, 32)), v2.ToDtype(torch.float32, scale=True)])
     assert torch.equal(_resize_to_float(image, 32), template(image))
