@@ -13,12 +13,11 @@ held-out split is also the test split (``mode=test``): a GAN never trains on it.
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
-from torchvision.transforms.v2 import functional as F
+from torchvision.transforms import v2
 
 from datasets.common import fetched_root, held_out
 from datasets.image_files import SKIP_BAD_FILES, ImageFiles, image_files
@@ -73,12 +72,6 @@ def download(root: Path) -> None:
         raise UserError(f"{folder}: could not download CelebA ({why}). {how_to_get(folder)}") from None
 
 
-def resize_and_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (C, H, W): the shorter side resized to ``size`` (antialiased), the centre ``size`` x ``size`` kept.
-    torchvision's functions: v2.Compose([Resize, CenterCrop])'s pixels without the transforms' dispatch."""
-    return F.center_crop(F.resize(image, size), size)
-
-
 class CelebADataLoader:
     """train_loader, valid_loader and test_loader (the held-out split) of uint8 images (N, C, S, S)."""
 
@@ -118,8 +111,9 @@ class CelebADataLoader:
     def _folder(folder: Path, config) -> ImageFiles:
         size = config.image_size
         samples = [(path, 0) for path in image_files(folder, how_to_get(folder))]  # no labels: class 0 for all
+        transform = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
         mode = "RGB" if config.channels == 3 else "L"
-        return ImageFiles(samples, mode, partial(resize_and_crop, size=size), skip_bad=config.skip_bad_files)
+        return ImageFiles(samples, mode, transform, skip_bad=config.skip_bad_files)
 
     @staticmethod
     def split(dataset: ImageFiles | TensorBatches, valid_fraction: float, seed: int) -> tuple[Dataset, Dataset]:

@@ -7,13 +7,11 @@ Build every loader with ``make_loader``: that is what makes DDP and exact resume
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from torchvision.transforms.v2 import functional as F
+from torchvision.transforms import v2
 
 from datasets.common import FOLD_KEYS, data_root, fold_split, held_out, random_images
 from datasets.image_files import SKIP_BAD_FILES, ImageFiles, class_folders, predict_files
@@ -27,15 +25,10 @@ def _to_float(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return images.float().div_(255), labels
 
 
-def _resize_to_float(image: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (C, H, W) -> float (C, size, size) in [0, 1]: resized (antialiased) while uint8, then scaled."""
-    return F.to_dtype(F.resize(image, [size, size]), torch.float32, scale=True)
-
-
-def _transform(config) -> Callable[[torch.Tensor], torch.Tensor]:
-    """What the folder mode (and mode=predict) does to an image file: resize, scale to [0, 1]. torchvision's
-    functions rather than v2.Compose: the same pixels without the transforms' dispatch."""
-    return partial(_resize_to_float, size=config.image_size)
+def _transform(config) -> v2.Transform:
+    """What the folder mode (and mode=predict) does to an image file: resize, scale to [0, 1]."""
+    size = config.image_size
+    return v2.Compose([v2.Resize((size, size)), v2.ToDtype(torch.float32, scale=True)])
 
 
 def _colour_mode(config) -> str:

@@ -16,8 +16,6 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import main
-from datasets.celeba import resize_and_crop
-from datasets.example import _resize_to_float
 from datasets.image_files import ImageFiles
 from tests.conftest import CONFIGS, train
 from utils.errors import UserError
@@ -256,13 +254,3 @@ def test_masks_decode_to_pils_values_whichever_decoder_reads_them(tmp_path):
             assert got.dtype == (torch.int64 if long_masks or i == 3 else torch.uint8), i
             assert torch.equal(got.long(), expected), i
         assert data._native_masks == {samples[0][1], samples[1][1]}
-
-
-@pytest.mark.parametrize("shape", [(3, 218, 178), (3, 97, 131), (1, 64, 40)])
-def test_examples_resize_as_torchvisions_transforms_do(shape):
-    """CelebA's and the template's image functions call torchvision's functions directly: v2.Compose's pixels."""
-    image = torch.randint(0, 256, (shape[1], shape[2], shape[0]), dtype=torch.uint8).permute(2, 0, 1)  # as decoded
-    celeba = v2.Compose([v2.Resize(64, antialias=True), v2.CenterCrop(64)])
-    assert torch.equal(resize_and_crop(image, 64), celeba(image))
-    template = v2.Compose([v2.Resize((32, 32)), v2.ToDtype(torch.float32, scale=True)])
-    assert torch.equal(_resize_to_float(image, 32), template(image))
