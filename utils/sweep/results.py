@@ -104,6 +104,8 @@ def _plot(study: optuna.Study, sweep: Sweep) -> None:
     from optuna.visualization import matplotlib as views
 
     names = ("intermediate_values",) if sweep.method == "kfold" else PLOTS  # kfold: the folds' curves
+    if len(sweep.spaces) < 2:  # importances compare parameters (fANOVA's forest: most of the plots' time)
+        names = tuple(n for n in names if n != "param_importances")
     for name in ("pareto_front",) if len(sweep.objectives) > 1 else names:
         try:
             with warnings.catch_warnings():  # "experimental", "too few trials to compute importances"
