@@ -24,7 +24,7 @@ import torch
 
 from utils.errors import UserError
 from utils.run.files import write_bytes_atomic, write_text_atomic
-from utils.run.report import flatten
+from utils.run.report import differing_keys, flatten
 
 DATA_LOG = logging.getLogger("ppt.data")  # datasets log here; the main rank's Recorder writes it to the run log
 DATA_LOG.propagate = False  # printed once, by the Recorder (or Python's last-resort stderr handler without one)
@@ -52,7 +52,7 @@ def _changes(old_text: str, config: dict, shown: int = 6) -> str:
     except (ValueError, AttributeError):  # edited by hand into something else than a JSON object
         return ""
     new = flatten(config)
-    keys = [k for k in sorted(old.keys() | new.keys()) if old.get(k, ...) != new.get(k, ...)]
+    keys = differing_keys([old, new], leave_out=())
 
     def value(tree: dict, key: str) -> str:
         return json.dumps(tree[key]) if key in tree else "unset"

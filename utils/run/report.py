@@ -105,15 +105,15 @@ def name_apart(runs: list[RunFiles]) -> None:
         run.name = "/".join(run.path.resolve().parts[-depth:])
 
 
-def differing_keys(runs: list[RunFiles]) -> list[str]:
-    """Config keys whose values are not the same in every run."""
-    keys = sorted({k for r in runs for k in r.config} - set(NOT_IN_LEGENDS))
-    return [k for k in keys if len({json.dumps(r.config.get(k)) for r in runs}) > 1]
+def differing_keys(configs: list[dict[str, Any]], leave_out: tuple[str, ...] = NOT_IN_LEGENDS) -> list[str]:
+    """Keys of flat configs whose values are not the same in every config (``leave_out`` aside)."""
+    keys = sorted({k for c in configs for k in c} - set(leave_out))
+    return [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
 
 
 def labels(runs: list[RunFiles]) -> list[str]:
     """Each run's name and the config values in which the runs differ (``lr=0.01`` for ``optimizer.args.lr``)."""
-    keys = differing_keys(runs)
+    keys = differing_keys([r.config for r in runs])
     last = [k.split(".")[-1] for k in keys]
     short = dict(zip(keys, [s if last.count(s) == 1 else k for k, s in zip(keys, last, strict=True)], strict=True))
     return [" ".join([r.name, *(f"{short[k]}={fmt(r.config.get(k))}" for k in keys)]) for r in runs]
@@ -176,7 +176,7 @@ def plot_curves(runs: list[RunFiles], names: list[str], path: Path, metrics: lis
 
 def summary_table(runs: list[RunFiles], names: list[str]) -> str:
     """A markdown table: one column per run, one row per summary.json figure (and differing config value)."""
-    differ = differing_keys(runs)
+    differ = differing_keys([r.config for r in runs])
     summaries = [flatten(r.summary) for r in runs]
     figures = [k for k in dict.fromkeys(k for s in summaries for k in s) if k not in ("agent", "exp_name")]
     header = "| | " + " | ".join(r.name for r in runs) + " |"

@@ -85,9 +85,7 @@ class MLflowLogger(Tracker):
         self.client.update_run(self.run_id, status="RUNNING")
         # Metrics the interrupted run logged after its checkpoint are kept; the same steps are not logged again
         # (MLflow would keep both values of a step).
-        self.logged = {
-            key: max(m.step for m in self.client.get_metric_history(self.run_id, key)) for key in run.data.metrics
-        }
+        self.logged = self._last_steps(run)
         params = flat_params(self.config)
         changed = sorted(k for k, v in params.items() if k in run.data.params and run.data.params[k] != v)
         self._log_params({k: v for k, v in params.items() if k not in run.data.params})
@@ -182,12 +180,8 @@ class MLflowLogger(Tracker):
         self.off = self.off and not reachable  # a failed upload (the artifact store) still ends the run
         self._end("FINISHED" if agent.status in DONE else "KILLED" if agent.status == "interrupted" else "FAILED")
 
-    def on_test_end(self, agent, metrics: dict[str, float]) -> None:
-        """mode=test: the metrics go to the tested checkpoint's run, at its last step; the run keeps its status."""
-        if self.run_id is None:
-            agent.recorder.info("mlflow: the tested checkpoint has no tracked run; test metrics are in summary.json")
-            return
-        self.warn = agent.recorder.warning
+    def log_test(self, agent, metrics: dict[str, float]) -> None:
+        """At the run's last step."""
         from mlflow.tracking import MlflowClient
 
         self.client = self.call("connecting", MlflowClient, self.uri)
@@ -197,11 +191,14 @@ class MLflowLogger(Tracker):
     def _log_test(self, metrics: dict[str, float]) -> bool:
         from mlflow.entities import Metric
 
-        keys = self.client.get_run(self.run_id).data.metrics
-        step = max((m.step for key in keys for m in self.client.get_metric_history(self.run_id, key)), default=0)
+        step = max(self._last_steps(self.client.get_run(self.run_id)).values(), default=0)
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
         return True
+
+    def _last_steps(self, run) -> dict[str, int]:
+        """Each metric of ``run`` -> the last step it holds."""
+        return {key: max(m.step for m in self.client.get_metric_history(self.run_id, key)) for key in run.data.metrics}
 
     def _end(self, status: str) -> None:
         self.call("ending the run", self.client.set_terminated, self.run_id, status)

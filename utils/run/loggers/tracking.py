@@ -112,6 +112,19 @@ class Tracker(Logger):
     def load_state_dict(self, state: dict) -> None:
         self.run_id = state.get("run_id")
 
+    def on_test_end(self, agent, metrics: dict[str, float]) -> None:
+        """mode=test: the metrics go to the tested checkpoint's tracked run (its id came with that checkpoint)."""
+        if self.run_id is None:
+            agent.recorder.info(
+                f"{self.name}: the tested checkpoint has no tracked run; test metrics are in summary.json"
+            )
+            return
+        self.warn = agent.recorder.warning
+        self.log_test(agent, metrics)
+
+    def log_test(self, agent, metrics: dict[str, float]) -> None:
+        """Send mode=test's ``metrics`` to the run ``self.run_id``, which keeps its status."""
+
     def forget_older_run(self, agent) -> None:
         """A resume from another checkpoint than the run's own last.pth (an older epoch_N.pth, another run's) starts
         a new tracked run: the tracked one has steps the resumed training will log again with other values."""

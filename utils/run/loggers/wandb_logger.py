@@ -49,11 +49,8 @@ class WandbLogger(Tracker):
         self.step = max(self.run.step, offline)
         agent.recorder.info(f"wandb: run {self.run_id} in project '{self.project}' ({self.mode})")
 
-    def on_test_end(self, agent, metrics: dict[str, float]) -> None:
-        """mode=test: the metrics go to the tested checkpoint's run, in its summary."""
-        if self.run_id is None:
-            agent.recorder.info("wandb: the tested checkpoint has no tracked run; test metrics are in summary.json")
-            return
+    def log_test(self, agent, metrics: dict[str, float]) -> None:
+        """In the run's summary."""
         if self._init(agent):
             self.call("writing the test metrics", self.run.summary.update, metrics)
             agent.recorder.info(f"wandb: test metrics written to run {self.run_id} ({self.mode})")
