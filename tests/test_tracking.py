@@ -269,6 +269,10 @@ def test_two_processes_make_one_run_logged_by_rank_0(server, exps):
     batches = 4  # 27 images a rank, batches of 8
     assert [s for s, _ in history(client, run.info.run_id, "train/loss")] == list(range(2, 2 * batches + 1, 2))
     assert [s for s, _ in history(client, run.info.run_id, "valid/loss")] == [batches, 2 * batches]
+    tested = subprocess.run([*cmd, "mode=test"], cwd=REPO, capture_output=True, timeout=300)  # rank 0 sends it, once
+    assert tested.returncode == 0, tested.stderr.decode()[-3000:]
+    accuracy = json.loads((exps / "ddp" / "summary.json").read_text())["test/accuracy"]
+    assert history(client, run.info.run_id, "test/accuracy") == [(2 * batches, pytest.approx(accuracy))]
 
 
 class KillServer(Callback):
