@@ -288,8 +288,9 @@ class Recorder:
             return
         path = self.run_dir / "config.json"
         text = json.dumps(config, indent=2) + "\n"
-        if path.exists() and path.read_text() != text:
-            changes = _changes(path.read_text(), config)
+        old = path.read_text() if path.exists() else text
+        if old != text:
+            changes = _changes(old, config)
             n = 1
             while (self.run_dir / f"config.{n}.json").exists():
                 n += 1
