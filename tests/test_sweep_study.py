@@ -409,8 +409,18 @@ def test_results_csv_writes_a_choice_as_the_config_got_it_when_optuna_keeps_it_a
     step = {"type": "StepLR", "args": {"step_size": 1}}
     main.main(["--sweep", sweep_file(tmp_path, exps, parameters={"scheduler": [None, step]})])
     assert [r["scheduler"] for r in rows(exps / "s" / "results.csv")] == ["", json.dumps(step)]
-    # One parameter: no importances to compare (fANOVA's forest took most of the plots' time), the other views.
-    assert not (exps / "s" / "param_importances.png").exists() and (exps / "s" / "slice.png").exists()
+    # One parameter, two epochs: nothing to compare in importances or parallel coordinates; the other views.
+    drawn = {p.stem for p in (exps / "s").glob("*.png")}
+    assert drawn == {"optimization_history", "slice", "intermediate_values"}, drawn
+    main.main(
+        [
+            "--sweep",
+            sweep_file(
+                tmp_path, exps, name="one_epoch", overrides={**TINY, "max_epoch": 1, "experiments_dir": str(exps)}
+            ),
+        ]
+    )
+    assert {p.stem for p in (exps / "one_epoch").glob("*.png")} == {"optimization_history", "slice"}  # no curves
 
 
 def test_a_helper_worker_makes_the_sweep_folder_on_a_machine_that_has_none_yet(tmp_path, exps):

@@ -38,10 +38,11 @@ def git_state() -> dict:
     return {"commit": commit.strip(), "dirty": bool(status.strip()), "diff": diff, "untracked": untracked}
 
 
-def pip_freeze() -> list[str]:
+@functools.cache  # once a process: reading every package's metadata takes 0.1 s, and a sweep's trials share it
+def pip_freeze() -> tuple[str, ...]:
     """``name==version`` of every installed distribution, sorted (what ``pip freeze`` prints, without a process)."""
     names = {d.metadata["Name"]: d.version for d in importlib.metadata.distributions() if d.metadata["Name"]}
-    return sorted(f"{name}=={version}" for name, version in names.items())
+    return tuple(sorted(f"{name}=={version}" for name, version in names.items()))
 
 
 def environment() -> dict:

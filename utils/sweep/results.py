@@ -104,8 +104,12 @@ def _plot(study: optuna.Study, sweep: Sweep) -> None:
     from optuna.visualization import matplotlib as views
 
     names = ("intermediate_values",) if sweep.method == "kfold" else PLOTS  # kfold: the folds' curves
-    if len(sweep.spaces) < 2:  # importances compare parameters (fANOVA's forest: most of the plots' time)
-        names = tuple(n for n in names if n != "param_importances")
+    # A view with nothing to compare is left out: importances and parallel coordinates compare parameters (one
+    # parameter: the slice shows it all; fANOVA's forest took most of the plots' time); curves need two epochs.
+    if len(sweep.spaces) < 2:
+        names = tuple(n for n in names if n not in ("param_importances", "parallel_coordinate"))
+    if not any(len(t.intermediate_values) > 1 for t in study.trials):
+        names = tuple(n for n in names if n != "intermediate_values")
     for name in ("pareto_front",) if len(sweep.objectives) > 1 else names:
         try:
             with warnings.catch_warnings():  # "experimental", "too few trials to compute importances"
