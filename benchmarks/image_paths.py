@@ -4,8 +4,9 @@
 
 Writes, in their datasets' on-disk layouts, JPEGs that compress like photographs (smooth shapes plus a little
 noise, quality 90): VOC (500x375 images with palette-PNG masks, ERFNet's training path: decode both, random
-scale, crop to 512 with padding, flip, normalise), CelebA (178x218 faces, DCGAN's path: decode, resize to 64,
-centre crop) and the template's class folders (256x256, resized to 32x32 and scaled to [0, 1]); and ERFNet's
+scale, crop to 512 with padding, flip, normalise), CelebA (178x218 faces, DCGAN's path: decode at 3/8 scale,
+resize to 64, centre crop) and the template's class folders (256x256 decoded at 1/8 scale: 32x32, scaled to
+[0, 1]; datasets/image_files.py's ``min_size``); and ERFNet's
 with ``augment_on: "device"``, where the loader only decodes (the agent augments on the GPU). Each path
 runs through its dataset class and ``make_loader`` (batch 8, the main process, as a worker would), so
 the cost counted is everything from the file to the collated batch. The baseline of each is
@@ -35,6 +36,7 @@ from torchvision.io import decode_image, read_file
 import main
 from datasets.celeba import CelebADataLoader
 from datasets.example import ExampleDataLoader
+from datasets.image_files import ImageFiles
 from datasets.voc import TREE, VocDataLoader
 from utils.examples.palette import VOC_PALETTE
 
@@ -99,20 +101,17 @@ def decode_all(paths: list[Path]) -> Callable[[], None]:
     return run
 
 
-def decode_and_transform(paths: list[Path], transform: Callable, pairs: bool) -> Callable[[], None]:
-    """Decoding and the dataset's own transform, without the Dataset and the loader around them: the floor of
-    the path with that transform."""
+def decode_and_transform(paths: list[Path], dataset: ImageFiles, pairs: bool) -> Callable[[], None]:
+    """The dataset's own decoding (torchvision.io, or simplejpeg at a reduced scale) and its transform, without
+    the Dataset's checks and the loader around them: the floor of the path."""
 
     def run() -> None:
         if not pairs:
             for path in paths:
-                transform(decode_image(read_file(str(path))))
+                dataset.transform(dataset._image(path))
             return
         for image, mask in zip(paths[::2], paths[1::2], strict=True):
-            transform(
-                tv_tensors.Image(decode_image(read_file(str(image)))),
-                tv_tensors.Mask(decode_image(read_file(str(mask)))[0]),
-            )
+            dataset.transform(tv_tensors.Image(dataset._image(image)), tv_tensors.Mask(dataset._mask(mask)))
 
     return run
 
@@ -162,9 +161,9 @@ def main_() -> None:
     for name, (loader, files) in paths.items():
         per_sample = 2 if name.startswith("VOC") else 1  # VOC: an image and its mask
         runs = {"decode_image": decode_all(files), "PIL decode": pil_all(files), "data path": epoch(loader)}
-        transform = getattr(loader.dataset.dataset, "transform", None)
-        if transform is not None:  # augment_on=device: the loader only decodes
-            runs["decode + transform"] = decode_and_transform(files, transform, pairs=per_sample == 2)
+        dataset = loader.dataset.dataset
+        if getattr(dataset, "transform", None) is not None:  # augment_on=device: the loader only decodes
+            runs["decode + transform"] = decode_and_transform(files, dataset, pairs=per_sample == 2)
         counts = dict.fromkeys(runs, len(files) // per_sample)
         counts["data path"] = len(loader.dataset)
         times: dict[str, list[float]] = {k: [] for k in runs}

@@ -99,7 +99,8 @@ class ExampleDataLoader:
         """The image files of ``given`` (a file or a folder) and batches of them as the folder mode reads images
         (any size and colour mode made ``channels`` x image_size x image_size in [0, 1]); labels: file indices."""
         files = predict_files(given)
-        images = ImageFiles([(f, i) for i, f in enumerate(files)], _colour_mode(self.config), _transform(self.config))
+        samples, size = [(f, i) for i, f in enumerate(files)], self.config.image_size
+        images = ImageFiles(samples, _colour_mode(self.config), _transform(self.config), min_size=size)
         return files, make_loader(images, self.config.batch_size, train=False, seed=self.config.seed)
 
     def _folders(self, config, splits: tuple[str, ...]) -> dict[str, ImageFiles]:
@@ -121,7 +122,8 @@ class ExampleDataLoader:
                     f"{root}: {splits[0]} and {split} have different class folders "
                     f"({', '.join(class_names[splits[0]])} vs {', '.join(class_names[split])})"
                 )
-            data[split] = ImageFiles(samples, mode, transform, skip_bad=config.skip_bad_files)
+            # min_size: the transform shrinks images to image_size, so a large JPEG is decoded at a reduced scale
+            data[split] = ImageFiles(samples, mode, transform, config.skip_bad_files, min_size=config.image_size)
         self.class_names = class_names[splits[0]]
         self.num_classes = len(self.class_names)
         if config.num_classes not in (None, self.num_classes):

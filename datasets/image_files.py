@@ -16,6 +16,11 @@ Images are decoded by torchvision.io where it gives PIL's pixels (8-bit JPEG and
 1.2-1.6x faster than PIL here), by PIL otherwise; a file torchvision.io fails on is
 decoded again by PIL, which names what is wrong with it. 8-bit PNG masks too; they stay uint8 through the
 transforms (``long_masks=False``: after them too, for a conversion on the GPU).
+
+With ``min_size`` (a transform that shrinks images to that size), a JPEG that libjpeg-turbo can decode at half
+its size or less, both sides still at least ``min_size``, is decoded so by simplejpeg (libjpeg-turbo's scaled
+decoding, scales 1/8 to 4/8: each 8x8 block's lowest frequencies give a smaller block): fewer pixels decoded,
+the transform's input no smaller than it needs. CelebA's 178x218 faces for 64x64: 67x82, in 0.7x the time.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import simplejpeg
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
@@ -134,6 +140,11 @@ def _verified_header(path: Path) -> tuple[tuple[int, int], str | None, str]:
     return header
 
 
+def _eighths(size: tuple[int, int], min_size: int) -> int:
+    """The smallest n of libjpeg's scales n/8 that keeps both sides of an image of ``size`` at least ``min_size``."""
+    return next((n for n in range(1, 8) if min(-(-side * n // 8) for side in size) >= min_size), 8)
+
+
 def _grey(rgb: torch.Tensor) -> torch.Tensor:
     """uint8 RGB (3, H, W) -> grey (1, H, W) as PIL's convert("L"): (19595 R + 38470 G + 7471 B + 2**15) >> 16."""
     weights = torch.tensor([19595, 38470, 7471], dtype=torch.int32).view(3, 1, 1)
@@ -146,7 +157,8 @@ class ImageFiles(Dataset):
     ``mode`` is the PIL mode every image is converted to ("RGB", "L"). ``transform`` receives the
     image (and the mask, for pairs) as torchvision tv_tensors, so torchvision.transforms.v2
     applies the same crop or flip to both. ``num_classes`` (masks only) bounds mask values;
-    ``ignore_index`` is the one value allowed beyond it (VOC's 255 border).
+    ``ignore_index`` is the one value allowed beyond it (VOC's 255 border). ``min_size``: the smallest height and
+    width the transform needs (it shrinks images to about that): JPEGs are decoded no larger than they need be.
     """
 
     def __init__(
@@ -158,19 +170,23 @@ class ImageFiles(Dataset):
         num_classes: int | None = None,
         ignore_index: int = 255,
         long_masks: bool = True,
+        min_size: int | None = None,
     ) -> None:
-        self.mode, self.transform, self.skip_bad = mode, transform, skip_bad
+        self.mode, self.transform, self.skip_bad, self.min_size = mode, transform, skip_bad, min_size
         self.num_classes, self.ignore_index, self.long_masks = num_classes, ignore_index, long_masks
         self.samples: list[tuple[Path, Target]] = []
         self._native: dict[Path, str] = {}  # the images torchvision.io decodes: their PIL mode
         self._native_masks: set[Path] = set()
+        self._scaled: set[Path] = set()  # the JPEGs decoded at a reduced scale (min_size)
         skipped = []
         for image, target in samples:
             try:
-                header, mask_header = self._check(image, target)
+                size, header, mask_header = self._check(image, target)
                 self.samples.append((image, target))
                 if header in NATIVE and mode in ("RGB", "L"):
                     self._native[image] = header[1]
+                    if header[0] == "JPEG" and min_size and _eighths(size, min_size) <= 4:
+                        self._scaled.add(image)
                 if mask_header in NATIVE_MASKS:
                     self._native_masks.add(target)
             except _BadSample as e:
@@ -186,9 +202,9 @@ class ImageFiles(Dataset):
             raise UserError(f"{where}: no readable samples ({len(skipped)} skipped)")
 
     @staticmethod
-    def _check(image: Path, target: Target) -> tuple[tuple, tuple | None]:
-        """The (format, mode) of the image and of its mask (None without one); raise _BadSample for a sample that
-        cannot be used (checked by headers)."""
+    def _check(image: Path, target: Target) -> tuple[tuple[int, int], tuple, tuple | None]:
+        """The image's (width, height), the (format, mode) of the image and of its mask (None without one); raise
+        _BadSample for a sample that cannot be used (checked by headers)."""
         size, *header = _verified_header(image)
         mask_header = None
         if isinstance(target, Path):
@@ -200,7 +216,7 @@ class ImageFiles(Dataset):
                     target,
                     f"mask is {mask_size[0]}x{mask_size[1]} (width x height), its image {image} is {size[0]}x{size[1]}",
                 )
-        return tuple(header), mask_header and tuple(mask_header)
+        return size, tuple(header), mask_header and tuple(mask_header)
 
     @staticmethod
     def _error(bad: _BadSample) -> UserError:
@@ -275,8 +291,15 @@ class ImageFiles(Dataset):
         if source is not None:
             grey = self.mode == "L" and source == "L"
             try:
-                image = decode_image(read_file(str(path)), mode=ImageReadMode.GRAY if grey else ImageReadMode.RGB)
-            except RuntimeError:
+                if path in self._scaled:
+                    side = self.min_size
+                    pixels = simplejpeg.decode_jpeg(
+                        path.read_bytes(), "GRAY" if grey else "RGB", min_height=side, min_width=side
+                    )
+                    image = torch.from_numpy(pixels).permute(2, 0, 1)  # channels-last: the resize's fast path
+                else:
+                    image = decode_image(read_file(str(path)), mode=ImageReadMode.GRAY if grey else ImageReadMode.RGB)
+            except (RuntimeError, ValueError):
                 image = None  # damaged (a JPEG cut short): PIL decodes it again and names what is wrong
             if image is not None and image.dtype == torch.uint8:  # not a 16-bit PNG (PIL keeps its 8 high bits)
                 return _grey(image) if self.mode == "L" and not grey else image

@@ -254,3 +254,69 @@ def test_masks_decode_to_pils_values_whichever_decoder_reads_them(tmp_path):
             assert got.dtype == (torch.int64 if long_masks or i == 3 else torch.uint8), i
             assert torch.equal(got.long(), expected), i
         assert data._native_masks == {samples[0][1], samples[1][1]}
+
+
+def smooth_jpeg(path: Path, width: int, height: int, mode: str = "RGB") -> Path:
+    """A JPEG of colour gradients (red across, blue down) with a dark disc: what a reduced-scale decode keeps."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    pixels = np.stack([xs * 255 // width, np.full_like(xs, 90), ys * 255 // height], -1).astype(np.uint8)
+    pixels[(ys - height / 2) ** 2 + (xs - width / 2) ** 2 < (min(width, height) / 4) ** 2] = 20
+    Image.fromarray(pixels).convert(mode).save(path, quality=95)
+    return path
+
+
+def test_jpegs_a_transform_shrinks_decode_at_a_reduced_scale_with_the_same_picture(tmp_path):
+    """min_size: a JPEG libjpeg can decode at n/8 of its size (n <= 4), both sides still >= min_size, is decoded
+    so; others (a scale above 4/8, a PNG) whole. The picture is that of a whole decode shrunk (colours in order,
+    not transposed), and at 1/8 the pixels PIL's own reduced decode (draft) gives."""
+    files = {
+        "eighth": (smooth_jpeg(tmp_path / "a.jpg", 256, 256), (32, 32)),  # 1/8
+        "three_eighths": (smooth_jpeg(tmp_path / "b.jpg", 178, 218), (67, 82)),  # CelebA's at 32: 2/8, at 64: 3/8
+        "whole": (smooth_jpeg(tmp_path / "c.jpg", 100, 90), (100, 90)),  # 6/8 would do: not worth it, whole
+        "grey": (smooth_jpeg(tmp_path / "d.jpg", 128, 128, "L"), (64, 64)),  # 4/8
+    }
+    png = tmp_path / "e.png"
+    Image.fromarray(np.zeros((256, 256, 3), np.uint8)).save(png)
+    paths = [path for path, _ in files.values()] + [png]
+    for mode in ("RGB", "L"):
+        data = ImageFiles([(p, 0) for p in paths], mode, min_size=64 if mode == "RGB" else 32)
+        if mode == "RGB":
+            assert data._scaled == {files[k][0] for k in ("eighth", "three_eighths", "grey")}
+        for i, path in enumerate(paths):
+            image = data[i][0]
+            with Image.open(path) as pil:
+                whole = torch.from_numpy(np.array(pil.convert(mode))).reshape(pil.height, pil.width, -1)
+            shrunk = v2.functional.resize(whole.permute(2, 0, 1), list(image.shape[1:]), antialias=True)
+            assert image.shape[0] == (3 if mode == "RGB" else 1) and image.dtype == torch.uint8
+            assert (image.float() - shrunk.float()).abs().mean() < 3, (mode, path.name)
+        sizes = {name: tuple(data[i][0].shape[:0:-1]) for i, name in enumerate(files)}
+        if mode == "RGB":
+            assert sizes == {"eighth": (64, 64), **{k: size for k, (_, size) in files.items() if k != "eighth"}}
+        else:  # min_size 32: 256x256 at 1/8; 178x218 at 2/8
+            assert sizes["eighth"] == (32, 32) and sizes["three_eighths"] == (45, 55), sizes
+    data = ImageFiles([(files["eighth"][0], 0)], min_size=32)
+    with Image.open(files["eighth"][0]) as pil:
+        pil.draft("RGB", (32, 32))
+        drafted = torch.from_numpy(np.array(pil.convert("RGB"))).permute(2, 0, 1)
+    assert drafted.shape == (3, 32, 32) and (data[0][0].int() - drafted.int()).abs().max() <= 2
+
+
+def test_a_damaged_jpeg_decoded_at_a_reduced_scale_names_the_file(tmp_path):
+    bad = cut(smooth_jpeg(tmp_path / "a.jpg", 256, 256))
+    data = ImageFiles([(bad, 0)], min_size=32)
+    assert data._scaled == {bad}
+    with pytest.raises(UserError, match=r"a\.jpg: not a readable image \(OSError: image file is truncated"):
+        data[0]
+
+
+def test_the_templates_folders_and_its_predictions_decode_large_jpegs_at_a_reduced_scale(tmp_path):
+    from datasets.example import ExampleDataLoader
+
+    folder = image_folders(tmp_path, n_train=4, n_valid=2)
+    big = smooth_jpeg(folder / "train" / "dark" / "big.jpg", 128, 128)  # 16 of 128: 1/8
+    config, _ = main.load_config(str(EXAMPLE), [*FOLDER, f"data_root={tmp_path}"])
+    data = ExampleDataLoader(config)
+    assert data.train_loader.dataset.dataset._scaled == {big}  # the small ones (20x16, 12x10): whole
+    assert {tuple(images.shape[1:]) for images, _ in data.train_loader} == {(3, 16, 16)}
+    _, predict = data.predict_loader(str(big))
+    assert predict.dataset.dataset._scaled == {big}  # as in training
