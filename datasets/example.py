@@ -73,6 +73,8 @@ class ExampleDataLoader:
         self.preprocessing = {
             "colour_mode": _colour_mode(config),
             "size": [config.image_size, config.image_size],
+            "resize": "a JPEG decoded at libjpeg's 1/2, 1/4 or 1/8 scale if that still covers size, then resized "
+            "to size (bilinear, antialiased)",
             "scale": 1 / 255,
             "mean": [0.0] * config.channels,
             "std": [1.0] * config.channels,
@@ -123,7 +125,9 @@ class ExampleDataLoader:
                     f"({', '.join(class_names[splits[0]])} vs {', '.join(class_names[split])})"
                 )
             # min_size: the transform shrinks images to image_size, so a large JPEG is decoded at a reduced scale
-            data[split] = ImageFiles(samples, mode, transform, config.skip_bad_files, min_size=config.image_size)
+            data[split] = ImageFiles(
+                samples, mode, transform, skip_bad=config.skip_bad_files, min_size=config.image_size
+            )
         self.class_names = class_names[splits[0]]
         self.num_classes = len(self.class_names)
         if config.num_classes not in (None, self.num_classes):

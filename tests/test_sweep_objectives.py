@@ -75,7 +75,7 @@ def test_a_kfold_sweep_runs_its_config_on_each_fold_and_reports_their_mean_and_s
     tmp_path, exps, capsys
 ):
     path = sweep_file(tmp_path, exps, method="kfold", folds=3, parameters={})
-    assert main.main(["--sweep", path, "max_epoch=2"]) == 0
+    assert main.main(["--sweep", path, "max_epoch=1"]) == 0
     results = rows(exps / "s" / "results.csv")
     assert [(r["number"], r["fold"], r["state"]) for r in results[:3]] == [
         ("0", "0", "complete"),
@@ -93,7 +93,7 @@ def test_a_kfold_sweep_runs_its_config_on_each_fold_and_reports_their_mean_and_s
     assert f"sweep s: 3 complete; valid/accuracy {mean:.4g} ± {std:.2g} (mean ± standard deviation of 3 folds)" in (
         capsys.readouterr().err
     )
-    assert {p.stem for p in (exps / "s").glob("*.png")} == {"intermediate_values"}  # the folds' curves alone
+    assert {p.stem for p in (exps / "s").glob("*.png")} == {"intermediate_values"}  # the folds' values alone
 
 
 def test_a_kfold_sweep_of_an_agent_without_folds_is_one_line(tmp_path, exps, capsys, no_folds_agent):

@@ -15,7 +15,7 @@ import main
 import utils.sweep.study
 import utils.sweep.subprocess
 from tests.conftest import REPO
-from tests.test_sweep import TINY, rows, sweep_file
+from tests.test_sweep import PNG, TINY, rows, sweep_file
 from utils.run.recorder import LOCK_NAME
 from utils.sweep.spec import load_sweep
 from utils.sweep.subprocess import holder
@@ -412,14 +412,10 @@ def test_results_csv_writes_a_choice_as_the_config_got_it_when_optuna_keeps_it_a
     # One parameter, two epochs: nothing to compare in importances or parallel coordinates; the other views.
     drawn = {p.stem for p in (exps / "s").glob("*.png")}
     assert drawn == {"optimization_history", "slice", "intermediate_values"}, drawn
-    main.main(
-        [
-            "--sweep",
-            sweep_file(
-                tmp_path, exps, name="one_epoch", overrides={**TINY, "max_epoch": 1, "experiments_dir": str(exps)}
-            ),
-        ]
-    )
+    (exps / "one_epoch").mkdir()
+    (exps / "one_epoch" / "intermediate_values.png").write_bytes(PNG)  # a view drawn before: now out of date
+    one_epoch = {**TINY, "max_epoch": 1, "experiments_dir": str(exps)}
+    main.main(["--sweep", sweep_file(tmp_path, exps, name="one_epoch", overrides=one_epoch)])
     assert {p.stem for p in (exps / "one_epoch").glob("*.png")} == {"optimization_history", "slice"}  # no curves
 
 

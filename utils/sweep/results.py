@@ -103,14 +103,17 @@ def _plot(study: optuna.Study, sweep: Sweep) -> None:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as views
 
-    names = ("intermediate_values",) if sweep.method == "kfold" else PLOTS  # kfold: the folds' curves
+    names = ("intermediate_values",) if sweep.method == "kfold" else PLOTS  # kfold: the folds' values, alone
     # A view with nothing to compare is left out: importances and parallel coordinates compare parameters (one
     # parameter: the slice shows it all; fANOVA's forest took most of the plots' time); curves need two epochs.
-    if len(sweep.spaces) < 2:
+    if len(sweep.spaces) < 2 and sweep.method != "kfold":
         names = tuple(n for n in names if n not in ("param_importances", "parallel_coordinate"))
-    if not any(len(t.intermediate_values) > 1 for t in study.trials):
+    if not any(len(t.intermediate_values) > 1 for t in study.trials) and sweep.method != "kfold":
         names = tuple(n for n in names if n != "intermediate_values")
-    for name in ("pareto_front",) if len(sweep.objectives) > 1 else names:
+    names = ("pareto_front",) if len(sweep.objectives) > 1 else names
+    for name in set(PLOTS) - set(names):  # a view of the study before it grew
+        (sweep.sweep_dir / f"{name}.png").unlink(missing_ok=True)
+    for name in names:
         try:
             with warnings.catch_warnings():  # "experimental", "too few trials to compute importances"
                 warnings.simplefilter("ignore")
