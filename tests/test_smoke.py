@@ -73,3 +73,19 @@ def test_curves_draw_each_metric_once(exps):
     run = read_run(exps / "curves")
     metrics = [k for k in run.rows[0] if k not in ("epoch", "step")]
     assert plot_curves([run], [run.name], exps / "c.png") == metrics == ["train/loss", "valid/loss", "valid/accuracy"]
+
+
+def test_curves_leave_room_for_long_tick_labels(tmp_path):
+    """Margins are fixed in inches (a layout engine drew each figure twice): tick labels such as
+    "-54305.0" still fit, so no ink touches the image's edges."""
+    import numpy as np
+    from PIL import Image
+
+    from utils.run.report import RunFiles
+
+    rows = [{"epoch": e, "a": -54321.5 + 3.3 * e, "b": 1e-4 * e, "c": 123456.0 * e} for e in range(1, 6)]
+    run = RunFiles(tmp_path, "run", {}, rows, {})
+    plot_curves([run, run], ["one", "two"], tmp_path / "c.png", ["a", "b", "c"])
+    pixels = np.asarray(Image.open(tmp_path / "c.png").convert("L"))
+    edges = np.concatenate([pixels[:, :2].ravel(), pixels[:, -2:].ravel(), pixels[:2].ravel(), pixels[-2:].ravel()])
+    assert edges.min() > 250, "a label reaches the edge of curves.png"
