@@ -115,10 +115,11 @@ class CelebADataLoader:
 
     @staticmethod
     def _folder(folder: Path, config) -> ImageFiles:
-        size = config.image_size
-        samples = [(path, 0) for path in image_files(folder, how_to_get(folder))]  # no labels: class 0 for all
+        size, own = config.image_size, config.data_mode == "folder" and config.image_folder != str(TORCHVISION_FOLDER)
+        how = "Put your images there (flat or in sub-folders), or use data_mode=random." if own else how_to_get(folder)
+        samples = [(path, 0) for path in image_files(folder, how)]  # no labels: class 0 for all
         # torchvision's functions, not v2.Compose: its dispatch cost half as much again as the resize of an image
-        # decoded at a reduced scale (min_size: CelebA's 178x218 JPEGs at 3/8, 67x82)
+        # decoded at a reduced scale (min_size: CelebA's 178x218 JPEGs at 1/2, 89x109)
         transform = partial(resize_crop, size=size)
         mode = "RGB" if config.channels == 3 else "L"
         return ImageFiles(samples, mode, transform, skip_bad=config.skip_bad_files, min_size=size)

@@ -101,8 +101,10 @@ class ExampleDataLoader:
         """The image files of ``given`` (a file or a folder) and batches of them as the folder mode reads images
         (any size and colour mode made ``channels`` x image_size x image_size in [0, 1]); labels: file indices."""
         files = predict_files(given)
-        samples, size = [(f, i) for i, f in enumerate(files)], self.config.image_size
-        images = ImageFiles(samples, _colour_mode(self.config), _transform(self.config), min_size=size)
+        samples, config = [(f, i) for i, f in enumerate(files)], self.config
+        images = ImageFiles(
+            samples, _colour_mode(config), _transform(config), config.skip_bad_files, min_size=config.image_size
+        )
         return files, make_loader(images, self.config.batch_size, train=False, seed=self.config.seed)
 
     def _folders(self, config, splits: tuple[str, ...]) -> dict[str, ImageFiles]:
@@ -130,6 +132,11 @@ class ExampleDataLoader:
             )
         self.class_names = class_names[splits[0]]
         self.num_classes = len(self.class_names)
+        if self.num_classes < 2:
+            raise UserError(
+                f"{root / splits[0]}: one class folder ({self.class_names[0]}/); a classifier needs two or more, "
+                "one per class"
+            )
         if config.num_classes not in (None, self.num_classes):
             raise UserError(
                 f"{root / splits[0]}: {self.num_classes} class folders, the config's num_classes is "

@@ -190,6 +190,8 @@ def test_on_train_end_sees_a_failed_run(exps, monkeypatch):
         train(EXAMPLE, exps, "exp_name=bug", "max_epoch=1", *SMALL, callbacks())
     assert events(exps, "bug")[-1] == "done failed"
     assert json.loads((exps / "bug" / "summary.json").read_text())["status"] == "failed"  # main.py status shows it
+    log = (exps / "bug" / "logs" / "run.log").read_text()  # and the run's log the bug's traceback
+    assert "failed: Traceback (most recent call last)" in log and log.rstrip().endswith("a bug in train_step")
 
 
 def test_the_scalars_queued_before_an_image_reach_the_loggers_before_it(tmp_path):

@@ -196,8 +196,10 @@ def test_folder_mode_names_a_bad_file_or_skips_it_when_asked(tmp_path):
 
 
 def test_missing_images_and_a_failed_download_say_how_to_get_celeba(tmp_path, monkeypatch):
-    with pytest.raises(UserError, match=r"faces: image folder not found\. Download img_align_celeba\.zip by hand"):
-        CelebADataLoader(loader_config(tmp_path))
+    with pytest.raises(UserError, match=r"celeba/img_align_celeba: image folder not found\. Download img_align_celeba"):
+        CelebADataLoader(loader_config(tmp_path, image_folder="celeba/img_align_celeba"))
+    with pytest.raises(UserError, match=r"faces: image folder not found\. Put your images there \(flat or in sub"):
+        CelebADataLoader(loader_config(tmp_path))  # a folder of the user's own: no advice to download CelebA
 
     class Refused:
         def __init__(self, root, **kwargs):

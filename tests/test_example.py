@@ -82,9 +82,25 @@ def test_exports_and_predicts_the_class_folders_it_trained_on(exps, tmp_path):
         top = [pair.split(":") for pair in row["top5"].split()]
         assert row["class"] == top[0][0] and row["probability"] == top[0][1] and len(top) == 3
         assert {name for name, _ in top} == {"a", "b", "c"} and abs(sum(float(p) for _, p in top) - 1) < 1e-4
+    # A photo cut short: one line naming it; with skip_bad_files=true, left out (no row), as training does.
+    Image.new("RGB", (64, 48), (10, 200, 10)).save(photos / "cut.jpg", quality=95)
+    (photos / "cut.jpg").write_bytes((photos / "cut.jpg").read_bytes()[:400])
+    (exps / "f" / "out" / "predict" / "predictions.csv").unlink()
+    with pytest.raises(UserError, match=r"cut\.jpg: not a readable image"):
+        train(CONFIG, exps, *args, "mode=predict", f"predict_input={photos}")
+    train(CONFIG, exps, *args, "mode=predict", f"predict_input={photos}", "skip_bad_files=true")
+    with open(exps / "f" / "out" / "predict" / "predictions.csv", newline="") as f:
+        assert [Path(r["file"]).name for r in csv.DictReader(f)] == ["clear.png", "grey.png", "palette.gif"]
+    (photos / "cut.jpg").unlink()
     # The run's own class names (class_names.json), also when the data at hand has none (random images).
     (exps / "f" / "out" / "predict" / "predictions.csv").unlink()
     train(CONFIG, exps, "data_mode=random", "num_classes=3", "exp_name=f", "image_size=12", "mode=predict",
           f"predict_input={photos}")  # fmt: skip
     with open(exps / "f" / "out" / "predict" / "predictions.csv", newline="") as f:
         assert {row["class"] for row in csv.DictReader(f)} <= {"a", "b", "c"}
+
+
+def test_one_class_folder_is_refused_in_one_line(exps, tmp_path):
+    write_class_folders(tmp_path / "data", classes=("a",))
+    with pytest.raises(UserError, match=r"example/train: one class folder \(a/\); a classifier needs two or more"):
+        train(CONFIG, exps, f"data_root={tmp_path / 'data'}", "data_mode=folder", "max_epoch=1")

@@ -123,6 +123,8 @@ def test_image_damaged_past_its_header_stops_with_one_line(tmp_path, capsys, wor
     assert code == 2
     assert err[-1].startswith(f"error: {bad}: not a readable image (OSError: image file is truncated"), err[-1]
     assert "Traceback" not in "\n".join(err)
+    (log,) = exps.glob("*/logs/run.log")  # the run's log says why it failed, as the terminal did
+    assert f"failed: {bad}: not a readable image" in log.read_text().splitlines()[-1]
 
 
 def test_skip_bad_files_leaves_them_out_and_logs_each(tmp_path, exps):

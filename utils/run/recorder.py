@@ -17,6 +17,7 @@ import shutil
 import socket
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import IO, Any
 
@@ -86,7 +87,8 @@ class Recorder:
         for sub in ("checkpoints", "summaries", "out", "logs"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
         fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
-        for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(self.run_dir / "logs" / "run.log")):
+        self._file_log = logging.FileHandler(self.run_dir / "logs" / "run.log")
+        for handler in (logging.StreamHandler(sys.stderr), self._file_log):
             handler.setFormatter(fmt)
             self.logger.addHandler(handler)
             DATA_LOG.addHandler(handler)  # what datasets report (skipped files) goes to the run log too
@@ -123,6 +125,13 @@ class Recorder:
 
     def warning(self, msg: str) -> None:
         self.logger.warning(msg)
+
+    def failed(self, error: BaseException) -> None:
+        """Why the run failed, in run.log only (main prints it on the terminal): a mistake's message, a bug's
+        traceback."""
+        if getattr(self, "_file_log", None) is not None:
+            why = str(error) if isinstance(error, UserError) else "".join(traceback.format_exception(error)).strip()
+            self._file_log.handle(logging.LogRecord(self.logger.name, logging.ERROR, "", 0, f"failed: {why}", (), None))
 
     def scalars(self, values: dict[str, float], step: int, flush: bool = False) -> None:
         """Queue scalars for the loggers; they are written in bursts (every few seconds, on ``flush``, at close).

@@ -170,7 +170,7 @@ def plot_curves(runs: list[RunFiles], names: list[str], path: Path, metrics: lis
                 ax.plot(xs, ys, color=colours[i], marker="o" if len(xs) <= 30 else None, ms=3, label=name)
         ax.set_title(metric, fontsize="medium")
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
     for ax in axes[len(metrics) :]:
         ax.set_visible(False)  # an odd number of metrics: the last row's second place stays empty

@@ -80,6 +80,7 @@ def end(agent) -> None:
     try:
         if training and agent.status == "started" and sys.exc_info()[0] is not None:  # run in main's finally
             agent.status = "failed"  # and so written in summary.json
+            recorder.failed(sys.exc_info()[1])
         if recorder is not None and agent.config.mode == "train" and has_news(agent):
             recorder.write_json("summary.json", summary(agent))
             recorder.curves()
