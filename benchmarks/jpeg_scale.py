@@ -24,8 +24,8 @@ import torch
 from common import REPO  # noqa: F401 (puts the repository on the path)
 from PIL import Image
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
-from datasets.celeba import resize_crop
 from datasets.image_files import ImageFiles
 
 PHOTOS = {
@@ -35,6 +35,11 @@ PHOTOS = {
         for name in ("camera_rgb", "camera_average", "camera_background", "intro_blade", "intro_freedom")
     ],
 }
+
+
+def resize_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The CelebA example's resize and crop, written here so that a project without the examples keeps this file."""
+    return F.center_crop(F.resize(image, size, antialias=True), size)
 
 
 def photos() -> list[Path]:

@@ -106,7 +106,7 @@ class CelebADataLoader:
         else:
             root = fetched_root(config, download)
             folder = root / (TORCHVISION_FOLDER if config.data_mode == "download" else config.image_folder)
-            dataset = self._folder(folder, config)
+            dataset = self._folder(folder, config, own=folder.resolve() != (root / TORCHVISION_FOLDER).resolve())
         train, valid = self.split(dataset, config.valid_fraction, config.seed)
         kwargs = {"seed": config.seed, "num_workers": config.num_workers}
         self.train_loader = make_loader(train, config.batch_size, train=True, **kwargs)
@@ -114,9 +114,10 @@ class CelebADataLoader:
         self.test_loader = self.valid_loader
 
     @staticmethod
-    def _folder(folder: Path, config) -> ImageFiles:
-        size, own = config.image_size, config.data_mode == "folder" and config.image_folder != str(TORCHVISION_FOLDER)
-        how = "Put your images there (flat or in sub-folders), or use data_mode=random." if own else how_to_get(folder)
+    def _folder(folder: Path, config, own: bool) -> ImageFiles:
+        """``own``: a folder of the user's images, not CelebA's (a missing one: no advice to download CelebA)."""
+        size = config.image_size
+        how = "Put your images there, or use data_mode=random." if own else how_to_get(folder)
         samples = [(path, 0) for path in image_files(folder, how)]  # no labels: class 0 for all
         # torchvision's functions, not v2.Compose: its dispatch cost half as much again as the resize of an image
         # decoded at a reduced scale (min_size: CelebA's 178x218 JPEGs at 1/2, 89x109)

@@ -241,3 +241,16 @@ def test_early_stopping_added_as_a_callback_follows_the_runs_monitor(exps):
     train(EXAMPLE, exps, "exp_name=es", *args, f"callbacks={spec}")
     summary = json.loads((exps / "es" / "summary.json").read_text())
     assert summary["status"] == "early stopped" and summary["epochs"] == 2
+
+
+def test_a_second_ctrl_c_is_logged_as_such_not_as_a_bug(exps, monkeypatch):
+    from agents.example import ExampleAgent
+
+    def interrupted(self, batch):
+        raise KeyboardInterrupt  # what Signals raises on a second Ctrl-C
+
+    monkeypatch.setattr(ExampleAgent, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(EXAMPLE, exps, "exp_name=ctrl_c", "max_epoch=1", *SMALL)
+    last = (exps / "ctrl_c" / "logs" / "run.log").read_text().splitlines()[-1]
+    assert last.endswith("failed: stopped at once by a second Ctrl-C or SIGTERM (no checkpoint of the last steps)")

@@ -112,6 +112,8 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good(exps):
     assert "last good checkpoint" in str(info.value)
     assert (exps / "nan" / "checkpoints" / "last.pth").read_bytes() == good
     assert json.loads((exps / "nan" / "summary.json").read_text())["status"] == "diverged"
+    last = (exps / "nan" / "logs" / "run.log").read_text().splitlines()[-1]  # why, in one line, as on the terminal
+    assert "failed: loss is " in last and "last good checkpoint" in last
 
 
 def test_failed_save_leaves_the_previous_file(tmp_path, monkeypatch):

@@ -198,8 +198,11 @@ def test_folder_mode_names_a_bad_file_or_skips_it_when_asked(tmp_path):
 def test_missing_images_and_a_failed_download_say_how_to_get_celeba(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"celeba/img_align_celeba: image folder not found\. Download img_align_celeba"):
         CelebADataLoader(loader_config(tmp_path, image_folder="celeba/img_align_celeba"))
-    with pytest.raises(UserError, match=r"faces: image folder not found\. Put your images there \(flat or in sub"):
+    with pytest.raises(UserError, match=r"faces: image folder not found\. Put your images there, or use data_mode"):
         CelebADataLoader(loader_config(tmp_path))  # a folder of the user's own: no advice to download CelebA
+    default = str(tmp_path / "celeba" / "img_align_celeba") + "/"  # CelebA's folder, spelt otherwise
+    with pytest.raises(UserError, match=r"image folder not found\. Download img_align_celeba"):
+        CelebADataLoader(loader_config(tmp_path, image_folder=default))
 
     class Refused:
         def __init__(self, root, **kwargs):

@@ -102,5 +102,7 @@ def test_exports_and_predicts_the_class_folders_it_trained_on(exps, tmp_path):
 
 def test_one_class_folder_is_refused_in_one_line(exps, tmp_path):
     write_class_folders(tmp_path / "data", classes=("a",))
-    with pytest.raises(UserError, match=r"example/train: one class folder \(a/\); a classifier needs two or more"):
+    with pytest.raises(UserError, match=r"train: one class folder \(a/\); a classifier needs two or more"):
         train(CONFIG, exps, f"data_root={tmp_path / 'data'}", "data_mode=folder", "max_epoch=1")
+    (log,) = exps.glob("*/logs/run.log")  # found while the agent is built: in its log too
+    assert "failed: " in log.read_text().splitlines()[-1] and "one class folder" in log.read_text()

@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import torch
 
-from utils.errors import UserError
+from utils.errors import TrainingStopped, UserError
 from utils.run.files import write_bytes_atomic, write_text_atomic
 from utils.run.report import differing_keys, flatten
 
@@ -127,11 +127,17 @@ class Recorder:
         self.logger.warning(msg)
 
     def failed(self, error: BaseException) -> None:
-        """Why the run failed, in run.log only (main prints it on the terminal): a mistake's message, a bug's
-        traceback."""
-        if getattr(self, "_file_log", None) is not None:
-            why = str(error) if isinstance(error, UserError) else "".join(traceback.format_exception(error)).strip()
-            self._file_log.handle(logging.LogRecord(self.logger.name, logging.ERROR, "", 0, f"failed: {why}", (), None))
+        """Why the run ended, in run.log only (main prints it on the terminal): a mistake's message (one line), a
+        bug's traceback."""
+        if getattr(self, "_file_log", None) is None:
+            return
+        if isinstance(error, KeyboardInterrupt):
+            why = "stopped at once by a second Ctrl-C or SIGTERM (no checkpoint of the last steps)"
+        elif isinstance(error, (UserError, TrainingStopped)):
+            why = " ".join(str(error).split())
+        else:
+            why = "".join(traceback.format_exception(error)).strip()
+        self._file_log.handle(logging.LogRecord(self.logger.name, logging.ERROR, "", 0, f"failed: {why}", (), None))
 
     def scalars(self, values: dict[str, float], step: int, flush: bool = False) -> None:
         """Queue scalars for the loggers; they are written in bursts (every few seconds, on ``flush``, at close).

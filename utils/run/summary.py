@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from utils.errors import RunInterrupted
 from utils.training import distributed
 
 
@@ -77,10 +78,12 @@ def end(agent) -> None:
     """The end of a run (also of a failed one, or of a failed ``__init__``): summary.json and the curves, the
     callbacks' ``on_train_end``, the writers closed, torch's thread count as found, the process group left."""
     recorder, training = getattr(agent, "recorder", None), getattr(agent, "in_training", False)
+    error = sys.exc_info()[1]  # run in main's finally: what ends the run, if anything
     try:
-        if training and agent.status == "started" and sys.exc_info()[0] is not None:  # run in main's finally
+        if training and agent.status == "started" and error is not None:
             agent.status = "failed"  # and so written in summary.json
-            recorder.failed(sys.exc_info()[1])
+        if recorder is not None and error is not None and not isinstance(error, RunInterrupted):
+            recorder.failed(error)  # run.log says why, as the terminal does (an interrupt: it said so already)
         if recorder is not None and agent.config.mode == "train" and has_news(agent):
             recorder.write_json("summary.json", summary(agent))
             recorder.curves()
