@@ -104,5 +104,15 @@ def test_one_class_folder_is_refused_in_one_line(exps, tmp_path):
     write_class_folders(tmp_path / "data", classes=("a",))
     with pytest.raises(UserError, match=r"train: one class folder \(a/\); a classifier needs two or more"):
         train(CONFIG, exps, f"data_root={tmp_path / 'data'}", "data_mode=folder", "max_epoch=1")
-    (log,) = exps.glob("*/logs/run.log")  # found while the agent is built: in its log too
-    assert "failed: " in log.read_text().splitlines()[-1] and "one class folder" in log.read_text()
+    assert not list(exps.iterdir())  # found while the agent is built: a new run leaves no folder behind
+
+
+def test_a_run_that_goes_on_and_fails_while_built_says_why_in_its_log(exps, tmp_path):
+    write_class_folders(tmp_path / "data")
+    args = [f"data_root={tmp_path / 'data'}", "data_mode=folder", "exp_name=on", "image_size=12"]
+    train(CONFIG, exps, *args, "max_epoch=1")
+    shutil.rmtree(tmp_path / "data")
+    with pytest.raises(UserError, match="image folder not found"):
+        train(CONFIG, exps, *args, "max_epoch=2")
+    last = (exps / "on" / "logs" / "run.log").read_text().splitlines()[-1]
+    assert "failed: " in last and "image folder not found" in last, last

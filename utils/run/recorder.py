@@ -129,7 +129,7 @@ class Recorder:
     def failed(self, error: BaseException) -> None:
         """Why the run ended, in run.log only (main prints it on the terminal): a mistake's message (one line), a
         bug's traceback."""
-        if getattr(self, "_file_log", None) is None:
+        if getattr(self, "_file_log", None) is None or self._wrote_nothing():  # a new folder that goes away
             return
         if isinstance(error, KeyboardInterrupt):
             why = "stopped at once by a second Ctrl-C or SIGTERM (no checkpoint of the last steps)"
@@ -317,6 +317,11 @@ class Recorder:
         path = self.run_dir / name
         return json.loads(path.read_text()) if path.exists() else {}
 
+    def _wrote_nothing(self) -> bool:
+        """Whether this run made its directory and wrote nothing in it (its files all empty)."""
+        written = (p for p in self.run_dir.rglob("*") if p.is_file() and p.name != LOCK_NAME)
+        return self._created and not any(p.stat().st_size for p in written)
+
     def close(self) -> None:
         if self.enabled:
             self.flush()
@@ -327,8 +332,7 @@ class Recorder:
             handler.close()
             self.logger.removeHandler(handler)
             DATA_LOG.removeHandler(handler)
-        written = (p for p in self.run_dir.rglob("*") if p.is_file() and p.name != LOCK_NAME)
-        if self._created and not any(p.stat().st_size for p in written):
+        if self._wrote_nothing():
             shutil.rmtree(self.run_dir)  # a run that failed before writing anything leaves no empty directory
         if self._lock_file is not None:  # released last: no other run starts in a directory being removed
             (self.run_dir / LOCK_NAME).unlink(missing_ok=True)  # still held: a finished run leaves no .lock behind
