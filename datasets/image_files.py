@@ -174,7 +174,7 @@ class ImageFiles(Dataset):
         long_masks: bool = True,
         min_size: int | None = None,
     ) -> None:
-        self.mode, self.transform, self.skip_bad, self.min_size = mode, transform, skip_bad, min_size
+        self.mode, self.transform, self.skip_bad = mode, transform, skip_bad
         self.num_classes, self.ignore_index, self.long_masks = num_classes, ignore_index, long_masks
         self.samples: list[tuple[Path, Target]] = []
         self._native: dict[Path, str] = {}  # the images torchvision.io decodes: their PIL mode

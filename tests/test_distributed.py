@@ -220,6 +220,9 @@ def test_a_mistake_rank_0_finds_is_one_line_on_every_rank(exps):
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.count("already has checkpoints and resume is false") == 2  # one line per rank
+    log = (exps / "rf" / "logs" / "run.log").read_text().splitlines()  # the run's log says why, once: rank 0's
+    assert "failed: " in log[-1] and "already has checkpoints and resume is false" in log[-1]
+    assert sum("failed: " in line for line in log) == 1
 
 
 @pytest.mark.parametrize("how", ["ctrl-c to the terminal's process group", "SIGTERM to the launcher"])
@@ -250,6 +253,7 @@ def test_signal_under_run_sh_nproc_saves_exits_130_and_resumes_in_one_process(ex
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
+    assert "failed: " not in log.read_text()  # an interrupt is no failure: the log says it saved, nothing more
     state = load(exps / "sig" / "checkpoints" / "last.pth")
     done, samples = state["batch_in_epoch"], state["samples_in_epoch"]
     assert 0 < done < 375 and samples == done * 16 * 2

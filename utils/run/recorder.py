@@ -77,6 +77,7 @@ class Recorder:
         self._pending: list[tuple[dict[str, float], int]] = []
         self._last_flush = time.monotonic()
         self._lock_file = None
+        self._file_log: logging.FileHandler | None = None  # run.log (rank 0)
         self._columns: list[str] | None = None  # metrics.csv's header, once read or written
         self._created = enabled and not self.run_dir.exists()
         if not enabled:
@@ -129,7 +130,7 @@ class Recorder:
     def failed(self, error: BaseException) -> None:
         """Why the run ended, in run.log only (main prints it on the terminal): a mistake's message (one line), a
         bug's traceback."""
-        if getattr(self, "_file_log", None) is None or self._wrote_nothing():  # a new folder that goes away
+        if self._file_log is None or self._wrote_nothing():  # a new folder that goes away
             return
         if isinstance(error, KeyboardInterrupt):
             why = "stopped at once by a second Ctrl-C or SIGTERM (no checkpoint of the last steps)"

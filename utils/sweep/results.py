@@ -103,14 +103,14 @@ def _plot(study: optuna.Study, sweep: Sweep) -> None:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as views
 
-    names = ("intermediate_values",) if sweep.method == "kfold" else PLOTS  # kfold: the folds' values, alone
     # A view with nothing to compare is left out: importances and parallel coordinates compare parameters (one
     # parameter: the slice shows it all; fANOVA's forest took most of the plots' time); curves need two epochs.
-    if len(sweep.spaces) < 2 and sweep.method != "kfold":
-        names = tuple(n for n in names if n not in ("param_importances", "parallel_coordinate"))
-    if not any(len(t.intermediate_values) > 1 for t in study.trials) and sweep.method != "kfold":
-        names = tuple(n for n in names if n != "intermediate_values")
-    names = ("pareto_front",) if len(sweep.objectives) > 1 else names
+    empty = {"param_importances", "parallel_coordinate"} if len(sweep.spaces) < 2 else set()
+    if not any(len(t.intermediate_values) > 1 for t in study.trials):
+        empty.add("intermediate_values")
+    names = tuple(n for n in PLOTS if n not in empty)
+    if len(sweep.objectives) > 1 or sweep.method == "kfold":  # kfold: the folds' values, alone
+        names = ("pareto_front",) if len(sweep.objectives) > 1 else ("intermediate_values",)
     for name in set(PLOTS) - set(names):  # a view of the study before it grew
         (sweep.sweep_dir / f"{name}.png").unlink(missing_ok=True)
     for name in names:
