@@ -1,15 +1,13 @@
 """Running a sweep: an Optuna study whose trials are ordinary runs under experiments/<sweep name>/trial_NNNN.
 
-Each worker (a process here, or on another machine sharing a database) runs ``study.optimize`` a trial at a
-time: a queued one first (grid points and ``enqueue`` baselines, queued when the study is made; a trial cut
-short), else a new one while fewer than ``trials`` exist. A trial queued again keeps its values and its run
-folder, so it resumes from its checkpoint there. Cut short: on a database, no heartbeat for GRACE_SECONDS;
-with a journal file, RUNNING while no process holds the folder's lock (SIGKILL); or stopped by a signal.
+Each worker (a process here, or on another machine sharing a database) runs a trial at a time: a queued one first
+(grid points and ``enqueue`` baselines; a trial cut short, which keeps its values and run folder, so it resumes from
+its checkpoint), else a new one while fewer than ``trials`` exist. Cut short: on a database, no heartbeat for
+GRACE_SECONDS; with a journal file, RUNNING while no process holds the folder's lock (SIGKILL); or a signal.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -22,9 +20,9 @@ import time
 import traceback
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import optuna
 import sqlalchemy.exc
@@ -83,34 +81,6 @@ def _requeue(study: optuna.Study, frozen: FrozenTrial, why: str) -> None:
         study._storage.set_trial_user_attr(frozen._trial_id, "error", why)
     RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, frozen)
     LOG.info(f"trial {frozen.number} ({why}): queued to run again")
-
-
-class FolderLock:
-    """A journal study's lock on its sweep folder: shared while a process of it runs a trial, so whoever
-    gets it exclusive knows that every RUNNING trial was cut short, and queues it again."""
-
-    def __init__(self, sweep_dir: Path) -> None:
-        self.file = open(sweep_dir / ".lock", "a")  # noqa: SIM115 (held for the worker's life)
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[None]:
-        fcntl.flock(self.file, fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(self.file, fcntl.LOCK_UN)
-
-    def requeue_orphans(self, study: optuna.Study) -> None:
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return  # a process of this folder runs a trial: RUNNING trials may be its
-        try:
-            for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                _requeue(study, frozen, "its sweep was killed")
-                study._storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
-        finally:
-            fcntl.flock(self.file, fcntl.LOCK_UN)
 
 
 def open_study(sweep: Sweep, worker_index: int = 0) -> tuple[optuna.Study, bool]:
@@ -240,21 +210,35 @@ def _run_trial_of(sweep: Sweep, run_trial: RunTrial, trial: optuna.trial.Trial, 
 def work(study: optuna.Study, sweep: Sweep, run_trial: RunTrial) -> None:
     """This worker's loop: a trial at a time while one is queued or fewer than ``trials`` exist; then wait
     for the trials others run (one cut short is queued again, and this worker may be the one to run it)."""
-    lock = FolderLock(sweep.sweep_dir) if sweep.storage is None else None
+    # A journal study's processes hold its folder's lock shared while they run a trial: whoever gets it
+    # exclusive knows that every RUNNING trial was cut short.
+    lock = open(sweep.sweep_dir / ".lock", "a") if sweep.storage is None else None  # noqa: SIM115 (the worker's)
     while True:
-        if lock is not None:
-            lock.requeue_orphans(study)
-        else:
+        if lock is None:
             optuna.storages.fail_stale_trials(study)  # a silent machine's trial: failed, queued again
+        elif _flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB):
+            for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                _requeue(study, frozen, "its sweep was killed")
+                study._storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+            _flock(lock, fcntl.LOCK_UN)
         trials = latest(study)
         states = [t.state for t in trials]
         if TrialState.WAITING in states or (not sweep.grid and len(trials) < sweep.trials):
-            with lock.running() if lock is not None else contextlib.nullcontext():
-                study.optimize(lambda trial: run_one(study, sweep, run_trial, trial), n_trials=1, catch=TrialFailed)
+            _flock(lock, fcntl.LOCK_SH)
+            study.optimize(lambda trial: run_one(study, sweep, run_trial, trial), n_trials=1, catch=TrialFailed)
+            _flock(lock, fcntl.LOCK_UN)  # a stopped worker's ends with its process
         elif TrialState.RUNNING in states:
             time.sleep(WAIT_SECONDS)
         else:
             return
+
+
+def _flock(file: IO | None, operation: int) -> bool:
+    """``fcntl.flock``; False when a non-blocking lock is held by another process (no file: nothing to lock)."""
+    try:
+        return file is None or fcntl.flock(file, operation) is None
+    except BlockingIOError:
+        return False
 
 
 def _claim(study: optuna.Study, sweep: Sweep, created: bool) -> None:
