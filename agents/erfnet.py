@@ -232,11 +232,16 @@ class ERFNetAgent(BaseAgent):
         distributed.on_main(refuse_earlier)
         path = self.load_test_checkpoint()
         model = self.unwrap(self.model).eval()
-        images = ImageFiles([(f, 0) for f in files], mode="RGB")
+        images = ImageFiles([(f, i) for i, f in enumerate(files)], "RGB", skip_bad=self.config.skip_bad_files)
         mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
         std = torch.tensor(STD, device=self.device).view(3, 1, 1)
-        for i, file in enumerate(files):
-            image = images[i][0]
+        done = set()
+        for i in range(len(images)):
+            image, j = images[i]  # skip_bad_files: a file found unreadable here gives the next file's
+            if j in done:
+                continue
+            done.add(j)
+            file = files[j]
             h, w = image.shape[-2:]
             x = (image.to(self.device).float() / 255 - mean) / std
             x, _ = pad_to(x, None, *padded_size(h, w))
@@ -246,7 +251,7 @@ class ERFNetAgent(BaseAgent):
             self.recorder.png(f"predict/{file.stem}_overlay.png", overlay(image, prediction))
         self.status = "predicted"
         self.recorder.info(
-            f"predict: {len(files)} image(s) from {self.config.predict_input} with {path}; masks and overlays in {out}"
+            f"predict: {len(done)} image(s) from {self.config.predict_input} with {path}; masks and overlays in {out}"
         )
 
     def _predict_files(self) -> list[Path]:

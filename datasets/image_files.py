@@ -161,6 +161,8 @@ class ImageFiles(Dataset):
     applies the same crop or flip to both. ``num_classes`` (masks only) bounds mask values;
     ``ignore_index`` is the one value allowed beyond it (VOC's 255 border). ``min_size``: the smallest height and
     width the transform needs (it shrinks images to about that): JPEGs are decoded no larger than they need be.
+    ``skip_bad``: leave out unreadable files (logged); None: not for a config without ``skip_bad_files``, whose
+    errors then do not advise that key.
     """
 
     def __init__(
@@ -168,7 +170,7 @@ class ImageFiles(Dataset):
         samples: list[tuple[Path, Target]],
         mode: str = "RGB",
         transform: Callable | None = None,
-        skip_bad: bool = False,
+        skip_bad: bool | None = False,
         num_classes: int | None = None,
         ignore_index: int = 255,
         long_masks: bool = True,
@@ -221,10 +223,10 @@ class ImageFiles(Dataset):
                 )
         return size, tuple(header), mask_header and tuple(mask_header)
 
-    @staticmethod
-    def _error(bad: _BadSample) -> UserError:
+    def _error(self, bad: _BadSample) -> UserError:
         path, why = bad.args
-        return UserError(f"{path}: {why}; fix or remove it, or set skip_bad_files=true to leave such files out")
+        advice = "" if self.skip_bad is None else ", or set skip_bad_files=true to leave such files out"
+        return UserError(f"{path}: {why}; fix or remove it{advice}")
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -154,7 +154,8 @@ class MnistDataLoader:
         """The image files of ``given`` (a file or a folder) and batches of them as validation's: any size and
         colour mode made grey 28x28 (MNIST's form), then ``normalise``d; the labels are the files' indices."""
         files = predict_files(given)
-        images = ImageFiles([(f, i) for i, f in enumerate(files)], mode="L", transform=v2.Resize((28, 28)))
+        samples = [(f, i) for i, f in enumerate(files)]
+        images = ImageFiles(samples, mode="L", transform=v2.Resize((28, 28)), skip_bad=None)  # MNIST has no such key
         pixels = torch.stack([images[i][0][0] for i in range(len(images))])
         dataset = TensorBatches(pixels, torch.arange(len(files)), transform=normalise)
         return files, make_loader(dataset, self.batch_size, train=False, seed=self.seed)

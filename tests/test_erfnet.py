@@ -28,6 +28,7 @@ from graphs.models.erfnet import ERFNet
 from tests.conftest import CONFIGS, REPO, assert_same_tensors, load, train
 from utils.errors import UserError
 from utils.examples.palette import VOC_PALETTE
+from utils.run.recorder import Recorder
 from utils.training.data import make_loader
 from utils.training.metrics import ConfusionMatrix
 
@@ -363,7 +364,7 @@ def test_augmentation_on_the_device_trains_the_same_weights_as_in_the_loader(tmp
         assert_same_tensors(a["models"], b["models"], "models")
 
 
-def test_pictures_test_mode_predict_and_encoder_checkpoint(tmp_path, exps):
+def test_pictures_test_mode_predict_and_encoder_checkpoint(tmp_path, exps, monkeypatch):
     train(ERFNET, exps, "exp_name=run", "max_epoch=1", "max_train_batches=1", *TINY)
     run = exps / "run"
     picture = torch.from_numpy(np.array(Image.open(run / "out" / "valid_epoch_001.png"))).permute(2, 0, 1)
@@ -405,6 +406,22 @@ def test_pictures_test_mode_predict_and_encoder_checkpoint(tmp_path, exps):
     Image.fromarray(np.full((8, 8, 3), 9, dtype=np.uint8)).save(photos / "yard.png")
     train(ERFNET, exps, "exp_name=run", "mode=predict", f"predict_input={photos / 'yard.png'}", *TINY)  # a new one
     assert (run / "out" / "predict" / "yard_overlay.png").exists()
+    # A photo cut short is one line advising skip_bad_files; with it, the others are predicted, each once
+    # (the next file takes the place of one found unreadable when decoded).
+    more = tmp_path / "more"
+    more.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(more / "a_cut.jpg", quality=95)  # cut inside its data: found when decoded
+    (more / "a_cut.jpg").write_bytes((more / "a_cut.jpg").read_bytes()[:1500])
+    Image.fromarray(np.full((8, 8, 3), 30, dtype=np.uint8)).save(more / "lane.png")
+    with pytest.raises(UserError, match=r"a_cut\.jpg: .*or set skip_bad_files=true"):
+        train(ERFNET, exps, "exp_name=run", "mode=predict", f"predict_input={more}", *TINY)
+    written = []
+    png = Recorder.png
+    monkeypatch.setattr(Recorder, "png", lambda self, file, image: written.append(file) or png(self, file, image))
+    train(ERFNET, exps, "exp_name=run", "mode=predict", f"predict_input={more}", "skip_bad_files=true", *TINY)
+    assert written == ["predict/lane_mask.png", "predict/lane_overlay.png"]
+    assert "predict: 1 image(s)" in (run / "logs" / "run.log").read_text().splitlines()[-1]
 
     weights = load(run / "checkpoints" / "last.pth")["models"]["model"]
     agent = ERFNetAgent(

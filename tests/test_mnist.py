@@ -239,6 +239,12 @@ def test_predict_reads_any_image_as_validation_reads_mnist_and_overwrites_nothin
     with pytest.raises(UserError, match="predictions.csv: written by an earlier mode=predict"):
         train(MNIST, exps, *args, "mode=predict", f"predict_input={photos}")
     assert out.read_bytes() == before
+    # A photo cut short: one line naming it, without advising skip_bad_files (not an MNIST key).
+    Image.new("RGB", (64, 48), (90, 20, 160)).save(photos / "cut.jpg", quality=95)
+    (photos / "cut.jpg").write_bytes((photos / "cut.jpg").read_bytes()[:400])
+    out.unlink()
+    with pytest.raises(UserError, match=r"cut\.jpg: .*; fix or remove it$"):
+        train(MNIST, exps, *args, "mode=predict", f"predict_input={photos}")
 
 
 def test_folds_of_the_training_file_are_disjoint_and_cover_it():
