@@ -93,20 +93,28 @@ def _multiple_of_stride(value: int, where: str, source: str) -> None:
 # ----- transforms (image and mask together) --------------------------------------------------
 
 
-class ScaleCropFlip(v2.Transform):
+class ScaleCropFlip:
     """Scale by a factor drawn uniformly from [low, high], take a random ``crop`` x ``crop`` window of the scaled
-    image (padded where smaller: image 0, mask 255, at a random place), flip it horizontally half the time: image
-    and mask together (torch's RNG; masks nearest-neighbour). Only the window is resized, not the whole scaled
-    image, and padding and flipping touch crop-sized tensors: a quarter of the pixels at scale 2."""
+    image (padded where smaller: image 0, mask 255, at a random place), flip it horizontally half the time: a
+    tv_tensors Image and Mask together (torch's RNG). Only the window is resized, not the whole scaled image, and
+    padding touches crop-sized tensors: a quarter of the pixels at scale 2. The image is resized by torchvision
+    (uint8, channels-last: its fast path), the mask nearest-neighbour by indexing (torch's own indices)."""
 
     def __init__(self, crop: int, low: float, high: float) -> None:
-        super().__init__()
         self.crop, self.low, self.high = crop, low, high
 
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        h, w = v2.query_size(flat_inputs)
+    def __call__(self, image: tv_tensors.Image, mask: tv_tensors.Mask) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        params = self.params(*image.shape[-2:])
+        return tv_tensors.Image(self.image(image, params)), tv_tensors.Mask(self.mask(mask, params))
+
+    def params(self, height: int, width: int) -> dict[str, Any]:
+        """The drawn window along each axis (``_window``) and the flip."""
         scale = float(torch.empty(()).uniform_(self.low, self.high))
-        return {"rows": self._window(h, scale), "cols": self._window(w, scale), "flip": bool(torch.rand(()) < 0.5)}
+        return {
+            "rows": self._window(height, scale),
+            "cols": self._window(width, scale),
+            "flip": bool(torch.rand(()) < 0.5),
+        }
 
     def _window(self, length: int, scale: float) -> tuple[int, int, int, int]:
         """Along one axis: (first source pixel, source pixels, their scaled length, padding before them)."""
@@ -116,23 +124,42 @@ class ScaleCropFlip(v2.Transform):
         source = min(length, max(1, round(self.crop / scale)))
         return int(torch.randint(0, length - source + 1, ())), source, self.crop, 0
 
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        (top, height, out_h, before_h), (left, width, out_w, before_w) = params["rows"], params["cols"]
-        mask = isinstance(inpt, tv_tensors.Mask)
-        window = inpt.as_subclass(torch.Tensor)[..., top : top + height, left : left + width]
-        if not mask:  # torch's fast uint8 resize wants channels-last memory; a window of a decoded image is not
-            window = window.permute(1, 2, 0).contiguous().permute(2, 0, 1)
-        # torchvision resizes a tv_tensors.Mask nearest-neighbour
-        out = v2.functional.resize(tv_tensors.wrap(window, like=inpt), [out_h, out_w]).as_subclass(torch.Tensor)
-        if params["flip"]:
-            out = out.flip(-1)
-        if (out_h, out_w) != (self.crop, self.crop):  # padded, in the resized image's memory order
-            shape, fill = (self.crop, self.crop, *out.shape[:-2]), IGNORE if mask else 0
-            canvas = torch.full(shape, fill, dtype=out.dtype, device=out.device)
-            canvas = canvas if mask else canvas.permute(2, 0, 1)
-            canvas[..., before_h : before_h + out_h, before_w : before_w + out_w] = out
-            out = canvas
-        return tv_tensors.wrap(out, like=inpt)
+    def image(self, image: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        """uint8 (3, H, W) -> (3, crop, crop), channels-last in memory."""
+        (top, height, out_h, _), (left, width, out_w, _) = params["rows"], params["cols"]
+        window = image.as_subclass(torch.Tensor)[:, top : top + height, left : left + width].permute(1, 2, 0)
+        # One copy, flipped when drawn so (resizing gives the same pixels flipped before or after: tested).
+        window = (window.flip(1) if params["flip"] else window).contiguous().permute(2, 0, 1)
+        return self._pad(v2.functional.resize_image(window, [out_h, out_w]), params, 0)
+
+    def mask(self, mask: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        """(H, W) -> (crop, crop), nearest-neighbour: the source pixels torch's nearest resize takes."""
+        (top, height, out_h, _), (left, width, out_w, _) = params["rows"], params["cols"]
+        rows, cols = _nearest(height, out_h) + top, _nearest(width, out_w) + left
+        cols = cols.flip(0) if params["flip"] else cols
+        mask = mask.as_subclass(torch.Tensor)
+        if mask.is_cpu:  # numpy's indexing: a quarter of torch's time for these
+            out = torch.from_numpy(mask.numpy()[rows.numpy()][:, cols.numpy()])
+        else:
+            out = mask[rows.to(mask.device)][:, cols.to(mask.device)]
+        return self._pad(out, params, IGNORE)
+
+    def _pad(self, out: torch.Tensor, params: dict[str, Any], fill: int) -> torch.Tensor:
+        """``out`` at its place in a crop x crop canvas of ``fill`` (in ``out``'s memory order), or as it is."""
+        (_, _, out_h, before_h), (_, _, out_w, before_w) = params["rows"], params["cols"]
+        if (out_h, out_w) == (self.crop, self.crop):
+            return out
+        canvas = torch.full((self.crop, self.crop, *out.shape[:-2]), fill, dtype=out.dtype, device=out.device)
+        canvas = canvas.permute(2, 0, 1) if out.ndim == 3 else canvas
+        canvas[..., before_h : before_h + out_h, before_w : before_w + out_w] = out
+        return canvas
+
+
+def _nearest(source: int, out: int) -> torch.Tensor:
+    """The source index of each of ``out`` pixels in a nearest-neighbour resize from ``source`` pixels, as torch
+    computes it (float32: scale = source / out, index = floor(i * scale))."""
+    scale = torch.tensor(source, dtype=torch.float32) / out
+    return (torch.arange(out, dtype=torch.float32) * scale).long().clamp_(max=source - 1)
 
 
 def normalise() -> v2.Transform:

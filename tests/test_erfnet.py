@@ -177,8 +177,8 @@ def test_scale_crop_flip_resizes_only_the_window_as_the_whole_scaled_image_would
         for scale in (2.0, 0.5):
             transform = voc.ScaleCropFlip(32, scale, scale)
             torch.manual_seed(seed)
-            params = transform.make_params([image])
-            out_image, out_mask = (transform.transform(x, params) for x in (image, mask))
+            params = transform.params(*image.shape[-2:])
+            out_image, out_mask = transform.image(image, params), transform.mask(mask, params)
             (top, height, _, pad_top), (left, width, _, pad_left) = params["rows"], params["cols"]
             flip = (lambda x: x.flip(-1)) if params["flip"] else (lambda x: x)
             if scale == 2.0:
@@ -200,6 +200,40 @@ def test_scale_crop_flip_resizes_only_the_window_as_the_whole_scaled_image_would
                 )
     assert {t for t, _ in starts} >= {0, 24} and {s for _, s in starts} >= {0, 11}  # the first and last windows
     assert {p for p, _ in pads} >= {0, 12} and {p for _, p in pads} >= {0, 18}  # padding before: none to all
+
+
+def test_scale_crop_flip_gives_torchvisions_resize_of_its_window_flipped_and_padded():
+    """Any scale and size: the image is torchvision's resize of the window, flipped after (ScaleCropFlip flips
+    before), and the mask torchvision's nearest resize (ScaleCropFlip indexes), each padded as drawn."""
+    generator = torch.Generator().manual_seed(0)
+    for seed in range(120):
+        h, w = (int(v) for v in torch.randint(9, 90, (2,), generator=generator))
+        image = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=generator).permute(2, 0, 1)
+        mask = torch.randint(0, 21, (h, w), dtype=torch.uint8, generator=generator)
+        transform = voc.ScaleCropFlip(48, 0.3, 3.0)
+        torch.manual_seed(seed)
+        params = transform.params(h, w)
+        (top, height, out_h, pad_top), (left, width, out_w, pad_left) = params["rows"], params["cols"]
+        window = (slice(top, top + height), slice(left, left + width))
+        expected_image = TF.resize(tv_tensors.Image(image[:, window[0], window[1]]), [out_h, out_w])
+        expected_mask = TF.resize(tv_tensors.Mask(mask[window]), [out_h, out_w])
+        if params["flip"]:
+            expected_image, expected_mask = expected_image.flip(-1), expected_mask.flip(-1)
+        placed = (slice(pad_top, pad_top + out_h), slice(pad_left, pad_left + out_w))
+        torch.manual_seed(seed)  # the same draws again
+        out_image, out_mask = transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        assert out_image.shape == (3, 48, 48) and out_mask.shape == (48, 48)
+        assert torch.equal(out_image[:, placed[0], placed[1]], expected_image), seed
+        assert torch.equal(out_mask[placed], expected_mask), seed
+        assert int(out_image.sum()) == int(expected_image.sum()) and int((out_mask == IGNORE).sum()) == 48 * 48 - (
+            out_h * out_w
+        )
+    # torch's nearest indices (float32 arithmetic: float64's differ in about 4% of sizes) for many sizes.
+    for source in range(1, 256, 3):
+        row = torch.arange(source, dtype=torch.uint8).view(1, 1, 1, source)
+        for out in range(1, 700, 11):
+            expected = torch.nn.functional.interpolate(row, size=(1, out), mode="nearest").view(-1).long()
+            assert torch.equal(voc._nearest(source, out), expected), (source, out)
 
 
 # ----- folder mode on a VOC tree written here --------------------------------------------------
