@@ -4,12 +4,13 @@
 
 Writes, in their datasets' on-disk layouts, JPEGs that compress like photographs (smooth shapes plus a little
 noise, quality 90): VOC (500x375 images with palette-PNG masks, ERFNet's training path: decode both, random
-scale, crop to 512 with padding, flip, normalise), CelebA (178x218 faces, DCGAN's path: decode at 3/8 scale,
-resize to 64, centre crop) and the template's class folders (256x256 decoded at 1/8 scale: 32x32, scaled to
-[0, 1]; datasets/image_files.py's ``min_size``); and ERFNet's
-with ``augment_on: "device"``, where the loader only decodes (the agent augments on the GPU). Each path
-runs through its dataset class and ``make_loader`` (batch 8, the main process, as a worker would), so
-the cost counted is everything from the file to the collated batch. The baseline of each is
+scale, crop to 512 with padding, flip; standardised later, on the device), CelebA (178x218 faces, DCGAN's path:
+decode at 1/2 scale, resize to 64, centre crop) and the template's class folders (256x256 decoded at 1/8 scale:
+32x32, scaled to [0, 1]; datasets/image_files.py's ``min_size``); and ERFNet's with ``augment_on: "device"``,
+where the loader only decodes (the agent augments on the GPU). Each path runs through its dataset class and
+``make_loader`` (batch 8, the main process, as a worker would), so the cost counted is everything from the file
+to the collated batch; "1 worker" is the same loader with a worker process, its CPU time and this process's:
+also the batch's trip through shared memory and the worker's start, once an epoch. The baseline of each is
 ``torchvision.io.decode_image`` of the same files (and, for VOC, of the masks too), read from the
 page cache; PIL's decode is shown beside it. Paths and baselines alternate, ``--repeats`` rounds; the
 ratio is the median over rounds of (path / baseline in the same round), on CPU time, 1 torch thread.
@@ -20,9 +21,9 @@ the floor of a path that transforms so.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,6 +126,12 @@ def pil_all(paths: list[Path]) -> Callable[[], None]:
     return run
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its ended children (a loader's workers end with their epoch)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main_() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=200)
@@ -158,22 +165,36 @@ def main_() -> None:
         ),
         "template folder": (loader_of("configs/example_exp_0.json", ExampleDataLoader, *common), example_files),
     }
+    workers = {  # the same paths with a loader worker: the batch's trip to this process counted too
+        "VOC (ERFNet train)": loader_of("configs/erfnet_exp_0.json", VocDataLoader, *common, "num_workers=1"),
+        "CelebA (DCGAN)": loader_of(
+            "configs/dcgan_exp_0.json",
+            CelebADataLoader,
+            *common,
+            "image_folder=celeba",
+            "valid_fraction=0.01",
+            "num_workers=1",
+        ),
+        "template folder": loader_of("configs/example_exp_0.json", ExampleDataLoader, *common, "num_workers=1"),
+    }
     for name, (loader, files) in paths.items():
         per_sample = 2 if name.startswith("VOC") else 1  # VOC: an image and its mask
         runs = {"decode_image": decode_all(files), "PIL decode": pil_all(files), "data path": epoch(loader)}
+        if name in workers:
+            runs["data path, 1 worker"] = epoch(workers[name])
         dataset = loader.dataset.dataset
         if getattr(dataset, "transform", None) is not None:  # augment_on=device: the loader only decodes
             runs["decode + transform"] = decode_and_transform(files, dataset, pairs=per_sample == 2)
         counts = dict.fromkeys(runs, len(files) // per_sample)
-        counts["data path"] = len(loader.dataset)
+        counts["data path"] = counts["data path, 1 worker"] = len(loader.dataset)
         times: dict[str, list[float]] = {k: [] for k in runs}
         epoch(loader)()  # warm: page cache, first-call costs
         for r in range(args.repeats):
             names = list(runs)
             for k in names[r % len(names) :] + names[: r % len(names)]:  # rotate: a drift hits all alike
-                start = time.process_time()
+                start = cpu_seconds()
                 runs[k]()
-                times[k].append((time.process_time() - start) / counts[k])
+                times[k].append((cpu_seconds() - start) / counts[k])
         base = times["decode_image"]
         print(
             f"{name}: {counts['data path']} samples; ms per sample (CPU, median): "

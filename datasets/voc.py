@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -220,9 +220,11 @@ class DeviceAugment:
 def uint8_batch(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Training's collate: augmented uint8 images and their masks, stacked as they are (standardised on the
     device: ``on_device``). ``ScaleCropFlip``'s images are channels-last in memory; stacked as such (a copy),
-    where stacking them as (N, 3, H, W) memory would transpose every pixel: a third of decoding's cost."""
-    images = torch.stack([image.permute(1, 2, 0) for image, _ in samples]).permute(0, 3, 1, 2)
-    return images, torch.stack([mask for _, mask in samples])
+    where stacking them as (N, 3, H, W) memory would transpose every pixel: a third of decoding's cost. Stacked by
+    torch's default_collate: in a loader worker, straight into the shared memory that takes the batch to the main
+    process (a copy less: 8% of a worker's time for ERFNet's batches)."""
+    images = default_collate([image.permute(1, 2, 0) for image, _ in samples]).permute(0, 3, 1, 2)
+    return images, default_collate([mask for _, mask in samples])
 
 
 def on_device(
@@ -255,7 +257,7 @@ def pad_collate(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch
     """Images of several sizes in one batch: padded to the largest, rounded up to a multiple of 8 (masks: 255)."""
     height, width = padded_size(max(s[0].shape[-2] for s in samples), max(s[0].shape[-1] for s in samples))
     padded = [pad_to(image, mask, height, width) for image, mask in samples]
-    return torch.stack([p[0] for p in padded]), torch.stack([p[1] for p in padded])
+    return default_collate([p[0] for p in padded]), default_collate([p[1] for p in padded])
 
 
 # ----- data modes ------------------------------------------------------------------------------

@@ -236,6 +236,17 @@ def test_scale_crop_flip_gives_torchvisions_resize_of_its_window_flipped_and_pad
             assert torch.equal(voc._nearest(source, out), expected), (source, out)
 
 
+def _shared_in_worker(samples: list) -> torch.Tensor:
+    return torch.tensor([t.is_shared() for t in voc.uint8_batch(samples)])
+
+
+def test_a_workers_training_batch_is_stacked_straight_into_shared_memory():
+    """The batch goes to the main process through shared memory: stacked there, not copied there afterwards."""
+    samples = [(torch.zeros(8, 8, 3, dtype=torch.uint8).permute(2, 0, 1), torch.zeros(8, 8, dtype=torch.uint8))] * 4
+    loader = torch.utils.data.DataLoader(samples, batch_size=2, num_workers=1, collate_fn=_shared_in_worker)
+    assert [flags.tolist() for flags in loader] == [[True, True]] * 2
+
+
 # ----- folder mode on a VOC tree written here --------------------------------------------------
 
 
