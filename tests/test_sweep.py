@@ -104,6 +104,11 @@ def test_command_line_keys_go_to_the_sweep_or_the_base_config(tmp_path, exps, ca
     assert "unknown key 'max_epohc' (did you mean 'max_epoch'?)" in capsys.readouterr().err
     assert main.main(["--sweep", path, "triales=3"]) == 2
     assert "unknown key 'triales' (or the sweep key 'trials'?)" in capsys.readouterr().err
+    # A mistake typed on the command line is named as typed there, not blamed on the sweep file.
+    for typed, key in [("trials=abc", "trials"), ("max_epoch=0", "max_epoch"), ("overrides.max_epoch=0", "max_epoch")]:
+        assert main.main(["--sweep", path, typed]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: override '{typed}': key '{key}': ") and err.count("\n") == 1, err
 
 
 def test_grid_sweep_runs_every_trial_as_a_run_records_a_failure_and_writes_results(tmp_path, exps, capsys):

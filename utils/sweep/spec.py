@@ -17,6 +17,7 @@ from utils.config import (
     REQUIRED,
     Key,
     apply_overrides,
+    blame_override,
     check_monitor,
     did_you_mean,
     parse_override,
@@ -246,16 +247,25 @@ def _pruner(value: str | dict | None, source: str) -> dict | None:
 
 
 def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, list[str]], Any]) -> Sweep:
-    """Read and check a sweep file with command-line overrides.
+    """Read and check a sweep file with command-line overrides; a mistake in one of these is named as the override.
 
     ``check_config(config_path, overrides)`` loads and validates the base config (main.load_config),
     returning the config; every value a trial can get goes through it once here.
     """
-    raw, theirs = read_json(path), {}
+    try:
+        return _load_sweep(path, overrides, check_config)
+    except UserError as e:
+        raise blame_override(e, path, [t for t in overrides if t.split("=")[0].split(".")[0] in SWEEP_SCHEMA]) from None
+
+
+def _load_sweep(path: str, overrides: list[str], check_config: Callable[[str, list[str]], Any]) -> Sweep:
+    raw, theirs, typed = read_json(path), {}, {}
     for text in overrides:  # a sweep key (under parameters and overrides the rest is one dotted key), else the config's
         parts, value = parse_override(text)
+        key = ".".join(parts[1:] if parts[0] == "overrides" else parts)
+        typed[f"override '{key}={json.dumps(value)}': "] = f"override '{text}': "  # a fixed override's error
         if parts[0] not in SWEEP_SCHEMA:  # joins the fixed overrides
-            theirs[".".join(parts)] = value
+            theirs[key] = value
         elif parts[0] in ("parameters", "overrides") and len(parts) > 1 and isinstance(raw.get(parts[0]), dict):
             raw = {**raw, parts[0]: {**raw[parts[0]], ".".join(parts[1:]): value}}
         else:
@@ -295,8 +305,11 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
         except UserError as e:
             # A key=value that is neither the config's nor the sweep's: maybe a misspelt sweep key (triales=3).
             typo = next((k for k in (key.split(".")[0] for key in theirs) if f"unknown key '{k}'" in str(e)), None)
-            hint = did_you_mean(typo, list(SWEEP_SCHEMA)) if typo else ""
-            raise UserError(f"{path}: {where}: {e}{hint.replace('did you mean', 'or the sweep key')}") from None
+            hint = did_you_mean(typo, list(SWEEP_SCHEMA)).replace("did you mean", "or the sweep key") if typo else ""
+            ours = next((d for d in typed if str(e).startswith(d)), None)  # the command line's: named as a run's are
+            if ours is not None:
+                raise UserError(f"{typed[ours]}{str(e)[len(ours) :]}{hint}") from None
+            raise UserError(f"{path}: {where}: {e}{hint}") from None
 
     config = check([], "overrides")
     if kfold and "folds" not in config:
