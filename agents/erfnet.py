@@ -235,24 +235,24 @@ class ERFNetAgent(BaseAgent):
         images = ImageFiles([(f, i) for i, f in enumerate(files)], "RGB", skip_bad=self.config.skip_bad_files)
         mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
         std = torch.tensor(STD, device=self.device).view(3, 1, 1)
-        done = set()
-        for i in range(len(images)):
-            image, j = images[i]  # skip_bad_files: a file found unreadable here gives the next file's
-            if j in done:
-                continue
-            done.add(j)
-            file = files[j]
-            h, w = image.shape[-2:]
-            x = (image.to(self.device).float() / 255 - mean) / std
-            x, _ = pad_to(x, None, *padded_size(h, w))
-            with torch.no_grad(), self.autocast():
-                prediction = model(x[None])[0, :, :h, :w].argmax(dim=0).cpu()
-            self.recorder.png(f"predict/{file.stem}_mask.png", colourise(prediction))
-            self.recorder.png(f"predict/{file.stem}_overlay.png", overlay(image, prediction))
+        written: list[Path] = []
+        try:
+            for image, j in images.readable():
+                h, w = image.shape[-2:]
+                x = (image.to(self.device).float() / 255 - mean) / std
+                x, _ = pad_to(x, None, *padded_size(h, w))
+                with torch.no_grad(), self.autocast():
+                    prediction = model(x[None])[0, :, :h, :w].argmax(dim=0).cpu()
+                for name, picture in (("mask", colourise(prediction)), ("overlay", overlay(image, prediction))):
+                    self.recorder.png(f"predict/{files[j].stem}_{name}.png", picture)
+                    written.append(out / f"{files[j].stem}_{name}.png")
+        except UserError:  # an unreadable image: this run's files go, so that the advised rerun is not refused
+            for file in written:
+                file.unlink(missing_ok=True)
+            raise
         self.status = "predicted"
-        self.recorder.info(
-            f"predict: {len(done)} image(s) from {self.config.predict_input} with {path}; masks and overlays in {out}"
-        )
+        predicted = f"{len(written) // 2} image(s) from {self.config.predict_input}"
+        self.recorder.info(f"predict: {predicted} with {path}; masks and overlays in {out}")
 
     def _predict_files(self) -> list[Path]:
         files = predict_files(self.config.predict_input)

@@ -248,6 +248,17 @@ class ImageFiles(Dataset):
                 log.warning(f"skipped {e.args[0]}: {e.args[1]} (replaced by the next sample)")
         raise UserError(f"{self.samples[0][0].parent}: no sample could be read")
 
+    def readable(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | int]]:
+        """Each sample once, in order (mode=predict): one found unreadable when decoded stops it, naming the file,
+        or with ``skip_bad`` is logged and left out (not replaced by the next one, as training's samples are)."""
+        for i in range(len(self.samples)):
+            try:
+                yield self._read(i)
+            except _BadSample as e:
+                if not self.skip_bad:
+                    raise self._error(e) from None
+                log.warning(f"skipped {e.args[0]}: {e.args[1]}")
+
     def _read(self, i: int) -> tuple[torch.Tensor, torch.Tensor | int]:
         image_path, target = self.samples[i]
         image = self._image(image_path)

@@ -7,8 +7,8 @@ masks are palette PNGs whose indices are the labels) and ``random`` (synthetic s
 is their colour: learnable, for smoke runs and tests).
 
 Training samples are scaled by a random factor, cropped to ``crop_size`` (padded where smaller:
-image 0, mask 255) and flipped, image and mask together (torchvision.transforms.v2; masks are
-resized nearest-neighbour). Training batches leave the loader as uint8 images and masks, standardised
+image 0, mask 255) and flipped, image and mask together (``ScaleCropFlip``; masks are resized
+nearest-neighbour). Training batches leave the loader as uint8 images and masks, standardised
 on the training device (``on_device``). Validation uses whole images, padded in a batch to a common size
 that is a multiple of 8 (ERFNet's need), the padding labelled 255, so it counts nowhere.
 
@@ -97,8 +97,9 @@ class ScaleCropFlip:
     """Scale by a factor drawn uniformly from [low, high], take a random ``crop`` x ``crop`` window of the scaled
     image (padded where smaller: image 0, mask 255, at a random place), flip it horizontally half the time: a
     tv_tensors Image and Mask together (torch's RNG). Only the window is resized, not the whole scaled image, and
-    padding touches crop-sized tensors: a quarter of the pixels at scale 2. The image is resized by torchvision
-    (uint8, channels-last: its fast path), the mask nearest-neighbour by indexing (torch's own indices)."""
+    padding and flipping touch crop-sized tensors: a quarter of the pixels at scale 2. The image is resized by
+    torchvision (uint8, channels-last: its fast path), the mask nearest-neighbour by indexing with the indices torch's
+    nearest resize takes (flipped by the same indexing)."""
 
     def __init__(self, crop: int, low: float, high: float) -> None:
         self.crop, self.low, self.high = crop, low, high
@@ -127,10 +128,10 @@ class ScaleCropFlip:
     def image(self, image: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         """uint8 (3, H, W) -> (3, crop, crop), channels-last in memory."""
         (top, height, out_h, _), (left, width, out_w, _) = params["rows"], params["cols"]
-        window = image.as_subclass(torch.Tensor)[:, top : top + height, left : left + width].permute(1, 2, 0)
-        # One copy, flipped when drawn so (resizing gives the same pixels flipped before or after: tested).
-        window = (window.flip(1) if params["flip"] else window).contiguous().permute(2, 0, 1)
-        return self._pad(v2.functional.resize_image(window, [out_h, out_w]), params, 0)
+        window = image.as_subclass(torch.Tensor)[:, top : top + height, left : left + width]
+        # torch's fast uint8 resize wants channels-last memory; a window of an image is not contiguous in any order
+        out = v2.functional.resize_image(window.permute(1, 2, 0).contiguous().permute(2, 0, 1), [out_h, out_w])
+        return self._pad(out.flip(-1) if params["flip"] else out, params, 0)
 
     def mask(self, mask: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         """(H, W) -> (crop, crop), nearest-neighbour: the source pixels torch's nearest resize takes."""
@@ -138,10 +139,10 @@ class ScaleCropFlip:
         rows, cols = _nearest(height, out_h) + top, _nearest(width, out_w) + left
         cols = cols.flip(0) if params["flip"] else cols
         mask = mask.as_subclass(torch.Tensor)
-        if mask.is_cpu:  # numpy's indexing: a quarter of torch's time for these
-            out = torch.from_numpy(mask.numpy()[rows.numpy()][:, cols.numpy()])
+        if mask.is_cpu:  # numpy's indexing: a third of torch's time for these (columns first: a row-major result)
+            out = torch.from_numpy(mask.numpy()[:, cols.numpy()][rows.numpy()])
         else:
-            out = mask[rows.to(mask.device)][:, cols.to(mask.device)]
+            out = mask[:, cols.to(mask.device)][rows.to(mask.device)]
         return self._pad(out, params, IGNORE)
 
     def _pad(self, out: torch.Tensor, params: dict[str, Any], fill: int) -> torch.Tensor:
@@ -205,7 +206,7 @@ class DeviceAugment:
     each sample seeded as the loader seeds it (``EpochSeeded.seeded``): the same parameters as in the loader, so
     the same numbers on the CPU. The batch is then as the loader's ``uint8_batch`` gives it."""
 
-    def __init__(self, seeded: EpochSeeded, transform: v2.Transform) -> None:
+    def __init__(self, seeded: EpochSeeded, transform: ScaleCropFlip) -> None:
         self.seeded, self.transform = seeded, transform
 
     def __call__(self, batch: dict[str, list]) -> tuple[torch.Tensor, torch.Tensor]:
