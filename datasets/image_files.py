@@ -239,25 +239,28 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor | int]:
         for offset in range(len(self.samples)):
-            i = (index + offset) % len(self.samples)
-            try:
-                return self._read(i)
-            except _BadSample as e:
-                if not self.skip_bad:
-                    raise self._error(e) from None
-                log.warning(f"skipped {e.args[0]}: {e.args[1]} (replaced by the next sample)")
+            sample = self._sample((index + offset) % len(self.samples), " (replaced by the next sample)")
+            if sample is not None:
+                return sample
         raise UserError(f"{self.samples[0][0].parent}: no sample could be read")
 
     def readable(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | int]]:
         """Each sample once, in order (mode=predict): one found unreadable when decoded stops it, naming the file,
         or with ``skip_bad`` is logged and left out (not replaced by the next one, as training's samples are)."""
         for i in range(len(self.samples)):
-            try:
-                yield self._read(i)
-            except _BadSample as e:
-                if not self.skip_bad:
-                    raise self._error(e) from None
-                log.warning(f"skipped {e.args[0]}: {e.args[1]}")
+            sample = self._sample(i)
+            if sample is not None:
+                yield sample
+
+    def _sample(self, i: int, instead: str = "") -> tuple[torch.Tensor, torch.Tensor | int] | None:
+        """Sample ``i``; unreadable: an error naming the file, or with ``skip_bad`` None (logged)."""
+        try:
+            return self._read(i)
+        except _BadSample as e:
+            if not self.skip_bad:
+                raise self._error(e) from None
+            log.warning(f"skipped {e.args[0]}: {e.args[1]}{instead}")
+            return None
 
     def _read(self, i: int) -> tuple[torch.Tensor, torch.Tensor | int]:
         image_path, target = self.samples[i]
