@@ -3,12 +3,14 @@
 import csv
 import json
 import socket
+from pathlib import Path
 
 import pytest
 
 import main
 from tests.conftest import EXAMPLE, train
 from utils.sweep.results import PLOTS
+from utils.sweep.spec import load_sweep
 
 # Tiny trials: the template on a few batches of small random images (160: 96 to train on, 32 to validate), one
 # thread (the float sums then repeat exactly); Adadelta, whose lr of about 1 the sweeps below vary.
@@ -54,10 +56,10 @@ def rows(path) -> list[dict]:
             {"method": "gird"},
             "key 'method': expected one of 'grid', 'random', 'tpe', 'nsga2', 'kfold', got 'gird' (did you mean",
         ),
-        ({"parameters": {"batch_sise": [16]}}, "parameters.batch_sise = 16: "),
+        ({"parameters": {"batch_sise": [16]}}, "key 'parameters.batch_sise' = 16: "),
         ({"parameters": {"batch_sise": [16]}}, "unknown key 'batch_sise' (did you mean 'batch_size'?)"),
         ({"parameters": {"optimizer.args.lrr": [0.1]}}, "unknown key 'optimizer.args.lrr' (did you mean 'lr'?)"),
-        ({"parameters": {"batch_size": [16, 0]}}, "parameters.batch_size = 0: "),
+        ({"parameters": {"batch_size": [16, 0]}}, "key 'parameters.batch_size' = 0: "),
         ({"parameters": {"optimizer.args.lr": {"log_unifrom": [1e-3, 1]}}}, "(did you mean 'log_uniform'?)"),
         ({"parameters": {"optimizer.args.lr": {"log_uniform": [0, 1]}}}, "a log space needs low > 0"),
         ({"parameters": {"optimizer.args.lr": {"uniform": [1, 0.1]}}}, "two numbers with low < high"),
@@ -105,10 +107,23 @@ def test_command_line_keys_go_to_the_sweep_or_the_base_config(tmp_path, exps, ca
     assert main.main(["--sweep", path, "triales=3"]) == 2
     assert "unknown key 'triales' (or the sweep key 'trials'?)" in capsys.readouterr().err
     # A mistake typed on the command line is named as typed there, not blamed on the sweep file.
-    for typed, key in [("trials=abc", "trials"), ("max_epoch=0", "max_epoch"), ("overrides.max_epoch=0", "max_epoch")]:
+    for typed, key in [
+        ("trials=abc", "trials"),
+        ("max_epoch=0", "max_epoch"),
+        ("overrides.max_epoch=0", "max_epoch"),
+        ('overrides={"max_epoch": 0}', "max_epoch"),
+        ("parameters.log_every=[1, 0]", "parameters.log_every"),
+    ]:
         assert main.main(["--sweep", path, typed]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"error: override '{typed}': key '{key}': ") and err.count("\n") == 1, err
+        assert err.startswith(f"error: override '{typed}': key '{key}'") and err.count("\n") == 1, err
+    # A config key under overrides. on the command line is one dotted key, also when the file has no overrides.
+    without = json.loads(Path(path).read_text())
+    del without["overrides"]
+    Path(path).write_text(json.dumps(without))
+    spec = load_sweep(path, ["overrides.optimizer.args.eps=0.001"], lambda c, more: main.load_config(c, more)[0])
+    base = main.load_config(str(EXAMPLE), [])[0]["optimizer"]  # kept, with eps added
+    assert spec.resolve([])["optimizer"] == {**base, "args": {**base["args"], "eps": 0.001}}
 
 
 def test_grid_sweep_runs_every_trial_as_a_run_records_a_failure_and_writes_results(tmp_path, exps, capsys):

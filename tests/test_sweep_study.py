@@ -395,6 +395,7 @@ def test_a_trial_stopped_by_a_signal_in_this_process_is_queued_again(tmp_path, e
     monkeypatch.setattr(main, "_run_trial", stopped)
     path = sweep_file(tmp_path, exps, parameters={"optimizer.args.lr": [0.5]})
     assert main.main(["--sweep", path, "max_epoch=1"]) == 130
+    assert holder(exps / "s" / ".lock") is None  # the stopped worker keeps no hold on the folder's lock
     assert main.main(["--sweep", path, "max_epoch=1"]) == 0
     results = rows(exps / "s" / "results.csv")
     assert [(r["state"], r["error"]) for r in results] == [

@@ -262,12 +262,14 @@ def _load_sweep(path: str, overrides: list[str], check_config: Callable[[str, li
     raw, theirs, typed = read_json(path), {}, {}
     for text in overrides:  # a sweep key (under parameters and overrides the rest is one dotted key), else the config's
         parts, value = parse_override(text)
-        key = ".".join(parts[1:] if parts[0] == "overrides" else parts)
-        typed[f"override '{key}={json.dumps(value)}': "] = f"override '{text}': "  # a fixed override's error
+        if parts[0] not in SWEEP_SCHEMA or parts[0] == "overrides":  # fixed overrides: an error of one names this text
+            key = ".".join(parts[1:] if parts[0] == "overrides" else parts)
+            pairs = value if not key and isinstance(value, dict) else {key: value}
+            typed.update({f"override '{k}={json.dumps(v)}': ": f"override '{text}': " for k, v in pairs.items()})
         if parts[0] not in SWEEP_SCHEMA:  # joins the fixed overrides
-            theirs[key] = value
-        elif parts[0] in ("parameters", "overrides") and len(parts) > 1 and isinstance(raw.get(parts[0]), dict):
-            raw = {**raw, parts[0]: {**raw[parts[0]], ".".join(parts[1:]): value}}
+            theirs[".".join(parts)] = value
+        elif parts[0] in ("parameters", "overrides") and len(parts) > 1 and isinstance(raw.get(parts[0], {}), dict):
+            raw = {**raw, parts[0]: {**raw.get(parts[0], {}), ".".join(parts[1:]): value}}
         else:
             raw = apply_overrides(raw, [text])
     sweep = validate(raw, SWEEP_SCHEMA, path)
@@ -323,13 +325,13 @@ def _load_sweep(path: str, overrides: list[str], check_config: Callable[[str, li
         if space.key.split(".")[0] == "monitor":
             raise UserError(f"{path}: key 'parameters.monitor': the objective cannot change between trials")
         for value in space.values:  # every choice, or both ends of a range
-            check([space.override(value)], f"parameters.{space.key} = {json.dumps(value)}")
+            check([space.override(value)], f"key 'parameters.{space.key}' = {json.dumps(value)}")
     by_key = {s.key: s for s in spaces}
     enqueue = []
     for i, point in enumerate(sweep["enqueue"]):
         if not isinstance(point, dict) or not point.keys() <= by_key.keys():
             raise UserError(f"{path}: key 'enqueue[{i}]': expected an object of parameters ({', '.join(by_key)})")
-        check([by_key[k].override(v) for k, v in point.items()], f"enqueue[{i}]")
+        check([by_key[k].override(v) for k, v in point.items()], f"key 'enqueue[{i}]'")
         enqueue.append({k: json.dumps(v) if by_key[k].encoded else v for k, v in point.items()})
 
     trials, grid = sweep["trials"], []

@@ -8,6 +8,7 @@ GRACE_SECONDS; with a journal file, RUNNING while no process holds the folder's 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -212,33 +213,40 @@ def work(study: optuna.Study, sweep: Sweep, run_trial: RunTrial) -> None:
     for the trials others run (one cut short is queued again, and this worker may be the one to run it)."""
     # A journal study's processes hold its folder's lock shared while they run a trial: whoever gets it
     # exclusive knows that every RUNNING trial was cut short.
-    lock = open(sweep.sweep_dir / ".lock", "a") if sweep.storage is None else None  # noqa: SIM115 (the worker's)
-    while True:
-        if lock is None:
-            optuna.storages.fail_stale_trials(study)  # a silent machine's trial: failed, queued again
-        elif _flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB):
-            for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                _requeue(study, frozen, "its sweep was killed")
-                study._storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
-            _flock(lock, fcntl.LOCK_UN)
-        trials = latest(study)
-        states = [t.state for t in trials]
-        if TrialState.WAITING in states or (not sweep.grid and len(trials) < sweep.trials):
-            _flock(lock, fcntl.LOCK_SH)
-            study.optimize(lambda trial: run_one(study, sweep, run_trial, trial), n_trials=1, catch=TrialFailed)
-            _flock(lock, fcntl.LOCK_UN)  # a stopped worker's ends with its process
-        elif TrialState.RUNNING in states:
-            time.sleep(WAIT_SECONDS)
-        else:
-            return
+    with open(sweep.sweep_dir / ".lock", "a") if sweep.storage is None else contextlib.nullcontext() as lock:
+        while True:
+            if lock is None:
+                optuna.storages.fail_stale_trials(study)  # a silent machine's trial: failed, queued again
+            elif _flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                try:
+                    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                        _requeue(study, frozen, "its sweep was killed")
+                        study._storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+                finally:
+                    _flock(lock, fcntl.LOCK_UN)
+            trials = latest(study)
+            states = [t.state for t in trials]
+            if TrialState.WAITING in states or (not sweep.grid and len(trials) < sweep.trials):
+                _flock(lock, fcntl.LOCK_SH)
+                try:
+                    study.optimize(lambda t: run_one(study, sweep, run_trial, t), n_trials=1, catch=TrialFailed)
+                finally:
+                    _flock(lock, fcntl.LOCK_UN)
+            elif TrialState.RUNNING in states:
+                time.sleep(WAIT_SECONDS)
+            else:
+                return
 
 
 def _flock(file: IO | None, operation: int) -> bool:
-    """``fcntl.flock``; False when a non-blocking lock is held by another process (no file: nothing to lock)."""
-    try:
-        return file is None or fcntl.flock(file, operation) is None
-    except BlockingIOError:
-        return False
+    """``fcntl.flock`` of ``file`` (None: nothing to lock); False when a non-blocking lock is refused (another
+    open file holds it, in this process or another)."""
+    if file is not None:
+        try:
+            fcntl.flock(file, operation)
+        except BlockingIOError:
+            return False
+    return True
 
 
 def _claim(study: optuna.Study, sweep: Sweep, created: bool) -> None:
