@@ -120,7 +120,7 @@ def _plot(study: optuna.Study, sweep: Sweep) -> None:
                 axes = getattr(views, f"plot_{name}")(study)
             fig = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
             buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=80)
+            fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")  # long parameter names: Optuna clips them
             plt.close(fig)
             write_bytes_atomic(sweep.sweep_dir / f"{name}.png", buf.getvalue())
         except Exception as e:  # noqa: BLE001 (a font, a view that needs more trials: results.csv stands)
