@@ -270,7 +270,9 @@ class ImageFiles(Dataset):
         image = tv_tensors.Image(image)
         mask = self._mask(target)
         if mask.ndim != 2:
-            raise _BadSample(target, f"mask has {mask.ndim} dimensions, expected a single-channel (H, W) image")
+            raise _BadSample(
+                target, f"mask has {mask.ndim} dimensions, expected a palette (P) or grey (L) PNG of class indices"
+            )
         fits = self.num_classes is None or self._labels_fit(mask)
         bad = None if fits else (mask >= self.num_classes).logical_and_(mask != self.ignore_index)
         if bad is not None and bad.any():

@@ -431,7 +431,10 @@ def _read_mask(path: Path, num_classes: int) -> torch.Tensor:
     bad = (mask >= num_classes) & (mask != IGNORE)
     if mask.ndim != 2 or bad.any():
         what = f"{mask.ndim} dimensions" if mask.ndim != 2 else f"value {int(mask[bad][0])}"
-        raise UserError(f"{path}: mask has {what}; expected palette indices 0..{num_classes - 1} or {IGNORE}")
+        raise UserError(
+            f"{path}: mask has {what}; expected palette indices 0..{num_classes - 1} or {IGNORE} "
+            "(a palette (P) or grey (L) PNG of class indices, not colours)"
+        )
     return mask
 
 

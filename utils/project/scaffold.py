@@ -417,11 +417,16 @@ def new_command(argv: list[str]) -> int:
     for path in new_model(args.name):
         sys.stdout.write(f"wrote {path.relative_to(REPO_ROOT)}\n")
     sys.stdout.write(
-        f"train it: ./run.sh configs/{args.name}_exp_0.json    test it: python -m pytest -q tests/test_{args.name}.py"
-        + pytest_hint()
-        + "\n"
+        f"train it: ./run.sh configs/{args.name}_exp_0.json    "
+        f"test it: {_python()} -m pytest -q tests/test_{args.name}.py" + pytest_hint() + "\n"
     )
     return 0
+
+
+def _python() -> str:
+    """This Python as the user types it: .venv/bin/python when it is the repository's own environment's."""
+    exe = Path(sys.executable)
+    return str(exe.relative_to(REPO_ROOT)) if exe.is_relative_to(REPO_ROOT) else "python"
 
 
 def pytest_hint() -> str:
