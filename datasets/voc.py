@@ -21,6 +21,7 @@ the training masks' pixels, are computed on first use and cached in data_root; o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import sys
@@ -445,16 +446,22 @@ def cache_path(root: Path, split: str, masks: str = MASKS) -> Path:
 def folder_class_weights(
     root: Path, num_classes: int, split: str = "train", force: bool = False, masks: str = MASKS
 ) -> list[float]:
-    """ENet class weights over the ``masks`` of ``split``, cached in ``root`` (recomputed when the list changes)."""
+    """ENet class weights over the ``masks`` of ``split``, cached in ``root`` (recomputed when the list or a mask
+    changes: the cache keeps a digest of the list and of each mask's size and modification time)."""
     tree = root / TREE
     list_file = tree / "ImageSets" / "Segmentation" / f"{split}.txt"
     ids = read_list(tree, split)
-    digest = hashlib.sha256(list_file.read_bytes()).hexdigest()
+    digest = hashlib.sha256(list_file.read_bytes())
+    for i in ids:
+        with contextlib.suppress(OSError):  # a missing mask is named when the masks are read
+            stat = (tree / masks / f"{i}.png").stat()
+            digest.update(f"{i} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    digest = digest.hexdigest()
     cache = cache_path(root, split, masks)
     if cache.is_file() and not force:
         try:
             cached = json.loads(cache.read_text())
-            if cached["list_sha256"] == digest and len(cached["weights"]) == num_classes:
+            if cached["masks_sha256"] == digest and len(cached["weights"]) == num_classes:
                 return [float(w) for w in cached["weights"]]
         except (ValueError, KeyError, TypeError):
             log.warning(f"{cache}: unreadable class-weight cache; computing the weights again")
@@ -465,7 +472,7 @@ def folder_class_weights(
         "recipe": "ENet: 1 / ln(1.02 + pixel frequency of the class), 255 not counted",
         "split": split,
         "masks": masks,
-        "list_sha256": digest,
+        "masks_sha256": digest,
         "num_masks": len(ids),
         "classes": class_names(num_classes),
         "pixel_counts": counts.tolist(),

@@ -359,16 +359,22 @@ def test_class_weight_command_caches_the_enet_weights(tmp_path, capsys, exps):
     assert cache["pixel_counts"] == counts.tolist() and cache["weights"] == pytest.approx(expected.tolist())
     assert cache["weights"][0] < cache["weights"][15] < cache["weights"][1] < cache["weights"][2]
 
-    # The agent reads the cache (a marked copy proves it), and recomputes when the list changes.
+    # The agent reads the cache (a marked copy proves it), and recomputes when the list or a mask changes.
     cache["weights"] = [float(i + 1) for i in range(21)]
     (tmp_path / "voc_class_weights_train.json").write_text(json.dumps(cache))
     folder = ["data_mode=folder", f"data_root={tmp_path}", "crop_size=32", "class_weights=auto", "torch_threads=1"]
     agent = ERFNetAgent(config(f"experiments_dir={exps}", *folder))
     assert agent.loss.weight.tolist() == [float(i + 1) for i in range(21)] and agent.loss.ignore_index == IGNORE
     agent.finalize()
-    lists = tmp_path / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation"
-    (lists / "train.txt").write_text("2007_train00\n")
-    assert voc.folder_class_weights(tmp_path, 21) != cache["weights"]
+    # A mask drawn again (the list as it was) is noticed too: the weights are those of the new masks.
+    tree = tmp_path / "VOCdevkit" / "VOC2012"
+    mask = np.array(Image.open(tree / "SegmentationClass" / "2007_train00.png"))
+    palette_png(tree / "SegmentationClass" / "2007_train00.png", np.where(mask == IGNORE, IGNORE, 7))
+    redrawn = voc.folder_class_weights(tmp_path, 21)
+    assert redrawn != cache["weights"] and redrawn != expected.tolist()
+    assert json.loads((tmp_path / "voc_class_weights_train.json").read_text())["pixel_counts"][7] > counts[7]
+    (tree / "ImageSets" / "Segmentation" / "train.txt").write_text("2007_train00\n")
+    assert voc.folder_class_weights(tmp_path, 21) != redrawn
     assert voc.main(["class-weights", "--data-root", str(tmp_path / "nowhere")]) == 2
     assert "ImageSets/Segmentation/train.txt: VOC list" in capsys.readouterr().err
 
