@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,9 @@ def test_new_project_without_examples_leaves_no_trace_and_its_tests_pass(tmp_pat
     assert not {
         str(f.relative_to(target)): [n for n in names if n in t] for f, t in texts.items() if any(n in t for n in names)
     }
+    for page in target.rglob("*.md"):  # every link between the pages left resolves
+        for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            assert "://" in link or (page.parent / link).exists(), (str(page.relative_to(target)), link)
     readme = (target / "README.md").read_text()
     assert readme.startswith("# clean\n") and "./run.sh configs/example_exp_0.json" in readme
     assert "](tutorials/03_your_own_model.md)" in readme

@@ -351,6 +351,7 @@ def new_project(
         if folder != target and not any(folder.iterdir()):
             folder.rmdir()
     init_file.write_text(_unregister(init_file.read_text(), modules))
+    _unlink_pages(target, {p.resolve() for p in removed})
     tutorials = {  # file name -> its title, without the number: "3. Your own model" -> "Your own model"
         p.name: re.sub(r"^#\s*\d+\.\s*", "", p.read_text().split("\n", 1)[0])
         for p in sorted(target.glob("tutorials/*.md"))
@@ -360,6 +361,16 @@ def new_project(
     if schemas is not None and (target / REFERENCE).exists():
         kept = {name: schema for name, schema in schemas().items() if name not in gone}
         (target / REFERENCE).write_text(render(kept))
+
+
+def _unlink_pages(root: Path, removed: set[Path]) -> None:
+    """Markdown links to removed files become their text (tutorial 9 links tutorial 6, an example's)."""
+    link = re.compile(r"\[([^\]]+)\]\(([^)#\s]+)(#[^)]*)?\)")
+    for page in root.rglob("*.md"):
+        text = page.read_text()
+        kept = link.sub(lambda m, here=page.parent: m[1] if (here / m[2]).resolve() in removed else m[0], text)
+        if kept != text:
+            page.write_text(kept)
 
 
 def _module_file(root: Path, module: str) -> Path:
