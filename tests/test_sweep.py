@@ -77,6 +77,7 @@ def rows(path) -> list[dict]:
         ({"pruner": {"type": "MedianPruner", "args": {"n_startup": 1}}}, "MedianPruner rejected"),
         ({"storage": "localhost:5432"}, "key 'storage': expected a database URL"),
         ({"config": "configs/nope.json"}, "nope.json: config file not found"),
+        ({"config": "configs/nope.json"}, "key 'config': "),
         ({"metric": ["max valid/accuracy"]}, "key 'metric': expected a list of two or more 'max <metric>'"),
         ({"metric": ["max valid/accuracy", "lowest valid/loss"]}, "key 'metric[1]': expected 'max <metric>' or"),
         ({"metric": ["max valid/accuracy", "min valid/loss"], "pruner": "MedianPruner"}, "Optuna cannot prune"),

@@ -300,6 +300,10 @@ def _load_sweep(path: str, overrides: list[str], check_config: Callable[[str, li
     # The config as the sweep file names it when that is the same file from here (messages stay short).
     given, in_repo = Path(sweep["config"]), repo_path(sweep["config"])
     config_path = str(given if given.resolve() == in_repo.resolve() else in_repo)
+    try:
+        read_json(config_path)
+    except UserError as e:  # missing, or not JSON
+        raise UserError(f"{path}: key 'config': {e}") from None
 
     def check(extra: list[str], where: str) -> Any:
         try:
