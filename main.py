@@ -29,7 +29,11 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from easydict import EasyDict
+try:
+    from easydict import EasyDict
+except ModuleNotFoundError:  # nothing installed for this Python yet: one line, not a traceback
+    sys.stderr.write(f"error: {sys.executable} lacks the requirements; install them first (README, step 1)\n")
+    sys.exit(2)
 
 from agents import config_schemas, get_agent_class
 from utils.config import (

@@ -50,3 +50,12 @@ def test_a_run_moves_the_imports_objects_out_of_the_collectors_way(exps, one_thr
     garbage collection, and the several at the process's exit, skip them."""
     train(CONFIGS / "example_exp_0.json", exps, "max_epoch=1", "random_size=3", "batch_size=1")
     assert gc.get_freeze_count() > 100_000
+
+
+def test_a_python_without_the_requirements_gets_one_line_and_exit_2():
+    """main.py run by a Python the install has not reached (-S: no site-packages): one line, not a traceback."""
+    done = subprocess.run(
+        [sys.executable, "-S", "main.py", str(CONFIGS / "example_exp_0.json")], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "lacks the requirements; install them first (README, step 1)" in done.stderr
