@@ -235,7 +235,8 @@ class ERFNetAgent(BaseAgent):
         images = ImageFiles([(f, i) for i, f in enumerate(files)], "RGB", skip_bad=self.config.skip_bad_files)
         mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
         std = torch.tensor(STD, device=self.device).view(3, 1, 1)
-        written: list[Path] = []
+        written: list[Path] = []  # the Recorder's (rank 0's)
+        predicted = 0
         try:
             for image, j in images.readable():
                 h, w = image.shape[-2:]
@@ -244,15 +245,17 @@ class ERFNetAgent(BaseAgent):
                 with torch.no_grad(), self.autocast():
                     prediction = model(x[None])[0, :, :h, :w].argmax(dim=0).cpu()
                 for name, picture in (("mask", colourise(prediction)), ("overlay", overlay(image, prediction))):
+                    if self.recorder.enabled:  # noted before it is written: a stop while writing removes it too
+                        written.append(out / f"{files[j].stem}_{name}.png")
                     self.recorder.png(f"predict/{files[j].stem}_{name}.png", picture)
-                    written.append(out / f"{files[j].stem}_{name}.png")
-        except UserError:  # an unreadable image: this run's files go, so that the advised rerun is not refused
-            for file in written:
+                predicted += 1
+        except BaseException:  # stopped (an unreadable image here or on another rank, a signal): this run's files
+            for file in written:  # go, so that a rerun (the advised skip_bad_files=true) is not refused
                 file.unlink(missing_ok=True)
             raise
         self.status = "predicted"
-        predicted = f"{len(written) // 2} image(s) from {self.config.predict_input}"
-        self.recorder.info(f"predict: {predicted} with {path}; masks and overlays in {out}")
+        given = f"{predicted} image(s) from {self.config.predict_input}"
+        self.recorder.info(f"predict: {given} with {path}; masks and overlays in {out}")
 
     def _predict_files(self) -> list[Path]:
         files = predict_files(self.config.predict_input)

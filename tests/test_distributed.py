@@ -5,8 +5,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import main
 from tests.conftest import EXAMPLE, REPO, assert_same_tensors, load, train
@@ -284,3 +286,30 @@ def test_a_signal_whose_save_torchrun_cuts_short_is_an_error_not_exit_130(exps):
     assert proc.returncode == 1, err[-3000:]
     assert "torchrun ended the processes before they saved a checkpoint" in err
     assert not (exps / "cut" / "checkpoints" / "last.pth").exists()
+
+
+def test_erfnet_predict_stopped_by_an_unreadable_image_under_two_processes_leaves_nothing(tmp_path, exps):
+    """Both ranks predict, rank 0 writes: the rank that meets the image cut short first stops the run, and no
+    file of it is left, so the advised rerun with skip_bad_files=true is not refused."""
+    erfnet = str(REPO / "configs" / "erfnet_exp_0.json")
+    tiny = ["data_mode=random", "num_classes=4", "crop_size=32", "random_image_size=40", "random_size=8"]
+    args = [erfnet, f"experiments_dir={exps}", "exp_name=run", *tiny, "batch_size=4", "torch_threads=1"]
+    train(erfnet, exps, *args[1:], "max_epoch=1", "num_workers=0")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(40):
+        pixels = np.random.default_rng(i).integers(0, 256, (192, 256, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(photos / f"img{i:02d}.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(
+        photos / "z_cut.jpg", quality=95
+    )
+    (photos / "z_cut.jpg").write_bytes((photos / "z_cut.jpg").read_bytes()[:1500])  # found when decoded, last
+    predict = ["./run.sh", "--nproc", "2", *args, "mode=predict", f"predict_input={photos}"]
+    stopped = subprocess.run(predict, cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV)
+    assert stopped.returncode == 2 and "z_cut.jpg" in stopped.stderr, stopped.stderr[-3000:]
+    assert not list((exps / "run" / "out" / "predict").glob("*.png"))
+    rerun = subprocess.run(
+        [*predict, "skip_bad_files=true"], cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert len(list((exps / "run" / "out" / "predict").glob("*.png"))) == 80
