@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 try:
     from easydict import EasyDict
 except ModuleNotFoundError:  # nothing installed for this Python yet: one line, not a traceback
-    sys.stderr.write(f"error: {sys.executable} lacks the requirements; install them first (README, step 1)\n")
+    sys.stderr.write(f"error: {sys.executable} lacks the requirements; install them (the README's install lines)\n")
     sys.exit(2)
 
 from agents import config_schemas, get_agent_class

@@ -461,7 +461,7 @@ def folder_class_weights(
     if cache.is_file() and not force:
         try:
             cached = json.loads(cache.read_text())
-            if cached["masks_sha256"] == digest and len(cached["weights"]) == num_classes:
+            if cached.get("masks_sha256") == digest and len(cached["weights"]) == num_classes:  # older: stale
                 return [float(w) for w in cached["weights"]]
         except (ValueError, KeyError, TypeError):
             log.warning(f"{cache}: unreadable class-weight cache; computing the weights again")

@@ -58,4 +58,4 @@ def test_a_python_without_the_requirements_gets_one_line_and_exit_2():
         [sys.executable, "-S", "main.py", str(CONFIGS / "example_exp_0.json")], cwd=REPO, capture_output=True, text=True
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-    assert "lacks the requirements; install them first (README, step 1)" in done.stderr
+    assert "lacks the requirements; install them (the README's install lines)" in done.stderr

@@ -258,3 +258,12 @@ def test_a_study_goes_on_only_with_the_parameters_it_was_made_with(tmp_path, exp
     err = capsys.readouterr().err
     assert "key 'parameters.optimizer.args.lr': the study in" in err and "Optuna refuses the change" in err
     assert err.count("\n") == 1
+
+
+def test_a_mistake_in_the_base_config_or_its_base_is_the_sweep_files_key_config(tmp_path, exps, capsys):
+    for name, config in [("bad.json", {"base": str(EXAMPLE), "log_every": 0}), ("orphan.json", {"base": "gone.json"})]:
+        (tmp_path / name).write_text(json.dumps(config))
+        path = sweep_file(tmp_path, exps, config=str(tmp_path / name))
+        assert main.main(["--sweep", path]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {path}: key 'config': {tmp_path / name}: key '"), err

@@ -300,10 +300,6 @@ def _load_sweep(path: str, overrides: list[str], check_config: Callable[[str, li
     # The config as the sweep file names it when that is the same file from here (messages stay short).
     given, in_repo = Path(sweep["config"]), repo_path(sweep["config"])
     config_path = str(given if given.resolve() == in_repo.resolve() else in_repo)
-    try:
-        read_json(config_path)
-    except UserError as e:  # missing, or not JSON
-        raise UserError(f"{path}: key 'config': {e}") from None
 
     def check(extra: list[str], where: str) -> Any:
         try:
@@ -315,6 +311,8 @@ def _load_sweep(path: str, overrides: list[str], check_config: Callable[[str, li
             ours = next((d for d in typed if str(e).startswith(d)), None)  # the command line's: named as a run's are
             if ours is not None:
                 raise UserError(f"{typed[ours]}{str(e)[len(ours) :]}{hint}") from None
+            if where == "overrides" and not str(e).startswith("override '"):  # the config's own (or its base's)
+                where = "key 'config'"
             raise UserError(f"{path}: {where}: {e}{hint}") from None
 
     config = check([], "overrides")
