@@ -94,9 +94,11 @@ def test_new_project_without_examples_leaves_no_trace_and_its_tests_pass(tmp_pat
     assert not {
         str(f.relative_to(target)): [n for n in names if n in t] for f, t in texts.items() if any(n in t for n in names)
     }
-    for page in target.rglob("*.md"):  # every link between the pages left resolves
+    gone = [f"tutorial {int(p.name[:2])}" for p in removed if p.parts[0] == "tutorials" and p.name[:2].isdigit()]
+    for page in target.rglob("*.md"):  # every link between the pages left resolves; no page names a removed one
         for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
             assert "://" in link or (page.parent / link).exists(), (str(page.relative_to(target)), link)
+        assert not [t for t in gone if re.search(rf"\b{t}\b", page.read_text())], page
     readme = (target / "README.md").read_text()
     assert readme.startswith("# clean\n") and "./run.sh configs/example_exp_0.json" in readme
     assert "](tutorials/03_your_own_model.md)" in readme

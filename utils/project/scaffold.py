@@ -364,11 +364,20 @@ def new_project(
 
 
 def _unlink_pages(root: Path, removed: set[Path]) -> None:
-    """Markdown links to removed files become their text (tutorial 9 links tutorial 6, an example's)."""
-    link = re.compile(r"\[([^\]]+)\]\(([^)#\s]+)(#[^)]*)?\)")
+    """Links to removed files leave the pages: "(see [tutorial 6](06_sweeps.md))" and images go whole, other links
+    become their text (tutorial 9 links tutorial 6, an example's page)."""
+    link = re.compile(r"( \()?(!?)\[([^\]]+)\]\(([^)#\s]+)(?:#[^)\s]*)?(?: \"[^\"]*\")?\)(\))?")
+
+    def unlinked(m: re.Match, here: Path) -> str:
+        if (here / m[4]).resolve() not in removed:
+            return m[0]
+        if m[2] or (m[1] and m[5]):  # an image, or a link alone in parentheses
+            return ""
+        return f"{m[1] or ''}{m[3]}{m[5] or ''}"
+
     for page in root.rglob("*.md"):
         text = page.read_text()
-        kept = link.sub(lambda m, here=page.parent: m[1] if (here / m[2]).resolve() in removed else m[0], text)
+        kept = link.sub(lambda m, here=page.parent: unlinked(m, here), text)
         if kept != text:
             page.write_text(kept)
 
