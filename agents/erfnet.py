@@ -245,13 +245,14 @@ class ERFNetAgent(BaseAgent):
                 with torch.no_grad(), self.autocast():
                     prediction = model(x[None])[0, :, :h, :w].argmax(dim=0).cpu()
                 for name, picture in (("mask", colourise(prediction)), ("overlay", overlay(image, prediction))):
+                    file = out / f"{files[j].stem}_{name}.png"
                     if self.recorder.enabled:  # noted before it is written: a stop while writing removes it too
-                        written.append(out / f"{files[j].stem}_{name}.png")
-                    self.recorder.png(f"predict/{files[j].stem}_{name}.png", picture)
+                        written.append(file)
+                    self.recorder.png(f"predict/{file.name}", picture)
                 predicted += 1
         except BaseException:  # stopped (an unreadable image here or on another rank, a signal): this run's files
-            for file in written:  # go, so that a rerun (the advised skip_bad_files=true) is not refused
-                file.unlink(missing_ok=True)
+            for done in written:  # go, so that a rerun (the advised skip_bad_files=true) is not refused
+                done.unlink(missing_ok=True)
             raise
         self.status = "predicted"
         given = f"{predicted} image(s) from {self.config.predict_input}"
