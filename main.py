@@ -158,12 +158,13 @@ def _saved_after_signal(config: dict, since: float) -> bool:
 
 
 def new(argv: list[str]) -> int:
-    """``main.py new NAME``, then the config reference rewritten with the new agent's keys (its test checks it)."""
-    code = new_command(argv)
-    import agents
+    def schemas() -> dict:
+        import agents
 
-    importlib.reload(agents)  # the registry as new_command wrote it
-    return code or keys_command(agents.config_schemas, ["--write"])
+        importlib.reload(agents)  # the registry as new_command wrote it
+        return agents.config_schemas()
+
+    return new_command(schemas, argv)
 
 
 def _fail(message: str, code: int) -> int:

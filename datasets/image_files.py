@@ -46,7 +46,9 @@ from utils.errors import UserError
 from utils.run.recorder import DATA_LOG as log
 
 SKIP_BAD_FILES = Key(
-    False, bool, "folder data: leave out unreadable images and mismatched masks (each one logged) instead of stopping"
+    False,
+    bool,
+    "folder data: leave out each unreadable image (segmentation: or bad mask), logged, instead of stopping",
 )
 JUNK = {"Thumbs.db", "desktop.ini"}  # written by file browsers; hidden (dot) files are ignored too
 

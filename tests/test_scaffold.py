@@ -264,5 +264,7 @@ def test_new_says_where_pytest_comes_from_when_it_is_missing(tmp_path, monkeypat
     monkeypatch.setattr(utils.project.scaffold, "new_model", lambda name: new_model(name, root=target))
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "pytest" else find_spec(name))
-    assert utils.project.scaffold.new_command(["tulips"]) == 0
-    assert "pip install -r requirements-dev.txt" in capsys.readouterr().out
+    assert utils.project.scaffold.new_command(config_schemas, ["tulips"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "wrote tutorials/04_config_reference.md" in out  # before the next steps: they are the last line
+    assert out[-1].startswith("train it:") and "pip install -r requirements-dev.txt" in out[-1]

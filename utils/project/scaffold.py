@@ -421,7 +421,8 @@ def clean_readme(readme: str, project: str, tutorials: dict[str, str]) -> str:
     )
 
 
-def new_command(argv: list[str]) -> int:
+def new_command(schemas: Callable[[], dict[str, dict[str, Key]]], argv: list[str]) -> int:
+    """``main.py new NAME``; ``schemas()`` (the registry with the new agent) renders the config reference anew."""
     parser = argparse.ArgumentParser(
         prog="main.py new",
         description=(
@@ -434,7 +435,9 @@ def new_command(argv: list[str]) -> int:
         "name", help="a lowercase Python name, e.g. my_net (classes MyNetAgent, MyNet, MyNetDataLoader)"
     )
     args = parser.parse_args(argv)
-    for path in new_model(args.name):
+    written = new_model(args.name)
+    (REPO_ROOT / REFERENCE).write_text(render(schemas()))  # with the new agent's keys (its test checks it)
+    for path in [*written, REPO_ROOT / REFERENCE]:
         sys.stdout.write(f"wrote {path.relative_to(REPO_ROOT)}\n")
     sys.stdout.write(
         f"train it: ./run.sh configs/{args.name}_exp_0.json    "
