@@ -350,7 +350,7 @@ def test_folder_mode_names_what_is_missing_or_wrong(tmp_path):
 # ----- class weights -------------------------------------------------------------------------
 
 
-def test_class_weight_command_caches_the_enet_weights(tmp_path, capsys, exps):
+def test_class_weight_command_caches_the_enet_weights(tmp_path, capsys, caplog, exps):
     counts = voc_tree(tmp_path)["counts"]
     expected = 1 / np.log(1.02 + counts / counts.sum())  # ENet: frequent classes weigh less
     assert voc.main(["class-weights", "--data-root", str(tmp_path)]) == 0
@@ -375,6 +375,15 @@ def test_class_weight_command_caches_the_enet_weights(tmp_path, capsys, exps):
     assert json.loads((tmp_path / "voc_class_weights_train.json").read_text())["pixel_counts"][7] > counts[7]
     (tree / "ImageSets" / "Segmentation" / "train.txt").write_text("2007_train00\n")
     assert voc.folder_class_weights(tmp_path, 21) != redrawn
+    # A cache from before the masks' digest (keyed by the list's alone) is recomputed, and not called unreadable.
+    stored = json.loads((tmp_path / "voc_class_weights_train.json").read_text())
+    old = {k: v for k, v in stored.items() if k != "masks_sha256"}
+    (tmp_path / "voc_class_weights_train.json").write_text(
+        json.dumps({**old, "weights": [1.0] * 21, "list_sha256": "0"})
+    )
+    caplog.clear()
+    assert voc.folder_class_weights(tmp_path, 21) == stored["weights"]
+    assert "unreadable" not in caplog.text and "computing class weights" in caplog.text
     assert voc.main(["class-weights", "--data-root", str(tmp_path / "nowhere")]) == 2
     assert "ImageSets/Segmentation/train.txt: VOC list" in capsys.readouterr().err
 
