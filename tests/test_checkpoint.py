@@ -132,6 +132,16 @@ def test_failed_save_leaves_the_previous_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temp file left behind
 
 
+def test_checkpoints_get_the_mode_of_every_other_file(tmp_path):
+    old = os.umask(0o022)  # a teammate on shared storage reads (and resumes from) a run's files
+    try:
+        checkpoint.atomic_save({"models": {}, "epoch": 1}, tmp_path / "last.pth")
+        (tmp_path / "other.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "last.pth").stat().st_mode & 0o777 == (tmp_path / "other.json").stat().st_mode & 0o777 == 0o644
+
+
 def test_sigint_mid_epoch_saves_and_resume_finishes_identically(exps):
     args = [
         "agent=DropoutAgent",

@@ -7,7 +7,6 @@ import os
 import pickle
 import random
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,9 +31,9 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # open(): the umask's mode, as every other file
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             try:
                 torch.save(obj, f)
             except RuntimeError as e:
