@@ -46,7 +46,8 @@ COMMON_KEYS: dict[str, Key] = {
         "auto",
         (str, bool),
         "auto: continue from checkpoints/last.pth when present; a path (relative: to the repository): "
-        "resume from that file; false: never (an error if checkpoints exist)",
+        "start from that file (once the run has its own last.pth, from that); "
+        "false: never (an error if checkpoints exist)",
         check=check_resume,
     ),
     "data_mode": Key(

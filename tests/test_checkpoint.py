@@ -12,6 +12,7 @@ import torch
 from tests.conftest import EXAMPLE, MAIN_WITH_TEST_AGENTS, REPO, assert_same_tensors, load, train
 from utils.errors import TrainingStopped, UserError
 from utils.run import checkpoint
+from utils.run.report import read_run
 
 pytestmark = pytest.mark.usefixtures("test_agents_registered")  # DropoutAgent
 
@@ -80,6 +81,11 @@ def test_resume_from_a_path_and_test_mode(exps):
     path = exps / "a" / "checkpoints" / "last.pth"
     train(EXAMPLE, exps, "exp_name=b", "max_epoch=2", f"resume={path}", *QUICK)
     assert load(exps / "b" / "checkpoints" / "last.pth")["epoch"] == 2
+    # The same command again (after a Ctrl-C, or for more epochs) goes on from b's own progress, not from a's.
+    train(EXAMPLE, exps, "exp_name=b", "max_epoch=3", f"resume={path}", *QUICK)
+    assert [row["epoch"] for row in read_run(exps / "b").rows] == [2, 3]
+    resumed = [line for line in (exps / "b" / "logs" / "run.log").read_text().splitlines() if "resumed from" in line]
+    assert str(exps / "b" / "checkpoints" / "last.pth") in resumed[-1], resumed
     train(EXAMPLE, exps, "exp_name=b", "mode=test", *QUICK)
     summary = json.loads((exps / "b" / "summary.json").read_text())
     assert 0 <= summary["test/accuracy"] <= 1 and summary["tested_checkpoint"].endswith("best.pth")

@@ -300,7 +300,8 @@ def mismatch(error: Exception) -> str:
 
 
 def resume_path(checkpoint_dir: Path, resume: str | bool) -> Path | None:
-    """The checkpoint a training run continues from (``resume``: "auto", false or a path), decided by rank 0."""
+    """The checkpoint a training run continues from (``resume``: "auto", false or a path, which starts a run that
+    has no last.pth of its own yet), decided by rank 0."""
 
     def choose() -> Path | None:
         last = checkpoint_dir / "last.pth"
@@ -314,6 +315,8 @@ def resume_path(checkpoint_dir: Path, resume: str | bool) -> Path | None:
                     "use resume=auto to continue it, or another exp_name for a fresh run"
                 )
             return None
+        if last.exists():  # a run started from ``resume`` goes on from its own progress (the same command again)
+            return last
         path = repo_path(resume)
         if not path.is_file():
             raise UserError(f"config: key 'resume': checkpoint {path} not found")
