@@ -281,7 +281,8 @@ class BaseAgent:
                 self.load_checkpoint(path)
             self.recorder.write_config(to_plain(self.config))
             write_environment(self.recorder)  # env.json: versions, GPUs, pip freeze, git commit and diff
-            self.recorder.class_names(getattr(self.data_loader, "class_names", None))  # predictions name them
+            own = path is not None and path.parent.resolve() == self.checkpoint_dir.resolve()
+            distributed.on_main(self.recorder.class_names, getattr(self.data_loader, "class_names", None), own)
             self.progress_at_start = (self.epoch, self.global_step)
             self.train()
         except torch.OutOfMemoryError:
@@ -367,6 +368,7 @@ class BaseAgent:
         loader = getattr(self.data_loader, "test_loader", None)
         if loader is None:
             raise UserError(f"config: key 'mode': {type(self.data_loader).__name__} has no test split")
+        distributed.on_main(self.recorder.class_names, getattr(self.data_loader, "class_names", None), True)
         summary.record_test(self, self.validate(loader, split="test", limit=self.config.get("max_test_batches")), path)
 
     def predict(self) -> None:

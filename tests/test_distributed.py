@@ -12,6 +12,7 @@ from PIL import Image
 
 import main
 from tests.conftest import EXAMPLE, REPO, assert_same_tensors, load, train
+from tests.test_example import write_class_folders
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -225,6 +226,19 @@ def test_a_mistake_rank_0_finds_is_one_line_on_every_rank(exps):
     log = (exps / "rf" / "logs" / "run.log").read_text().splitlines()  # the run's log says why, once: rank 0's
     assert "failed: " in log[-1] and "already has checkpoints and resume is false" in log[-1]
     assert sum("failed: " in line for line in log) == 1
+
+
+def test_renamed_class_folders_are_refused_on_every_rank(exps, tmp_path):
+    write_class_folders(tmp_path / "data", classes=("birch", "maple", "oak"))
+    args = [f"data_root={tmp_path / 'data'}", "data_mode=folder", "exp_name=trees", "image_size=12", "torch_threads=1"]
+    train(EXAMPLE, exps, *args, "max_epoch=1")
+    for split in ("train", "valid", "test"):
+        (tmp_path / "data" / "example" / split / "oak").rename(tmp_path / "data" / "example" / split / "alder")
+    cmd = ["./run.sh", "--nproc", "2", str(EXAMPLE), f"experiments_dir={exps}", *args, "max_epoch=2"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.count("learnt the classes birch, maple, oak") == 2  # one line per rank
+    assert load(exps / "trees" / "checkpoints" / "last.pth")["epoch"] == 1
 
 
 @pytest.mark.parametrize("how", ["ctrl-c to the terminal's process group", "SIGTERM to the launcher"])

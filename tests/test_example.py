@@ -45,6 +45,24 @@ def test_trains_on_class_folders_then_evaluates_the_test_split(exps, tmp_path):
     assert summary["test/loss"] > 0
 
 
+def test_renamed_class_folders_are_refused_in_test_and_on_resume(exps, tmp_path):
+    """A label is a class folder's place among the names: renamed folders would swap them silently."""
+    write_class_folders(tmp_path / "data", classes=("birch", "maple", "oak"))
+    args = [f"data_root={tmp_path / 'data'}", "data_mode=folder", "exp_name=trees", "image_size=12"]
+    train(CONFIG, exps, *args, "max_epoch=1")
+    for split in ("train", "valid", "test"):
+        (tmp_path / "data" / "example" / split / "oak").rename(tmp_path / "data" / "example" / split / "alder")
+    for more in (["mode=test"], ["max_epoch=2"]):
+        with pytest.raises(UserError, match="learnt the classes birch, maple, oak, but the data's class folders are "):
+            train(CONFIG, exps, *args, *more)
+    assert json.loads((exps / "trees" / "class_names.json").read_text())["class_names"] == ["birch", "maple", "oak"]
+    assert load(exps / "trees" / "checkpoints" / "last.pth")["epoch"] == 1
+    # Another run (resume=false in a new folder, or a fine-tune from this one's weights) may learn other classes.
+    path = exps / "trees" / "checkpoints" / "last.pth"
+    train(CONFIG, exps, *args, "exp_name=alders", "max_epoch=2", f"resume={path}")
+    assert json.loads((exps / "alders" / "class_names.json").read_text())["class_names"] == ["alder", "birch", "maple"]
+
+
 def test_one_folder_of_class_folders_is_enough(exps, tmp_path):
     """train/ alone: valid_fraction of it validates, num_classes is the folders' count, their names are kept."""
     write_class_folders(tmp_path / "data", classes=("cat", "dog"), per_class=10)

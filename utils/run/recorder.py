@@ -231,10 +231,19 @@ class Recorder:
         self.metrics_row({"epoch": epoch, "step": step, **trained, **metrics})
         self.info(f"epoch {epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
-    def class_names(self, names: list[str] | None) -> None:
-        """class_names.json: the classes the run trains on (predict and export name their outputs with them)."""
-        if names and self.read_json("class_names.json").get("class_names") != names:
-            self.write_json("class_names.json", {"class_names": names})
+    def class_names(self, names: list[str] | None, trained: bool) -> None:
+        """class_names.json: the classes the run trains on (predict and export name their outputs with them). Once
+        ``trained`` on them, data of other classes is refused: a label is a class folder's place among them."""
+        saved = self.read_json("class_names.json").get("class_names")
+        if not names or names == saved:
+            return
+        if saved and trained:
+            raise UserError(
+                f"{self.run_dir / 'class_names.json'}: the run learnt the classes {', '.join(saved)}, but the data's "
+                f"class folders are {', '.join(names)}, so its labels would mean other classes; name the folders as "
+                "before, or train another run (another exp_name)"
+            )
+        self.write_json("class_names.json", {"class_names": names})
 
     def metrics_row(self, row: dict[str, Any]) -> None:
         """Append one row to metrics.csv; the file is rewritten only when a row brings a new column."""
