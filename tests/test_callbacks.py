@@ -253,4 +253,5 @@ def test_a_second_ctrl_c_is_logged_as_such_not_as_a_bug(exps, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(EXAMPLE, exps, "exp_name=ctrl_c", "max_epoch=1", *SMALL)
     last = (exps / "ctrl_c" / "logs" / "run.log").read_text().splitlines()[-1]
-    assert last.endswith("failed: stopped at once by a second Ctrl-C or SIGTERM (no checkpoint of the last steps)")
+    assert last.endswith("aborted: stopped at once by a second Ctrl-C (no checkpoint of the last steps)")
+    assert json.loads((exps / "ctrl_c" / "summary.json").read_text())["status"] == "aborted"  # not "failed"

@@ -133,12 +133,12 @@ class Recorder:
         if self._file_log is None or self._wrote_nothing():  # a new folder that goes away
             return
         if isinstance(error, KeyboardInterrupt):
-            why = "stopped at once by a second Ctrl-C or SIGTERM (no checkpoint of the last steps)"
+            why = "aborted: stopped at once by a second Ctrl-C (no checkpoint of the last steps)"
         elif isinstance(error, (UserError, TrainingStopped)):
-            why = " ".join(str(error).split())
+            why = "failed: " + " ".join(str(error).split())
         else:
-            why = "".join(traceback.format_exception(error)).strip()
-        self._file_log.handle(logging.LogRecord(self.logger.name, logging.ERROR, "", 0, f"failed: {why}", (), None))
+            why = "failed: " + "".join(traceback.format_exception(error)).strip()
+        self._file_log.handle(logging.LogRecord(self.logger.name, logging.ERROR, "", 0, why, (), None))
 
     def scalars(self, values: dict[str, float], step: int, flush: bool = False) -> None:
         """Queue scalars for the loggers; they are written in bursts (every few seconds, on ``flush``, at close).

@@ -81,7 +81,7 @@ def end(agent) -> None:
     error = sys.exc_info()[1]  # run in main's finally: what ends the run, if anything
     try:
         if training and agent.status == "started" and error is not None:
-            agent.status = "failed"  # and so written in summary.json
+            agent.status = "aborted" if isinstance(error, KeyboardInterrupt) else "failed"  # in summary.json
         if recorder is not None and error is not None and not isinstance(error, RunInterrupted):
             recorder.failed(error)  # run.log says why, as the terminal does (an interrupt: it said so already)
         if recorder is not None and agent.config.mode == "train" and has_news(agent):

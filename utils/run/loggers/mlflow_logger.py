@@ -178,7 +178,8 @@ class MLflowLogger(Tracker):
                 folder = str(Path(name).parent) if "/" in name else None
                 self.call(f"uploading {name}", self.client.log_artifact, self.run_id, str(path), folder)
         self.off = self.off and not reachable  # a failed upload (the artifact store) still ends the run
-        self._end("FINISHED" if agent.status in DONE else "KILLED" if agent.status == "interrupted" else "FAILED")
+        stopped = agent.status in ("interrupted", "aborted")  # by a signal: saved, or at once
+        self._end("FINISHED" if agent.status in DONE else "KILLED" if stopped else "FAILED")
 
     def log_test(self, agent, metrics: dict[str, float]) -> None:
         """At the run's last step."""
