@@ -42,7 +42,12 @@ def test_trains_on_class_folders_then_evaluates_the_test_split(exps, tmp_path):
     train(CONFIG, exps, *args, "mode=test")
     summary = json.loads((exps / "folders" / "summary.json").read_text())
     assert 0 <= summary["test/accuracy"] <= 1 and summary["tested_checkpoint"].endswith("best.pth")
-    assert summary["test/loss"] > 0
+    assert summary["test/loss"] > 0 and summary["tested_after_epoch"] == 2
+    train(CONFIG, exps, *args[:-1], "max_epoch=3")  # training on keeps the results of the test, dated
+    again = json.loads((exps / "folders" / "summary.json").read_text())
+    assert again["epochs"] == 3 and {k: again[k] for k in summary if "test" in k} == {
+        k: v for k, v in summary.items() if "test" in k
+    }
 
 
 def test_renamed_class_folders_are_refused_in_test_and_on_resume(exps, tmp_path):

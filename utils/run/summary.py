@@ -70,7 +70,8 @@ def record_test(agent, metrics: dict[str, float], path: Path) -> None:
     where, run = Path(path).resolve(), agent.run_dir.resolve()
     name = str(where.relative_to(run)) if where.is_relative_to(run) else str(where)
     tests = {**old.get("tests", {}), name: metrics}
-    agent.recorder.write_json("summary.json", {**old, **metrics, "tested_checkpoint": str(path), "tests": tests})
+    tested = {"tested_checkpoint": str(path), "tested_after_epoch": old.get("epochs"), "tests": tests}
+    agent.recorder.write_json("summary.json", {**old, **metrics, **tested})
     agent.callbacks.call("on_test_end", agent, metrics)
 
 
@@ -85,7 +86,9 @@ def end(agent) -> None:
         if recorder is not None and error is not None and not isinstance(error, RunInterrupted):
             recorder.failed(error)  # run.log says why, as the terminal does (an interrupt: it said so already)
         if recorder is not None and agent.config.mode == "train" and has_news(agent):
-            recorder.write_json("summary.json", summary(agent))
+            old = recorder.read_json("summary.json")  # mode=test's results stay, with the epoch they were of
+            tested = {k: v for k, v in old.items() if k.startswith(("test/", "tested_", "tests"))}
+            recorder.write_json("summary.json", {**summary(agent), **tested})
             recorder.curves()
         if training:
             agent.in_training = False
