@@ -346,7 +346,11 @@ def report_main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="main.py report", description="Plots and a table of finished runs.")
     parser.add_argument("runs", nargs="+", help="run directories, or a sweep's directory (all of its trials)")
-    parser.add_argument("--out", help="output folder (default: report/ in the run's folder, or in their parent)")
+    parser.add_argument(
+        "--out",
+        help="output folder, new, empty or an earlier report's (default: report/ in the run's folder, or in their "
+        "parent); a folder holding other files is refused",
+    )
     args = parser.parse_args(argv)
     dirs = [Path(r) for r in args.runs]
     common = dirs[0] if len(dirs) == 1 else Path(os.path.commonpath([d.resolve() for d in dirs]))

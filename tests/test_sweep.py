@@ -229,6 +229,34 @@ def test_report_tells_apart_runs_of_one_folder_name_and_takes_a_run_once(exps, c
     assert "| epochs | 2 | 3 |" in out
 
 
+def test_report_writes_over_no_file_it_did_not_make(exps, capsys):
+    """A folder holding the user's own report.md (or any other file), a file as --out: one line, exit 2, nothing
+    written; the folder of an earlier report is written again."""
+    run = exps / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch,step,valid/loss\n1,1,0.5\n")
+    mine = exps / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes\n")
+    (exps / "notes.txt").write_text("mine too\n")
+    for out, expected in [
+        (mine, "holds files the report did not write (report.md); nothing was written"),
+        (exps / "notes.txt", "notes.txt: cannot make the report's folder there (File exists); --out takes a folder"),
+    ]:
+        assert main.main(["report", str(run), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in mine.iterdir()) == ["report.md"] and (mine / "report.md").read_text() == "my notes\n"
+    assert (exps / "notes.txt").read_text() == "mine too\n"
+    for _ in range(2):  # an earlier report's folder, and the default one in the run's folder
+        assert main.main(["report", str(run), "--out", str(exps / "r")]) == 0
+        assert main.main(["report", str(run)]) == 0
+    assert sorted(p.name for p in (exps / "r").iterdir()) == ["curves.png", "report.md"]
+    (run / "report" / "report.md").unlink()  # a curves.png alone may be the user's
+    assert main.main(["report", str(run)]) == 2
+    assert "report: holds files the report did not write (curves.png)" in capsys.readouterr().err
+
+
 def test_a_failing_plot_does_not_fail_the_run(exps, monkeypatch):
     import utils.run.report
 

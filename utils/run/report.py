@@ -21,6 +21,8 @@ from utils.run.files import write_bytes_atomic
 AXES = ("epoch", "step")
 # Config keys that differ between any two runs without saying anything about them.
 NOT_IN_LEGENDS = ("exp_name", "experiments_dir", "description")
+OUTPUTS = ("curves.png", "report.md")
+HEADER = "# Report\n\n![curves](curves.png)\n"  # how every report.md of ours begins
 
 
 @dataclass
@@ -200,15 +202,36 @@ def summary_table(runs: list[RunFiles], names: list[str]) -> str:
 
 
 def write_report(paths: list[str | Path], out: Path) -> str:
-    """curves.png and report.md in ``out`` for the runs under ``paths``; returns the markdown."""
+    """curves.png and report.md in ``out`` (new, empty or an earlier report's) for the runs under ``paths``; returns
+    the markdown."""
     runs = [read_run(p) for p in find_runs(paths)]
     name_apart(runs)
     names = labels(runs)
-    out.mkdir(parents=True, exist_ok=True)
+    _refuse_others(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file there, or above it; no permission
+        raise UserError(f"{out}: cannot make the report's folder there ({e.strerror}); --out takes a folder") from None
     plot_curves(runs, names, out / "curves.png")
-    text = f"# Report\n\n![curves](curves.png)\n\n{summary_table(runs, names)}"
+    text = f"{HEADER}\n{summary_table(runs, names)}"
     (out / "report.md").write_text(text)
     return text
+
+
+def _refuse_others(out: Path) -> None:
+    """A folder ``out`` may hold an earlier report's files only (rewritten): never replace or mix with the user's.
+    Its curves.png counts as ours only beside a report.md of ours (a user's curves.png alone is theirs)."""
+    if not out.is_dir():
+        return
+    report = out / "report.md"
+    ours = report.is_file() and report.read_text(errors="replace").startswith(HEADER)
+    others = sorted(p.name for p in out.iterdir() if not (ours and p.name in OUTPUTS))
+    if others:
+        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+        raise UserError(
+            f"{out}: holds files the report did not write ({', '.join(others[:3])}{more}); nothing was written: "
+            "give --out a new or empty folder, or one of an earlier report"
+        )
 
 
 def write_run_curves(run_dir: Path) -> None:
