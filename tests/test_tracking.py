@@ -423,11 +423,42 @@ def test_a_server_down_from_the_start_costs_one_warning_and_the_run_trains(exps)
 def test_the_tracking_uris_mlflow_takes_pass_the_check_and_others_do_not():
     from utils.run.loggers.tracking import check_tracking_uri
 
-    for uri in ["databricks", "databricks://profile", "http://127.0.0.1:5000", "sqlite:///a.db", "file:/tmp/x"]:
+    for uri in ["databricks", "databricks://profile", "http://127.0.0.1:5000", "sqlite:///a.db"]:
         check_tracking_uri(uri, "mlflow_tracking_uri", "c.json")
     for uri in ["file", "postgresql", "localhost:5000", "htp://x", "sqlite://a.db", "http"]:
         with pytest.raises(UserError, match="key 'mlflow_tracking_uri': expected a tracking URI"):
             check_tracking_uri(uri, "mlflow_tracking_uri", "c.json")
+
+
+@pytest.mark.parametrize("uri", ["file:/tmp/x/mlruns", "file:///tmp/x/mlruns", "/tmp/x/mlruns", "./mlruns"])
+def test_a_folder_as_tracking_uri_is_one_line_that_suggests_sqlite(exps, capsys, uri):
+    """MLflow 3 refuses to open its file store: such a run would train untracked after a warning."""
+    with pytest.raises(mlflow.exceptions.MlflowException, match="filesystem tracking backend"):
+        MlflowClient(uri)  # the mlflow installed: the reason for the check
+    assert main.main([str(EXAMPLE), f"experiments_dir={exps}", MLFLOW, f"mlflow_tracking_uri={uri}"]) == 2
+    err = capsys.readouterr().err
+    assert "key 'mlflow_tracking_uri': expected a tracking URI" in err and err.count("\n") == 1, err
+    assert err.strip().endswith("refuses to open: use sqlite:///path/mlflow.db"), err
+    assert not list(exps.iterdir())
+
+
+def test_a_failure_is_quoted_in_whole_sentences_of_its_first_line():
+    """As many sentences as fit in GIST characters, the first whole however long: no word cut in two."""
+    from utils.run.loggers.tracking import GIST, Tracker
+
+    first = "The filesystem tracking backend (e.g., './mlruns') is in maintenance mode and will not receive updates."
+    second = "Please migrate to a database backend (e.g., 'sqlite:///mlflow.db') to get the latest MLflow features."
+    long = "See" + " https://mlflow.org/docs/latest/self-hosting/migrate-from-file-store" * 5 + " for guidance."
+    said = []
+    for message, quoted in [
+        (f"{first} {second} {long}\nmore lines", f"{first} {second}"),
+        (f"{long} {first}", long),
+    ]:
+        tracker = Tracker()
+        tracker.warn = said.append
+        tracker.failed("connecting", Exception(message))
+        assert f"(Exception: {quoted}); tracking is off" in said[-1], said[-1]
+    assert len(f"{first} {second}") < GIST < len(long)
 
 
 def local_runs(exps: Path) -> list:

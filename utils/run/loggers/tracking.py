@@ -72,12 +72,15 @@ def experiments_root(config: Any) -> Path:
 
 
 DONE = ("finished", "early stopped")  # the agent's statuses of a run that ended as it should
+GIST = 300  # characters of a failure's message that a warning quotes, beyond its first sentence
 
-URI_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+# Not "file": MLflow 3's file store (file:/path, or a plain path) is in maintenance mode, and recent releases (3.17
+# here) refuse to open it unless MLFLOW_ALLOW_FILE_STORE=true: a run would train untracked after one warning.
+URI_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 
 
 def check_tracking_uri(value: Any, where: str, source: str) -> None:
-    """An MLflow tracking URI: http(s)://host:port, sqlite:///path.db, a database URL, file:/path, databricks."""
+    """An MLflow tracking URI: http(s)://host:port, sqlite:///path.db, a database URL, databricks."""
     if value is None:
         return
     match = re.match(r"^([a-z][a-z0-9+.-]*)(:|$)", value)  # "databricks" alone: the default profile
@@ -85,9 +88,11 @@ def check_tracking_uri(value: Any, where: str, source: str) -> None:
     ok = scheme in URI_SCHEMES and (match.group(2) or scheme == "databricks")
     ok = ok and (scheme not in ("http", "https") or re.match(r"^https?://[^/:]+", value))
     if not ok or (scheme == "sqlite" and not value.startswith("sqlite:///")):
+        folder = scheme == "file" or value.startswith(("/", ".", "~"))
+        hint = "; MLflow 3's file store (a folder of runs) refuses to open: use sqlite:///path/mlflow.db"
         raise UserError(
             f"{source}: key '{where}': expected a tracking URI (http://host:port, sqlite:///path.db, "
-            f"postgresql://..., file:/path or databricks), got {value!r}"
+            f"postgresql://... or databricks), got {value!r}{hint if folder else ''}"
         )
 
 
@@ -146,8 +151,20 @@ class Tracker(Logger):
     def failed(self, what: str, error: Exception) -> None:
         """One warning line; the tracker is off from now on."""
         self.off = True
-        message = " ".join(str(error).split())[:300]
+        message = gist(str(error))
         self.warn(
             f"{self.name}: {what} failed ({type(error).__name__}: {message}); tracking is off for the rest of this "
             "run, which goes on (metrics.csv has every validation)"
         )
+
+
+def gist(message: str) -> str:
+    """The first line of ``message``, as many of its sentences as fit in GIST characters, the first always whole: a
+    cut that falls inside a word or a URL makes the line harder to read and to search for."""
+    line = " ".join(message.strip().split("\n", 1)[0].split())
+    first, *others = re.split(r"(?<=[.!?])\s+(?=[A-Z])", line)
+    for sentence in others:
+        if len(first) + 1 + len(sentence) > GIST:
+            break
+        first += " " + sentence
+    return first
