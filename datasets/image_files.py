@@ -15,7 +15,8 @@ the next readable one, so batches keep their size and a resumed run sees the sam
 Images are decoded by torchvision.io where it gives PIL's pixels (8-bit JPEG and PNG in RGB, RGBA or grey:
 1.2-1.6x faster than PIL here), by PIL otherwise; a file torchvision.io fails on is
 decoded again by PIL, which names what is wrong with it. 8-bit PNG masks too; they stay uint8 through the
-transforms (``long_masks=False``: after them too, for a conversion on the GPU).
+transforms (``long_masks=False``: after them too, for a conversion on the GPU). 16-bit grey images are read at
+their high byte, as PIL reads 16-bit colour (16-bit masks keep their values).
 
 With ``min_size`` (a transform that shrinks images to that size), a JPEG is decoded by simplejpeg at the
 smallest of libjpeg-turbo's reduced scales 1/2, 1/4, 1/8 (its fast ones, PIL's draft's) that keeps both sides
@@ -57,6 +58,8 @@ Target = int | Path  # a class index, or the path of a segmentation mask
 # RGB (tests/test_image_files.py compares the two); grey images as PIL converts RGB to "L" (ITU-R 601-2).
 NATIVE = {("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "L")}
 NATIVE_MASKS = {("PNG", "P"), ("PNG", "L")}  # torchvision.io gives their palette indices or values, as PIL does
+# Unsigned 16-bit grey, as PIL modes or as the raw modes of PIL's mode "I" (a 16-bit PGM): read at their high byte.
+SIXTEEN_BITS = {"I;16", "I;16B", "I;16L", "I;16N"}
 
 
 def _is_junk(path: Path, under: Path) -> bool:
@@ -320,7 +323,7 @@ class ImageFiles(Dataset):
                     image = decode_image(read_file(str(path)), mode=ImageReadMode.GRAY if grey else ImageReadMode.RGB)
                 except RuntimeError:
                     image = None  # damaged (a JPEG cut short): PIL decodes it again and names what is wrong
-            if image is not None and image.dtype == torch.uint8:  # not a 16-bit PNG (PIL keeps its 8 high bits)
+            if image is not None and image.dtype == torch.uint8:  # uint16: a 16-bit PNG since the check; PIL reads it
                 return _grey(image) if self.mode == "L" and not grey else image
         return pil_to_tensor(self._decode(path, self.mode))
 
@@ -338,6 +341,17 @@ class ImageFiles(Dataset):
 
     @staticmethod
     def _decode(path: Path, mode: str | None) -> Image.Image:
-        """The whole image decoded by PIL (in ``mode`` unless None): damage past the header shows up here."""
+        """The whole image decoded by PIL (in ``mode`` unless None): damage past the header shows up here.
+
+        Grey pixels wider than 8 bits (PIL modes "I;16", "I", "F"), which PIL's convert clips at 255 (all but the
+        darkest 1/256 of a 16-bit range turns white), are taken at their high byte when 16-bit; 32-bit ones have no
+        range to scale from: an error naming the file. Masks (``mode`` None) keep their values."""
         with _reading(path), Image.open(path) as image:
-            return image.convert(mode) if mode else image.copy()
+            if mode is None or not image.mode.startswith(("I", "F")):
+                return image.convert(mode) if mode else image.copy()
+            raw = image.tile[0].args if len(image.tile) == 1 else None
+            sixteen = image.mode in SIXTEEN_BITS or (raw[0] if isinstance(raw, tuple) else raw) in SIXTEEN_BITS
+            pixels = np.asarray(image)
+        if not sixteen:
+            raise _BadSample(path, f"pixels of 32 bits (PIL mode {image.mode}): expected 8 or 16 bits a sample")
+        return Image.fromarray((pixels >> 8).astype(np.uint8)).convert(mode)

@@ -7,6 +7,8 @@ datasets/image_files.py; segmentation pairs (image + mask) go through the same c
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -207,7 +209,7 @@ def test_a_split_replaces_a_sample_it_cannot_decode_from_itself(tmp_path):
 
 def test_images_decode_to_pils_pixels_whichever_decoder_reads_them(tmp_path):
     """JPEG and 8-bit PNG go through torchvision.io (faster), the rest through PIL: the same pixels either way,
-    in RGB and in grey (PIL's own RGB-to-L formula), a 16-bit PNG included (PIL's 8 high bits)."""
+    in RGB and in grey (PIL's own RGB-to-L formula)."""
     rng = np.random.default_rng(0)
     pixels = np.clip(rng.normal(128, 60, (13, 17, 3)), 0, 255).astype(np.uint8)
     files = []
@@ -225,8 +227,6 @@ def test_images_decode_to_pils_pixels_whichever_decoder_reads_them(tmp_path):
     ):
         files.append(tmp_path / f"{i}{suffix}")
         Image.fromarray(pixels).convert(mode).save(files[-1])
-    files.append(tmp_path / "16bit.png")
-    Image.fromarray(pixels[..., 0].astype(np.uint16) * 257).save(files[-1])
     for mode in ("RGB", "L"):
         data = ImageFiles([(f, 0) for f in files], mode)
         for i, path in enumerate(files):
@@ -234,6 +234,44 @@ def test_images_decode_to_pils_pixels_whichever_decoder_reads_them(tmp_path):
                 expected = torch.from_numpy(np.array(image.convert(mode))).reshape(*image.size[::-1], -1)
             assert torch.equal(data[i][0], expected.permute(2, 0, 1)), (mode, path.name)
         assert set(data._native) == set(files[:5])  # the fast decoder did read the files it can
+
+
+def png_16_bits(path: Path, pixels: np.ndarray) -> None:
+    """A 16-bit RGB PNG of (H, W, 3) ``pixels`` (PIL writes none): its header, its rows unfiltered, its end."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], 16, 2, 0, 0, 0)
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
+
+
+def test_16_bit_images_are_read_at_their_high_byte_and_32_bit_ones_are_named(tmp_path):
+    """PIL's convert clips 16-bit grey at 255 (all but the darkest 1/256 of the range white): grey PNG, TIFF and PGM
+    are read at each sample's high byte, as PIL reads 16-bit RGB; 16-bit masks keep their values; 32-bit grey has no
+    range to scale from: one error naming the file."""
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    files = [tmp_path / name for name in ("grey.png", "grey.tif", "grey.pgm", "rgb.png")]
+    Image.fromarray(values).save(files[0])
+    Image.fromarray(values).save(files[1])
+    files[2].write_bytes(b"P5\n256 256\n65535\n" + values.astype(">u2").tobytes())  # PIL: mode I
+    png_16_bits(files[3], np.stack([values] * 3, axis=-1))
+    high = torch.from_numpy((values >> 8).astype(np.uint8))
+    for mode in ("RGB", "L"):
+        data = ImageFiles([(f, 0) for f in files], mode)
+        for i, path in enumerate(files):
+            assert torch.equal(data[i][0], high.expand(len(mode), -1, -1)), (mode, path.name)
+        assert not data._native  # torchvision.io would give them as uint16
+    image, mask = tmp_path / "image.png", tmp_path / "mask.png"
+    Image.fromarray(np.zeros((256, 256), np.uint8)).save(image)
+    Image.fromarray(values % 300).save(mask)  # classes beyond 255
+    assert torch.equal(ImageFiles([(image, mask)], num_classes=300)[0][1], torch.from_numpy(values % 300).long())
+    Image.fromarray(values.astype(np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(UserError, match=r"float\.tif: pixels of 32 bits \(PIL mode F\): expected 8 or 16 bits"):
+        ImageFiles([(tmp_path / "float.tif", 0)])[0]
 
 
 def test_masks_decode_to_pils_values_whichever_decoder_reads_them(tmp_path):
