@@ -222,7 +222,8 @@ def test_new_project_of_a_git_checkout_copies_only_what_git_tracks(tmp_path):
 
 
 def test_new_project_registers_only_copied_agents_and_a_broken_registry_line_is_one_line(tmp_path):
-    """An agent made with `main.py new` and never committed is not copied: neither is its registry line."""
+    """An agent made with `main.py new` and never committed is not copied: neither is its registry line, nor its
+    section of the config reference (which `main.py new` rewrote)."""
     source = tmp_path / "template"
     new_project(source)
     git = ["git", "-C", str(source), "-c", "user.name=t", "-c", "user.email=t@t"]
@@ -230,12 +231,16 @@ def test_new_project_registers_only_copied_agents_and_a_broken_registry_line_is_
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-qm", "template"], check=True)
     new_model("scratch", root=source)  # untracked files, but a tracked (edited) agents/__init__.py
-    for without_examples in (False, True):
+    schemas = config_schemas()
+    with_scratch = {**schemas, "ScratchAgent": schemas["ExampleAgent"]}  # the registry that `main.py new` sees
+    (source / REFERENCE).write_text(render(with_scratch))  # as `main.py new` leaves it (tracked, edited)
+    for without_examples, kept in ((False, schemas), (True, {k: schemas[k] for k in ("BaseAgent", "ExampleAgent")})):
         target = tmp_path / f"copy_{without_examples}"
-        new_project(target, without_examples=without_examples, source=source)
+        new_project(target, without_examples=without_examples, schemas=lambda: with_scratch, source=source)
         registry = registry_entries(target / "agents" / "__init__.py")
         assert "ScratchAgent" not in registry and "ExampleAgent" in registry
         assert not (target / "agents" / "scratch.py").exists()
+        assert (target / REFERENCE).read_text() == render(kept)  # what the new project's reference test expects
     clean = tmp_path / "copy_True"
     keys = run(clean, sys.executable, "main.py", "keys")
     assert keys.returncode == 0, keys.stderr

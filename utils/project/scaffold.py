@@ -325,13 +325,14 @@ def new_project(
     """Copy the template to ``target`` (absent or empty); optionally without the examples.
 
     ``schemas`` gives every registered agent's config_schema (BaseAgent's first), to regenerate
-    the config reference for the agents that stay.
+    the config reference for the agents the new project registers.
     """
     target = target.resolve()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UserError(f"new-project: {target} exists and is not an empty folder; nothing was written")
     if target.is_relative_to(source.resolve()):
         raise UserError(f"new-project: {target} is inside the template ({source}); choose a folder outside it")
+    every = schemas() if schemas is not None else None  # an agent that does not import: nothing written
     if target.exists():
         target.rmdir()
     _copy_tree(source, target)
@@ -340,11 +341,19 @@ def new_project(
         # made with `main.py new` and never committed: git does not list their files)
         absent = {m for m in registry_entries(init_file).values() if not _module_file(target, m).is_file()}
         init_file.write_text(_unregister(init_file.read_text(), absent))
-    if not without_examples:
-        return
+    if without_examples:
+        _remove_examples(target, source, init_file)
+    # The reference copied has sections of agents the new project may not register: the examples, and those that
+    # `main.py new` made (and wrote there) but git does not track.
+    if every is not None and (target / REFERENCE).exists():
+        registered = {"BaseAgent", *registry_entries(init_file)}
+        (target / REFERENCE).write_text(render({name: schema for name, schema in every.items() if name in registered}))
+
+
+def _remove_examples(target: Path, source: Path, init_file: Path) -> None:
+    """The examples leave the new project ``target``: their files, registry lines and links, and README lines."""
     removed = example_paths(target)
     modules = {".".join(p.relative_to(target).with_suffix("").parts) for p in removed if p.suffix == ".py"}
-    gone = {a for a, m in registry_entries(init_file).items() if m in modules}
     for path in removed:
         path.unlink()
     for folder in sorted({p.parent for p in removed}, reverse=True):  # folders the examples alone filled
@@ -358,9 +367,6 @@ def new_project(
     }
     readme = clean_readme((source / "README.md").read_text(), target.name, tutorials)
     (target / "README.md").write_text(_without_absent_folders(readme, target))
-    if schemas is not None and (target / REFERENCE).exists():
-        kept = {name: schema for name, schema in schemas().items() if name not in gone}
-        (target / REFERENCE).write_text(render(kept))
 
 
 def _unlink_pages(root: Path, removed: set[Path]) -> None:
