@@ -218,6 +218,8 @@ class ERFNetAgent(BaseAgent):
     def predict(self) -> None:
         """A colourised mask and an overlay per input image, in out/predict/<name>_{mask,overlay}.png."""
         files = self._predict_files()
+        # The input checked whole (each file's header) before any earlier output is: its mistake is the one to fix.
+        images = ImageFiles([(f, i) for i, f in enumerate(files)], "RGB", skip_bad=self.config.skip_bad_files)
         out = self.run_dir / "out" / "predict"
 
         def refuse_earlier() -> None:  # rank 0 looks, before any rank writes: no rank sees another's files
@@ -232,7 +234,6 @@ class ERFNetAgent(BaseAgent):
         distributed.on_main(refuse_earlier)
         path = self.load_test_checkpoint()
         model = self.unwrap(self.model).eval()
-        images = ImageFiles([(f, i) for i, f in enumerate(files)], "RGB", skip_bad=self.config.skip_bad_files)
         mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
         std = torch.tensor(STD, device=self.device).view(3, 1, 1)
         written: list[Path] = []  # the Recorder's (rank 0's)

@@ -424,6 +424,17 @@ def test_augmentation_on_the_device_trains_the_same_weights_as_in_the_loader(tmp
         assert_same_tensors(a["models"], b["models"], "models")
 
 
+def test_predict_checks_its_input_before_its_earlier_outputs(exps, tmp_path):
+    """A damaged input image is told before the masks of an earlier mode=predict are refused (and left alone)."""
+    earlier = exps / "run" / "out" / "predict" / "street_mask.png"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier mask")
+    (tmp_path / "street.png").write_text("not an image")
+    with pytest.raises(UserError, match=r"street\.png: not an image"):
+        train(ERFNET, exps, "exp_name=run", "mode=predict", f"predict_input={tmp_path / 'street.png'}", *TINY)
+    assert earlier.read_bytes() == b"an earlier mask"
+
+
 def test_pictures_test_mode_predict_and_encoder_checkpoint(tmp_path, exps, monkeypatch):
     train(ERFNET, exps, "exp_name=run", "max_epoch=1", "max_train_batches=1", *TINY)
     run = exps / "run"

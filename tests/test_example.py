@@ -123,6 +123,20 @@ def test_exports_and_predicts_the_class_folders_it_trained_on(exps, tmp_path):
         assert {row["class"] for row in csv.DictReader(f)} <= {"a", "b", "c"}
 
 
+def test_predict_checks_its_input_before_its_earlier_output(exps, tmp_path):
+    """The input's mistake is the one to fix first: told before the csv of an earlier mode=predict is refused."""
+    earlier = exps / "p" / "out" / "predict" / "predictions.csv"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("file,class,probability,top5\n")
+    args = ["data_mode=random", "exp_name=p", "mode=predict"]
+    with pytest.raises(UserError, match=r"'predict_input': \S*nonexistent is neither a file nor a folder"):
+        train(CONFIG, exps, *args, f"predict_input={tmp_path / 'nonexistent'}")
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(UserError, match=r"notes\.png: not an image"):
+        train(CONFIG, exps, *args, f"predict_input={tmp_path / 'notes.png'}")
+    assert earlier.read_text() == "file,class,probability,top5\n"
+
+
 def test_one_class_folder_is_refused_in_one_line(exps, tmp_path):
     write_class_folders(tmp_path / "data", classes=("a",))
     with pytest.raises(UserError, match=r"train: one class folder \(a/\); a classifier needs two or more"):

@@ -21,10 +21,10 @@ def classify(agent, predict_loader: Callable[[str | None], tuple[list[Path], Ite
     """mode=predict of a classifier ``agent`` (a BaseAgent with ``model``): ``predict_loader(predict_input)``
     gives the image files and batches of (inputs, file indices) made as validation makes its own; the
     model of best.pth (or ``resume``) classifies them into out/predict/predictions.csv."""
+    files, batches = predict_loader(agent.config.predict_input)  # the input first: its mistake is the one to fix
     out = agent.run_dir / "out" / FILE
     if out.exists():
         raise UserError(f"{out}: written by an earlier mode=predict; move or delete it first (nothing is overwritten)")
-    files, batches = predict_loader(agent.config.predict_input)
     path = agent.load_test_checkpoint()
     names = agent.class_names()
     rows = class_predictions(agent.unwrap(agent.model), batches, files, names, agent.device)
