@@ -32,7 +32,7 @@ from utils.run import checkpoint, summary
 from utils.run.environment import write_environment
 from utils.run.export import ExportInput, export_run, first_inputs
 from utils.run.loggers import build_loggers
-from utils.run.recorder import Recorder
+from utils.run.recorder import Recorder, check_run_dir
 from utils.run.resume import load_weights, resume
 from utils.training import distributed
 from utils.training.accumulation import Accumulation
@@ -61,6 +61,7 @@ class BaseAgent:
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.run_dir = repo_path(config.experiments_dir) / config.exp_name
         self.checkpoint_dir = self.run_dir / "checkpoints"
+        distributed.on_main(check_run_dir, self.run_dir)
         self.recorder = Recorder(self.run_dir, enabled=distributed.is_main(), name=config.exp_name)
         self.recorder.lock()
         checkpoint.remove_partial_saves(self.checkpoint_dir)

@@ -301,6 +301,18 @@ def test_missing_data_names_the_folder_and_a_run_that_wrote_nothing_leaves_no_ru
 # ----- output safety -------------------------------------------------------------------------------------
 
 
+def test_a_run_is_refused_a_file_a_sweeps_folder_and_mlflows_store(exps, capsys):
+    (exps / "mlflow.db").write_bytes(b"SQLite format 3")
+    (exps / "lr_sweep").mkdir()
+    (exps / "lr_sweep" / "sweep.json").write_text("{}")
+    for name, what in [("mlflow.db", "is a file"), ("lr_sweep", "is a sweep's folder"), ("mlartifacts", "is MLflow's")]:
+        code = main.main([str(EXAMPLE), f"experiments_dir={exps}", f"exp_name={name}", "max_epoch=1"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and f"key 'exp_name': {exps / name} {what}" in err, err
+    assert sorted(p.name for p in exps.iterdir()) == ["lr_sweep", "mlflow.db"]  # nothing made, nothing added
+    assert [p.name for p in (exps / "lr_sweep").iterdir()] == ["sweep.json"]
+
+
 def test_a_second_run_of_the_same_experiment_is_refused_while_the_first_runs(exps):
     proc = start("busy", exps, "random_size=20000", "max_epoch=50")
     try:

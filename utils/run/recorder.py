@@ -63,6 +63,16 @@ def _changes(old_text: str, config: dict, shown: int = 6) -> str:
     return f" ({', '.join(text)}{more})" if text else ""
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """A run's folder is new or a run's: not a file, a sweep's folder or MLflow's local artifact store."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"config: key 'exp_name': {run_dir} is a file; choose another exp_name")
+    sweep = any((run_dir / name).exists() for name in ("sweep.json", ".study"))  # utils/sweep writes them first
+    if sweep or run_dir.name == "mlartifacts":
+        what = "a sweep's folder (its trials are runs inside it)" if sweep else "MLflow's local artifact store"
+        raise UserError(f"config: key 'exp_name': {run_dir} is {what}; choose another exp_name")
+
+
 class Recorder:
     """Run directory writer: text log, TensorBoard scalars, metrics.csv, JSON files, the lock."""
 
