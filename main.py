@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 try:
     from easydict import EasyDict
@@ -165,6 +165,14 @@ def new(argv: list[str]) -> int:
         return agents.config_schemas()
 
     return new_command(schemas, argv)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a mistake in one line, as every other mistake is (the usage is in --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        keys = " (config keys go without '--': max_epoch=3)" if "unrecognized arguments: --" in message else ""
+        self.exit(2, f"error: {self.prog}: {message}{keys}; see {self.prog} --help\n")
 
 
 def _fail(message: str, code: int) -> int:
@@ -344,7 +352,7 @@ def report_main(argv: list[str]) -> int:
     """``python main.py report RUN_DIR [RUN_DIR ...] [--out DIR]``: curves.png and report.md."""
     from utils.run.report import write_report
 
-    parser = argparse.ArgumentParser(prog="main.py report", description="Plots and a table of finished runs.")
+    parser = Parser(prog="main.py report", description="Plots and a table of finished runs.")
     parser.add_argument("runs", nargs="+", help="run directories, or a sweep's directory (all of its trials)")
     parser.add_argument(
         "--out",
@@ -407,7 +415,7 @@ def status_main(argv: list[str]) -> int:
     """``python main.py status RUN_DIR``: the state of the run's SLURM jobs and where their logs are."""
     from utils.project.slurm import status
 
-    parser = argparse.ArgumentParser(prog="main.py status", description="The SLURM jobs of a run directory.")
+    parser = Parser(prog="main.py status", description="The SLURM jobs of a run directory.")
     parser.add_argument("run_dir", help="the run directory, e.g. experiments/example_exp_0")
     args = parser.parse_args(argv)
     sys.stdout.write(status(Path(args.run_dir)) + "\n")
@@ -431,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             return COMMANDS[argv[0]](argv[1:])
         except UserError as e:
             return _fail(f"error: {one_line(str(e))}", 2)
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         description="Train or test the agent a JSON config names. "
         f"Other commands: {', '.join(COMMANDS)} (python main.py COMMAND --help)."
     )

@@ -6,6 +6,9 @@ import gc
 import subprocess
 import sys
 
+import pytest
+
+import main
 from tests.conftest import CONFIGS, REPO, train
 
 # Libraries a run of most agents never uses: each is imported inside the function that needs it (plots, sweeps,
@@ -59,3 +62,15 @@ def test_a_python_without_the_requirements_gets_one_line_and_exit_2():
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "lacks the requirements; install them (the README's install lines)" in done.stderr
+
+
+def test_a_command_line_mistake_is_one_line_and_exit_2(capsys):
+    for argv, says in [
+        ([str(CONFIGS / "example_exp_0.json"), "--max_epoch=3"], "config keys go without '--': max_epoch=3"),
+        (["--nproc", "x"], "argument --nproc: invalid int value: 'x'"),
+        (["report"], "main.py report: the following arguments are required: runs"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            main.main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.count("\n") == 1 and says in err, err
