@@ -66,6 +66,7 @@ def exit_of(argv, capsys) -> tuple[int, str]:
             ["optimizer.args.learning_rate=0.1"],
             "unknown key 'optimizer.args.learning_rate' (did you mean 'optimizer.args.lr'?)",
         ),
+        (good(), ["agent=mnist"], "unknown agent 'mnist' (did you mean 'MnistAgent'?)"),  # case aside
         (good(), ["agent=ExampleAgnt"], "override 'agent=ExampleAgnt': key 'agent': unknown agent 'ExampleAgnt'"),
         (good(), ["batch_size=0"], "override 'batch_size=0': key 'batch_size': must be at least 1"),
         (good(), ["max_epoch"], "override 'max_epoch': expected key=value"),
@@ -73,6 +74,16 @@ def exit_of(argv, capsys) -> tuple[int, str]:
         (good(), ["max_epoch.x=3"], "key 'max_epoch' holds 10, not an object"),
         (good(), ["optimizer.args.lr=abc"], "key 'optimizer.args': SGD rejected"),
         (good(), ["optimizer.args.lr=false"], "key 'optimizer.args.lr': expected a number like 0.001, got false"),
+        (
+            good(),
+            ['optimizer={"type": "Adam"'],
+            "the value is not valid JSON (Expecting ',' delimiter at character 15)",
+        ),
+        (
+            good(optimizer={"type": "Adam", "lr": 0.01}),
+            [],
+            "unknown key 'optimizer.lr' (did you mean 'optimizer.args.lr'?)",
+        ),
         (b'{"exp_name": "\xff"}', [], "not UTF-8"),
         ("[1, 2]", [], "expected a JSON object"),
     ],

@@ -60,6 +60,10 @@ def test_a_cycle_or_a_missing_base_is_one_line(tmp_path, capsys):
     write(a, base="configs/nope.json")
     assert main.main([str(a)]) == 2
     assert f"key 'base': {REPO / 'configs' / 'nope.json'}: config file not found" in capsys.readouterr().err
+    write(b, exp_name="b")
+    write(a, base="b.json")  # named from a's folder, as a newcomer may: the file there is suggested
+    assert main.main([str(a)]) == 2
+    assert f"from the repository) (did you mean '{b}'?)" in capsys.readouterr().err
     with pytest.raises(UserError, match="key 'base': expected the path of a config file"):
         main.load_config(write(a, base=3))
 

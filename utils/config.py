@@ -59,8 +59,9 @@ ARG_SYNONYMS = {"learning_rate": "lr", "wd": "weight_decay"}  # an optimizer arg
 
 def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
     """' (did you mean 'x'?)' for the closest option, or '' when nothing is close."""
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    lower = {str(o).lower(): str(o) for o in options}  # case aside: "leaves" is close to "LeavesAgent"
+    close = difflib.get_close_matches(str(word).lower(), list(lower), n=1, cutoff=0.6)
+    return f" (did you mean '{lower[close[0]]}'?)" if close else ""
 
 
 def _type_name(types: tuple[type, ...]) -> str:
@@ -112,6 +113,8 @@ def validate(raw: dict, schema: dict[str, Key], source: str, prefix: str = "") -
         if key not in schema:
             synonym = KEY_SYNONYMS.get(key) if not prefix else None
             hint = f" (did you mean '{synonym}'?)" if synonym else did_you_mean(key, list(schema))
+            if not hint and "args" in schema:  # {"type": "Adam", "lr": 0.01}: a class's arguments go under args
+                hint = f" (did you mean '{prefix}args.{key}'?)"
             raise UserError(f"{source}: unknown key '{prefix}{key}'{hint}")
         out[key] = _check_value(value, schema[key], prefix + key, source)
     for key, spec in schema.items():
@@ -162,8 +165,11 @@ def read_config(
         cycle = " -> ".join(str(p) for p in (*chain, base_path.resolve()))
         raise UserError(f"{path}: key 'base': the configs inherit from each other in a cycle ({cycle})")
     if not base_path.is_file():
+        beside = (Path(path).parent / base).resolve()  # named from the config's folder, not the repository
+        shown = beside.relative_to(REPO_ROOT) if beside.is_relative_to(REPO_ROOT) else beside
+        hint = f" (did you mean '{shown}'?)" if beside.is_file() else ""
         raise UserError(
-            f"{path}: key 'base': {base_path}: config file not found (a base is looked up from the repository)"
+            f"{path}: key 'base': {base_path}: config file not found (a base is looked up from the repository){hint}"
         )
     merged, sources = read_config(base_path, chain, base)
     for key, value in raw.items():
@@ -237,7 +243,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UserError(f"override '{text}': expected key=value, e.g. max_epoch=3 or optimizer.args.lr=0.01")
     try:
         parsed = json.loads(value)
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as e:
+        if value.lstrip().startswith(("{", "[")):  # meant as an object or a list: a bare string would be wrong
+            raise UserError(f"override '{text}': the value is not valid JSON ({e.msg} at character {e.pos})") from None
         parsed = value
     return parts, parsed
 
