@@ -65,6 +65,28 @@ def rows(path) -> list[dict]:
         ({"parameters": {"optimizer.args.lr": {"uniform": [1, 0.1]}}}, "two numbers with low < high"),
         ({"parameters": {"batch_size": {"int": [16, 64], "log": True, "step": 2}}}, "(1 with log)"),
         ({"enqueue": [{"batch_size": 16}]}, "key 'enqueue[0]': expected an object of parameters (optimizer.args.lr)"),
+        (
+            {"parameters": {"batch_size": [16, 32]}, "method": "random", "trials": 1, "enqueue": [{"batch_size": 48}]},
+            "key 'enqueue[0]': 48 is outside the space of parameters.batch_size",
+        ),
+        (
+            {
+                "parameters": {"optimizer.args.lr": {"log_uniform": [1e-4, 0.1]}},
+                "method": "tpe",
+                "trials": 1,
+                "enqueue": [{"optimizer.args.lr": 0}],
+            },
+            "key 'enqueue[0]': 0 is outside the space of parameters.optimizer.args.lr",
+        ),
+        (
+            {
+                "parameters": {"batch_size": {"int": [16, 48], "step": 16}},
+                "method": "random",
+                "trials": 1,
+                "enqueue": [{"batch_size": 20}],
+            },
+            "key 'enqueue[0]': 20 is outside the space of parameters.batch_size",
+        ),
         ({"parameters": {"batch_size": {"int": [16.5, 32]}}}, "int expects [low, high], two integers"),
         ({"parameters": {"batch_size": []}}, "expected a non-empty list of choices"),
         ({"parameters": {}}, "key 'parameters': expected at least one key"),

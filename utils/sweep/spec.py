@@ -133,6 +133,14 @@ class Space:
     def override(self, value: Any) -> str:
         return f"{self.key}={json.dumps(value)}"
 
+    def takes(self, value: Any) -> bool:
+        """Whether the config value ``value`` (an ``enqueue`` point's) is one this space draws."""
+        if self.kind == "choice":
+            return value in self.values
+        number = int if self.kind == "int" else (int, float)
+        inside = isinstance(value, number) and not isinstance(value, bool) and self.values[0] <= value <= self.values[1]
+        return inside and (self.kind != "int" or (value - self.values[0]) % self.step == 0)
+
 
 @dataclass
 class Sweep:
@@ -333,6 +341,10 @@ def _load_sweep(path: str, overrides: list[str], check_config: Callable[[str, li
     for i, point in enumerate(sweep["enqueue"]):
         if not isinstance(point, dict) or not point.keys() <= by_key.keys():
             raise UserError(f"{path}: key 'enqueue[{i}]': expected an object of parameters ({', '.join(by_key)})")
+        outside = next((k for k, v in point.items() if not by_key[k].takes(v)), None)
+        if outside is not None:
+            value = json.dumps(point[outside])
+            raise UserError(f"{path}: key 'enqueue[{i}]': {value} is outside the space of parameters.{outside}")
         check([by_key[k].override(v) for k, v in point.items()], f"key 'enqueue[{i}]'")
         enqueue.append({k: json.dumps(v) if by_key[k].encoded else v for k, v in point.items()})
 
