@@ -291,12 +291,15 @@ def test_a_failing_plot_does_not_fail_the_run(exps, monkeypatch):
     assert "out/curves.png not written: RuntimeError: no fonts" in (exps / "t" / "logs" / "run.log").read_text()
 
 
-def test_an_unreachable_database_is_one_line_without_its_password(tmp_path, exps, capsys):
+def test_an_unreachable_database_is_one_line_without_its_password_and_leaves_no_folder(tmp_path, exps, capsys):
     path = sweep_file(tmp_path, exps, storage="postgresql://me:secret@127.0.0.1:1/db")
     assert main.main(["--sweep", path]) == 2
     err = capsys.readouterr().err
     assert "key 'storage': cannot open postgresql://me:***@127.0.0.1:1/db: " in err and "secret" not in err
     assert err.count("\n") == 1
+    assert not any(exps.iterdir()), "a refused sweep leaves no folder behind"
+    assert main.main(["--sweep", path, f"experiments_dir={exps / 'new' / 'runs'}"]) == 2
+    assert not any(exps.iterdir()), "nor the experiments_dir it made for it"
 
 
 def test_a_study_goes_on_only_with_the_parameters_it_was_made_with(tmp_path, exps, capsys):

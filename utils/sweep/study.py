@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -372,7 +373,13 @@ def create(sweep: Sweep) -> optuna.Study:
     before the workers of a SLURM job array start, which then join it (one of them the first worker)."""
     if (sweep.sweep_dir / "config.json").exists():
         raise UserError(f"{sweep.path}: key 'name': {sweep.sweep_dir} is a run's directory; choose another sweep name")
+    made = next((p for p in [*reversed(sweep.sweep_dir.parents), sweep.sweep_dir] if not p.exists()), None)
     sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
-    study, created = open_study(sweep)
-    _claim(study, sweep, created)
+    try:
+        study, created = open_study(sweep)
+        _claim(study, sweep, created)
+    except UserError:
+        if made is not None:  # refused: no folder of its own left behind
+            shutil.rmtree(made)
+        raise
     return study
