@@ -150,7 +150,7 @@ def test_a_refused_folder_leaves_the_new_study_free_for_another_space(tmp_path, 
     assert "holds the trials of another study" in capsys.readouterr().err
 
 
-def test_a_sweep_named_after_a_runs_directory_is_one_line_and_leaves_it_as_it_was(tmp_path, exps, capsys):
+def test_a_sweep_named_after_a_runs_directory_or_a_file_is_one_line_and_leaves_it_as_it_was(tmp_path, exps, capsys):
     path = sweep_file(tmp_path, exps)
     (exps / "s").mkdir()
     (exps / "s" / "config.json").write_text("{}")  # a run's directory, not a sweep's
@@ -158,6 +158,11 @@ def test_a_sweep_named_after_a_runs_directory_is_one_line_and_leaves_it_as_it_wa
     err = capsys.readouterr().err
     assert "key 'name': " in err and "is a run's directory; choose another sweep name" in err and err.count("\n") == 1
     assert [p.name for p in (exps / "s").iterdir()] == ["config.json"]
+    (exps / "mlflow.db").write_text("a file")  # a tracker's database, say
+    assert main.main(["--sweep", path, "name=mlflow.db"]) == 2
+    err = capsys.readouterr().err
+    assert f"key 'name': {exps / 'mlflow.db'} is a file; choose another sweep name" in err and err.count("\n") == 1
+    assert (exps / "mlflow.db").read_text() == "a file"
 
 
 HOLDER = """

@@ -371,8 +371,9 @@ def run_sweep(
 def create(sweep: Sweep) -> optuna.Study:
     """The first worker's part before any trial: make (or join) the study and claim its folder. Also what is done
     before the workers of a SLURM job array start, which then join it (one of them the first worker)."""
-    if (sweep.sweep_dir / "config.json").exists():
-        raise UserError(f"{sweep.path}: key 'name': {sweep.sweep_dir} is a run's directory; choose another sweep name")
+    if sweep.sweep_dir.is_file() or (sweep.sweep_dir / "config.json").exists():
+        found = "a file" if sweep.sweep_dir.is_file() else "a run's directory"
+        raise UserError(f"{sweep.path}: key 'name': {sweep.sweep_dir} is {found}; choose another sweep name")
     made = next((p for p in [*reversed(sweep.sweep_dir.parents), sweep.sweep_dir] if not p.exists()), None)
     sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
     try:
