@@ -300,6 +300,14 @@ def test_an_unreachable_database_is_one_line_without_its_password_and_leaves_no_
     assert not any(exps.iterdir()), "a refused sweep leaves no folder behind"
     assert main.main(["--sweep", path, f"experiments_dir={exps / 'new' / 'runs'}"]) == 2
     assert not any(exps.iterdir()), "nor the experiments_dir it made for it"
+    capsys.readouterr()
+    typed = "storage=postgresql://me:secret@127.0.0.1:1/db"  # on the command line: named as typed, less its password
+    assert main.main(["--sweep", sweep_file(tmp_path, exps), typed]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: override 'storage=postgresql://me:***@127.0.0.1:1/db': cannot open ")
+        and "secret" not in err
+    )
 
 
 def test_a_study_goes_on_only_with_the_parameters_it_was_made_with(tmp_path, exps, capsys):
@@ -309,8 +317,15 @@ def test_a_study_goes_on_only_with_the_parameters_it_was_made_with(tmp_path, exp
     other = 'parameters={"optimizer.args.lr": {"log_uniform": [0.01, 1.0]}}'
     assert main.main(["--sweep", path, other, "method=random", "trials=2"]) == 2  # Optuna cannot mix the two
     err = capsys.readouterr().err
-    assert "key 'parameters.optimizer.args.lr': the study in" in err and "Optuna refuses the change" in err
+    assert err.startswith(f"error: override '{other}': the study in") and "Optuna refuses the change" in err
     assert err.count("\n") == 1
+
+
+def test_a_config_file_given_as_a_sweep_file_is_one_line_saying_so(exps, capsys):
+    assert main.main(["--sweep", str(EXAMPLE)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {EXAMPLE}: a config file, not a sweep file: run it with ./run.sh {EXAMPLE}")
+    assert err.count("\n") == 1 and not any(exps.iterdir())
 
 
 def test_a_mistake_in_the_base_config_or_its_base_is_the_sweep_files_key_config(tmp_path, exps, capsys):

@@ -156,6 +156,7 @@ class Sweep:
     grid: list[dict]  # method=grid: every combination in trial order (Optuna's values)
     enqueue: list[dict]  # configurations tried first (Optuna's values)
     resolve: Callable[[list[str]], dict]  # a trial's overrides -> its resolved config
+    origins: dict[str, str]  # the sweep keys set on the command line (a fixed override: overrides.KEY) -> key=value
 
     def __getattr__(self, name: str) -> Any:  # the sweep file's keys
         if name in SWEEP_SCHEMA:
@@ -167,6 +168,17 @@ class Sweep:
         spaces = {s.key: {s.kind: s.values, "log": s.log, "step": s.step} for s in self.spaces}
         return {**self.keys, "overrides": self.fixed(), "parameters": spaces, "storage": self.shown_storage}
 
+    def origin(self, key: str, *within: str) -> str:
+        """An error's start about sweep key ``key``: the key=value typed on the command line that set it (or one of
+        ``within``, keys as ``origins`` names them), else the sweep file's key."""
+        near = [
+            t
+            for k, t in self.origins.items()
+            for w in within or (key,)
+            if f"{w}.".startswith(f"{k}.") or k.startswith(f"{w}.")
+        ]
+        return f"override '{_hide_password(near[-1])}'" if near else f"{self.path}: key '{key}'"
+
     def fixed(self, shared: bool = False) -> dict:
         """The fixed overrides as {key: value}; ``shared``: without those each machine may set its own."""
         pairs = {".".join(parts): value for parts, value in map(parse_override, self.overrides)}
@@ -175,7 +187,7 @@ class Sweep:
     @property
     def shown_storage(self) -> str | None:
         """The storage URL without its password, for logs and files."""
-        return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.storage) if self.storage else None
+        return _hide_password(self.storage) if self.storage else None
 
     @property
     def directions(self) -> list[str]:
@@ -184,6 +196,11 @@ class Sweep:
     @property
     def metrics(self) -> list[str]:
         return [o.split()[1] for o in self.objectives]
+
+
+def _hide_password(text: str) -> str:
+    """``text`` with the password of a database URL in it left out."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", text)
 
 
 def _parse_space(key: str, value: Any, source: str) -> Space:
@@ -267,13 +284,21 @@ def load_sweep(path: str, overrides: list[str], check_config: Callable[[str, lis
 
 
 def _load_sweep(path: str, overrides: list[str], check_config: Callable[[str, list[str]], Any]) -> Sweep:
-    raw, theirs, typed = read_json(path), {}, {}
+    raw, theirs, typed, origins = read_json(path), {}, {}, {}
+    if {"agent", "base"} & raw.keys() and not {"parameters", "method"} & raw.keys():
+        raise UserError(
+            f"{path}: a config file, not a sweep file: run it with ./run.sh {path}, or sweep it from a sweep file "
+            "that names it as its config (tutorials/06_sweeps.md)"
+        )
     for text in overrides:  # a sweep key (under parameters and overrides the rest is one dotted key), else the config's
         parts, value = parse_override(text)
         if parts[0] not in SWEEP_SCHEMA or parts[0] == "overrides":  # fixed overrides: an error of one names this text
             key = ".".join(parts[1:] if parts[0] == "overrides" else parts)
             pairs = value if not key and isinstance(value, dict) else {key: value}
             typed.update({f"override '{k}={json.dumps(v)}': ": f"override '{text}': " for k, v in pairs.items()})
+            origins.update({f"overrides.{k}": text for k in pairs})
+        else:
+            origins[".".join(parts)] = text
         if parts[0] not in SWEEP_SCHEMA:  # joins the fixed overrides
             theirs[".".join(parts)] = value
         elif parts[0] in ("parameters", "overrides") and len(parts) > 1 and isinstance(raw.get(parts[0], {}), dict):
@@ -373,4 +398,4 @@ def _load_sweep(path: str, overrides: list[str], check_config: Callable[[str, li
     resolve = lambda more: to_plain(check_config(config_path, [*base, *more]))  # noqa: E731
     sweep_dir = repo_path(config["experiments_dir"]) / sweep["name"]
     objectives = objectives or [config["monitor"]]
-    return Sweep(path, keys, base, spaces, objectives, config["device"], sweep_dir, grid, enqueue, resolve)
+    return Sweep(path, keys, base, spaces, objectives, config["device"], sweep_dir, grid, enqueue, resolve, origins)

@@ -103,13 +103,13 @@ def open_study(sweep: Sweep, worker_index: int = 0) -> tuple[optuna.Study, bool]
                 raise
             if attempt == 4 or isinstance(e, sqlalchemy.exc.OperationalError):  # unreachable, bad password
                 message = f"cannot open {sweep.shown_storage}: {(str(e).strip() or type(e).__name__).splitlines()[0]}"
-                raise UserError(f"{sweep.path}: key 'storage': {message}") from None
+                raise UserError(f"{sweep.origin('storage')}: {message}") from None
             time.sleep(0.5 * (attempt + 1))
     directions = [d.name.lower() for d in study.directions]
     if directions != sweep.directions:
         raise UserError(
-            f"{sweep.path}: study '{sweep.name}' exists and was made to {', '.join(directions)}, "
-            f"but the objectives are {', '.join(sweep.objectives)}; use another sweep name"
+            f"{sweep.origin('metric', 'metric', 'overrides.monitor')}: study '{sweep.name}' exists and was made to "
+            f"{', '.join(directions)}, but the objectives are {', '.join(sweep.objectives)}; use another sweep name"
         )
     seed = sweep.sampler_seed
     if seed is not None:  # one worker of a new study: the draws of sampler_seed; a study that goes on: new ones
@@ -135,7 +135,7 @@ def _storage(sweep: Sweep) -> Any:
     except ImportError:
         scheme = sweep.storage.split("://")[0]
         install = "postgresql: pip install 'psycopg[binary]'"
-        raise UserError(f"{sweep.path}: key 'storage': no database driver for {scheme}:// ({install})") from None
+        raise UserError(f"{sweep.origin('storage')}: no database driver for {scheme}:// ({install})") from None
 
 
 def run_one(study: optuna.Study, sweep: Sweep, run_trial: RunTrial, trial: optuna.trial.Trial) -> list[float]:
@@ -262,7 +262,7 @@ def _claim(study: optuna.Study, sweep: Sweep, created: bool) -> None:
     ours = mark.read_text().strip() == made if mark.exists() else not any(sweep.sweep_dir.glob("trial_*"))
     if not ours:
         raise UserError(
-            f"{sweep.path}: key 'name': {sweep.sweep_dir} holds the trials of another study than the one in {where} "
+            f"{sweep.origin('name')}: {sweep.sweep_dir} holds the trials of another study than the one in {where} "
             "(another storage, or its study file removed); choose another sweep name, or move the folder"
         )
     drawn = {k: d for t in study.get_trials(deepcopy=False) for k, d in t.distributions.items()}
@@ -271,20 +271,20 @@ def _claim(study: optuna.Study, sweep: Sweep, created: bool) -> None:
             optuna.distributions.check_distribution_compatibility(drawn[space.key], space.distribution())
         except ValueError as e:
             raise UserError(
-                f"{sweep.path}: key 'parameters.{space.key}': the study in {where} was made with another space "
+                f"{sweep.origin(f'parameters.{space.key}')}: the study in {where} was made with another space "
                 f"({drawn[space.key]}), and Optuna refuses the change ({e}); choose another sweep name"
             ) from None
     if sweep.grid and attrs.get("grid", sweep.grid) != sweep.grid:
         what = "another grid (its points or their order: parameters, sampler_seed)"
-        raise UserError(f"{sweep.path}: key 'parameters': the study in {where} was made with {what}; keep it")
+        raise UserError(f"{sweep.origin('parameters')}: the study in {where} was made with {what}; keep it")
     fixed = sweep.fixed(shared=True)
     earlier = attrs.get("overrides", fixed) if latest(study) else fixed
     if earlier != fixed and not sweep.new_overrides:
         changed = sorted(k for k in {*earlier, *fixed} if earlier.get(k, "-") != fixed.get(k, "-"))
         then = ", ".join(f"{k}: {json.dumps(earlier.get(k))} then, {json.dumps(fixed.get(k))} now" for k in changed)
         raise UserError(
-            f"{sweep.path}: key 'overrides': the study in {where} ran its trials with other fixed overrides ({then}); "
-            "run it with those, or add new_overrides=true to grow it under these"
+            f"{sweep.origin('overrides', *(f'overrides.{k}' for k in changed))}: the study in {where} ran its trials "
+            f"with other fixed overrides ({then}); run it with those, or add new_overrides=true to grow it under these"
         )
     study.set_user_attr("overrides", fixed)
     if sweep.grid:
@@ -373,7 +373,7 @@ def create(sweep: Sweep) -> optuna.Study:
     before the workers of a SLURM job array start, which then join it (one of them the first worker)."""
     if sweep.sweep_dir.is_file() or (sweep.sweep_dir / "config.json").exists():
         found = "a file" if sweep.sweep_dir.is_file() else "a run's directory"
-        raise UserError(f"{sweep.path}: key 'name': {sweep.sweep_dir} is {found}; choose another sweep name")
+        raise UserError(f"{sweep.origin('name')}: {sweep.sweep_dir} is {found}; choose another sweep name")
     made = next((p for p in [*reversed(sweep.sweep_dir.parents), sweep.sweep_dir] if not p.exists()), None)
     sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
     try:
