@@ -14,7 +14,7 @@ from optuna.storages.journal import JournalFileBackend
 import main
 import utils.sweep.study
 import utils.sweep.subprocess
-from tests.conftest import REPO
+from tests.conftest import EXAMPLE, REPO
 from tests.test_sweep import PNG, TINY, rows, sweep_file
 from utils.run.recorder import LOCK_NAME
 from utils.sweep.spec import load_sweep
@@ -263,6 +263,25 @@ def test_best_config_is_the_best_trials_own_and_a_study_grows_only_under_its_ove
     written = json.loads((exps / "s" / "best_config.json").read_text())
     assert written == {**own, "exp_name": "s_best", "experiments_dir": str(exps)}
     assert written["max_epoch"] == 2
+
+
+def test_a_study_grows_only_under_the_base_config_its_trials_ran_with(tmp_path, exps, capsys):
+    config = tmp_path / "base.json"
+    config.write_text(json.dumps({"base": str(EXAMPLE)}))
+    path = sweep_file(tmp_path, exps, config=str(config), parameters={"batch_size": [16, 32]})
+    assert main.main(["--sweep", path, "trials=1", "max_epoch=1"]) == 0
+    # Edited after a trial: a value every trial gets, besides a parameter's, each machine's own folders and workers.
+    edited = {"seed": 3, "batch_size": 64, "exp_name": "other", "data_root": "elsewhere", "num_workers": 1}
+    config.write_text(json.dumps({"base": str(EXAMPLE), **edited}))
+    capsys.readouterr()
+    assert main.main(["--sweep", path, "trials=2", "max_epoch=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: key 'config': the study in ") and err.count("\n") == 1
+    assert "ran its trials with other base config values (seed: 1 then, 3 now); " in err
+    assert not (exps / "s" / "trial_0001").exists()
+    config.write_text(json.dumps({"base": str(EXAMPLE), **edited, "num_workers": 0}))
+    assert main.main(["--sweep", path, "trials=2", "max_epoch=1", "new_overrides=true"]) == 0
+    assert json.loads((exps / "s" / "trial_0001" / "config.json").read_text())["seed"] == 3
 
 
 def test_the_closing_message_gives_the_command_of_a_best_trial_of_two_processes(tmp_path, exps, monkeypatch, capsys):

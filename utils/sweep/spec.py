@@ -82,7 +82,9 @@ SWEEP_SCHEMA: dict[str, Key] = {
     ),
     "nproc": Key(1, int, "processes per trial (under torchrun when > 1)", min=1, max=1024),
     "retry_failed": Key(False, bool, "true: the trials that failed run again (once a command), with their values"),
-    "new_overrides": Key(False, bool, "true: the study grows under fixed overrides other than its earlier trials'"),
+    "new_overrides": Key(
+        False, bool, "true: the study grows under fixed overrides (or a base config) other than its earlier trials'"
+    ),
 }
 
 
@@ -184,6 +186,11 @@ class Sweep:
         pairs = {".".join(parts): value for parts, value in map(parse_override, self.overrides)}
         return {k: v for k, v in pairs.items() if not (shared and k in PER_MACHINE)}
 
+    def base_values(self) -> dict:
+        """What every trial's config holds but its parameters, as {dotted key: value}, less each machine's keys."""
+        skip = [*PER_MACHINE, "exp_name", *(s.key for s in self.spaces)]
+        return {k: v for k, v in _flat(self.resolve([])).items() if not any(f"{k}.".startswith(f"{s}.") for s in skip)}
+
     @property
     def shown_storage(self) -> str | None:
         """The storage URL without its password, for logs and files."""
@@ -196,6 +203,14 @@ class Sweep:
     @property
     def metrics(self) -> list[str]:
         return [o.split()[1] for o in self.objectives]
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    """``config`` as {dotted key: value}, each key of a nested object its own."""
+    flat = {}
+    for key, value in config.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {prefix + key: value})
+    return flat
 
 
 def _hide_password(text: str) -> str:

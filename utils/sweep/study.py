@@ -252,7 +252,8 @@ def _flock(file: IO | None, operation: int) -> bool:
 
 def _claim(study: optuna.Study, sweep: Sweep, created: bool) -> None:
     """The folder's trial directories are the study's (``.study``); it goes on with what Optuna accepts and, unless
-    ``new_overrides``, its fixed overrides; its maker queues the grid's points, others wait (its ``id``)."""
+    ``new_overrides``, its fixed overrides and base config values; its maker queues the grid's points, others wait
+    (its ``id``)."""
     where = sweep.shown_storage or sweep.sweep_dir
     deadline = time.monotonic() + 30
     while not created and not study.user_attrs.get("id") and time.monotonic() < deadline:
@@ -277,16 +278,20 @@ def _claim(study: optuna.Study, sweep: Sweep, created: bool) -> None:
     if sweep.grid and attrs.get("grid", sweep.grid) != sweep.grid:
         what = "another grid (its points or their order: parameters, sampler_seed)"
         raise UserError(f"{sweep.origin('parameters')}: the study in {where} was made with {what}; keep it")
-    fixed = sweep.fixed(shared=True)
-    earlier = attrs.get("overrides", fixed) if latest(study) else fixed
-    if earlier != fixed and not sweep.new_overrides:
-        changed = sorted(k for k in {*earlier, *fixed} if earlier.get(k, "-") != fixed.get(k, "-"))
-        then = ", ".join(f"{k}: {json.dumps(earlier.get(k))} then, {json.dumps(fixed.get(k))} now" for k in changed)
-        raise UserError(
-            f"{sweep.origin('overrides', *(f'overrides.{k}' for k in changed))}: the study in {where} ran its trials "
-            f"with other fixed overrides ({then}); run it with those, or add new_overrides=true to grow it under these"
-        )
-    study.set_user_attr("overrides", fixed)
+    kept = {
+        "overrides": ("fixed overrides", sweep.fixed(shared=True)),
+        "config": ("base config values", sweep.base_values()),
+    }
+    for key, (what, now) in kept.items():
+        earlier = attrs.get(key, now) if latest(study) else now
+        changed = sorted(k for k in {*earlier, *now} if earlier.get(k, "-") != now.get(k, "-"))
+        if changed and not sweep.new_overrides:
+            then = ", ".join(f"{k}: {json.dumps(earlier.get(k))} then, {json.dumps(now.get(k))} now" for k in changed)
+            raise UserError(
+                f"{sweep.origin(key, *(f'{key}.{k}' for k in changed))}: the study in {where} ran its trials with "
+                f"other {what} ({then}); run it with those, or add new_overrides=true to grow it under these"
+            )
+        study.set_user_attr(key, now)
     if sweep.grid:
         study.set_user_attr("grid", sweep.grid)
     points = (sweep.grid or sweep.enqueue)[: sweep.trials]
