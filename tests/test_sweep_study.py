@@ -271,7 +271,14 @@ def test_a_study_grows_only_under_the_base_config_its_trials_ran_with(tmp_path, 
     path = sweep_file(tmp_path, exps, config=str(config), parameters={"batch_size": [16, 32]})
     assert main.main(["--sweep", path, "trials=1", "max_epoch=1"]) == 0
     # Edited after a trial: a value every trial gets, besides a parameter's, each machine's own folders and workers.
-    edited = {"seed": 3, "batch_size": 64, "exp_name": "other", "data_root": "elsewhere", "num_workers": 1}
+    edited = {
+        "seed": 3,
+        "batch_size": 64,
+        "exp_name": "other",
+        "data_root": "elsewhere",
+        "num_workers": 1,
+        "description": "new words",
+    }
     config.write_text(json.dumps({"base": str(EXAMPLE), **edited}))
     capsys.readouterr()
     assert main.main(["--sweep", path, "trials=2", "max_epoch=1"]) == 2

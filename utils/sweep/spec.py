@@ -188,7 +188,7 @@ class Sweep:
 
     def base_values(self) -> dict:
         """What every trial's config holds but its parameters, as {dotted key: value}, less each machine's keys."""
-        skip = [*PER_MACHINE, "exp_name", *(s.key for s in self.spaces)]
+        skip = [*PER_MACHINE, "exp_name", "description", *(s.key for s in self.spaces)]  # description: words only
         return {k: v for k, v in _flat(self.resolve([])).items() if not any(f"{k}.".startswith(f"{s}.") for s in skip)}
 
     @property
