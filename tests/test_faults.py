@@ -172,6 +172,10 @@ def test_damaged_checkpoint_exits_2_naming_the_file(exps, capsys, monkeypatch, k
     assert code == 2, err
     assert str(last) in err and err.count("\n") == 1 and "Traceback" not in err
     assert not marker.exists()  # weights_only: the crafted pickle ran nothing
+    if kind in ("truncated", "zero-byte", "random-bytes"):  # damaged: the run's other checkpoints are named
+        assert "damaged or not a checkpoint" in err and "its folder also has best.pth: resume=<one of them>" in err
+    if kind == "crafted-pickle":
+        assert "refused to load: it holds objects a plain checkpoint cannot (" in err and "GLOBAL posix.system" in err
 
 
 # ----- bad configs (property-based) ------------------------------------------------------------------

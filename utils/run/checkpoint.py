@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import shutil
 import zipfile
 from collections.abc import Callable, Iterable
@@ -57,13 +58,19 @@ def load(path: str | Path) -> dict:
         raise UserError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        lines = [line.strip() for line in str(e).splitlines() if "Unsupported" in line or "Unpickler" in line]
-        why = lines[0] if lines else type(e).__name__
-        raise UserError(f"{path}: refused to load: it holds objects a plain checkpoint cannot ({why})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: damaged or not a checkpoint ({first})") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
+        text = " ".join(str(e).split())
+        sentences = re.split(r"(?<=\.) ", text)
+        crafted = next((x.split("error: ")[-1] for x in sentences if "GLOBAL" in x), None)  # objects, not bad bytes
+        if crafted:
+            raise UserError(
+                f"{path}: refused to load: it holds objects a plain checkpoint cannot ({crafted})"
+            ) from None
+        bad = re.search(r"Unsupported operand \d+", text)  # weights_only's unpickler on a byte that is no pickle's
+        why = bad[0] if bad else str(e).strip().split("\n")[0] or type(e).__name__
+        others = sorted(p.name for p in path.parent.glob("*.pth") if p != path)  # a run's other checkpoints
+        advice = f"; its folder also has {', '.join(others)}: resume=<one of them> goes on from there" if others else ""
+        raise UserError(f"{path}: damaged or not a checkpoint ({why}){advice}") from None
     if not isinstance(state, dict) or "models" not in state or "epoch" not in state:
         raise UserError(f"{path}: not a checkpoint of this template (no 'models'/'epoch' entries)")
     if state.get("format", 2) < 3:  # format 2 kept the callbacks' states at the top level
