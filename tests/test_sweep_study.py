@@ -33,6 +33,7 @@ def test_a_new_study_never_takes_the_trial_folders_of_another(tmp_path, exps, ca
     err = capsys.readouterr().err.splitlines()
     assert len(err) >= 2 and all("holds the trials of another study" in line for line in err[-2:])
     assert "choose another sweep name, or move the folder" in err[-1]
+    assert f"{exps / 's'} holds the trials of another study than the one in {exps / 's' / 'study.journal'}" in err[-2]
 
 
 def test_nproc_trials_run_with_the_python_of_the_sweep(tmp_path, exps, monkeypatch, capsys):

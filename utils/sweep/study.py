@@ -254,7 +254,7 @@ def _claim(study: optuna.Study, sweep: Sweep, created: bool) -> None:
     """The folder's trial directories are the study's (``.study``); it goes on with what Optuna accepts and, unless
     ``new_overrides``, its fixed overrides and base config values; its maker queues the grid's points, others wait
     (its ``id``)."""
-    where = sweep.shown_storage or sweep.sweep_dir
+    where = sweep.shown_storage or sweep.sweep_dir / "study.journal"
     deadline = time.monotonic() + 30
     while not created and not study.user_attrs.get("id") and time.monotonic() < deadline:
         time.sleep(0.2)
