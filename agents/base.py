@@ -33,7 +33,7 @@ from utils.run.environment import write_environment
 from utils.run.export import ExportInput, export_run, first_inputs
 from utils.run.loggers import build_loggers
 from utils.run.recorder import Recorder, check_run_dir
-from utils.run.resume import load_weights, resume
+from utils.run.resume import load_weights, resume, start_from_weights
 from utils.training import distributed
 from utils.training.accumulation import Accumulation
 from utils.training.callbacks import Callbacks, build_callback
@@ -280,6 +280,8 @@ class BaseAgent:
             path = checkpoint.resume_path(self.checkpoint_dir, self.config.resume)  # rank 0's choice on every rank
             if path is not None:
                 self.load_checkpoint(path)
+            elif self.config.get("init_weights"):
+                start_from_weights(self, repo_path(self.config.init_weights))
             self.recorder.write_config(to_plain(self.config))
             write_environment(self.recorder)  # env.json: versions, GPUs, pip freeze, git commit and diff
             own = path is not None and path.parent.resolve() == self.checkpoint_dir.resolve()

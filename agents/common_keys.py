@@ -50,6 +50,13 @@ COMMON_KEYS: dict[str, Key] = {
         "false: never (an error if checkpoints exist)",
         check=check_resume,
     ),
+    "init_weights": Key(
+        None,
+        str,
+        "fine-tuning: a checkpoint whose model weights (averaged, where it kept an EMA) start a new run; its "
+        "epochs, optimizer and schedule start afresh (a run that has its own last.pth goes on from that)",
+        nullable=True,
+    ),
     "data_mode": Key(
         REQUIRED,
         str,

@@ -91,6 +91,24 @@ def test_resume_from_a_path_and_test_mode(exps):
     assert 0 <= summary["test/accuracy"] <= 1 and summary["tested_checkpoint"].endswith("best.pth")
 
 
+def test_init_weights_starts_a_new_run_from_another_runs_weights(exps):
+    train(EXAMPLE, exps, "exp_name=a", "max_epoch=2", *QUICK)
+    path = exps / "a" / "checkpoints" / "last.pth"
+    # lr 0: the weights stay those it started from; its epochs, optimizer and schedule are its own.
+    args = ["exp_name=ft", "max_epoch=1", f"init_weights={path}", *QUICK, "optimizer.args.lr=0"]
+    train(EXAMPLE, exps, *args)
+    started, tuned = load(path), load(exps / "ft" / "checkpoints" / "last.pth")
+    assert_same_tensors(tuned["models"], started["models"])
+    assert tuned["epoch"] == 1 and tuned["global_step"] == 8 and tuned["schedulers"]["scheduler"]["last_epoch"] == 1
+    assert f"weights from {path} (epoch 2)" in (exps / "ft" / "logs" / "run.log").read_text()
+    train(EXAMPLE, exps, *args[:1], "max_epoch=2", *args[2:])  # the same command, longer: its own last.pth
+    assert load(exps / "ft" / "checkpoints" / "last.pth")["epoch"] == 2
+    with pytest.raises(UserError, match="model 'model' differs from the checkpoint's"):
+        train(EXAMPLE, exps, "exp_name=ft_wide", f"init_weights={path}", *QUICK, "hidden=9")
+    with pytest.raises(UserError, match=f"key 'init_weights': checkpoint {exps / 'nope.pth'} not found"):
+        train(EXAMPLE, exps, "exp_name=ft_none", f"init_weights={exps / 'nope.pth'}", *QUICK)
+
+
 def test_checkpoint_of_another_model_is_a_clear_error(exps):
     train(EXAMPLE, exps, "exp_name=ex", "max_epoch=1")
     other = exps / "ex" / "checkpoints" / "last.pth"

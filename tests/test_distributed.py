@@ -194,6 +194,16 @@ def test_mid_epoch_resume_from_one_process_to_two_trains_the_rest_of_the_epoch_o
     assert load(exps / "grow" / "checkpoints" / "last.pth")["global_step"] == 3 + 2  # 96 left: 48 per rank
 
 
+def test_init_weights_under_two_processes_starts_every_rank_from_the_checkpoints_weights(exps):
+    train(EXAMPLE, exps, "exp_name=pre", "max_epoch=1", *SMALL)
+    path = exps / "pre" / "checkpoints" / "last.pth"
+    args = [f"experiments_dir={exps}", "exp_name=ft2", "max_epoch=1", f"init_weights={path}", *SMALL]
+    torchrun("main.py", str(EXAMPLE), *args, "optimizer.args.lr=0")  # lr 0: the weights stay the start's
+    assert_same_tensors(load(exps / "ft2" / "checkpoints" / "last.pth")["models"], load(path)["models"])
+    missing = torchrun("main.py", str(EXAMPLE), *args[:1], "exp_name=ft3", f"init_weights={exps}/nope.pth", ok=False)
+    assert missing.stderr.count("key 'init_weights': checkpoint") == 2  # one line per rank, no hang
+
+
 @pytest.mark.parametrize("rank1", ["no file", "a stale file"])
 def test_ranks_without_rank_0s_checkpoint_follow_rank_0(tmp_path, exps, rank1):
     """Several machines, no shared storage: only rank 0 has the latest last.pth; rank 1 gets its copy."""

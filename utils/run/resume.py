@@ -14,6 +14,7 @@ import torch
 
 from utils.errors import UserError
 from utils.run import checkpoint
+from utils.training import distributed
 from utils.training.schedules import uses_total
 
 # Schedulers that compute the LR from their own args (max_lr, base_lr), not from the optimizer's lr.
@@ -194,3 +195,13 @@ def _log_layout_change(agent, state: dict) -> None:
             f"resuming mid-epoch with {new[0]} process(es) x batch_size {new[1]} (saved with {old[0]} x {old[1]}): "
             f"the {agent.resume_samples} samples of epoch {agent.epoch + 1} already trained on are skipped"
         )
+
+
+def start_from_weights(agent, path: Path) -> None:
+    """init_weights: a new run's models start as ``path``'s (averaged where it kept an EMA); all else is new."""
+    if not distributed.on_main(path.is_file):  # rank 0's answer: read_checkpoint sends other ranks its copy
+        raise UserError(f"config: key 'init_weights': checkpoint {path} not found")
+    state = agent.read_checkpoint(path)
+    models = {name: agent.unwrap(m) for name, m in agent.models.items()}
+    checkpoint.restore_models(path, state, models, averaged=True)
+    agent.recorder.info(f"weights from {path} (epoch {state['epoch']}); epochs, optimizer and schedule start afresh")
