@@ -46,7 +46,7 @@ COMMON_KEYS: dict[str, Key] = {
         "auto",
         (str, bool),
         "auto: continue from checkpoints/last.pth when present; a path (relative: to the repository): "
-        "start from that file (once the run has its own last.pth, from that); "
+        "start from that file (the same command again: from the run's own last.pth); "
         "false: never (an error if checkpoints exist)",
         check=check_resume,
     ),

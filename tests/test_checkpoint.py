@@ -86,6 +86,12 @@ def test_resume_from_a_path_and_test_mode(exps):
     assert [row["epoch"] for row in read_run(exps / "b").rows] == [2, 3]
     resumed = [line for line in (exps / "b" / "logs" / "run.log").read_text().splitlines() if "resumed from" in line]
     assert str(exps / "b" / "checkpoints" / "last.pth") in resumed[-1], resumed
+    # Another path is loaded as asked, also in a run that has a last.pth: a roll-back to the run's best.pth.
+    best = exps / "b" / "checkpoints" / "best.pth"
+    train(EXAMPLE, exps, "exp_name=b", "max_epoch=4", f"resume={best}", *QUICK)
+    assert f"resumed from {best}" in (exps / "b" / "logs" / "run.log").read_text()
+    with pytest.raises(UserError, match="key 'resume': checkpoint .*nope.pth not found"):
+        train(EXAMPLE, exps, "exp_name=b", "max_epoch=4", f"resume={exps / 'nope.pth'}", *QUICK)
     train(EXAMPLE, exps, "exp_name=b", "mode=test", *QUICK)
     summary = json.loads((exps / "b" / "summary.json").read_text())
     assert 0 <= summary["test/accuracy"] <= 1 and summary["tested_checkpoint"].endswith("best.pth")

@@ -174,6 +174,10 @@ def test_damaged_checkpoint_exits_2_naming_the_file(exps, capsys, monkeypatch, k
     assert not marker.exists()  # weights_only: the crafted pickle ran nothing
     if kind in ("truncated", "zero-byte", "random-bytes"):  # damaged: the run's other checkpoints are named
         assert "damaged or not a checkpoint" in err and "its folder also has best.pth: resume=<one of them>" in err
+        if via == "auto":  # and the advice works: the run goes on from best.pth
+            best = f"resume={last.parent / 'best.pth'}"
+            train(EXAMPLE, exps, "exp_name=m", "max_epoch=2", "agent=DropoutAgent", *TINY, best)
+            assert load(last)["epoch"] == 2
     if kind == "crafted-pickle":
         assert "refused to load: it holds objects a plain checkpoint cannot (" in err and "GLOBAL posix.system" in err
 

@@ -3,6 +3,7 @@ safe loads, and the RNG state that makes a resume exact."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -307,8 +308,8 @@ def mismatch(error: Exception) -> str:
 
 
 def resume_path(checkpoint_dir: Path, resume: str | bool) -> Path | None:
-    """The checkpoint a training run continues from (``resume``: "auto", false or a path, which starts a run that
-    has no last.pth of its own yet), decided by rank 0."""
+    """The checkpoint a training run continues from (``resume``: "auto", false or a path; the run's last command
+    again with the same path goes on from its own last.pth), decided by rank 0."""
 
     def choose() -> Path | None:
         last = checkpoint_dir / "last.pth"
@@ -322,14 +323,23 @@ def resume_path(checkpoint_dir: Path, resume: str | bool) -> Path | None:
                     "use resume=auto to continue it, or another exp_name for a fresh run"
                 )
             return None
-        if last.exists():  # a run started from ``resume`` goes on from its own progress (the same command again)
-            return last
         path = repo_path(resume)
+        if last.exists() and _started_from(checkpoint_dir.parent) == path.resolve():
+            return last  # the command that started the run from ``path``, again: it goes on from its own progress
         if not path.is_file():
             raise UserError(f"config: key 'resume': checkpoint {path} not found")
         return path
 
     return _on_every_rank(choose, checkpoint_dir)
+
+
+def _started_from(run_dir: Path) -> Path | None:
+    """The checkpoint the run's last command named as ``resume`` (its config.json's), if a path."""
+    try:
+        resume = json.loads((run_dir / "config.json").read_text()).get("resume")
+    except (OSError, ValueError):
+        return None
+    return repo_path(resume).resolve() if isinstance(resume, str) and resume != "auto" else None
 
 
 def test_path(checkpoint_dir: Path, resume: str | bool) -> Path:
