@@ -66,7 +66,7 @@ def exit_of(argv, capsys) -> tuple[int, str]:
             ["optimizer.args.learning_rate=0.1"],
             "unknown key 'optimizer.args.learning_rate' (did you mean 'optimizer.args.lr'?)",
         ),
-        (good(), ["agent=mnist"], "unknown agent 'mnist' (did you mean 'MnistAgent'?)"),  # case aside
+        (good(), ["agent=example"], "unknown agent 'example' (did you mean 'ExampleAgent'?)"),  # case aside
         (good(), ["agent=ExampleAgnt"], "override 'agent=ExampleAgnt': key 'agent': unknown agent 'ExampleAgnt'"),
         (good(), ["batch_size=0"], "override 'batch_size=0': key 'batch_size': must be at least 1"),
         (good(), ["max_epoch"], "override 'max_epoch': expected key=value"),

@@ -56,7 +56,8 @@ def test_renamed_class_folders_are_refused_in_test_and_on_resume(exps, tmp_path)
     args = [f"data_root={tmp_path / 'data'}", "data_mode=folder", "exp_name=trees", "image_size=12"]
     train(CONFIG, exps, *args, "max_epoch=1")
     for split in ("train", "valid", "test"):
-        (tmp_path / "data" / "example" / split / "oak").rename(tmp_path / "data" / "example" / split / "alder")
+        folder = tmp_path / "data" / "example" / split
+        (folder / "oak").rename(folder / "alder")
     for more in (["mode=test"], ["max_epoch=2"]):
         with pytest.raises(UserError, match="learnt the classes birch, maple, oak, but the data's class folders are "):
             train(CONFIG, exps, *args, *more)

@@ -303,7 +303,7 @@ def _load_sweep(path: str, overrides: list[str], check_config: Callable[[str, li
     if {"agent", "base"} & raw.keys() and not {"parameters", "method"} & raw.keys():
         raise UserError(
             f"{path}: a config file, not a sweep file: run it with ./run.sh {path}, or sweep it from a sweep file "
-            "that names it as its config (tutorials/06_sweeps.md)"
+            "that names it as its config"
         )
     for text in overrides:  # a sweep key (under parameters and overrides the rest is one dotted key), else the config's
         parts, value = parse_override(text)
