@@ -282,10 +282,10 @@ class BaseAgent:
                 self.load_checkpoint(path)
             elif self.config.get("init_weights"):
                 start_from_weights(self, repo_path(self.config.init_weights))
-            self.recorder.write_config(to_plain(self.config))
-            write_environment(self.recorder)  # env.json: versions, GPUs, pip freeze, git commit and diff
             own = path is not None and path.parent.resolve() == self.checkpoint_dir.resolve()
             distributed.on_main(self.recorder.class_names, getattr(self.data_loader, "class_names", None), own)
+            self.recorder.write_config(to_plain(self.config))
+            write_environment(self.recorder)  # env.json: versions, GPUs, pip freeze, git commit and diff
             self.progress_at_start = (self.epoch, self.global_step)
             self.train()
         except torch.OutOfMemoryError:

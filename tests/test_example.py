@@ -48,6 +48,9 @@ def test_trains_on_class_folders_then_evaluates_the_test_split(exps, tmp_path):
     assert again["epochs"] == 3 and {k: again[k] for k in summary if "test" in k} == {
         k: v for k, v in summary.items() if "test" in k
     }
+    shutil.rmtree(exps / "folders" / "checkpoints")  # a new run in the folder: the old model's results go
+    train(CONFIG, exps, *args[:-1], "max_epoch=1", "resume=false")
+    assert not [k for k in json.loads((exps / "folders" / "summary.json").read_text()) if "test" in k]
 
 
 def test_renamed_class_folders_are_refused_in_test_and_on_resume(exps, tmp_path):
@@ -62,6 +65,8 @@ def test_renamed_class_folders_are_refused_in_test_and_on_resume(exps, tmp_path)
         with pytest.raises(UserError, match="learnt the classes birch, maple, oak, but the data's class folders are "):
             train(CONFIG, exps, *args, *more)
     assert json.loads((exps / "trees" / "class_names.json").read_text())["class_names"] == ["birch", "maple", "oak"]
+    assert json.loads((exps / "trees" / "config.json").read_text())["max_epoch"] == 1  # refused before it is written
+    assert not (exps / "trees" / "config.1.json").exists()
     assert load(exps / "trees" / "checkpoints" / "last.pth")["epoch"] == 1
     # Another run (resume=false in a new folder, or a fine-tune from this one's weights) may learn other classes.
     path = exps / "trees" / "checkpoints" / "last.pth"

@@ -86,7 +86,10 @@ def end(agent) -> None:
         if recorder is not None and error is not None and not isinstance(error, RunInterrupted):
             recorder.failed(error)  # run.log says why, as the terminal does (an interrupt: it said so already)
         if recorder is not None and agent.config.mode == "train" and has_news(agent):
-            old = recorder.read_json("summary.json")  # mode=test's results stay, with the epoch they were of
+            # mode=test's results stay, with the epoch they were of, when the run went on from its own checkpoint
+            resumed = getattr(agent, "resumed_from", None)
+            own = resumed is not None and resumed.parent.resolve() == agent.checkpoint_dir.resolve()
+            old = recorder.read_json("summary.json") if own else {}
             tested = {k: v for k, v in old.items() if k.startswith(("test/", "tested_", "tests"))}
             recorder.write_json("summary.json", {**summary(agent), **tested})
             recorder.curves()
