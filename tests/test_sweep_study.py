@@ -269,7 +269,7 @@ def test_best_config_is_the_best_trials_own_and_a_study_grows_only_under_its_ove
 def test_a_study_grows_only_under_the_base_config_its_trials_ran_with(tmp_path, exps, capsys):
     config = tmp_path / "base.json"
     config.write_text(json.dumps({"base": str(EXAMPLE)}))
-    path = sweep_file(tmp_path, exps, config=str(config), parameters={"batch_size": [16, 32]})
+    path = sweep_file(tmp_path, exps, config=str(config), parameters={"batch_size": [16, 32, 48]})
     assert main.main(["--sweep", path, "trials=1", "max_epoch=1"]) == 0
     # Edited after a trial: a value every trial gets, besides a parameter's, each machine's own folders and workers.
     edited = {
@@ -278,7 +278,10 @@ def test_a_study_grows_only_under_the_base_config_its_trials_ran_with(tmp_path, 
         "exp_name": "other",
         "data_root": "elsewhere",
         "num_workers": 1,
-        "description": "new words",
+        "description": "new words",  # and what keeps or logs a run, not its results
+        "log_every": 7,
+        "torch_threads": 2,
+        "slurm": {"time": "04:00:00"},
     }
     config.write_text(json.dumps({"base": str(EXAMPLE), **edited}))
     capsys.readouterr()
@@ -287,9 +290,20 @@ def test_a_study_grows_only_under_the_base_config_its_trials_ran_with(tmp_path, 
     assert err.startswith(f"error: {path}: key 'config': the study in ") and err.count("\n") == 1
     assert "ran its trials with other base config values (seed: 1 then, 3 now); " in err
     assert not (exps / "s" / "trial_0001").exists()
-    config.write_text(json.dumps({"base": str(EXAMPLE), **edited, "num_workers": 0}))
-    assert main.main(["--sweep", path, "trials=2", "max_epoch=1", "new_overrides=true"]) == 0
-    assert json.loads((exps / "s" / "trial_0001" / "config.json").read_text())["seed"] == 3
+    # A key the study's trials did not have (a later version of the template's) is no change.
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(exps / "s" / "study.journal"))
+    )
+    study = optuna.load_study(study_name="s", storage=storage)
+    study.set_user_attr(
+        "config", {k: v for k, v in study.user_attrs["config"].items() if k not in ("seed", "ema_decay")}
+    )
+    assert main.main(["--sweep", path, "trials=2", "max_epoch=1"]) == 0
+    config.write_text(json.dumps({"base": str(EXAMPLE), **edited, "seed": 4}))
+    assert main.main(["--sweep", path, "trials=3", "max_epoch=1"]) == 2  # its seed is the study's now
+    assert "(seed: 3 then, 4 now)" in capsys.readouterr().err
+    assert main.main(["--sweep", path, "trials=3", "max_epoch=1", "new_overrides=true"]) == 0
+    assert [json.loads((exps / "s" / f"trial_000{i}" / "config.json").read_text())["seed"] for i in (1, 2)] == [3, 4]
 
 
 def test_the_closing_message_gives_the_command_of_a_best_trial_of_two_processes(tmp_path, exps, monkeypatch, capsys):

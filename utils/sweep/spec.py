@@ -35,6 +35,8 @@ OWNED_KEYS = ("exp_name", "mode", "resume")  # set by the sweep for each trial's
 MAX_GRID = 100_000  # combinations of a grid (a grid is built whole before the first trial)
 # Fixed overrides that may differ between the commands of one study (each machine's own folders).
 PER_MACHINE = ("experiments_dir", "data_root", "num_workers")
+# Config keys that change how a run is kept, logged or scheduled, not its results: a study grows across them.
+NOT_RESULTS = ("exp_name", "description", "slurm", "loggers", "torch_threads", "log_every", "mlflow_", "wandb_")
 
 
 def _storage_check(value: str, where: str, source: str) -> None:
@@ -184,12 +186,12 @@ class Sweep:
     def fixed(self, shared: bool = False) -> dict:
         """The fixed overrides as {key: value}; ``shared``: without those each machine may set its own."""
         pairs = {".".join(parts): value for parts, value in map(parse_override, self.overrides)}
-        return {k: v for k, v in pairs.items() if not (shared and k in PER_MACHINE)}
+        return {k: v for k, v in pairs.items() if not (shared and _skipped(k, ()))}
 
     def base_values(self) -> dict:
-        """What every trial's config holds but its parameters, as {dotted key: value}, less each machine's keys."""
-        skip = [*PER_MACHINE, "exp_name", "description", *(s.key for s in self.spaces)]  # description: words only
-        return {k: v for k, v in _flat(self.resolve([])).items() if not any(f"{k}.".startswith(f"{s}.") for s in skip)}
+        """What every trial's config holds but its parameters, as {dotted key: value}, less each machine's keys and
+        those that do not change results."""
+        return {k: v for k, v in _flat(self.resolve([])).items() if not _skipped(k, [s.key for s in self.spaces])}
 
     @property
     def shown_storage(self) -> str | None:
@@ -203,6 +205,11 @@ class Sweep:
     @property
     def metrics(self) -> list[str]:
         return [o.split()[1] for o in self.objectives]
+
+
+def _skipped(key: str, more: list[str] | tuple) -> bool:
+    """Whether a study compares its trials' ``key`` (dotted) in vain: a machine's own, not a result's, or ``more``."""
+    return key.startswith(NOT_RESULTS) or any(f"{key}.".startswith(f"{s}.") for s in [*PER_MACHINE, *more])
 
 
 def _flat(config: dict, prefix: str = "") -> dict:

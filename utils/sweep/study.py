@@ -284,7 +284,8 @@ def _claim(study: optuna.Study, sweep: Sweep, created: bool) -> None:
     }
     for key, (what, now) in kept.items():
         earlier = attrs.get(key, now) if latest(study) else now
-        changed = sorted(k for k in {*earlier, *now} if earlier.get(k, "-") != now.get(k, "-"))
+        keys = {*earlier, *now} if key == "overrides" else earlier.keys() & now.keys()  # a key new to the template
+        changed = sorted(k for k in keys if earlier.get(k, "-") != now.get(k, "-"))
         if changed and not sweep.new_overrides:
             then = ", ".join(f"{k}: {json.dumps(earlier.get(k))} then, {json.dumps(now.get(k))} now" for k in changed)
             raise UserError(
