@@ -162,6 +162,9 @@ def test_parse_override_values():
     assert parse_override("x=hello") == (["x"], "hello")
     assert parse_override('x={"a": [1]}') == (["x"], {"a": [1]})
     assert parse_override("x=a=b") == (["x"], "a=b")
+    assert parse_override("description=[WIP] smaller lr") == (["description"], "[WIP] smaller lr")  # a bare word
+    with pytest.raises(UserError, match="not valid JSON"):
+        parse_override("x=[1, 2,]")
 
 
 def test_overrides_reach_the_agent_config():

@@ -244,8 +244,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as e:
-        if value.lstrip().startswith(("{", "[")):  # meant as an object or a list: a bare string would be wrong
-            raise UserError(f"override '{text}': the value is not valid JSON ({e.msg} at character {e.pos})") from None
+        bare = value.strip()
+        if bare.startswith("{") or (bare.startswith("[") and bare.endswith("]")):  # meant as an object or a list
+            raise UserError(
+                f"override '{text}': the value is not valid JSON ({e.msg} at character {e.pos}); "
+                f"""a string that looks like one goes in double quotes: key='"..."'"""
+            ) from None
         parsed = value
     return parts, parsed
 
