@@ -269,6 +269,9 @@ def test_16_bit_images_are_read_at_their_high_byte_and_32_bit_ones_are_named(tmp
     Image.fromarray(np.zeros((256, 256), np.uint8)).save(image)
     Image.fromarray(values % 300).save(mask)  # classes beyond 255
     assert torch.equal(ImageFiles([(image, mask)], num_classes=300)[0][1], torch.from_numpy(values % 300).long())
+    twelve = tmp_path / "grey12.pgm"  # maxval 4095: a 12-bit camera's
+    twelve.write_bytes(b"P5\n256 256\n4095\n" + (values >> 4).astype(">u2").tobytes())
+    assert torch.equal(ImageFiles([(twelve, 0)], "L")[0][0], high[None])
     Image.fromarray(values.astype(np.float32)).save(tmp_path / "float.tif")
     with pytest.raises(UserError, match=r"float\.tif: pixels of 32 bits \(PIL mode F\): expected 8 or 16 bits"):
         ImageFiles([(tmp_path / "float.tif", 0)])[0]
