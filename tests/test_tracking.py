@@ -431,15 +431,18 @@ def test_the_tracking_uris_mlflow_takes_pass_the_check_and_others_do_not():
 
 
 @pytest.mark.parametrize("uri", ["file:/tmp/x/mlruns", "file:///tmp/x/mlruns", "/tmp/x/mlruns", "./mlruns"])
-def test_a_folder_as_tracking_uri_is_one_line_that_suggests_sqlite(exps, capsys, uri):
+def test_a_folder_as_tracking_uri_is_one_line_that_suggests_sqlite(exps, capsys, monkeypatch, uri):
     """MLflow 3 refuses to open its file store: such a run would train untracked after a warning."""
     with pytest.raises(mlflow.exceptions.MlflowException, match="filesystem tracking backend"):
         MlflowClient(uri)  # the mlflow installed: the reason for the check
     assert main.main([str(EXAMPLE), f"experiments_dir={exps}", MLFLOW, f"mlflow_tracking_uri={uri}"]) == 2
     err = capsys.readouterr().err
     assert "key 'mlflow_tracking_uri': expected a tracking URI" in err and err.count("\n") == 1, err
-    assert err.strip().endswith("refuses to open: use sqlite:///path/mlflow.db"), err
+    assert err.strip().endswith("unless MLFLOW_ALLOW_FILE_STORE=true: use sqlite:///path/mlflow.db"), err
     assert not list(exps.iterdir())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow's own opt-in: the store opens, the key passes
+    MlflowClient(uri)
+    main.load_config(str(EXAMPLE), [MLFLOW, f"mlflow_tracking_uri={uri}"])
 
 
 def test_a_failure_is_quoted_in_whole_sentences_of_its_first_line():

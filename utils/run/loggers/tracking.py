@@ -87,9 +87,14 @@ def check_tracking_uri(value: Any, where: str, source: str) -> None:
     scheme = match.group(1).split("+")[0] if match else None
     ok = scheme in URI_SCHEMES and (match.group(2) or scheme == "databricks")
     ok = ok and (scheme not in ("http", "https") or re.match(r"^https?://[^/:]+", value))
+    folder = scheme == "file" or value.startswith(("/", ".", "~"))
+    if folder and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1"):  # MLflow's own opt-in
+        return
     if not ok or (scheme == "sqlite" and not value.startswith("sqlite:///")):
-        folder = scheme == "file" or value.startswith(("/", ".", "~"))
-        hint = "; MLflow 3's file store (a folder of runs) refuses to open: use sqlite:///path/mlflow.db"
+        hint = (
+            "; MLflow 3's file store (a folder of runs) refuses to open unless MLFLOW_ALLOW_FILE_STORE=true: "
+            "use sqlite:///path/mlflow.db"
+        )
         raise UserError(
             f"{source}: key '{where}': expected a tracking URI (http://host:port, sqlite:///path.db, "
             f"postgresql://... or databricks), got {value!r}{hint if folder else ''}"
