@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 try:
     from easydict import EasyDict
@@ -47,7 +47,7 @@ from utils.config import (
     to_plain,
     validate,
 )
-from utils.errors import RunInterrupted, TrainingStopped, UserError
+from utils.errors import Parser, RunInterrupted, TrainingStopped, UserError
 from utils.project.config_reference import keys_command
 from utils.project.scaffold import new_command, new_project_command
 
@@ -165,14 +165,6 @@ def new(argv: list[str]) -> int:
         return agents.config_schemas()
 
     return new_command(schemas, argv)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with a mistake in one line, as every other mistake is (the usage is in --help)."""
-
-    def error(self, message: str) -> NoReturn:
-        keys = " (config keys go without '--': max_epoch=3)" if "unrecognized arguments: --" in message else ""
-        self.exit(2, f"error: {self.prog}: {message}{keys}; see {self.prog} --help\n")
 
 
 def _fail(message: str, code: int) -> int:
@@ -440,8 +432,9 @@ def main(argv: list[str] | None = None) -> int:
         except UserError as e:
             return _fail(f"error: {one_line(str(e))}", 2)
     parser = Parser(
+        prog="main.py",
         description="Train or test the agent a JSON config names. "
-        f"Other commands: {', '.join(COMMANDS)} (python main.py COMMAND --help)."
+        f"Other commands: {', '.join(COMMANDS)} (python main.py COMMAND --help).",
     )
     parser.add_argument("config", nargs="?", help="path to a JSON config, e.g. configs/example_exp_0.json")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_epoch=3 optimizer.args.lr=0.05")

@@ -20,7 +20,6 @@ the training masks' pixels, are computed on first use and cached in data_root; o
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -39,7 +38,7 @@ from torchvision.transforms import v2
 from datasets.common import data_root, fetched_root, missing
 from datasets.image_files import SKIP_BAD_FILES, ImageFiles
 from utils.config import Key, repo_path
-from utils.errors import UserError
+from utils.errors import Parser, UserError
 from utils.examples.palette import VOC_PALETTE
 from utils.run.recorder import DATA_LOG as log
 from utils.run.recorder import write_text_atomic
@@ -493,7 +492,7 @@ def class_weights(config) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m datasets.voc", description="Pascal VOC 2012 helpers.")
+    parser = Parser(prog="python -m datasets.voc", description="Pascal VOC 2012 helpers.")
     sub = parser.add_subparsers(dest="command", required=True)
     cw = sub.add_parser("class-weights", help="compute (or show the cached) ENet class weights of a split's masks")
     cw.add_argument("--data-root", default="data", help="folder holding VOCdevkit/VOC2012 (default: data)")

@@ -69,6 +69,8 @@ def test_a_command_line_mistake_is_one_line_and_exit_2(capsys):
         ([str(CONFIGS / "example_exp_0.json"), "--max_epoch=3"], "config keys go without '--': max_epoch=3"),
         (["--nproc", "x"], "argument --nproc: invalid int value: 'x'"),
         (["report"], "main.py report: the following arguments are required: runs"),
+        (["new"], "main.py new: the following arguments are required: name"),
+        (["keys", "--wirte"], "main.py keys: unrecognized arguments: --wirte; see main.py keys --help"),
     ]:
         with pytest.raises(SystemExit) as stop:
             main.main(argv)

@@ -1,4 +1,8 @@
-"""The one exception type for user mistakes: main.py prints it as one line and exits 2."""
+"""The one exception type for user mistakes: main.py prints it as one line and exits 2; the commands' argument
+parser, whose mistakes are one line too."""
+
+import argparse
+from typing import NoReturn
 
 
 class UserError(Exception):
@@ -19,3 +23,12 @@ class TrainingStopped(Exception):
 
 class RunInterrupted(Exception):
     """SIGINT/SIGTERM arrived; a checkpoint was saved and the same command resumes."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a mistake in one line, as every other mistake is (the usage is in --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        typed = "unrecognized arguments: --" in message and self.prog == "main.py"  # a run's --max_epoch=3
+        keys = " (config keys go without '--': max_epoch=3)" if typed else ""
+        self.exit(2, f"error: {self.prog}: {message}{keys}; see {self.prog} --help\n")

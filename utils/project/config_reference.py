@@ -6,13 +6,12 @@ fails when the file differs from what the schemas give.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Callable
 
 from utils.config import REPO_ROOT, REQUIRED, Key, did_you_mean
-from utils.errors import UserError
+from utils.errors import Parser, UserError
 
 REFERENCE = "tutorials/04_config_reference.md"
 _TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", dict: "object", list: "list", object: "any"}
@@ -88,7 +87,7 @@ def render(schemas: dict[str, dict[str, Key]]) -> str:
 
 
 def keys_command(schemas: Callable[[], dict[str, dict[str, Key]]], argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="main.py keys",
         description=f"Print every config key of every registered agent (type, default, meaning) as Markdown; "
         f"--write puts it in {REFERENCE}.",

@@ -7,7 +7,6 @@ are replaced by the new name's, and each file's first docstring line by one nami
 
 from __future__ import annotations
 
-import argparse
 import ast
 import importlib.util
 import json
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.config import REPO_ROOT, Key
-from utils.errors import UserError
+from utils.errors import Parser, UserError
 from utils.project.config_reference import REFERENCE, render
 
 
@@ -429,7 +428,7 @@ def clean_readme(readme: str, project: str, tutorials: dict[str, str]) -> str:
 
 def new_command(schemas: Callable[[], dict[str, dict[str, Key]]], argv: list[str]) -> int:
     """``main.py new NAME``; ``schemas()`` (the registry with the new agent) renders the config reference anew."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="main.py new",
         description=(
             "Make a model from the template agent: agents/NAME.py (NameAgent), graphs/models/NAME.py (Name), "
@@ -466,7 +465,7 @@ def pytest_hint() -> str:
 
 
 def new_project_command(schemas: Callable[[], dict[str, dict[str, Key]]], argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="main.py new-project",
         description="Copy this template into DIR (a new or empty folder), without experiments/, data/, "
         "caches, virtual environments or version-control metadata.",
