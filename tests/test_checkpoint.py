@@ -109,7 +109,15 @@ def test_init_weights_starts_a_new_run_from_another_runs_weights(exps):
     assert f"weights from {path} (epoch 2)" in (exps / "ft" / "logs" / "run.log").read_text()
     train(EXAMPLE, exps, *args[:1], "max_epoch=2", *args[2:])  # the same command, longer: its own last.pth
     assert load(exps / "ft" / "checkpoints" / "last.pth")["epoch"] == 2
-    with pytest.raises(UserError, match="model 'model' differs from the checkpoint's"):
+    # Another number of classes: the new head keeps its initial values, the rest is the checkpoint's.
+    train(EXAMPLE, exps, "exp_name=ft_head", f"init_weights={path}", *args[1:], "num_classes=3")
+    head = load(exps / "ft_head" / "checkpoints" / "last.pth")["models"]["model"]
+    assert torch.equal(head["features.0.weight"], started["models"]["model"]["features.0.weight"])
+    log = (exps / "ft_head" / "logs" / "run.log").read_text()
+    assert (
+        "; 2 keep their initial values: classifier.1.weight (4, 256) -> (3, 256), classifier.1.bias (4,) -> (3,)" in log
+    )
+    with pytest.raises(UserError, match="key 'init_weights': 1 of the 6 tensors of model 'model' fit "):
         train(EXAMPLE, exps, "exp_name=ft_wide", f"init_weights={path}", *QUICK, "hidden=9")
     with pytest.raises(UserError, match=f"key 'init_weights': checkpoint {exps / 'nope.pth'} not found"):
         train(EXAMPLE, exps, "exp_name=ft_none", f"init_weights={exps / 'nope.pth'}", *QUICK)

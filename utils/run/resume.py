@@ -198,10 +198,23 @@ def _log_layout_change(agent, state: dict) -> None:
 
 
 def start_from_weights(agent, path: Path) -> None:
-    """init_weights: a new run's models start as ``path``'s (averaged where it kept an EMA); all else is new."""
+    """init_weights: a new run's models start as ``path``'s (averaged where it kept an EMA); all else is new. A tensor
+    the checkpoint lacks, or has in another shape (a new head: another number of classes), keeps its initial value."""
     if not distributed.on_main(path.is_file):  # rank 0's answer: read_checkpoint sends other ranks its copy
         raise UserError(f"config: key 'init_weights': checkpoint {path} not found")
     state = agent.read_checkpoint(path)
-    models = {name: agent.unwrap(m) for name, m in agent.models.items()}
-    checkpoint.restore_models(path, state, models, averaged=True)
+    for name, model in ((n, agent.unwrap(m)) for n, m in agent.models.items()):
+        ema = state.get("callbacks", {}).get("ema", {}).get(name)
+        saved, own = ema["module"] if ema else state["models"].get(name, {}), model.state_dict()
+        fits = {k: v for k, v in saved.items() if k in own and v.shape == own[k].shape}
+        if 2 * len(fits) < len(own):  # not a new head on the same body: another model
+            raise UserError(
+                f"config: key 'init_weights': {len(fits)} of the {len(own)} tensors of model '{name}' fit {path} "
+                f"({checkpoint.model_difference(saved, own)}); is it a checkpoint of this model?"
+            )
+        model.load_state_dict({**own, **fits})
+        left = [f"{k} {tuple(saved[k].shape) if k in saved else 'absent'} -> {tuple(v.shape)}" for k, v in own.items()]
+        left = [text for k, text in zip(own, left, strict=True) if k not in fits]
+        kept = f"; {len(left)} keep their initial values: {', '.join(left[:4])}{' ...' if len(left) > 4 else ''}"
+        agent.recorder.info(f"init_weights: {len(fits)} tensors of model '{name}' from {path}{kept if left else ''}")
     agent.recorder.info(f"weights from {path} (epoch {state['epoch']}); epochs, optimizer and schedule start afresh")
