@@ -270,10 +270,12 @@ def test_report_writes_over_no_file_it_did_not_make(exps, capsys):
         assert expected in err and err.count("\n") == 1, err
     assert sorted(p.name for p in mine.iterdir()) == ["report.md"] and (mine / "report.md").read_text() == "my notes\n"
     assert (exps / "notes.txt").read_text() == "mine too\n"
+    (exps / "r").mkdir()
+    (exps / "r" / ".DS_Store").write_bytes(b"\0")  # a file browser's: the folder is as good as empty
     for _ in range(2):  # an earlier report's folder, and the default one in the run's folder
         assert main.main(["report", str(run), "--out", str(exps / "r")]) == 0
         assert main.main(["report", str(run)]) == 0
-    assert sorted(p.name for p in (exps / "r").iterdir()) == ["curves.png", "report.md"]
+    assert sorted(p.name for p in (exps / "r").iterdir()) == [".DS_Store", "curves.png", "report.md"]
     (run / "report" / "report.md").unlink()  # a curves.png alone may be the user's
     assert main.main(["report", str(run)]) == 2
     assert "report: holds files the report did not write (curves.png)" in capsys.readouterr().err

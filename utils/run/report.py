@@ -220,12 +220,13 @@ def write_report(paths: list[str | Path], out: Path) -> str:
 
 def _refuse_others(out: Path) -> None:
     """A folder ``out`` may hold an earlier report's files only (rewritten): never replace or mix with the user's.
-    Its curves.png counts as ours only beside a report.md of ours (a user's curves.png alone is theirs)."""
+    Its curves.png counts as ours only beside a report.md of ours (a user's curves.png alone is theirs); hidden
+    files (a file browser's .DS_Store) do not count."""
     if not out.is_dir():
         return
     report = out / "report.md"
     ours = report.is_file() and report.read_text(errors="replace").startswith(HEADER)
-    others = sorted(p.name for p in out.iterdir() if not (ours and p.name in OUTPUTS))
+    others = sorted(p.name for p in out.iterdir() if not (ours and p.name in OUTPUTS or p.name.startswith(".")))
     if others:
         more = f" and {len(others) - 3} more" if len(others) > 3 else ""
         raise UserError(
