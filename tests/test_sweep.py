@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import main
+import utils.sweep.study
 from tests.conftest import EXAMPLE, train
 from utils.sweep.results import PLOTS
 from utils.sweep.spec import load_sweep
@@ -293,7 +294,9 @@ def test_a_failing_plot_does_not_fail_the_run(exps, monkeypatch):
     assert "out/curves.png not written: RuntimeError: no fonts" in (exps / "t" / "logs" / "run.log").read_text()
 
 
-def test_an_unreachable_database_is_one_line_without_its_password_and_leaves_no_folder(tmp_path, exps, capsys):
+def test_an_unreachable_database_is_one_line_without_its_password_and_leaves_no_folder(
+    tmp_path, exps, capsys, monkeypatch
+):
     path = sweep_file(tmp_path, exps, storage="postgresql://me:secret@127.0.0.1:1/db")
     assert main.main(["--sweep", path]) == 2
     err = capsys.readouterr().err
@@ -302,6 +305,16 @@ def test_an_unreachable_database_is_one_line_without_its_password_and_leaves_no_
     assert not any(exps.iterdir()), "a refused sweep leaves no folder behind"
     assert main.main(["--sweep", path, f"experiments_dir={exps / 'new' / 'runs'}"]) == 2
     assert not any(exps.iterdir()), "nor the experiments_dir it made for it"
+    real_open = utils.sweep.study.open_study
+
+    def claimed_meanwhile(sweep, *args):  # another command of the sweep, started at the same moment, got there first
+        (sweep.sweep_dir / ".study").write_text("theirs\n")
+        return real_open(sweep, *args)
+
+    monkeypatch.setattr(utils.sweep.study, "open_study", claimed_meanwhile)
+    assert main.main(["--sweep", path]) == 2
+    assert (exps / "s" / ".study").read_text() == "theirs\n"  # its folder stays
+    monkeypatch.undo()
     capsys.readouterr()
     typed = "storage=postgresql://me:secret@127.0.0.1:1/db"  # on the command line: named as typed, less its password
     assert main.main(["--sweep", sweep_file(tmp_path, exps), typed]) == 2

@@ -386,7 +386,8 @@ def create(sweep: Sweep) -> optuna.Study:
         study, created = open_study(sweep)
         _claim(study, sweep, created)
     except UserError:
-        if made is not None:  # refused: no folder of its own left behind
+        # Refused: no folder of its own left behind, unless another command started the sweep there meanwhile.
+        if made is not None and not (sweep.sweep_dir / ".study").exists():
             shutil.rmtree(made)
         raise
     return study
