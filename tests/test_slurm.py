@@ -207,6 +207,8 @@ def test_a_warned_job_requeues_until_max_requeues_tries_in_a_row_save_nothing(tm
 
 
 def test_a_requeued_job_resumes_from_its_own_last_checkpoint_whatever_resume_says(tmp_path, monkeypatch):
+    """resume=false would refuse the first try's checkpoints: auto; resume=PATH goes on from the run's own last.pth
+    by itself (tests/test_checkpoint.py), and from PATH when the first try saved nothing."""
     import submitit
 
     monkeypatch.setattr(submitit, "JobEnvironment", _Job)
@@ -215,7 +217,8 @@ def test_a_requeued_job_resumes_from_its_own_last_checkpoint_whatever_resume_say
     slurm.run_task({"resume": False, "exp_name": "x"}, str(tmp_path), lambda path: seen.append(read(path)) or 0)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     slurm.run_task({"resume": "/elsewhere/epoch_0001.pth"}, str(tmp_path), lambda path: seen.append(read(path)) or 0)
-    assert [c["resume"] for c in seen] == [False, "auto"]
+    slurm.run_task({"resume": False, "exp_name": "x"}, str(tmp_path), lambda path: seen.append(read(path)) or 0)
+    assert [c["resume"] for c in seen] == [False, "/elsewhere/epoch_0001.pth", "auto"]
 
 
 def read(path: str) -> dict:

@@ -402,7 +402,9 @@ def run_task(config: dict, run_dir: str, run: Callable[[str], int]) -> None:
         # CUDA_VISIBLE_DEVICES is left alone: each process takes the GPU of its LOCAL_RANK, as under torchrun.
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     # The config as submitted, whatever became of its file since: a requeued job goes on with the same run.
-    if int(os.environ.get("SLURM_RESTART_COUNT", "0")):  # requeued: on from its own last.pth, whatever resume said
+    # Requeued: on from its own last.pth. resume=PATH does that by itself (the run's config.json names PATH; with no
+    # last.pth yet, PATH is where it starts); resume=false would refuse the checkpoints the first try wrote.
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0")) and config.get("resume") is False:
         config = {**config, "resume": "auto"}
     path = Path(run_dir) / "slurm" / f"{env.job_id}_config.json"
     tmp = path.with_suffix(f".{env.global_rank}.tmp")
