@@ -22,6 +22,7 @@ from utils.config import (
     did_you_mean,
     parse_override,
     plain_name,
+    read_config,
     read_json,
     repo_path,
     to_plain,
@@ -36,7 +37,8 @@ MAX_GRID = 100_000  # combinations of a grid (a grid is built whole before the f
 # Fixed overrides that may differ between the commands of one study (each machine's own folders).
 PER_MACHINE = ("experiments_dir", "data_root", "num_workers")
 # Config keys that change how a run is kept, logged or scheduled, not its results: a study grows across them.
-NOT_RESULTS = ("exp_name", "description", "slurm", "loggers", "torch_threads", "log_every", "mlflow_", "wandb_")
+NOT_RESULTS = ("exp_name", "description", "slurm", "loggers", "torch_threads", "log_every")
+TRACKER_KEYS = ("mlflow_", "wandb_")  # prefixes
 
 
 def _storage_check(value: str, where: str, source: str) -> None:
@@ -189,9 +191,10 @@ class Sweep:
         return {k: v for k, v in pairs.items() if not (shared and _skipped(k, ()))}
 
     def base_values(self) -> dict:
-        """What every trial's config holds but its parameters, as {dotted key: value}, less each machine's keys and
-        those that do not change results."""
-        return {k: v for k, v in _flat(self.resolve([])).items() if not _skipped(k, [s.key for s in self.spaces])}
+        """The base config's own values (its file and those it inherits, not the template's defaults) as {dotted
+        key: value}, less its parameters' keys, each machine's and those that do not change results."""
+        values = _flat(read_config(repo_path(self.config))[0])
+        return {k: v for k, v in values.items() if not _skipped(k, [s.key for s in self.spaces])}
 
     @property
     def shown_storage(self) -> str | None:
@@ -209,7 +212,8 @@ class Sweep:
 
 def _skipped(key: str, more: list[str] | tuple) -> bool:
     """Whether a study compares its trials' ``key`` (dotted) in vain: a machine's own, not a result's, or ``more``."""
-    return key.startswith(NOT_RESULTS) or any(f"{key}.".startswith(f"{s}.") for s in [*PER_MACHINE, *more])
+    names = [*NOT_RESULTS, *PER_MACHINE, *more]
+    return key.startswith(TRACKER_KEYS) or any(f"{key}.".startswith(f"{s}.") for s in names)
 
 
 def _flat(config: dict, prefix: str = "") -> dict:

@@ -284,10 +284,10 @@ def _claim(study: optuna.Study, sweep: Sweep, created: bool) -> None:
     }
     for key, (what, now) in kept.items():
         earlier = attrs.get(key, now) if latest(study) else now
-        keys = {*earlier, *now} if key == "overrides" else earlier.keys() & now.keys()  # a key new to the template
-        changed = sorted(k for k in keys if earlier.get(k, "-") != now.get(k, "-"))
+        changed = sorted(k for k in {*earlier, *now} if earlier.get(k, "-") != now.get(k, "-"))
         if changed and not sweep.new_overrides:
-            then = ", ".join(f"{k}: {json.dumps(earlier.get(k))} then, {json.dumps(now.get(k))} now" for k in changed)
+            shown = lambda values, k: json.dumps(values[k]) if k in values else "absent"  # noqa: E731
+            then = ", ".join(f"{k}: {shown(earlier, k)} then, {shown(now, k)} now" for k in changed)
             raise UserError(
                 f"{sweep.origin(key, *(f'{key}.{k}' for k in changed))}: the study in {where} ran its trials with "
                 f"other {what} ({then}); run it with those, or add new_overrides=true to grow it under these"
