@@ -351,7 +351,8 @@ class ImageFiles(Dataset):
                 return image.convert(mode) if mode else image.copy()
             raw = image.tile[0].args if len(image.tile) == 1 else None
             sixteen = image.mode in SIXTEEN_BITS or (raw[0] if isinstance(raw, tuple) else raw) in SIXTEEN_BITS
-            sixteen = sixteen or image.format == "PPM"  # PIL scales a PGM of any maxval (1023, 4095) to 16 bits
+            # PIL scales a PGM of any maxval (1023, 4095) to 16 bits; a PFM ("PPM" too) is float: 32 bits
+            sixteen = sixteen or (image.format == "PPM" and image.mode == "I")
             pixels = np.asarray(image)
         if not sixteen:
             raise _BadSample(path, f"pixels of 32 bits (PIL mode {image.mode}): expected 8 or 16 bits a sample")

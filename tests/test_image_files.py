@@ -272,6 +272,10 @@ def test_16_bit_images_are_read_at_their_high_byte_and_32_bit_ones_are_named(tmp
     twelve = tmp_path / "grey12.pgm"  # maxval 4095: a 12-bit camera's
     twelve.write_bytes(b"P5\n256 256\n4095\n" + (values >> 4).astype(">u2").tobytes())
     assert torch.equal(ImageFiles([(twelve, 0)], "L")[0][0], high[None])
+    pfm = tmp_path / "depth.pfm"  # float grey, which PIL calls PPM too
+    pfm.write_bytes(b"Pf\n4 4\n-1.0\n" + np.ones(16, "<f4").tobytes())
+    with pytest.raises(UserError, match=r"depth\.pfm: pixels of 32 bits \(PIL mode F\)"):
+        ImageFiles([(pfm, 0)])[0]
     Image.fromarray(values.astype(np.float32)).save(tmp_path / "float.tif")
     with pytest.raises(UserError, match=r"float\.tif: pixels of 32 bits \(PIL mode F\): expected 8 or 16 bits"):
         ImageFiles([(tmp_path / "float.tif", 0)])[0]
