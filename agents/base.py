@@ -33,7 +33,7 @@ from utils.run.environment import write_environment
 from utils.run.export import ExportInput, export_run, first_inputs
 from utils.run.loggers import build_loggers
 from utils.run.recorder import Recorder, check_run_dir
-from utils.run.resume import load_weights, resume, start_from_weights
+from utils.run.resume import check_init_weights, load_weights, resume, start_from_weights
 from utils.training import distributed
 from utils.training.accumulation import Accumulation
 from utils.training.callbacks import Callbacks, build_callback
@@ -278,6 +278,7 @@ class BaseAgent:
                 self.seed_rank(step=0)
             self.schedules.build(self.schedule_length())
             path = checkpoint.resume_path(self.checkpoint_dir, self.config.resume)  # rank 0's choice on every rank
+            distributed.on_main(check_init_weights, self, path)
             if path is not None:
                 self.load_checkpoint(path)
             elif self.config.get("init_weights"):

@@ -53,9 +53,9 @@ COMMON_KEYS: dict[str, Key] = {
     "init_weights": Key(
         None,
         str,
-        "fine-tuning: a checkpoint whose model weights (averaged, where it kept an EMA) start a new run, a tensor "
-        "of another shape (a new head) keeping its initial value; epochs, optimizer and schedule start afresh (a run "
-        "that has its own last.pth goes on from that)",
+        "fine-tuning: a checkpoint (relative: to the repository) whose model weights (averaged, where it kept an "
+        "EMA) start a new run, a tensor of another shape (a new head) keeping its initial value; epochs, optimizer "
+        "and schedule start afresh; not with resume=PATH (a run that has its own last.pth goes on from that)",
         nullable=True,
     ),
     "data_mode": Key(

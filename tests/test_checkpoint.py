@@ -109,6 +109,11 @@ def test_init_weights_starts_a_new_run_from_another_runs_weights(exps):
     assert f"weights from {path} (epoch 2)" in (exps / "ft" / "logs" / "run.log").read_text()
     train(EXAMPLE, exps, *args[:1], "max_epoch=2", *args[2:])  # the same command, longer: its own last.pth
     assert load(exps / "ft" / "checkpoints" / "last.pth")["epoch"] == 2
+    # It only starts a run: another value for a run that goes on, or with resume=PATH, would do nothing.
+    with pytest.raises(UserError, match=f"key 'init_weights': the run started from {path} and goes on from its own"):
+        train(EXAMPLE, exps, *args[:1], "max_epoch=3", f"init_weights={exps / 'nope.pth'}", *args[3:])
+    with pytest.raises(UserError, match="key 'init_weights': a run starts from resume's checkpoint or from these"):
+        train(EXAMPLE, exps, "exp_name=ft_both", f"init_weights={path}", f"resume={path}", *QUICK)
     # Another number of classes: the new head keeps its initial values, the rest is the checkpoint's.
     train(EXAMPLE, exps, "exp_name=ft_head", f"init_weights={path}", *args[1:], "num_classes=3")
     head = load(exps / "ft_head" / "checkpoints" / "last.pth")["models"]["model"]

@@ -442,7 +442,11 @@ def test_a_folder_as_tracking_uri_is_one_line_that_suggests_sqlite(exps, capsys,
     assert not list(exps.iterdir())
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow's own opt-in: the store opens, the key passes
     MlflowClient(uri)
-    main.load_config(str(EXAMPLE), [MLFLOW, f"mlflow_tracking_uri={uri}"])
+    if uri.startswith("."):  # but a relative folder would be the working directory's: still refused
+        with pytest.raises(UserError, match="expected a tracking URI"):
+            main.load_config(str(EXAMPLE), [MLFLOW, f"mlflow_tracking_uri={uri}"])
+    else:
+        main.load_config(str(EXAMPLE), [MLFLOW, f"mlflow_tracking_uri={uri}"])
 
 
 def test_a_failure_is_quoted_in_whole_sentences_of_its_first_line():

@@ -333,12 +333,17 @@ def resume_path(checkpoint_dir: Path, resume: str | bool) -> Path | None:
     return _on_every_rank(choose, checkpoint_dir)
 
 
-def _started_from(run_dir: Path) -> Path | None:
-    """The checkpoint the run's last command named as ``resume`` (its config.json's), if a path."""
+def earlier_config(run_dir: Path) -> dict:
+    """The config the run's last command ran with (its config.json), {} when there is none."""
     try:
-        resume = json.loads((run_dir / "config.json").read_text()).get("resume")
+        return json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+
+
+def _started_from(run_dir: Path) -> Path | None:
+    """The checkpoint the run's last command named as ``resume``, if a path."""
+    resume = earlier_config(run_dir).get("resume")
     return repo_path(resume).resolve() if isinstance(resume, str) and resume != "auto" else None
 
 

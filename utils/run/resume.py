@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from utils.config import repo_path
 from utils.errors import UserError
 from utils.run import checkpoint
 from utils.training import distributed
@@ -194,6 +195,24 @@ def _log_layout_change(agent, state: dict) -> None:
         agent.recorder.info(
             f"resuming mid-epoch with {new[0]} process(es) x batch_size {new[1]} (saved with {old[0]} x {old[1]}): "
             f"the {agent.resume_samples} samples of epoch {agent.epoch + 1} already trained on are skipped"
+        )
+
+
+def check_init_weights(agent, path: Path | None) -> None:
+    """init_weights only starts a run: not with resume=PATH, and a run that goes on from its own last.pth keeps the
+    value it started with (a new one would be written to config.json and do nothing)."""
+    given, resume = agent.config.get("init_weights"), agent.config.resume
+    if given and isinstance(resume, str) and resume != "auto":
+        raise UserError(
+            "config: key 'init_weights': a run starts from resume's checkpoint or from these weights; keep one"
+        )
+    if path is None or path.parent.resolve() != agent.checkpoint_dir.resolve():
+        return
+    earlier = checkpoint.earlier_config(agent.run_dir).get("init_weights")
+    if (given and repo_path(given).resolve()) != (earlier and repo_path(earlier).resolve()):
+        raise UserError(
+            f"config: key 'init_weights': the run started from {earlier or 'no init_weights'} and goes on from its own "
+            "last.pth (init_weights starts a run only): set it as it was, or use another exp_name for a new run"
         )
 
 

@@ -88,7 +88,8 @@ def check_tracking_uri(value: Any, where: str, source: str) -> None:
     ok = scheme in URI_SCHEMES and (match.group(2) or scheme == "databricks")
     ok = ok and (scheme not in ("http", "https") or re.match(r"^https?://[^/:]+", value))
     folder = scheme == "file" or value.startswith(("/", ".", "~"))
-    if folder and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1"):  # MLflow's own opt-in
+    absolute = scheme == "file" or value.startswith("/")  # MLflow expands neither ~ nor the repository's paths
+    if absolute and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1"):  # MLflow's own opt-in
         return
     if not ok or (scheme == "sqlite" and not value.startswith("sqlite:///")):
         hint = (
