@@ -227,9 +227,11 @@ def start_from_weights(agent, path: Path) -> None:
         saved, own = ema["module"] if ema else state["models"].get(name, {}), model.state_dict()
         fits = {k: v for k, v in saved.items() if k in own and v.shape == own[k].shape}
         if 2 * len(fits) < len(own):  # not a new head on the same body: another model
+            other = state.get("agent") != type(agent).__name__
+            whose = f"a {state.get('agent')} checkpoint" if other else "another configuration of this model"
             raise UserError(
                 f"config: key 'init_weights': {len(fits)} of the {len(own)} tensors of model '{name}' fit {path} "
-                f"({checkpoint.model_difference(saved, own)}); is it a checkpoint of this model?"
+                f"({checkpoint.model_difference(saved, own)}): {whose}"
             )
         model.load_state_dict({**own, **fits})
         left = [f"{k} {tuple(saved[k].shape) if k in saved else 'absent'} -> {tuple(v.shape)}" for k, v in own.items()]
