@@ -221,6 +221,22 @@ class StopAt(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class AbortAt(Callback):
+    """What a second Ctrl-C does at step 3: Signals raises KeyboardInterrupt at once, nothing saved."""
+
+    def on_train_batch_end(self, agent, logs: dict) -> None:
+        if agent.global_step == 3:
+            raise KeyboardInterrupt
+
+
+def test_a_run_aborted_by_a_second_ctrl_c_is_killed_not_failed(server, exps):
+    args = [*SMALL, "exp_name=aborted", MLFLOW, f"mlflow_tracking_uri={server}", "mlflow_experiment=abort_test"]
+    with pytest.raises(KeyboardInterrupt):
+        train(EXAMPLE, exps, *args, "max_epoch=2", "callbacks=" + json.dumps([{"type": f"{__name__}.AbortAt"}]))
+    assert only_run(MlflowClient(server), "abort_test").info.status == "KILLED"
+    assert json.loads((exps / "aborted" / "summary.json").read_text())["status"] == "aborted"
+
+
 def test_a_sweep_is_a_parent_run_with_a_child_run_per_trial(server, exps, tmp_path):
     sweep = {
         "name": "lr_sweep",
