@@ -457,6 +457,7 @@ def test_a_folder_as_tracking_uri_is_one_line_that_suggests_sqlite(exps, capsys,
     assert err.strip().endswith("unless MLFLOW_ALLOW_FILE_STORE=true: use sqlite:///path/mlflow.db"), err
     assert not list(exps.iterdir())
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow's own opt-in: the store opens, the key passes
+    monkeypatch.chdir(exps)  # ./mlruns: where MLflow makes it, not in the repository
     MlflowClient(uri)
     if uri.startswith("."):  # but a relative folder would be the working directory's: still refused
         with pytest.raises(UserError, match="expected a tracking URI"):
