@@ -33,7 +33,7 @@ from utils.run.environment import write_environment
 from utils.run.export import ExportInput, export_run, first_inputs
 from utils.run.loggers import build_loggers
 from utils.run.recorder import Recorder, check_run_dir
-from utils.run.resume import check_init_weights, load_weights, resume, start_from_weights
+from utils.run.resume import load_weights, resume, start
 from utils.training import distributed
 from utils.training.accumulation import Accumulation
 from utils.training.callbacks import Callbacks, build_callback
@@ -277,14 +277,7 @@ class BaseAgent:
             if self.world_size > 1:
                 self.seed_rank(step=0)
             self.schedules.build(self.schedule_length())
-            path = checkpoint.resume_path(self.checkpoint_dir, self.config.resume)  # rank 0's choice on every rank
-            distributed.on_main(check_init_weights, self, path)
-            if path is not None:
-                self.load_checkpoint(path)
-            elif self.config.get("init_weights"):
-                start_from_weights(self, repo_path(self.config.init_weights))
-            own = path is not None and path.parent.resolve() == self.checkpoint_dir.resolve()
-            distributed.on_main(self.recorder.class_names, getattr(self.data_loader, "class_names", None), own)
+            start(self)  # resume, or init_weights; the class names checked
             self.recorder.write_config(to_plain(self.config))
             write_environment(self.recorder)  # env.json: versions, GPUs, pip freeze, git commit and diff
             self.progress_at_start = (self.epoch, self.global_step)

@@ -182,12 +182,21 @@ def remove_partial_saves(directory: Path) -> None:
         stale.unlink()
 
 
+def model_weights(state: dict, name: str, averaged: bool = False) -> dict | None:
+    """Model ``name``'s weights in a checkpoint (``averaged``: its EMA where the run kept one); None when absent."""
+    ema = state.get("callbacks", {}).get("ema", {})
+    return ema[name]["module"] if averaged and name in ema else state["models"].get(name)
+
+
+def is_own(path: Path | None, checkpoint_dir: Path) -> bool:
+    """Whether ``path`` is one of the run's own checkpoints (in its ``checkpoint_dir``)."""
+    return path is not None and path.parent.resolve() == checkpoint_dir.resolve()
+
+
 def restore_models(path: Path, state: dict, models: dict[str, torch.nn.Module], averaged: bool = False) -> None:
     """Load each model's weights (``averaged``: its EMA where the run kept one); a mismatch is a UserError."""
     for name, model in models.items():
-        weights = state["models"].get(name)
-        if averaged and name in state["callbacks"].get("ema", {}):
-            weights = state["callbacks"]["ema"][name]["module"]
+        weights = model_weights(state, name, averaged)
         try:
             if weights is None:
                 raise KeyError(f"no model '{name}' in the checkpoint (it has {', '.join(state['models'])})")
@@ -369,7 +378,7 @@ def _on_every_rank(choose: Callable[[], Path | None], checkpoint_dir: Path) -> P
 
     def named() -> Path | None:
         path = choose()
-        if path is not None and path.parent.resolve() == checkpoint_dir.resolve():
+        if is_own(path, checkpoint_dir):
             return Path(path.name)
         return path
 

@@ -198,6 +198,19 @@ def _log_layout_change(agent, state: dict) -> None:
         )
 
 
+def start(agent) -> None:
+    """A training run's start: from the checkpoint ``resume`` chooses, else from ``init_weights``' weights; data of
+    other classes than the run's own checkpoint learnt is refused (Recorder.class_names)."""
+    path = checkpoint.resume_path(agent.checkpoint_dir, agent.config.resume)  # rank 0's choice on every rank
+    distributed.on_main(check_init_weights, agent, path)
+    if path is not None:
+        agent.load_checkpoint(path)
+    elif agent.config.get("init_weights"):
+        start_from_weights(agent, repo_path(agent.config.init_weights))
+    own = checkpoint.is_own(path, agent.checkpoint_dir)
+    distributed.on_main(agent.recorder.class_names, getattr(agent.data_loader, "class_names", None), own)
+
+
 def check_init_weights(agent, path: Path | None) -> None:
     """init_weights only starts a run: not with resume=PATH, and a run that goes on from its own last.pth keeps the
     value it started with (a new one would be written to config.json and do nothing)."""
@@ -206,7 +219,7 @@ def check_init_weights(agent, path: Path | None) -> None:
         raise UserError(
             "config: key 'init_weights': a run starts from resume's checkpoint or from these weights; keep one"
         )
-    if path is None or path.parent.resolve() != agent.checkpoint_dir.resolve():
+    if not checkpoint.is_own(path, agent.checkpoint_dir):
         return
     earlier = checkpoint.earlier_config(agent.run_dir).get("init_weights")
     if (given and repo_path(given).resolve()) != (earlier and repo_path(earlier).resolve()):
@@ -223,8 +236,7 @@ def start_from_weights(agent, path: Path) -> None:
         raise UserError(f"config: key 'init_weights': checkpoint {path} not found")
     state = agent.read_checkpoint(path)
     for name, model in ((n, agent.unwrap(m)) for n, m in agent.models.items()):
-        ema = state.get("callbacks", {}).get("ema", {}).get(name)
-        saved, own = ema["module"] if ema else state["models"].get(name, {}), model.state_dict()
+        saved, own = checkpoint.model_weights(state, name, averaged=True) or {}, model.state_dict()
         fits = {k: v for k, v in saved.items() if k in own and v.shape == own[k].shape}
         if 2 * len(fits) < len(own):  # not a new head on the same body: another model
             other = state.get("agent") != type(agent).__name__
@@ -234,8 +246,11 @@ def start_from_weights(agent, path: Path) -> None:
                 f"({checkpoint.model_difference(saved, own)}): {whose}"
             )
         model.load_state_dict({**own, **fits})
-        left = [f"{k} {tuple(saved[k].shape) if k in saved else 'absent'} -> {tuple(v.shape)}" for k, v in own.items()]
-        left = [text for k, text in zip(own, left, strict=True) if k not in fits]
+        left = [
+            f"{k} {tuple(saved[k].shape) if k in saved else 'absent'} -> {tuple(v.shape)}"
+            for k, v in own.items()
+            if k not in fits
+        ]
         kept = f"; {len(left)} keep their initial values: {', '.join(left[:4])}{' ...' if len(left) > 4 else ''}"
         agent.recorder.info(f"init_weights: {len(fits)} tensors of model '{name}' from {path}{kept if left else ''}")
     agent.recorder.info(f"weights from {path} (epoch {state['epoch']}); epochs, optimizer and schedule start afresh")

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from utils.errors import RunInterrupted
+from utils.run import checkpoint
 from utils.training import distributed
 
 
@@ -87,8 +88,7 @@ def end(agent) -> None:
             recorder.failed(error)  # run.log says why, as the terminal does (an interrupt: it said so already)
         if recorder is not None and agent.config.mode == "train" and has_news(agent):
             # mode=test's results stay, with the epoch they were of, when the run went on from its own checkpoint
-            resumed = getattr(agent, "resumed_from", None)
-            own = resumed is not None and resumed.parent.resolve() == agent.checkpoint_dir.resolve()
+            own = checkpoint.is_own(getattr(agent, "resumed_from", None), agent.checkpoint_dir)
             old = recorder.read_json("summary.json") if own else {}
             tested = {k: v for k, v in old.items() if k.startswith(("test/", "tested_", "tests"))}
             recorder.write_json("summary.json", {**summary(agent), **tested})

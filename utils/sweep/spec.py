@@ -29,6 +29,7 @@ from utils.config import (
     validate,
 )
 from utils.errors import UserError
+from utils.run.report import flatten
 
 METHODS = ("grid", "random", "tpe", "nsga2", "kfold")
 SPACE_KINDS = ("log_uniform", "uniform", "int", "choice")
@@ -193,7 +194,7 @@ class Sweep:
     def base_values(self) -> dict:
         """The base config's own values (its file and those it inherits, not the template's defaults) as {dotted
         key: value}, less its parameters' keys, each machine's and those that do not change results."""
-        values = _flat(read_config(repo_path(self.config))[0])
+        values = flatten(read_config(repo_path(self.config))[0])
         return {k: v for k, v in values.items() if not _skipped(k, [s.key for s in self.spaces])}
 
     @property
@@ -214,14 +215,6 @@ def _skipped(key: str, more: list[str] | tuple) -> bool:
     """Whether a study compares its trials' ``key`` (dotted) in vain: a machine's own, not a result's, or ``more``."""
     names = [*NOT_RESULTS, *PER_MACHINE, *more]
     return key.startswith(TRACKER_KEYS) or any(f"{key}.".startswith(f"{s}.") for s in names)
-
-
-def _flat(config: dict, prefix: str = "") -> dict:
-    """``config`` as {dotted key: value}, each key of a nested object its own."""
-    flat = {}
-    for key, value in config.items():
-        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {prefix + key: value})
-    return flat
 
 
 def _hide_password(text: str) -> str:
