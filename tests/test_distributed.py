@@ -194,6 +194,13 @@ def test_mid_epoch_resume_from_one_process_to_two_trains_the_rest_of_the_epoch_o
     assert load(exps / "grow" / "checkpoints" / "last.pth")["global_step"] == 3 + 2  # 96 left: 48 per rank
 
 
+def test_a_run_folder_that_is_a_file_is_one_line_on_every_rank(exps):
+    (exps / "taken").write_text("a user's file")
+    result = torchrun("main.py", str(EXAMPLE), f"experiments_dir={exps}", "exp_name=taken", *SMALL, ok=False)
+    assert result.stderr.count(f"key 'exp_name': {exps / 'taken'} is a file") == 2  # one line per rank, no hang
+    assert (exps / "taken").read_text() == "a user's file"
+
+
 def test_init_weights_under_two_processes_starts_every_rank_from_the_checkpoints_weights(exps):
     train(EXAMPLE, exps, "exp_name=pre", "max_epoch=1", *SMALL)
     path = exps / "pre" / "checkpoints" / "last.pth"
